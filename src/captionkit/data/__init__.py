@@ -1,0 +1,7 @@
+"""Data: reading caption datasets, the built-in `shapes` generator, and the vocabulary."""
+
+from captionkit.data.formats import load_dataset
+from captionkit.data.records import CaptionDataset, ImageRecord
+from captionkit.data.vocab import Vocabulary, tokenize
+
+__all__ = ["CaptionDataset", "ImageRecord", "Vocabulary", "load_dataset", "tokenize"]

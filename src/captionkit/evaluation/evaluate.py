@@ -1,0 +1,69 @@
+"""Evaluating a trained run on one split of a dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captionkit.data import load_dataset
+from captionkit.decoding import DecodingOptions, decode
+from captionkit.encoders import create_encoder
+from captionkit.encoders.features import FeatureStore, features_for_dataset
+from captionkit.errors import CaptionkitError
+from captionkit.evaluation.metrics import coco_metrics
+from captionkit.models.checkpoint import TrainedModel, load_checkpoint
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a run on one split, with the captions behind them."""
+
+    metrics: dict[str, float]
+    predictions: dict[str, str]
+    """Image file name -> generated caption."""
+    references: dict[str, list[str]]
+
+
+def encoder_for(trained: TrainedModel):
+    """Rebuild the encoder a model was trained on, refusing one with other weights."""
+    spec = trained.encoder
+    encoder = create_encoder(spec["name"], spec["weights"])
+    if encoder.fingerprint() != spec["fingerprint"]:
+        raise CaptionkitError(
+            f"encoder {spec['name']} ({spec['weights']}) now has other weights than at training time"
+        )
+    return encoder
+
+
+def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
+                 options: DecodingOptions, batch_size: int = 64) -> list[str]:  # fmt: skip
+    """Captions for rows of a feature store, decoded in batches."""
+    uses_grid = trained.model.uses_grid
+    captions = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        pooled = torch.from_numpy(np.asarray(store.pooled[batch], dtype=np.float32))
+        grid = torch.from_numpy(np.asarray(store.grid[batch], dtype=np.float32)) if uses_grid else None
+        results = decode(trained.model, pooled, grid, options)
+        captions += [trained.vocab.decode(hyps[0].tokens) for hyps in results]
+    return captions
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | None = None,
+                 split: str = "test", beam_size: int = 3, cache_dir: str | None = None,
+                 meteor: bool = True) -> Evaluation:  # fmt: skip
+    """Caption every image of `split` with the run's model and score it against the references."""
+    trained = load_checkpoint(run_dir)
+    dataset = load_dataset(data, images)
+    store, records = features_for_dataset(dataset, encoder_for(trained), cache_dir)
+    records = [r for r in records if r.split == split]
+    if not records:
+        raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
+    rows = [store.row[str(dataset.path(r).resolve())] for r in records]
+    captions = caption_rows(trained, store, rows, DecodingOptions(beam_size=beam_size))
+    predictions = {r.filename: c for r, c in zip(records, captions)}
+    references = {r.filename: r.captions for r in records}
+    return Evaluation(coco_metrics(predictions, references, meteor), predictions, references)

@@ -1,0 +1,91 @@
+"""Run folders: a trained model as `model.safetensors` + `config.json`, never a pickle.
+
+`config.json` holds everything needed to rebuild and use the model: the model name and its config
+dataclass, the encoder (name, weights, fingerprint), the vocabulary, the training settings and
+the metrics. Both files are written to a temporary name and renamed, so a crash during a save
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from captionkit.data.vocab import Vocabulary
+from captionkit.errors import CaptionkitError
+from captionkit.models import create_model, model_config_dict
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainedModel:
+    """A model loaded from a run folder, with what it needs to caption images."""
+
+    model: nn.Module
+    vocab: Vocabulary
+    encoder: dict
+    """`{"name", "weights", "fingerprint"}` of the encoder the model was trained on."""
+    config: dict
+    """The whole `config.json`."""
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Vocabulary,
+                    encoder: dict, extra: dict | None = None) -> None:  # fmt: skip
+    """Write the model's weights and config into `run_dir`, atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": {"name": model_name, "config": model_config_dict(model)},
+        "encoder": encoder,
+        "vocabulary": vocab.to_dict(),
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic(run_dir / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic(run_dir / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's `config.json`, with a clear error when the folder is not a run."""
+    path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise CaptionkitError(f"{run_dir}: checkpoint folder not found")
+    if not path.is_file():
+        raise CaptionkitError(f"{run_dir}: not a captionkit run folder (no {CONFIG})")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CaptionkitError(f"{path}: corrupt config ({e})") from None
+
+
+def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the model of a run folder from safetensors weights and its JSON config."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    try:
+        model = create_model(config["model"]["name"], **config["model"]["config"])
+        vocab = Vocabulary.from_dict(config["vocabulary"])
+        state = load_file(run_dir / WEIGHTS, device=str(device))
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise CaptionkitError(f"{run_dir}: no {WEIGHTS} in the run folder") from None
+    except (SafetensorError, OSError) as e:
+        raise CaptionkitError(f"{run_dir / WEIGHTS}: unreadable weights ({e})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CaptionkitError(f"{run_dir}: config and weights do not match ({e})") from None
+    return TrainedModel(model.to(device).eval(), vocab, config["encoder"], config)

@@ -1,0 +1,84 @@
+"""Show and Tell (Vinyals et al., 2015): the projected image feature is the first input of an
+LSTM (or GRU) language model, which then reads `<bos> w1 ... wn` and predicts `w1 ... wn <eos>`.
+
+Shapes: B images, T caption tokens, D encoder feature size, E embedding size, H hidden size,
+V vocabulary size, N layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ShowTellConfig:
+    """Hyperparameters of Show-and-Tell; stored in every checkpoint."""
+
+    vocab_size: int
+    """Number of tokens, specials included."""
+    feature_dim: int
+    """Size D of the encoder's pooled feature."""
+    embed_dim: int = 512
+    """Size E of word embeddings and of the projected image feature."""
+    hidden_dim: int = 512
+    """Size H of the recurrent state."""
+    num_layers: int = 1
+    """Stacked recurrent layers."""
+    dropout: float = 0.5
+    """Dropout on the inputs and outputs of the recurrent network."""
+    rnn: str = "lstm"
+    """`lstm` or `gru`."""
+
+
+class ShowTell(nn.Module):
+    """Pooled image feature -> recurrent decoder; see the module docstring."""
+
+    uses_grid = False
+
+    def __init__(self, config: ShowTellConfig):
+        super().__init__()
+        if config.rnn not in ("lstm", "gru"):
+            raise ValueError(f"rnn must be 'lstm' or 'gru', not {config.rnn!r}")
+        self.config = c = config
+        self.image_proj = nn.Linear(c.feature_dim, c.embed_dim)
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+        rnn_cls = nn.LSTM if c.rnn == "lstm" else nn.GRU
+        between_layers = c.dropout if c.num_layers > 1 else 0.0
+        self.rnn = rnn_cls(c.embed_dim, c.hidden_dim, c.num_layers, batch_first=True,
+                           dropout=between_layers)  # fmt: skip
+        self.dropout = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden_dim, c.vocab_size)
+
+    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor):
+        """Teacher forcing: pooled [B, D], tokens [B, T] (starting with <bos>) -> logits [B, T, V]."""
+        image = self.image_proj(pooled)[:, None]  # [B, 1, E]
+        x = torch.cat([image, self.embed(tokens)], dim=1)  # [B, T+1, E]
+        out, _ = self.rnn(self.dropout(x))  # [B, T+1, H]
+        return self.head(self.dropout(out[:, 1:]))  # [B, T, V]: the image step predicts nothing
+
+    def init_state(self, pooled: torch.Tensor, grid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Feed the image; the state after it starts decoding. Tensors are batch-first [B, N, H]."""
+        _, hidden = self.rnn(self.image_proj(pooled)[:, None])
+        return self._to_state(hidden)
+
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
+        """One decoding step: tokens [B] -> (logits [B, V], new state)."""
+        hidden = (state["h"], state["c"]) if self.config.rnn == "lstm" else state["h"]
+        hidden = self._from_state(hidden)
+        out, hidden = self.rnn(self.embed(tokens)[:, None], hidden)  # out [B, 1, H]
+        return self.head(out[:, 0]), self._to_state(hidden)
+
+    def _to_state(self, hidden) -> dict[str, torch.Tensor]:
+        # nn.LSTM keeps layers first ([N, B, H]); decoding reorders beams along dim 0.
+        if isinstance(hidden, tuple):
+            return {"h": hidden[0].transpose(0, 1), "c": hidden[1].transpose(0, 1)}
+        return {"h": hidden.transpose(0, 1)}
+
+    @staticmethod
+    def _from_state(hidden):
+        if isinstance(hidden, tuple):
+            return tuple(t.transpose(0, 1).contiguous() for t in hidden)
+        return hidden.transpose(0, 1).contiguous()

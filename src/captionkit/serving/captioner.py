@@ -1,0 +1,62 @@
+"""`Captioner`: the Python API for captioning images with a trained run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from captionkit.decoding import DecodingOptions, decode
+from captionkit.encoders.features import load_image
+from captionkit.errors import CaptionkitError
+from captionkit.evaluation.evaluate import encoder_for
+from captionkit.models.checkpoint import load_checkpoint
+
+
+@dataclass
+class Caption:
+    """A generated caption and its total log-probability."""
+
+    text: str
+    score: float
+
+
+class Captioner:
+    """Loads a run folder once, then captions images (paths, PIL images or HxWx3 arrays)."""
+
+    def __init__(self, trained, encoder, device: str = "cpu"):
+        self.trained, self.encoder, self.device = trained, encoder.to(device), device
+        self.transform = encoder.transform()
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> Captioner:
+        trained = load_checkpoint(run_dir, device)
+        return cls(trained, encoder_for(trained), device)
+
+    def _pixels(self, image) -> torch.Tensor:
+        if isinstance(image, (str, Path)):
+            try:
+                image = load_image(Path(image))
+            except FileNotFoundError:
+                raise CaptionkitError(f"{image}: no such image file") from None
+            except (OSError, ValueError) as e:
+                raise CaptionkitError(f"{image}: cannot read image ({e})") from None
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        return self.transform(image.convert("RGB"))
+
+    @torch.inference_mode()
+    def caption(self, images: list, beam_size: int = 3, n_best: int = 1,
+                batch_size: int = 32) -> list[list[Caption]]:  # fmt: skip
+        """Up to `n_best` captions per image, best first."""
+        options = DecodingOptions(beam_size=beam_size, n_best=n_best)
+        out = []
+        for start in range(0, len(images), batch_size):
+            pixels = torch.stack([self._pixels(im) for im in images[start : start + batch_size]])
+            pooled, grid = self.encoder(pixels.to(self.device))
+            for hyps in decode(self.trained.model, pooled, grid, options):
+                out.append([Caption(self.trained.vocab.decode(h.tokens), h.score) for h in hyps])
+        return out

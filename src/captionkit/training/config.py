@@ -1,0 +1,91 @@
+"""Training settings: grouped, typed dataclasses, one docstring per field.
+
+`RunConfig.to_dict()` is written into every run folder (inside `config.json`), and
+`RunConfig.from_dict()` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from captionkit.encoders.factory import DEFAULT_ENCODER
+
+
+@dataclass
+class DataConfig:
+    """Where the captions and images are, and how captions become tokens."""
+
+    data: str = ""
+    """Dataset folder (format detected) or annotation file."""
+    images: str | None = None
+    """Image folder, when it is not beside the annotations."""
+    min_count: int = 5
+    """Words seen fewer times in the training captions become `<unk>`."""
+    max_length: int = 20
+    """Training captions are cut to this many words."""
+    cache_dir: str | None = None
+    """Feature cache folder (default `$CAPTIONKIT_CACHE` or `~/.cache/captionkit`)."""
+
+
+@dataclass
+class EncoderConfig:
+    """The image encoder whose features the decoder reads."""
+
+    name: str = DEFAULT_ENCODER
+    """A timm model name."""
+    weights: str = "default"
+    """`default` (offline packaged weights), `hub`, `none` or a weights file."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer settings."""
+
+    lr: float = 5e-4
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    grad_clip: float = 5.0
+    """Clip the gradient norm to this value (0 disables)."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 10
+    """Passes over the training captions."""
+    batch_size: int = 64
+    """Captions per training step."""
+    seed: int = 0
+    """Seed for weights, data order and dropout."""
+    val_beam_size: int = 1
+    """Beam size of the validation decode (1 = greedy)."""
+    accelerator: str = "auto"
+    """Lightning accelerator: `auto`, `cpu`, `gpu`."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs."""
+
+    model: str = "show_tell"
+    """Registered model name."""
+    model_args: dict = field(default_factory=dict)
+    """Overrides of the model's config dataclass (e.g. `{"hidden_dim": 256}`)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        groups = {"data": DataConfig, "encoder": EncoderConfig, "optim": OptimConfig}
+        groups["train"] = TrainConfig
+        kwargs = {k: v for k, v in d.items() if k not in groups}
+        kwargs.update({k: groups[k](**d[k]) for k in groups if k in d})
+        return cls(**kwargs)

@@ -1,0 +1,93 @@
+"""`train()`: dataset -> features -> vocabulary -> model -> Lightning Trainer -> run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+
+from captionkit.data import Vocabulary, load_dataset
+from captionkit.decoding import DecodingOptions
+from captionkit.encoders import create_encoder
+from captionkit.encoders.features import features_for_dataset
+from captionkit.errors import CaptionkitError
+from captionkit.models import MODELS, create_model
+from captionkit.models.checkpoint import save_checkpoint
+from captionkit.training.config import RunConfig
+from captionkit.training.datamodule import CaptionDataModule, CaptionPairs, ImageRows
+from captionkit.training.module import CaptioningModule
+
+
+class BestCheckpoint(L.Callback):
+    """After each validation: append to `metrics.jsonl`, and save the model if val CIDEr improved."""
+
+    def __init__(self, run_dir: Path, save_kwargs: dict):
+        self.run_dir, self.save_kwargs = run_dir, save_kwargs
+        self.best: dict = {}
+        self.started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: CaptioningModule) -> None:
+        if trainer.sanity_checking or "val/CIDEr" not in trainer.callback_metrics:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        row["elapsed_s"] = round(time.perf_counter() - self.started, 2)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if not self.best or row["val/CIDEr"] > self.best["val/CIDEr"]:
+            self.best = row
+            extra = {**self.save_kwargs.pop("extra", {}), "metrics": row}
+            save_checkpoint(self.run_dir, module.model, extra=extra, **self.save_kwargs)
+            self.save_kwargs["extra"] = extra
+
+
+def train(config: RunConfig, run_dir: str | Path) -> dict:
+    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`."""
+    run_dir = Path(run_dir)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    dataset = load_dataset(config.data.data, config.data.images)
+    encoder = create_encoder(config.encoder.name, config.encoder.weights)
+    store, records = features_for_dataset(dataset, encoder, config.data.cache_dir)
+    train_records = [r for r in records if r.split == "train"]
+    val_records = [r for r in records if r.split == "val"]
+    if not train_records or not val_records:
+        raise CaptionkitError(f"{dataset.source}: need images in both the train and val splits")
+
+    vocab = Vocabulary.build((c for r in train_records for c in r.captions), config.data.min_count)
+    model = create_model(config.model, vocab_size=len(vocab), feature_dim=encoder.feature_dim,
+                         **config.model_args)  # fmt: skip
+    use_grid = MODELS[config.model][1].uses_grid
+    row = {str(dataset.path(r).resolve()): store.row[str(dataset.path(r).resolve())] for r in records}
+    pairs = [(row[str(dataset.path(r).resolve())], c) for r in train_records for c in r.captions]
+    train_set = CaptionPairs(store, [p for p, _ in pairs],
+                             [vocab.encode(c, config.data.max_length) for _, c in pairs], use_grid)
+    val_keys = [r.filename for r in val_records]
+    val_rows = [row[str(dataset.path(r).resolve())] for r in val_records]
+    datamodule = CaptionDataModule(train_set, ImageRows(store, val_rows, val_keys, use_grid),
+                                   config.train.batch_size, config.train.seed)  # fmt: skip
+    module = CaptioningModule(
+        model, vocab, config.optim,
+        val_references={r.filename: r.captions for r in val_records},
+        val_options=DecodingOptions(beam_size=config.train.val_beam_size),
+    )  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    extra = {"run": config.to_dict(), "dataset": {"name": dataset.name, **dataset.split_sizes()}}
+    checkpoint = BestCheckpoint(run_dir, {"model_name": config.model, "vocab": vocab,
+                                          "encoder": encoder.spec(), "extra": extra})  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=config.train.epochs,
+        accelerator=config.train.accelerator,
+        devices=1,
+        gradient_clip_val=config.optim.grad_clip or None,
+        callbacks=[checkpoint],
+        logger=CSVLogger(run_dir, name="logs"),
+        enable_checkpointing=False,  # Lightning's .ckpt files are pickles; we save safetensors
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule)
+    return checkpoint.best
