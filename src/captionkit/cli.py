@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
-import click
 import typer
 
 from captionkit.errors import CaptionkitError
@@ -24,12 +23,12 @@ app = typer.Typer(
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset folder or annotation file.")]
 ImagesOpt = Annotated[
-    Optional[Path], typer.Option("--images", help="Image folder, if not beside the annotations.")
+    Path | None, typer.Option("--images", help="Image folder, if not beside the annotations.")
 ]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="A run folder from `train`.")]
 BeamOpt = Annotated[int, typer.Option("--beam-size", min=1, help="Beam size (1 = greedy).")]
 CacheOpt = Annotated[
-    Optional[Path], typer.Option("--cache-dir", help="Feature cache (default ~/.cache/captionkit).")
+    Path | None, typer.Option("--cache-dir", help="Feature cache (default ~/.cache/captionkit).")
 ]
 
 
@@ -69,8 +68,12 @@ def train(
 
     config = RunConfig(
         model=model,
-        data=DataConfig(str(data), images and str(images), min_count=min_count,
-                        cache_dir=cache_dir and str(cache_dir)),  # fmt: skip
+        data=DataConfig(
+            str(data),
+            images and str(images),
+            min_count=min_count,
+            cache_dir=cache_dir and str(cache_dir),
+        ),  # fmt: skip
         encoder=EncoderConfig(encoder, encoder_weights),
     )
     config.train.epochs, config.train.batch_size, config.train.seed = epochs, batch_size, seed
@@ -86,7 +89,7 @@ def evaluate(
     images: ImagesOpt = None,
     split: Annotated[str, typer.Option("--split")] = "test",
     beam_size: BeamOpt = 3,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Write metrics JSON.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write metrics JSON.")] = None,
     cache_dir: CacheOpt = None,
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr."""
@@ -124,18 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="captionkit", standalone_mode=False)
+        # Standalone mode prints usage errors itself and exits; our errors pass through it.
+        command.main(args=argv, prog_name="captionkit", standalone_mode=True)
     except CaptionkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Word-level vocabulary: lowercase words with punctuation stripped, rare words mapped to `<unk>`."""
+"""Word-level vocabulary: lowercase words, punctuation stripped, rare words as `<unk>`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ class Vocabulary:
     def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
         """Keep words seen at least `min_count` times, most frequent first (ties alphabetical)."""
         counts = Counter(w for c in captions for w in tokenize(c))
-        kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
+        )
         return cls(kept)
 
     def __len__(self) -> int:

@@ -101,7 +101,9 @@ class BeamSearchDecoder:
 
     def decode(self, model, pooled, grid) -> list[list[DecodingResult]]:
         b, k, device = pooled.shape[0], self.k, pooled.device
-        state = {n: v.repeat_interleave(k, dim=0) for n, v in model.init_state(pooled, grid).items()}
+        state = {
+            n: v.repeat_interleave(k, dim=0) for n, v in model.init_state(pooled, grid).items()
+        }
         tokens = torch.full((b * k,), Vocabulary.bos_id, dtype=torch.long, device=device)
         seqs = torch.zeros(b * k, 0, dtype=torch.long, device=device)
         # All beams of an image start identical: only beam 0 may expand at the first step.
@@ -128,8 +130,11 @@ class BeamSearchDecoder:
         return [sorted(hyps, key=lambda h: -h.score)[:n] for hyps in finished]
 
     def _collect_finished(self, finished, seqs, top_scores, src_beam, words) -> None:
-        """Candidates that end with <eos> become finished hypotheses (the best K are kept)."""
+        """Candidates among the K best that end with <eos> become finished hypotheses (the best K
+        are kept). Ignoring <eos> ranked lower, as fairseq and Hugging Face do, makes a beam of 1
+        exactly greedy decoding."""
         ended = (words == Vocabulary.eos_id) & torch.isfinite(top_scores)
+        ended[:, self.k :] = False
         for i, j in ended.nonzero().tolist():
             row = i * self.k + int(src_beam[i, j])
             finished[i].append(DecodingResult(seqs[row].tolist(), float(top_scores[i, j])))

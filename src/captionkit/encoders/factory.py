@@ -55,7 +55,15 @@ class ImageEncoder(nn.Module):
             h = hashlib.sha256(self.name.encode())
             for key, tensor in sorted(self.model.state_dict().items()):
                 h.update(key.encode())
-                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                h.update(
+                    tensor.detach()
+                    .cpu()
+                    .contiguous()
+                    .reshape(-1)
+                    .view(torch.uint8)
+                    .numpy()
+                    .tobytes()
+                )
             h.update(json.dumps(self.data_config, sort_keys=True, default=str).encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
@@ -78,7 +86,9 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> Ima
             torch.manual_seed(0)  # random weights are the same every time: cache keys stay valid
             model = timm.create_model(name, pretrained=False)
         if weights == "none":
-            warnings.warn(f"encoder {name} has random weights (--encoder-weights none)", stacklevel=2)
+            warnings.warn(
+                f"encoder {name} has random weights (--encoder-weights none)", stacklevel=2
+            )
         else:
             path = packaged_weights_path() if weights == "default" else Path(weights)
             model.load_state_dict(load_state_dict(path, name))
@@ -115,7 +125,9 @@ def load_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CaptionkitError(f"{path}: cannot read encoder weights ({e})".splitlines()[0]) from None
+        raise CaptionkitError(
+            f"{path}: cannot read encoder weights ({e})".splitlines()[0]
+        ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if any(k.startswith("_blocks.") for k in state):
         state = efficientnet_pytorch_to_timm(state, _stage_depths(name))

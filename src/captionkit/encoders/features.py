@@ -34,7 +34,7 @@ def default_cache_dir() -> Path:
 
 
 def load_image(path: Path) -> Image.Image:
-    """Open an image as RGB with its EXIF rotation applied; raises OSError/ValueError if unreadable."""
+    """Open an image as RGB with its EXIF rotation applied (OSError/ValueError if unreadable)."""
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         return im.convert("RGB")
@@ -78,7 +78,12 @@ class FeatureStore:
 
     def has(self, path: Path | str) -> bool:
         """True when the image was read and its features are in the store."""
-        return str(path) in self.row and str(path) not in self.failed
+        key = str(Path(path).resolve())
+        return key in self.row and key not in self.failed
+
+    def rows(self, paths: list[Path]) -> list[int]:
+        """Row numbers of image files (as given to `extract_features`, in any relative form)."""
+        return [self.row[str(Path(p).resolve())] for p in paths]
 
     @classmethod
     def open(cls, folder: Path) -> FeatureStore:
@@ -174,7 +179,7 @@ def features_for_dataset(dataset, encoder: ImageEncoder, cache_dir: Path | None 
     """Features of every image of a `CaptionDataset` (all splits, so training and evaluation share
     one store), and the records whose image could be read."""
     store = extract_features(encoder, [dataset.path(r) for r in dataset.records], cache_dir)
-    usable = [r for r in dataset.records if store.has(dataset.path(r).resolve())]
+    usable = [r for r in dataset.records if store.has(dataset.path(r))]
     if not usable:
         raise CaptionkitError(f"{dataset.image_root}: none of the dataset's images could be read")
     if len(usable) < len(dataset.records):

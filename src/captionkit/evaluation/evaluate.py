@@ -33,7 +33,7 @@ def encoder_for(trained: TrainedModel):
     encoder = create_encoder(spec["name"], spec["weights"])
     if encoder.fingerprint() != spec["fingerprint"]:
         raise CaptionkitError(
-            f"encoder {spec['name']} ({spec['weights']}) now has other weights than at training time"
+            f"encoder {spec['name']} ({spec['weights']}) has other weights than in training"
         )
     return encoder
 
@@ -46,7 +46,9 @@ def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         pooled = torch.from_numpy(np.asarray(store.pooled[batch], dtype=np.float32))
-        grid = torch.from_numpy(np.asarray(store.grid[batch], dtype=np.float32)) if uses_grid else None
+        grid = (
+            torch.from_numpy(np.asarray(store.grid[batch], dtype=np.float32)) if uses_grid else None
+        )
         results = decode(trained.model, pooled, grid, options)
         captions += [trained.vocab.decode(hyps[0].tokens) for hyps in results]
     return captions
@@ -62,7 +64,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | Non
     records = [r for r in records if r.split == split]
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
-    rows = [store.row[str(dataset.path(r).resolve())] for r in records]
+    rows = store.rows([dataset.path(r) for r in records])
     captions = caption_rows(trained, store, rows, DecodingOptions(beam_size=beam_size))
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}

@@ -1,7 +1,8 @@
 """Caption decoders and their registry.
 
 Every model has a config dataclass (stored in checkpoints) and implements:
-- `forward(pooled [B, D], grid [B, L, D] | None, tokens [B, T]) -> logits [B, T, V]` (teacher forcing);
+- `forward(pooled [B, D], grid [B, L, D] | None, tokens [B, T]) -> logits [B, T, V]`
+  (teacher forcing);
 - `init_state(pooled, grid) -> state` and `step(tokens [B], state) -> (logits [B, V], state)`,
   where `state` is a dict of batch-first tensors, so decoders can expand and reorder it on dim 0;
 - `uses_grid`: whether the model reads the spatial grid (else `grid` may be None).

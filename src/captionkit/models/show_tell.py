@@ -43,7 +43,11 @@ class ShowTell(nn.Module):
         if config.rnn not in ("lstm", "gru"):
             raise ValueError(f"rnn must be 'lstm' or 'gru', not {config.rnn!r}")
         self.config = c = config
-        self.image_proj = nn.Linear(c.feature_dim, c.embed_dim)
+        # BatchNorm standardises each feature over the batch, removing the component that all
+        # images share: on frozen CNN features it doubles CIDEr in a few epochs (BENCHMARKS.md).
+        self.image_proj = nn.Sequential(
+            nn.Linear(c.feature_dim, c.embed_dim), nn.BatchNorm1d(c.embed_dim)
+        )
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
         rnn_cls = nn.LSTM if c.rnn == "lstm" else nn.GRU
         between_layers = c.dropout if c.num_layers > 1 else 0.0
@@ -53,13 +57,15 @@ class ShowTell(nn.Module):
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
 
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor):
-        """Teacher forcing: pooled [B, D], tokens [B, T] (starting with <bos>) -> logits [B, T, V]."""
+        """Teacher forcing: pooled [B, D], tokens [B, T] (from <bos>) -> logits [B, T, V]."""
         image = self.image_proj(pooled)[:, None]  # [B, 1, E]
         x = torch.cat([image, self.embed(tokens)], dim=1)  # [B, T+1, E]
         out, _ = self.rnn(self.dropout(x))  # [B, T+1, H]
         return self.head(self.dropout(out[:, 1:]))  # [B, T, V]: the image step predicts nothing
 
-    def init_state(self, pooled: torch.Tensor, grid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def init_state(
+        self, pooled: torch.Tensor, grid: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """Feed the image; the state after it starts decoding. Tensors are batch-first [B, N, H]."""
         _, hidden = self.rnn(self.image_proj(pooled)[:, None])
         return self._to_state(hidden)

@@ -69,7 +69,9 @@ class CaptionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        # drop_last: a final batch of one caption would break BatchNorm in the image projection.
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(self.train) > self.batch_size,
                           collate_fn=CaptionPairs.collate, generator=generator)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:

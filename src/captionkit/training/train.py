@@ -22,10 +22,12 @@ from captionkit.training.module import CaptioningModule
 
 
 class BestCheckpoint(L.Callback):
-    """After each validation: append to `metrics.jsonl`, and save the model if val CIDEr improved."""
+    """After each validation: append to `metrics.jsonl`; save the model if val CIDEr improved."""
 
-    def __init__(self, run_dir: Path, save_kwargs: dict):
-        self.run_dir, self.save_kwargs = run_dir, save_kwargs
+    def __init__(self, run_dir: Path, model_name: str, vocab: Vocabulary, encoder: dict,
+                 extra: dict):  # fmt: skip
+        self.run_dir, self.model_name, self.vocab = run_dir, model_name, vocab
+        self.encoder, self.extra = encoder, extra
         self.best: dict = {}
         self.started = time.perf_counter()
 
@@ -39,13 +41,37 @@ class BestCheckpoint(L.Callback):
             f.write(json.dumps(row) + "\n")
         if not self.best or row["val/CIDEr"] > self.best["val/CIDEr"]:
             self.best = row
-            extra = {**self.save_kwargs.pop("extra", {}), "metrics": row}
-            save_checkpoint(self.run_dir, module.model, extra=extra, **self.save_kwargs)
-            self.save_kwargs["extra"] = extra
+            save_checkpoint(self.run_dir, module.model, self.model_name, self.vocab, self.encoder,
+                            {**self.extra, "metrics": row})  # fmt: skip
+
+
+def _datamodule(config: RunConfig, store, dataset, train_records, val_records, vocab, use_grid):
+    """Training pairs (one per caption) and validation images over the feature store."""
+    pairs = [(dataset.path(r), c) for r in train_records for c in r.captions]
+    tokens = [vocab.encode(c, config.data.max_length) for _, c in pairs]
+    train_set = CaptionPairs(store, store.rows([p for p, _ in pairs]), tokens, use_grid)
+    val_rows = store.rows([dataset.path(r) for r in val_records])
+    val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
+    return CaptionDataModule(train_set, val_set, config.train.batch_size, config.train.seed)
+
+
+def _trainer(config: RunConfig, run_dir: Path, checkpoint: BestCheckpoint) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=config.train.epochs,
+        accelerator=config.train.accelerator,
+        devices=1,
+        gradient_clip_val=config.optim.grad_clip or None,
+        callbacks=[checkpoint],
+        logger=CSVLogger(run_dir, name="logs"),
+        enable_checkpointing=False,  # Lightning's .ckpt files are pickles; we save safetensors
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
 
 
 def train(config: RunConfig, run_dir: str | Path) -> dict:
-    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`."""
+    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`.
+    Returns the metrics row of the best validation."""
     run_dir = Path(run_dir)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     dataset = load_dataset(config.data.data, config.data.images)
@@ -60,14 +86,7 @@ def train(config: RunConfig, run_dir: str | Path) -> dict:
     model = create_model(config.model, vocab_size=len(vocab), feature_dim=encoder.feature_dim,
                          **config.model_args)  # fmt: skip
     use_grid = MODELS[config.model][1].uses_grid
-    row = {str(dataset.path(r).resolve()): store.row[str(dataset.path(r).resolve())] for r in records}
-    pairs = [(row[str(dataset.path(r).resolve())], c) for r in train_records for c in r.captions]
-    train_set = CaptionPairs(store, [p for p, _ in pairs],
-                             [vocab.encode(c, config.data.max_length) for _, c in pairs], use_grid)
-    val_keys = [r.filename for r in val_records]
-    val_rows = [row[str(dataset.path(r).resolve())] for r in val_records]
-    datamodule = CaptionDataModule(train_set, ImageRows(store, val_rows, val_keys, use_grid),
-                                   config.train.batch_size, config.train.seed)  # fmt: skip
+    datamodule = _datamodule(config, store, dataset, train_records, val_records, vocab, use_grid)
     module = CaptioningModule(
         model, vocab, config.optim,
         val_references={r.filename: r.captions for r in val_records},
@@ -76,18 +95,6 @@ def train(config: RunConfig, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     extra = {"run": config.to_dict(), "dataset": {"name": dataset.name, **dataset.split_sizes()}}
-    checkpoint = BestCheckpoint(run_dir, {"model_name": config.model, "vocab": vocab,
-                                          "encoder": encoder.spec(), "extra": extra})  # fmt: skip
-    trainer = L.Trainer(
-        max_epochs=config.train.epochs,
-        accelerator=config.train.accelerator,
-        devices=1,
-        gradient_clip_val=config.optim.grad_clip or None,
-        callbacks=[checkpoint],
-        logger=CSVLogger(run_dir, name="logs"),
-        enable_checkpointing=False,  # Lightning's .ckpt files are pickles; we save safetensors
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule)
+    checkpoint = BestCheckpoint(run_dir, config.model, vocab, encoder.spec(), extra)
+    _trainer(config, run_dir, checkpoint).fit(module, datamodule)
     return checkpoint.best

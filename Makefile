@@ -1,0 +1,42 @@
+# captionkit: `make demo` and `make test` set everything up on a fresh machine (Python 3.10+, Java).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_DATA ?= data/shapes
+DEMO_RUN ?= runs/shapes-demo
+DEMO_IMAGES ?= 2000
+DEMO_EPOCHS ?= 8
+
+.PHONY: install demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@test -f $(DEMO_DATA)/captions.txt || $(BIN)/captionkit make-shapes $(DEMO_DATA) --n-images $(DEMO_IMAGES)
+	$(BIN)/captionkit train --data $(DEMO_DATA) --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) --min-count 1
+	$(BIN)/captionkit evaluate --checkpoint $(DEMO_RUN) --data $(DEMO_DATA) --split test \
+		--output $(DEMO_RUN)/test_metrics.json
+	$(BIN)/python -c "import json; d = json.load(open('$(DEMO_DATA)/dataset_shapes.json')); \
+		print('\n'.join(['$(DEMO_DATA)/Images/' + i['filename'] for i in d['images'] \
+		if i['split'] == 'test'][:5]))" | xargs $(BIN)/captionkit caption --checkpoint $(DEMO_RUN)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

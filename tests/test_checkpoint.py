@@ -1,0 +1,63 @@
+"""Run folders: safetensors + JSON round trip, and clear errors for bad ones."""
+
+import json
+
+import pytest
+import torch
+
+from captionkit.data import Vocabulary
+from captionkit.errors import CaptionkitError
+from captionkit.models import create_model
+from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+
+ENCODER = {"name": "tf_efficientnet_lite0", "weights": "default", "fingerprint": "abc"}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["a dog runs", "a cat sits"])
+    model = create_model("show_tell", vocab_size=len(vocab), feature_dim=16, hidden_dim=32,
+                         rnn="gru")  # fmt: skip
+    save_checkpoint(tmp_path, model, "show_tell", vocab, ENCODER, {"metrics": {"val/CIDEr": 0.5}})
+    return tmp_path, model, vocab
+
+
+def test_round_trip_gives_the_same_model(run_dir):
+    path, model, vocab = run_dir
+    loaded = load_checkpoint(path)
+    assert loaded.vocab.itos == vocab.itos and loaded.encoder == ENCODER
+    assert loaded.config["metrics"]["val/CIDEr"] == 0.5
+    assert loaded.model.config == model.config
+    pooled, tokens = torch.randn(2, 16), torch.tensor([[1, 4, 5], [1, 6, 7]])
+    model.eval()
+    assert torch.equal(loaded.model(pooled, None, tokens), model(pooled, None, tokens))
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_weights_file_is_safetensors_not_a_pickle(run_dir):
+    path, *_ = run_dir
+    header_len = int.from_bytes((path / "model.safetensors").read_bytes()[:8], "little")
+    header = json.loads((path / "model.safetensors").read_bytes()[8 : 8 + header_len])
+    assert "image_proj.0.weight" in header and "embed.weight" in header
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: (p / "config.json").unlink(), "not a captionkit run folder"),
+        (lambda p: (p / "config.json").write_text("{oops"), "corrupt config"),
+        (lambda p: (p / "model.safetensors").unlink(), "no model.safetensors"),
+        (lambda p: (p / "model.safetensors").write_bytes(b"\x80\x04pickle"), "unreadable weights"),
+    ],
+)
+def test_damaged_run_folders(run_dir, damage, message):
+    path, *_ = run_dir
+    damage(path)
+    with pytest.raises(CaptionkitError, match=message):
+        load_checkpoint(path)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CaptionkitError, match="checkpoint folder not found"):
+        load_checkpoint(tmp_path / "nope")

@@ -1,0 +1,105 @@
+"""Encoder weights, key mapping and the feature store."""
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from captionkit.encoders import create_encoder, extract_features
+from captionkit.encoders.factory import (
+    efficientnet_pytorch_to_timm,
+    load_state_dict,
+    packaged_weights_path,
+)
+from captionkit.errors import CaptionkitError
+
+from conftest import write_images
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_encoder()
+
+
+def test_packaged_weights_classify_chelsea_as_a_cat(lite0):
+    skimage_data = pytest.importorskip("skimage.data")
+    image = Image.fromarray(skimage_data.chelsea())
+    with torch.no_grad():
+        logits = lite0.model(lite0.transform()(image)[None])
+    top5 = logits.topk(5).indices[0].tolist()
+    assert set(top5[:3]) <= set(range(281, 286)), top5  # ImageNet's cat classes
+    assert any(281 <= c <= 285 for c in top5)
+
+
+def test_key_mapping_renames_every_key_to_timm():
+    source = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    mapped = efficientnet_pytorch_to_timm(source, [len(s) for s in model.blocks])
+    assert set(mapped) == set(model.state_dict())
+    assert mapped["blocks.0.0.conv_pw.weight"] is source["_blocks.0._project_conv.weight"]
+    assert mapped["blocks.1.0.conv_pwl.weight"] is source["_blocks.1._project_conv.weight"]
+    assert mapped["blocks.6.0.bn3.running_var"] is source["_blocks.15._bn2.running_var"]
+    assert mapped["classifier.bias"] is source["_fc.bias"]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_from_a_local_file_equal_the_source(tmp_path, suffix):
+    source = create_encoder("resnet18", weights="none").model.state_dict()
+    source = {k: v + 0.5 if v.is_floating_point() else v for k, v in source.items()}
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(source, path)
+    else:
+        torch.save(source, path)
+    loaded = create_encoder("resnet18", weights=str(path)).model.state_dict()
+    assert all(torch.equal(loaded[k], source[k]) for k in source)
+
+
+def test_bad_weights_files_and_names(tmp_path):
+    with pytest.raises(CaptionkitError, match="not found"):
+        create_encoder("resnet18", weights=str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CaptionkitError, match="cannot read encoder weights"):
+        load_state_dict(tmp_path / "junk.pth", "resnet18")
+    with pytest.raises(CaptionkitError, match="unknown encoder"):
+        create_encoder("no_such_net")
+
+
+def test_pooled_and_grid_shapes(lite0):
+    pooled, grid = lite0(torch.zeros(2, 3, 224, 224))
+    assert pooled.shape == (2, 1280) and grid.shape == (2, 49, 1280)
+    assert torch.allclose(grid.mean(1), pooled, atol=1e-5)  # the head is a global average pool
+
+
+def test_feature_store_caches_and_invalidates(tmp_path, lite0):
+    write_images(tmp_path / "img", ["a.png", "b.png", "c.png"])
+    paths = sorted((tmp_path / "img").iterdir())
+    store = extract_features(lite0, paths, tmp_path / "cache")
+    assert store.pooled.shape == (3, 1280) and store.grid.shape == (3, 49, 1280)
+    assert extract_features(lite0, paths, tmp_path / "cache").folder == store.folder  # cache hit
+    with torch.no_grad():
+        expected, _ = lite0(lite0.transform()(Image.open(paths[1]).convert("RGB"))[None])
+    assert torch.allclose(torch.tensor(store.pooled[1]).float(), expected[0], atol=2e-2)
+
+    write_images(tmp_path / "img", ["b.png"], seed=9)  # a changed image: new size/mtime
+    os.utime(paths[1], ns=(1, 1))
+    assert extract_features(lite0, paths, tmp_path / "cache").folder != store.folder
+    random_encoder = create_encoder(weights="none")  # same name, other weights
+    assert extract_features(random_encoder, paths, tmp_path / "cache").folder != store.folder
+    assert not list((tmp_path / "cache").glob("*.tmp-*"))  # no half-written store left
+
+
+def test_unreadable_images_are_recorded_not_fatal(tmp_path, lite0):
+    write_images(tmp_path, ["ok.png"])
+    (tmp_path / "text.jpg").write_text("this is not an image")
+    paths = [tmp_path / "ok.png", tmp_path / "text.jpg", tmp_path / "missing.jpg"]
+    with pytest.warns(UserWarning, match="cannot read image"):
+        store = extract_features(lite0, paths, tmp_path / "cache")
+    assert store.has(paths[0].resolve())
+    assert not store.has(paths[1].resolve()) and not store.has(paths[2].resolve())
+    assert set(store.failed) == {str(paths[1].resolve()), str(paths[2].resolve())}
