@@ -13,9 +13,9 @@ from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 
 # Measured when this test was written (seed 0, 600 images, 12 epochs, about a minute on 2 cores):
-# the model reached test CIDEr-D ~1.9 (beam 3) against 0.84 for the best constant caption.
-# The assertion leaves room for run-to-run and platform noise.
-MARGIN = 0.5
+# test CIDEr-D 2.17 (beam 3) against 0.84 for the best constant caption, a ratio of 2.6. The test
+# asks for at least double, which leaves room for run-to-run and platform noise.
+MIN_RATIO = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_training_beats_the_best_constant_caption(trained):
     model_cider, _ = CiderD(refs).corpus_score(preds)
     constant_cider, constant = best_constant_caption(load_dataset(root / "shapes"), refs)
     print(f"model CIDEr-D {model_cider:.3f}, best constant {constant_cider:.3f} ({constant!r})")
-    assert model_cider > constant_cider + MARGIN
+    assert model_cider > MIN_RATIO * constant_cider
     assert result.metrics["CIDEr"] == pytest.approx(model_cider, rel=0.15)  # PTB vs our tokens
 
 

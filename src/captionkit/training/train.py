@@ -66,6 +66,7 @@ def _trainer(config: RunConfig, run_dir: Path, checkpoint: BestCheckpoint) -> L.
         enable_checkpointing=False,  # Lightning's .ckpt files are pickles; we save safetensors
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        log_every_n_steps=10,
     )
 
 
