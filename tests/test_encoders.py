@@ -2,12 +2,14 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from captionkit.encoders import create_encoder, extract_features
 from captionkit.encoders.factory import (
+    KNOWN_ENCODERS,
     efficientnet_pytorch_to_timm,
     load_state_dict,
     packaged_weights_path,
@@ -98,8 +100,56 @@ def test_unreadable_images_are_recorded_not_fatal(tmp_path, lite0):
     write_images(tmp_path, ["ok.png"])
     (tmp_path / "text.jpg").write_text("this is not an image")
     paths = [tmp_path / "ok.png", tmp_path / "text.jpg", tmp_path / "missing.jpg"]
-    with pytest.warns(UserWarning, match="cannot read image"):
-        store = extract_features(lite0, paths, tmp_path / "cache")
-    assert store.has(paths[0].resolve())
-    assert not store.has(paths[1].resolve()) and not store.has(paths[2].resolve())
-    assert set(store.failed) == {str(paths[1].resolve()), str(paths[2].resolve())}
+    store = extract_features(lite0, paths, tmp_path / "cache")
+    assert store.has(paths[0])
+    assert not store.has(paths[1]) and not store.has(paths[2])
+    assert store.failed[str(paths[1].resolve())][0] == "unreadable_image"
+    assert store.failed[str(paths[2].resolve())][0] == "missing_image"
+    # A cache hit keeps the failures, so a second run reports them again.
+    assert extract_features(lite0, paths, tmp_path / "cache").failed == store.failed
+
+
+@pytest.mark.parametrize("name", KNOWN_ENCODERS)
+def test_every_listed_encoder_family_gives_pooled_and_grid(name, recwarn):
+    encoder = create_encoder(name, weights="none")
+    size = encoder.data_config["input_size"]
+    pooled, grid = encoder(torch.rand(2, *size))
+    d = encoder.feature_dim
+    assert pooled.shape == (2, d) and grid.shape[0] == 2 and grid.shape[2] == d
+    fmap = encoder.model.forward_features(torch.rand(1, *size))
+    if name.startswith("vit"):  # patch tokens without the class token
+        assert grid.shape[1] == (size[1] // 16) * (size[2] // 16) == fmap.shape[1] - 1
+    else:
+        assert grid.shape[1] == fmap.shape[2] * fmap.shape[3]
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_interrupted_extraction_resumes_where_it_stopped(tmp_path, lite0, monkeypatch):
+    write_images(tmp_path / "img", [f"{i}.png" for i in range(10)])
+    paths = sorted((tmp_path / "img").iterdir())
+    reference = extract_features(lite0, paths, tmp_path / "clean", batch_size=4, num_workers=0)
+
+    calls, crashed = [], []
+    forward = type(lite0).forward
+
+    def failing_forward(self, images):
+        calls.append(len(images))
+        if len(calls) == 3 and not crashed:  # the grid-size probe is call 1
+            crashed.append(True)
+            raise SimulatedCrash  # as if the process died during the second batch
+        return forward(self, images)
+
+    monkeypatch.setattr(type(lite0), "forward", failing_forward)
+    with pytest.raises(SimulatedCrash):
+        extract_features(lite0, paths, tmp_path / "cache", batch_size=4, num_workers=0)
+    (partial,) = (tmp_path / "cache").glob("*.partial")
+    assert not list((tmp_path / "cache").glob("*/index.json"))  # nothing complete is claimed
+    calls.clear()
+    store = extract_features(lite0, paths, tmp_path / "cache", batch_size=4, num_workers=0)
+    assert calls == [1, 4, 2]  # the grid-size probe, then only the 6 images not yet done
+    assert not partial.exists()
+    np.testing.assert_array_equal(np.asarray(store.pooled), np.asarray(reference.pooled))
+    np.testing.assert_array_equal(np.asarray(store.grid), np.asarray(reference.grid))

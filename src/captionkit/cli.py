@@ -27,6 +27,10 @@ ImagesOpt = Annotated[
 ]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="A run folder from `train`.")]
 BeamOpt = Annotated[int, typer.Option("--beam-size", min=1, help="Beam size (1 = greedy).")]
+EncoderOpt = Annotated[str, typer.Option("--encoder", help="timm model name (see `encoders`).")]
+EncoderWeightsOpt = Annotated[
+    str, typer.Option("--encoder-weights", help="default | hub | none | PATH to a weights file.")
+]
 CacheOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Feature cache (default ~/.cache/captionkit).")
 ]
@@ -46,6 +50,60 @@ def make_shapes_cmd(
 
 
 @app.command()
+def encoders(
+    all_timm: Annotated[bool, typer.Option("--all", help="Every timm model with weights.")] = False,
+) -> None:
+    """List image encoders and where their pretrained weights come from."""
+    from captionkit.encoders.factory import list_encoders
+
+    for entry in list_encoders(all_timm):
+        typer.echo(f"{entry['name']:<28} {entry['weights']}")
+
+
+@app.command()
+def extract(
+    data: DataOpt,
+    images: ImagesOpt = None,
+    encoder: EncoderOpt = "tf_efficientnet_lite0",
+    encoder_weights: EncoderWeightsOpt = "default",
+    grid: Annotated[bool, typer.Option("--grid/--no-grid", help="Also store the grid.")] = True,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 1,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Extract and cache encoder features for every image of a dataset."""
+    from captionkit.data import load_dataset
+    from captionkit.encoders import create_encoder, extract_features
+
+    dataset = load_dataset(data, images)
+    model = create_encoder(encoder, encoder_weights)
+    paths = [dataset.path(r) for r in dataset.records]
+    store = extract_features(model, paths, cache_dir, grid, batch_size, workers)
+    typer.echo(f"{len(paths) - len(store.failed)} images -> {store.folder}")
+    if store.failed:
+        typer.echo(f"{len(store.failed)} images could not be read (listed in index.json)")
+
+
+@app.command()
+def prepare(
+    data: Annotated[Path, typer.Argument(help="Dataset folder or annotation file.")],
+    images: ImagesOpt = None,
+    min_count: Annotated[int, typer.Option("--min-count", min=1)] = 5,
+    max_length: Annotated[int, typer.Option("--max-length", min=1)] = 20,
+    quick: Annotated[bool, typer.Option("--quick", help="Do not decode the images.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first problem.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the report JSON.")] = None,
+) -> None:
+    """Validate a dataset without training: counts, splits, vocabulary, problems."""
+    from captionkit.data.report import format_report, prepare_report
+
+    report = prepare_report(data, images, min_count, max_length, strict, check_images=not quick)
+    typer.echo(format_report(report))
+    if output:
+        output.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command()
 def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
@@ -55,11 +113,15 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 5e-4,
     min_count: Annotated[int, typer.Option("--min-count", min=1)] = 5,
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", help="word (PTB words) or bpe (subword pieces).")
+    ] = "word",
+    vocab_size: Annotated[int, typer.Option("--vocab-size", min=8, help="BPE vocabulary.")] = 2000,
+    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Caption tokens.")] = 20,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input.")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    encoder: Annotated[str, typer.Option("--encoder", help="timm model name.")] = (
-        "tf_efficientnet_lite0"
-    ),
-    encoder_weights: Annotated[str, typer.Option("--encoder-weights")] = "default",
+    encoder: EncoderOpt = "tf_efficientnet_lite0",
+    encoder_weights: EncoderWeightsOpt = "default",
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out."""

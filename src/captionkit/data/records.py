@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captionkit.data.problems import Problems
+
 SPLITS = ("train", "val", "test")
 
 
@@ -32,6 +34,8 @@ class CaptionDataset:
     """One record per image, in file order."""
     source: Path | None = None
     """The annotation file the records were read from."""
+    problems: Problems = field(default_factory=Problems)
+    """Bad input found while reading (and later while extracting features), reported and skipped."""
 
     def split(self, name: str) -> list[ImageRecord]:
         """Records of one split; `train` includes nothing else."""

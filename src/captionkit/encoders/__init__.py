@@ -1,8 +1,9 @@
 """Encoders: timm backbones that turn images into a pooled vector and a spatial grid, and the
 on-disk feature store that runs them once per image."""
 
+from captionkit.data.images import load_image
 from captionkit.encoders.factory import DEFAULT_ENCODER, ImageEncoder, create_encoder
-from captionkit.encoders.features import FeatureStore, extract_features, load_image
+from captionkit.encoders.features import FeatureStore, extract_features
 
 __all__ = [
     "DEFAULT_ENCODER",

@@ -22,6 +22,26 @@ from torch import nn
 from captionkit.errors import CaptionkitError
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
+# The families people caption with; any other timm name works too (`timm.list_models()`).
+KNOWN_ENCODERS = (
+    "tf_efficientnet_lite0",
+    "efficientnet_b0",
+    "mobilenetv3_large_100",
+    "resnet50",
+    "resnet101",
+    "inception_v3",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+)
+
+
+def list_encoders(all_timm: bool = False) -> list[dict]:
+    """Encoders with where their pretrained weights come from (offline or the hub)."""
+    names = timm.list_models(pretrained=True) if all_timm else KNOWN_ENCODERS
+    return [
+        {"name": n, "weights": "offline (packaged)" if n == DEFAULT_ENCODER else "hub (online)"}
+        for n in names
+    ]
 
 
 class ImageEncoder(nn.Module):
@@ -38,11 +58,14 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.model.forward_features(images)
-        pooled = self.model.forward_head(fmap, pre_logits=True)  # [B, D]
         if fmap.ndim == 4:  # CNN feature map [B, D, H, W] -> [B, H*W, D]
             grid = fmap.flatten(2).transpose(1, 2)
         else:  # ViT tokens [B, T, D]: drop the class/register tokens
             grid = fmap[:, getattr(self.model, "num_prefix_tokens", 0) :]
+        pooled = self.model.forward_head(fmap, pre_logits=True)  # [B, D'] (class token for ViT)
+        if pooled.shape[-1] != grid.shape[-1]:
+            # Some heads (MobileNetV3) add a layer after pooling; keep one feature space, size D.
+            pooled = grid.mean(dim=1)
         return pooled, grid
 
     def transform(self):

@@ -10,20 +10,21 @@ interrupted extraction never leaves a store that is later trusted.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from captionkit.data.images import open_or_problem
+from captionkit.data.problems import Problems
 from captionkit.encoders.factory import ImageEncoder
 from captionkit.errors import CaptionkitError
 
@@ -31,13 +32,6 @@ from captionkit.errors import CaptionkitError
 def default_cache_dir() -> Path:
     """`$CAPTIONKIT_CACHE`, else `~/.cache/captionkit`."""
     return Path(os.environ.get("CAPTIONKIT_CACHE", Path.home() / ".cache" / "captionkit"))
-
-
-def load_image(path: Path) -> Image.Image:
-    """Open an image as RGB with its EXIF rotation applied (OSError/ValueError if unreadable)."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
 
 
 class ImageFiles(Dataset):
@@ -49,11 +43,10 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            return i, self.transform(load_image(self.paths[i])), ""
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            return i, None, f"{type(e).__name__}: {e}"
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, list[str] | None]:
+        """(index, pixels, None) or (index, None, [problem kind, detail])."""
+        image, problem = open_or_problem(self.paths[i])
+        return i, None if image is None else self.transform(image), problem
 
 
 def _collate(items):
@@ -71,7 +64,8 @@ class FeatureStore:
     paths: list[str]
     pooled: np.ndarray
     grid: np.ndarray | None
-    failed: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+    """Image path -> [problem kind, detail] for images that could not be used."""
 
     def __post_init__(self):
         self.row = {p: i for i, p in enumerate(self.paths)}
@@ -113,58 +107,89 @@ def extract_features(
     batch_size: int = 32,
     num_workers: int = 1,
 ) -> FeatureStore:
-    """Features of `paths`, from the cache when it holds them, else extracted and cached."""
+    """Features of `paths`, from the cache when it holds them, else extracted and cached.
+
+    Extraction writes into `<store>.partial/` and records which rows are done after every batch,
+    so an interrupted extraction resumes where it stopped; the folder gets its final name only
+    when complete. A lock file keeps two processes from extracting the same store at once."""
     paths = [Path(p).resolve() for p in paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid)}"
     if (folder / "index.json").is_file():
         return FeatureStore.open(folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        failed = _extract_into(tmp, encoder, paths, grid, batch_size, num_workers)
-        index = {"paths": [str(p) for p in paths], "grid": grid, "failed": failed}
-        index["encoder"] = encoder.spec()
-        (tmp / "index.json").write_text(json.dumps(index))
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete store left by hand
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    partial = folder.with_name(f"{folder.name}.partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    with open(partial / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
+        if not (folder / "index.json").is_file():  # another process may have finished meanwhile
+            failed = _extract_into(partial, encoder, paths, grid, batch_size, num_workers)
+            index = {"paths": [str(p) for p in paths], "grid": grid, "failed": failed}
+            index["encoder"] = encoder.spec()
+            (partial / "index.json").write_text(json.dumps(index))
+            (partial / "progress.npy").unlink()
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete store left by hand
+            os.replace(partial, folder)
+    (folder / "lock").unlink(missing_ok=True)
     return FeatureStore.open(folder)
 
 
+def _reopen(path: Path, shape: tuple, dtype) -> tuple[np.ndarray, bool]:
+    """A writable memory map of `path`: (array, True) if a previous attempt left a usable one."""
+    try:
+        array = np.load(path, mmap_mode="r+")
+        if array.shape == shape and array.dtype == dtype:
+            return array, True
+    except (OSError, ValueError):  # missing or truncated
+        pass
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape), False
+
+
+def _open_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: bool) -> dict:
+    """The output arrays and the done-mask; everything restarts if any of them is unusable."""
+    specs = {
+        "pooled": ((n, dim), np.float16),
+        "grid": ((n if grid else 0, n_tokens, dim), np.float16),
+        "progress": ((n,), np.bool_),
+    }
+    opened = {name: _reopen(folder / f"{name}.npy", *spec) for name, spec in specs.items()}
+    arrays = {name: array for name, (array, _) in opened.items()}
+    if not all(reused for _, reused in opened.values()):
+        arrays["progress"][:] = False
+        (folder / "failed.json").unlink(missing_ok=True)
+    return arrays
+
+
 @torch.inference_mode()
-def _extract_into(folder, encoder, paths, grid, batch_size, num_workers) -> dict[str, str]:
+def _extract_into(folder, encoder, paths, grid, batch_size, num_workers) -> dict[str, list[str]]:
     # channels_last runs the depthwise convolutions of EfficientNet-style CNNs ~1.6x faster on CPU.
     encoder = encoder.to(memory_format=torch.channels_last)
-    n_tokens = _grid_length(encoder)
-    pooled = np.lib.format.open_memmap(
-        folder / "pooled.npy", mode="w+", dtype=np.float16, shape=(len(paths), encoder.feature_dim)
-    )
-    grid_shape = (len(paths) if grid else 0, n_tokens, encoder.feature_dim)
-    grid_out = np.lib.format.open_memmap(
-        folder / "grid.npy", mode="w+", dtype=np.float16, shape=grid_shape
-    )
+    arrays = _open_arrays(folder, len(paths), _grid_length(encoder), encoder.feature_dim, grid)
+    done = arrays["progress"]
+    failed_file = folder / "failed.json"
+    failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
+    todo = np.flatnonzero(~done)
     loader = DataLoader(
-        ImageFiles(paths, encoder.transform()),
+        ImageFiles([paths[i] for i in todo], encoder.transform()),
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=num_workers if len(todo) > batch_size else 0,
         collate_fn=_collate,
     )
-    failed: dict[str, str] = {}
-    for rows, images, errors in tqdm(loader, desc=f"features ({encoder.name})", unit="batch"):
+    for local_rows, images, errors in tqdm(loader, desc=f"features ({encoder.name})", unit="batch"):
         for i, err in errors:
-            failed[str(paths[i])] = err
-            warnings.warn(f"{paths[i]}: cannot read image ({err}); skipped", stacklevel=1)
-        if images is None:
-            continue
-        p, g = encoder(images.contiguous(memory_format=torch.channels_last))
-        pooled[rows] = p.float().numpy()
-        if grid:
-            grid_out[rows] = g.float().numpy()
-    pooled.flush()
-    grid_out.flush()
+            failed[str(paths[todo[i]])] = err
+        rows = todo[local_rows]
+        if images is not None:
+            p, g = encoder(images.contiguous(memory_format=torch.channels_last))
+            arrays["pooled"][rows] = p.float().numpy()
+            if grid:
+                arrays["grid"][rows] = g.float().numpy()
+        # Features first, then the failures, then the done-mask: a crash between two of these
+        # writes only makes the next attempt redo this batch.
+        arrays["pooled"].flush(), arrays["grid"].flush()
+        failed_file.write_text(json.dumps(failed))
+        done[rows] = True
+        done[[todo[i] for i, _ in errors]] = True
+        done.flush()
     return failed
 
 
@@ -175,13 +200,21 @@ def _grid_length(encoder: ImageEncoder) -> int:
     return g.shape[1]
 
 
-def features_for_dataset(dataset, encoder: ImageEncoder, cache_dir: Path | None = None):
+def features_for_dataset(dataset, encoder: ImageEncoder, cache_dir: Path | None = None,
+                         problems: Problems | None = None):  # fmt: skip
     """Features of every image of a `CaptionDataset` (all splits, so training and evaluation share
-    one store), and the records whose image could be read."""
+    one store), and the records whose image could be read. Unusable images are reported into
+    `problems` (default: the dataset's own collector) and skipped."""
+    problems = problems if problems is not None else dataset.problems
     store = extract_features(encoder, [dataset.path(r) for r in dataset.records], cache_dir)
-    usable = [r for r in dataset.records if store.has(dataset.path(r))]
+    usable = []
+    for record in dataset.records:
+        path = dataset.path(record)
+        if store.has(path):
+            usable.append(record)
+        else:
+            kind, detail = store.failed[str(Path(path).resolve())]
+            problems.add(kind, path, detail)
     if not usable:
         raise CaptionkitError(f"{dataset.image_root}: none of the dataset's images could be read")
-    if len(usable) < len(dataset.records):
-        print(f"skipped {len(dataset.records) - len(usable)} unreadable images (see warnings)")
     return store, usable

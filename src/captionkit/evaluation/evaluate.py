@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from captionkit.data import load_dataset
+from captionkit.data.formats import apply_splits
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import FeatureStore, features_for_dataset
@@ -54,18 +55,34 @@ def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
     return captions
 
 
+def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> None:
+    """On the dataset the run was trained on, use the split it wrote: the same test images even
+    when the format has no split of its own."""
+    trained_on = trained.config.get("run", {}).get("data", {}).get("data")
+    splits = run_dir / "splits.json"
+    same_data = trained_on and Path(trained_on).resolve() in {
+        data.resolve(),
+        dataset.source.resolve(),
+    }
+    if same_data and splits.is_file():
+        apply_splits(dataset, splits)
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | None = None,
                  split: str = "test", beam_size: int = 3, cache_dir: str | None = None,
                  meteor: bool = True) -> Evaluation:  # fmt: skip
     """Caption every image of `split` with the run's model and score it against the references."""
     trained = load_checkpoint(run_dir)
     dataset = load_dataset(data, images)
+    _pin_splits(dataset, Path(data), Path(run_dir), trained)
     store, records = features_for_dataset(dataset, encoder_for(trained), cache_dir)
     records = [r for r in records if r.split == split]
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
     rows = store.rows([dataset.path(r) for r in records])
-    captions = caption_rows(trained, store, rows, DecodingOptions(beam_size=beam_size))
+    max_length = trained.config.get("run", {}).get("data", {}).get("max_length", 20)
+    options = DecodingOptions(beam_size=beam_size, max_length=max_length)
+    captions = caption_rows(trained, store, rows, options)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
     return Evaluation(coco_metrics(predictions, references, meteor), predictions, references)

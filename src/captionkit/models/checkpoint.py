@@ -1,9 +1,9 @@
 """Run folders: a trained model as `model.safetensors` + `config.json`, never a pickle.
 
 `config.json` holds everything needed to rebuild and use the model: the model name and its config
-dataclass, the encoder (name, weights, fingerprint), the vocabulary, the training settings and
-the metrics. Both files are written to a temporary name and renamed, so a crash during a save
-leaves the previous checkpoint intact.
+dataclass, the encoder (name, weights, fingerprint), the tokenizer (word vocabulary or BPE model,
+stored as "vocabulary"), the training settings and the metrics. Both files are written to a
+temporary name and renamed, so a crash during a save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from captionkit.data.vocab import Vocabulary
+from captionkit.data.tokenizers import Tokenizer, tokenizer_from_dict
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model, model_config_dict
 
@@ -31,14 +31,15 @@ class TrainedModel:
     """A model loaded from a run folder, with what it needs to caption images."""
 
     model: nn.Module
-    vocab: Vocabulary
+    vocab: Tokenizer
+    """The caption tokenizer, word or BPE (the name predates BPE)."""
     encoder: dict
     """`{"name", "weights", "fingerprint"}` of the encoder the model was trained on."""
     config: dict
     """The whole `config.json`."""
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Vocabulary,
+def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Tokenizer,
                     encoder: dict, extra: dict | None = None) -> None:  # fmt: skip
     """Write the model's weights and config into `run_dir`, atomically."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     config = read_config(run_dir)
     try:
         model = create_model(config["model"]["name"], **config["model"]["config"])
-        vocab = Vocabulary.from_dict(config["vocabulary"])
+        vocab = tokenizer_from_dict(config["vocabulary"])
         state = load_file(run_dir / WEIGHTS, device=str(device))
         model.load_state_dict(state)
     except FileNotFoundError:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from captionkit.data.images import load_image
 from captionkit.decoding import DecodingOptions, decode
-from captionkit.encoders.features import load_image
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.evaluate import encoder_for
 from captionkit.models.checkpoint import load_checkpoint
@@ -52,7 +52,8 @@ class Captioner:
     def caption(self, images: list, beam_size: int = 3, n_best: int = 1,
                 batch_size: int = 32) -> list[list[Caption]]:  # fmt: skip
         """Up to `n_best` captions per image, best first."""
-        options = DecodingOptions(beam_size=beam_size, n_best=n_best)
+        max_length = self.trained.config.get("run", {}).get("data", {}).get("max_length", 20)
+        options = DecodingOptions(beam_size=beam_size, n_best=n_best, max_length=max_length)
         out = []
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([self._pixels(im) for im in images[start : start + batch_size]])

@@ -20,12 +20,18 @@ class DataConfig:
     """Dataset folder (format detected) or annotation file."""
     images: str | None = None
     """Image folder, when it is not beside the annotations."""
+    tokenizer: str = "word"
+    """`word` (PTB words, as the metrics count them) or `bpe` (subword pieces of those words)."""
     min_count: int = 5
-    """Words seen fewer times in the training captions become `<unk>`."""
+    """Word tokenizer: words seen fewer times in the training captions become `<unk>`."""
+    vocab_size: int = 2000
+    """BPE tokenizer: number of tokens, the four special tokens included."""
     max_length: int = 20
-    """Training captions are cut to this many words."""
+    """Training captions are cut to this many tokens (words, or BPE pieces)."""
     cache_dir: str | None = None
     """Feature cache folder (default `$CAPTIONKIT_CACHE` or `~/.cache/captionkit`)."""
+    strict: bool = False
+    """Stop at the first bad image or caption instead of skipping it."""
 
 
 @dataclass
@@ -60,6 +66,9 @@ class TrainConfig:
     """Captions per training step."""
     seed: int = 0
     """Seed for weights, data order and dropout."""
+    bucket_batches: int = 1
+    """Sort pools of this many batches by caption length before batching: less padding, but
+    less varied batches (1 = plain shuffled batches, the default; see BENCHMARKS.md)."""
     val_beam_size: int = 1
     """Beam size of the validation decode (1 = greedy)."""
     accelerator: str = "auto"

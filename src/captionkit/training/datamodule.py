@@ -1,45 +1,110 @@
-"""Batches for training and validation, read from the feature store."""
+"""Batches for training and validation, read from the feature store.
+
+Training batches are built a whole batch at a time (`__getitems__`): features come from the
+memory-mapped store, token ids from a padded memory-mapped array, and captions of similar length
+are batched together so that little time goes into padding.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captionkit.data.vocab import Vocabulary
 from captionkit.encoders.features import FeatureStore
 
 
-def _features(store: FeatureStore, row: int, use_grid: bool):
-    pooled = torch.from_numpy(np.asarray(store.pooled[row], dtype=np.float32))
-    grid = torch.from_numpy(np.asarray(store.grid[row], dtype=np.float32)) if use_grid else None
-    return pooled, grid
+def _rows_to_tensor(array: np.ndarray | None, rows) -> torch.Tensor | None:
+    if array is None:
+        return None
+    rows = np.asarray(rows)
+    order = np.argsort(rows)  # memory maps read fastest in file order
+    out = np.empty((len(rows), *array.shape[1:]), dtype=np.float32)
+    out[order] = array[rows[order]]
+    return torch.from_numpy(out)
 
 
-def _stack(tensors):
-    return None if tensors[0] is None else torch.stack(tensors)
+def token_array(tokens: list[list[int]], path: Path | None = None) -> np.ndarray:
+    """Token ids padded to one width (int32), saved to `path` and memory-mapped when given."""
+    width = max(map(len, tokens))
+    array = np.full((len(tokens), width), Vocabulary.pad_id, dtype=np.int32)
+    for i, t in enumerate(tokens):
+        array[i, : len(t)] = t
+    if path is None:
+        return array
+    np.save(path, array)
+    return np.load(path, mmap_mode="r")
 
 
 class CaptionPairs(Dataset):
     """One item per (image, caption): the image's features and the caption's token ids."""
 
-    def __init__(self, store: FeatureStore, rows: list[int], tokens: list[list[int]], use_grid):
-        self.store, self.rows, self.tokens, self.use_grid = store, rows, tokens, use_grid
+    def __init__(self, store: FeatureStore, rows: list[int], tokens: list[list[int]],
+                 use_grid: bool, token_file: Path | None = None):  # fmt: skip
+        self.store, self.use_grid = store, use_grid
+        self.rows = np.asarray(rows)
+        self.tokens = token_array(tokens, token_file)
+        self.lengths = np.array([len(t) for t in tokens])
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
-        return (*_features(self.store, self.rows[i], self.use_grid), self.tokens[i])
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
 
-    @staticmethod
-    def collate(items) -> dict:
-        pooled, grid, tokens = zip(*items)
-        padded = torch.full((len(tokens), max(map(len, tokens))), Vocabulary.pad_id)
-        for i, t in enumerate(tokens):
-            padded[i, : len(t)] = torch.tensor(t)
-        return {"pooled": torch.stack(pooled), "grid": _stack(grid), "tokens": padded}
+    def __getitems__(self, indices: list[int]) -> dict:
+        """A whole batch at once: one read per array instead of one per caption."""
+        indices = np.asarray(indices)
+        rows = self.rows[indices]
+        width = int(self.lengths[indices].max())
+        return {
+            "pooled": _rows_to_tensor(self.store.pooled, rows),
+            "grid": _rows_to_tensor(self.store.grid, rows) if self.use_grid else None,
+            "tokens": torch.from_numpy(np.array(self.tokens[indices, :width], dtype=np.int64)),
+        }
+
+
+def _whole_batch(batch: dict) -> dict:
+    return batch
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of captions of similar length, different every epoch, seeded.
+
+    Indices are shuffled, cut into pools of `pool_batches` batches, sorted by length inside each
+    pool and cut into batches; the batches are then shuffled. `pool_batches=1` gives plain
+    shuffled batches. `set_epoch` (called by Lightning) changes the order every epoch,
+    deterministically."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool_batches: int = 50,
+                 drop_last: bool = False):  # fmt: skip
+        self.lengths, self.batch_size, self.seed = np.asarray(lengths), batch_size, seed
+        self.pool, self.drop_last, self.epoch = pool_batches * batch_size, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start : start + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return (b.tolist() for b in self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 class ImageRows(Dataset):
@@ -51,28 +116,33 @@ class ImageRows(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
-        return (*_features(self.store, self.rows[i], self.use_grid), self.keys[i])
+    def __getitems__(self, indices: list[int]) -> dict:
+        rows = [self.rows[i] for i in indices]
+        return {
+            "pooled": _rows_to_tensor(self.store.pooled, rows),
+            "grid": _rows_to_tensor(self.store.grid, rows) if self.use_grid else None,
+            "keys": [self.keys[i] for i in indices],
+        }
 
-    @staticmethod
-    def collate(items) -> dict:
-        pooled, grid, keys = zip(*items)
-        return {"pooled": torch.stack(pooled), "grid": _stack(grid), "keys": list(keys)}
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
 
 
 class CaptionDataModule(L.LightningDataModule):
-    """Training pairs (shuffled, seeded) and validation images."""
+    """Shuffled (optionally length-bucketed) training batches and validation images."""
 
-    def __init__(self, train: CaptionPairs, val: ImageRows, batch_size: int, seed: int):
+    def __init__(self, train: CaptionPairs, val: ImageRows, batch_size: int, seed: int,
+                 bucket_batches: int = 1):  # fmt: skip
         super().__init__()
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
+        self.bucket_batches = bucket_batches
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
         # drop_last: a final batch of one caption would break BatchNorm in the image projection.
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True,
-                          drop_last=len(self.train) > self.batch_size,
-                          collate_fn=CaptionPairs.collate, generator=generator)  # fmt: skip
+        sampler = BucketBatchSampler(self.train.lengths, self.batch_size, self.seed,
+                                     pool_batches=max(1, self.bucket_batches),
+                                     drop_last=len(self.train) > self.batch_size)  # fmt: skip
+        return DataLoader(self.train, batch_sampler=sampler, collate_fn=_whole_batch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val, batch_size=64, collate_fn=ImageRows.collate)
+        return DataLoader(self.val, batch_size=64, collate_fn=_whole_batch)

@@ -9,7 +9,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from captionkit.data import Vocabulary, load_dataset
+from captionkit.data import load_dataset
+from captionkit.data.formats import write_splits
+from captionkit.data.problems import Problems
+from captionkit.data.tokenizers import Tokenizer, build_tokenizer
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import features_for_dataset
@@ -24,7 +27,7 @@ from captionkit.training.module import CaptioningModule
 class BestCheckpoint(L.Callback):
     """After each validation: append to `metrics.jsonl`; save the model if val CIDEr improved."""
 
-    def __init__(self, run_dir: Path, model_name: str, vocab: Vocabulary, encoder: dict,
+    def __init__(self, run_dir: Path, model_name: str, vocab: Tokenizer, encoder: dict,
                  extra: dict):  # fmt: skip
         self.run_dir, self.model_name, self.vocab = run_dir, model_name, vocab
         self.encoder, self.extra = encoder, extra
@@ -45,14 +48,23 @@ class BestCheckpoint(L.Callback):
                             {**self.extra, "metrics": row})  # fmt: skip
 
 
-def _datamodule(config: RunConfig, store, dataset, train_records, val_records, vocab, use_grid):
-    """Training pairs (one per caption) and validation images over the feature store."""
+def _datamodule(config: RunConfig, store, dataset, train_records, val_records, vocab, use_grid,
+                run_dir: Path):  # fmt: skip
+    """Training pairs (one per caption) and validation images over the feature store, and how
+    many training captions were cut to `max_length` tokens."""
     pairs = [(dataset.path(r), c) for r in train_records for c in r.captions]
-    tokens = [vocab.encode(c, config.data.max_length) for _, c in pairs]
-    train_set = CaptionPairs(store, store.rows([p for p, _ in pairs]), tokens, use_grid)
+    encoded = [vocab.encode_with_info(c, config.data.max_length) for _, c in pairs]
+    tokens = [ids for ids, _ in encoded]
+    truncated = sum(cut for _, cut in encoded)
+    limit = f"{config.data.max_length} {'words' if config.data.tokenizer == 'word' else 'tokens'}"
+    print(f"truncated {truncated} of {len(pairs)} training captions to {limit}")
+    train_set = CaptionPairs(store, store.rows([p for p, _ in pairs]), tokens, use_grid,
+                             token_file=run_dir / "train_tokens.npy")  # fmt: skip
     val_rows = store.rows([dataset.path(r) for r in val_records])
     val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
-    return CaptionDataModule(train_set, val_set, config.train.batch_size, config.train.seed)
+    datamodule = CaptionDataModule(train_set, val_set, config.train.batch_size, config.train.seed,
+                                   config.train.bucket_batches)  # fmt: skip
+    return datamodule, truncated
 
 
 def _trainer(config: RunConfig, run_dir: Path, checkpoint: BestCheckpoint) -> L.Trainer:
@@ -70,32 +82,45 @@ def _trainer(config: RunConfig, run_dir: Path, checkpoint: BestCheckpoint) -> L.
     )
 
 
-def train(config: RunConfig, run_dir: str | Path) -> dict:
-    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`.
-    Returns the metrics row of the best validation."""
-    run_dir = Path(run_dir)
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
-    dataset = load_dataset(config.data.data, config.data.images)
+def _load_data(config: RunConfig, run_dir: Path):
+    """Dataset, encoder and features; the split and every problem found go into the run folder."""
+    problems = Problems(strict=config.data.strict)
+    dataset = load_dataset(config.data.data, config.data.images, problems=problems)
+    write_splits(dataset, run_dir / "splits.json")  # evaluation reuses exactly these test images
     encoder = create_encoder(config.encoder.name, config.encoder.weights)
     store, records = features_for_dataset(dataset, encoder, config.data.cache_dir)
+    if problems.items:
+        problems.write(run_dir / "problems.json")
+        print(f"{problems.summary()} (listed in {run_dir / 'problems.json'})")
     train_records = [r for r in records if r.split == "train"]
     val_records = [r for r in records if r.split == "val"]
     if not train_records or not val_records:
         raise CaptionkitError(f"{dataset.source}: need images in both the train and val splits")
+    return dataset, encoder, store, train_records, val_records
 
-    vocab = Vocabulary.build((c for r in train_records for c in r.captions), config.data.min_count)
+
+def train(config: RunConfig, run_dir: str | Path) -> dict:
+    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`.
+    Returns the metrics row of the best validation."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    dataset, encoder, store, train_records, val_records = _load_data(config, run_dir)
+
+    vocab = build_tokenizer(config.data.tokenizer, (c for r in train_records for c in r.captions),
+                            config.data.min_count, config.data.vocab_size)  # fmt: skip
     model = create_model(config.model, vocab_size=len(vocab), feature_dim=encoder.feature_dim,
                          **config.model_args)  # fmt: skip
     use_grid = MODELS[config.model][1].uses_grid
-    datamodule = _datamodule(config, store, dataset, train_records, val_records, vocab, use_grid)
-    module = CaptioningModule(
-        model, vocab, config.optim,
-        val_references={r.filename: r.captions for r in val_records},
-        val_options=DecodingOptions(beam_size=config.train.val_beam_size),
-    )  # fmt: skip
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    extra = {"run": config.to_dict(), "dataset": {"name": dataset.name, **dataset.split_sizes()}}
+    datamodule, truncated = _datamodule(
+        config, store, dataset, train_records, val_records, vocab, use_grid, run_dir
+    )
+    val_options = DecodingOptions(config.train.val_beam_size, max_length=config.data.max_length)
+    val_references = {r.filename: r.captions for r in val_records}
+    module = CaptioningModule(model, vocab, config.optim, val_references, val_options)
+    extra = {"run": config.to_dict(), "dataset": {"name": dataset.name, **dataset.split_sizes(),
+                                                  "truncated_captions": truncated}}  # fmt: skip
     checkpoint = BestCheckpoint(run_dir, config.model, vocab, encoder.spec(), extra)
     _trainer(config, run_dir, checkpoint).fit(module, datamodule)
     return checkpoint.best
