@@ -68,3 +68,38 @@ def test_usage_errors_and_help(capsys):
     assert code == 2 and "Missing option" in err
     code, out, _ = run(capsys, ["--help"])
     assert code == 0 and "make-shapes" in out and "evaluate" in out
+
+
+def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
+    import captionkit.training.train as training
+
+    seen = {}
+
+    def fake_train(config, run_dir):
+        seen["config"], seen["run_dir"] = config, run_dir
+        return {"val/CIDEr": 0.5, "epoch": 1}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    argv = ["train", "--data", "d", "--out", str(tmp_path / "r"), "--tokenizer", "bpe",
+            "--vocab-size", "500", "--max-length", "30", "--strict", "--epochs", "3",
+            "--batch-size", "8", "--lr", "0.01", "--min-count", "2", "--seed", "7",
+            "--model", "show_tell", "--encoder-weights", "none"]  # fmt: skip
+    code, out, _ = run(capsys, argv)
+    assert code == 0 and "best val CIDEr 0.500" in out
+    c = seen["config"]
+    assert (c.data.tokenizer, c.data.vocab_size, c.data.max_length, c.data.strict) == (
+        "bpe",
+        500,
+        30,
+        True,
+    )
+    assert (c.train.epochs, c.train.batch_size, c.optim.lr, c.data.min_count, c.train.seed) == (
+        3,
+        8,
+        0.01,
+        2,
+        7,
+    )
+    assert c.encoder.weights == "none"
+    code, _, err = run(capsys, ["train", "--data", "d", "--out", "r", "--tokenizer", "chars"])
+    assert code == 1 and "--tokenizer must be one of word, bpe" in err

@@ -125,19 +125,24 @@ def train(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out."""
+    from captionkit.data.tokenizers import TOKENIZER_KINDS
     from captionkit.training import DataConfig, EncoderConfig, RunConfig
     from captionkit.training.train import train as run_training
 
-    config = RunConfig(
-        model=model,
-        data=DataConfig(
-            str(data),
-            images and str(images),
-            min_count=min_count,
-            cache_dir=cache_dir and str(cache_dir),
-        ),  # fmt: skip
-        encoder=EncoderConfig(encoder, encoder_weights),
+    if tokenizer not in TOKENIZER_KINDS:  # checked before the features are extracted
+        raise CaptionkitError(f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}")
+    data_config = DataConfig(
+        data=str(data),
+        images=images and str(images),
+        tokenizer=tokenizer,
+        min_count=min_count,
+        vocab_size=vocab_size,
+        max_length=max_length,
+        cache_dir=cache_dir and str(cache_dir),
+        strict=strict,
     )
+    encoder_config = EncoderConfig(encoder, encoder_weights)
+    config = RunConfig(model=model, data=data_config, encoder=encoder_config)
     config.train.epochs, config.train.batch_size, config.train.seed = epochs, batch_size, seed
     config.optim.lr = lr
     best = run_training(config, out)

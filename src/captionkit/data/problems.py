@@ -37,27 +37,29 @@ class Problem:
 
 @dataclass
 class Problems:
-    """Collects problems; prints the first `max_printed` as warnings, then only counts."""
+    """Collects problems; prints the first `max_printed` of each kind as warnings, then only
+    counts them, so that a flood of one kind never hides the others."""
 
     strict: bool = False
     """Raise `CaptionkitError` at the first problem instead of skipping."""
     max_printed: int = 10
-    """Warning lines printed before the rest are only counted."""
+    """Warning lines printed per kind before the rest are only counted."""
     items: list[Problem] = field(default_factory=list)
     quiet_kinds: tuple[str, ...] = (TRUNCATED_CAPTION,)
     """Kinds that are counted but never printed one by one (they are expected)."""
+    _counts: Counter = field(default_factory=Counter, repr=False)
 
     def add(self, kind: str, where: str | Path, detail: str) -> None:
         problem = Problem(kind, str(where), detail)
         if self.strict and kind not in self.quiet_kinds:
             raise CaptionkitError(f"{problem.where}: {problem.detail} (--strict)")
         self.items.append(problem)
-        printed = sum(p.kind not in self.quiet_kinds for p in self.items)
-        if kind not in self.quiet_kinds and printed <= self.max_printed:
+        self._counts[kind] += 1
+        if kind not in self.quiet_kinds and self._counts[kind] <= self.max_printed:
             print(f"warning: {problem.where}: {problem.detail}; skipped", file=sys.stderr)
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(p.kind for p in self.items))
+        return dict(self._counts)
 
     def summary(self) -> str:
         """One line: how many problems of each kind."""
