@@ -198,3 +198,11 @@ def test_checkpoint_with_bpe_decodes_with_every_decoder(bpe, tmp_path):
     for beam in (1, 3):
         for hyps in decode(loaded.model, pooled, None, DecodingOptions(beam_size=beam)):
             assert isinstance(loaded.vocab.decode(hyps[0].tokens), str)
+
+
+def test_detokenize_reattaches_clitics_for_display():
+    from captionkit.data.vocab import detokenize
+
+    assert detokenize("a dog 's ball and they do n't play") == "a dog's ball and they don't play"
+    assert detokenize("the 's-shaped road") == "the 's-shaped road"
+    assert tokenize(detokenize("a dog 's ball")) == ["a", "dog", "'s", "ball"]

@@ -22,6 +22,7 @@ from captionkit.data.vocab import (
     UNK,
     UNK_ID,
     Vocabulary,
+    content_ids,
     tokenize,
 )
 from captionkit.errors import CaptionkitError
@@ -116,13 +117,7 @@ class BpeTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The words of the pieces up to the first `<eos>`, joined by spaces; `<unk>` is kept."""
-        kept = []
-        for i in ids:
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id):
-                kept.append(int(i))
-        return self.hf.decode(kept, skip_special_tokens=False).strip()
+        return self.hf.decode(content_ids(ids), skip_special_tokens=False).strip()
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "tokenizer": self.hf.to_str()}

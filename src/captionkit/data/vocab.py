@@ -218,6 +218,26 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+_CLITIC = re.compile(r" ('s|'re|'ve|'ll|'m|'d|n't)(?=\s|$)")
+
+
+def detokenize(text: str) -> str:
+    """Readable text from PTB tokens, for people: `a dog 's ball` -> `a dog's ball`. The metrics
+    tokenize both forms the same way."""
+    return _CLITIC.sub(r"\1", text)
+
+
+def content_ids(ids: Iterable[int]) -> list[int]:
+    """The ids up to the first `<eos>`, without `<pad>` and `<bos>` (`<unk>` is kept)."""
+    kept = []
+    for i in ids:
+        if i == EOS_ID:
+            break
+        if i not in (PAD_ID, BOS_ID):
+            kept.append(int(i))
+    return kept
+
+
 class Vocabulary:
     """Word-level tokenizer: maps words to ids and back; ids 0-3 are `<pad> <bos> <eos> <unk>`."""
 
@@ -254,13 +274,7 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Words up to the first `<eos>`, specials other than `<unk>` dropped."""
-        words = []
-        for i in ids:
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id):
-                words.append(self.itos[i])
-        return " ".join(words)
+        return " ".join(self.itos[i] for i in content_ids(ids))
 
     def to_dict(self) -> dict:
         return {"type": "word", "itos": self.itos}

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from captionkit.data.images import load_image
+from captionkit.data.vocab import detokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.evaluate import encoder_for
@@ -59,5 +60,6 @@ class Captioner:
             pixels = torch.stack([self._pixels(im) for im in images[start : start + batch_size]])
             pooled, grid = self.encoder(pixels.to(self.device))
             for hyps in decode(self.trained.model, pooled, grid, options):
-                out.append([Caption(self.trained.vocab.decode(h.tokens), h.score) for h in hyps])
+                texts = [detokenize(self.trained.vocab.decode(h.tokens)) for h in hyps]
+                out.append([Caption(t, h.score) for t, h in zip(texts, hyps)])
         return out
