@@ -14,10 +14,14 @@ import dataclasses
 
 from torch import nn
 
+from captionkit.models.attention import AttentionConfig, ShowAttendTell
 from captionkit.models.show_tell import ShowTell, ShowTellConfig
+from captionkit.models.transformer import TransformerConfig, TransformerDecoder
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "show_tell": (ShowTellConfig, ShowTell),
+    "attention": (AttentionConfig, ShowAttendTell),
+    "transformer": (TransformerConfig, TransformerDecoder),
 }
 
 

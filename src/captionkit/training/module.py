@@ -31,6 +31,8 @@ class CaptioningModule(L.LightningModule):
             tokens[:, 1:].reshape(-1),
             ignore_index=Vocabulary.pad_id,
         )
+        if hasattr(self.model, "regularization_loss"):  # e.g. doubly stochastic attention
+            loss = loss + self.model.regularization_loss()
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
         return loss
 

@@ -1,0 +1,139 @@
+"""Show, Attend and Tell (Xu et al., 2015) with soft attention: at every step an LSTM looks at
+the spatial grid through additive (Bahdanau) attention, and the gated context vector joins the
+previous word as its input.
+
+Shapes: B images, T caption tokens, L grid positions, D encoder feature size, E embedding size,
+H hidden size, A attention size, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from captionkit.data.vocab import Vocabulary
+
+
+@dataclass
+class AttentionConfig:
+    """Hyperparameters of Show-Attend-and-Tell; stored in every checkpoint."""
+
+    vocab_size: int
+    """Number of tokens, specials included."""
+    feature_dim: int
+    """Size D of the encoder's grid features (and of the pooled feature)."""
+    embed_dim: int = 512
+    """Size E of word embeddings."""
+    hidden_dim: int = 512
+    """Size H of the LSTM state."""
+    attention_dim: int = 512
+    """Size A of the additive attention's hidden layer."""
+    dropout: float = 0.5
+    """Dropout on the LSTM output before the vocabulary projection."""
+    alpha_c: float = 1.0
+    """Weight λ of the doubly stochastic regulariser λ·Σ_l (1 − Σ_t α_tl)²; 0 disables it."""
+    gate: bool = True
+    """Scale the context by β = sigmoid(f_beta(h)), the paper's gating scalar (per feature)."""
+
+
+class SoftAttention(nn.Module):
+    """Additive attention: e_l = w · tanh(W_enc a_l + W_dec h), α = softmax_l(e)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.grid_proj = nn.Linear(feature_dim, attention_dim)  # W_enc: once per image
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)  # W_dec: once per step
+        self.score = nn.Linear(attention_dim, 1)
+
+    def forward(self, grid: torch.Tensor, grid_att: torch.Tensor, h: torch.Tensor):
+        """grid [B, L, D], its projection W_enc grid [B, L, A] and h [B, H]
+        -> (context [B, D], α [B, L])."""
+        e = self.score(torch.tanh(grid_att + self.hidden_proj(h)[:, None])).squeeze(-1)  # [B, L]
+        alpha = e.softmax(dim=-1)  # [B, L]
+        context = torch.bmm(alpha[:, None], grid).squeeze(1)  # [B, D]
+        return context, alpha
+
+
+class ShowAttendTell(nn.Module):
+    """Grid features -> attention LSTM decoder; see the module docstring."""
+
+    uses_grid = True
+
+    def __init__(self, config: AttentionConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=Vocabulary.pad_id)
+        self.attention = SoftAttention(c.feature_dim, c.hidden_dim, c.attention_dim)
+        # The paper's f_init,h and f_init,c: the initial state summarises the whole image.
+        self.init_h = nn.Linear(c.feature_dim, c.hidden_dim)
+        self.init_c = nn.Linear(c.feature_dim, c.hidden_dim)
+        self.f_beta = nn.Linear(c.hidden_dim, c.feature_dim)
+        self.lstm = nn.LSTMCell(c.embed_dim + c.feature_dim, c.hidden_dim)
+        self.dropout = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden_dim, c.vocab_size)
+        self.last_attention: torch.Tensor | None = None  # [B, T, L] of the last forward
+        self._last_mask: torch.Tensor | None = None  # [B, T]: steps that predict a real token
+
+    def _encode(self, pooled: torch.Tensor, grid: torch.Tensor | None):
+        """Grid [B, L, D] (the pooled vector as a one-position grid if None), its attention
+        projection [B, L, A] and the initial (h, c) [B, H] each. Runs once per image."""
+        if grid is None:
+            grid = pooled[:, None]  # [B, 1, D]: attention degenerates to the pooled vector
+        grid_att = self.attention.grid_proj(grid)  # [B, L, A]
+        mean = grid.mean(dim=1)  # [B, D]
+        return grid, grid_att, self.init_h(mean), self.init_c(mean)
+
+    def _cell(self, emb, grid, grid_att, h, c):
+        """One LSTM step: word embedding [B, E] and previous (h, c) -> new (h, c), α [B, L]."""
+        context, alpha = self.attention(grid, grid_att, h)  # [B, D], [B, L]
+        if self.config.gate:
+            # β lets the model turn the image down for words that need no looking ("a", "of").
+            context = torch.sigmoid(self.f_beta(h)) * context
+        h, c = self.lstm(torch.cat([emb, context], dim=-1), (h, c))
+        return h, c, alpha
+
+    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor):
+        """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V].
+
+        The attention weights [B, T, L] stay in `self.last_attention` for `regularization_loss`.
+        """
+        grid, grid_att, h, c = self._encode(pooled, grid)
+        embs = self.embed(tokens)  # [B, T, E]
+        hs, alphas = [], []
+        for t in range(tokens.shape[1]):  # recurrent: h_t needs h_{t-1}
+            h, c, alpha = self._cell(embs[:, t], grid, grid_att, h, c)
+            hs.append(h)
+            alphas.append(alpha)
+        self.last_attention = torch.stack(alphas, dim=1)  # [B, T, L]
+        # Steps reading <pad> or <eos> predict padding, which the loss ignores: so does the
+        # regulariser, or short captions would be pushed to attend where they never look.
+        self._last_mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)
+        return self.head(self.dropout(torch.stack(hs, dim=1)))  # [B, T, V]
+
+    def regularization_loss(self) -> torch.Tensor:
+        """Doubly stochastic attention of the last `forward`: λ·Σ_l (1 − Σ_t α_tl)², averaged
+        over the batch (as the cross-entropy is); it asks every position to be looked at about
+        once over the caption. Zero when `alpha_c` is 0 or before any forward."""
+        if self.config.alpha_c == 0 or self.last_attention is None:
+            return torch.zeros((), device=self.head.weight.device)
+        alpha = self.last_attention * self._last_mask[..., None]  # [B, T, L]
+        per_image = ((1.0 - alpha.sum(dim=1)) ** 2).sum(dim=1)  # [B]
+        return self.config.alpha_c * per_image.mean()
+
+    def init_state(
+        self, pooled: torch.Tensor, grid: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Project the grid once; decoders expand these batch-first tensors with the beams."""
+        grid, grid_att, h, c = self._encode(pooled, grid)
+        attention = grid.new_zeros(grid.shape[:2])  # [B, L]: no step taken yet
+        return {"h": h, "c": c, "grid": grid, "grid_att": grid_att, "attention": attention}
+
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
+        """One decoding step: tokens [B] -> (logits [B, V], new state with "attention" [B, L])."""
+        h, c, alpha = self._cell(
+            self.embed(tokens), state["grid"], state["grid_att"], state["h"], state["c"]
+        )
+        new_state = {**state, "h": h, "c": c, "attention": alpha}
+        return self.head(self.dropout(h)), new_state

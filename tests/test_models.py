@@ -1,0 +1,197 @@
+"""The caption models: shapes, cached decoding, attention and its regulariser, and overfitting."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captionkit.data.vocab import Vocabulary
+from captionkit.decoding import DecodingOptions, decode
+from captionkit.models import MODELS, create_model
+from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+
+TINY = {
+    "show_tell": {"embed_dim": 16, "hidden_dim": 16},
+    "attention": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16},
+    "transformer": {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64},
+}
+V, D, L = 20, 8, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine the threads'
+    spinning makes these tests many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name: str, **overrides):
+    torch.manual_seed(0)
+    return create_model(name, vocab_size=V, feature_dim=D, **{**TINY[name], **overrides})
+
+
+def inputs(batch: int = 3, length: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    pooled, grid = torch.randn(batch, D, generator=g), torch.randn(batch, L, D, generator=g)
+    tokens = torch.randint(3, V, (batch, length), generator=g)
+    tokens[:, 0] = Vocabulary.bos_id
+    return pooled, grid, tokens
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_and_step_shapes(name):
+    model = tiny(name).eval()
+    pooled, grid, tokens = inputs()
+    assert model(pooled, grid, tokens).shape == (3, 5, V)
+    state = model.init_state(pooled, grid)
+    assert all(v.shape[0] == 3 for v in state.values())  # batch-first, for beam reordering
+    for t in range(2):
+        logits, state = model.step(tokens[:, t], state)
+        assert logits.shape == (3, V)
+        assert all(v.shape[0] == 3 for v in state.values())
+
+
+@pytest.mark.parametrize("name", ["attention", "transformer"])
+def test_no_grid_falls_back_to_pooled(name):
+    model = tiny(name).eval()
+    pooled, _, tokens = inputs()
+    assert model(pooled, None, tokens).shape == (3, 5, V)
+    logits, _ = model.step(tokens[:, 0], model.init_state(pooled, None))
+    assert logits.shape == (3, V)
+
+
+@pytest.mark.parametrize("name", ["attention", "transformer"])
+def test_step_by_step_equals_teacher_forcing(name):
+    model = tiny(name, dropout=0.0).eval()
+    pooled, grid, tokens = inputs(length=9)
+    with torch.no_grad():
+        full = model(pooled, grid, tokens)  # [B, T, V]
+        state, steps = model.init_state(pooled, grid), []
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_transformer_cache_matches_full_forward(positions, tie_weights):
+    model = tiny("transformer", positions=positions, tie_weights=tie_weights).eval()
+    pooled, grid, tokens = inputs(batch=4, length=12, seed=1)
+    with torch.no_grad():
+        full = model(pooled, grid, tokens)
+        state, steps = model.init_state(pooled, grid), []
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            steps.append(logits)
+            assert state["self_k.0"].shape == (4, 4, t + 1, 8)  # [B, heads, t, head_dim]
+            assert state["position"].tolist() == [t + 1] * 4
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_transformer_tied_weights_share_the_embedding():
+    tied, untied = tiny("transformer"), tiny("transformer", tie_weights=False)
+    assert "head.weight" not in tied.state_dict()
+    assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in untied.parameters())
+
+
+def test_transformer_rejects_captions_past_max_length():
+    model = tiny("transformer", max_length=4)
+    pooled, grid, tokens = inputs(length=5)
+    with pytest.raises(ValueError, match="max_length"):
+        model(pooled, grid, tokens)
+
+
+def test_attention_weights_are_distributions():
+    model = tiny("attention").eval()
+    pooled, grid, tokens = inputs()
+    model(pooled, grid, tokens)
+    alpha = model.last_attention
+    assert alpha.shape == (3, 5, L)
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(3, 5))
+    state = model.init_state(pooled, grid)
+    _, state = model.step(tokens[:, 0], state)
+    assert state["attention"].shape == (3, L)
+    torch.testing.assert_close(state["attention"].sum(-1), torch.ones(3))
+    torch.testing.assert_close(state["attention"], alpha[:, 0])
+
+
+def test_doubly_stochastic_regularizer_by_hand():
+    model = tiny("attention", alpha_c=0.5)
+    # Two images, three input tokens, two positions; image 1's last input is <pad>, which
+    # predicts nothing and so does not count. Attention is set by hand through the attribute.
+    tokens = torch.tensor([[1, 4, 5], [1, 4, 0]])
+    model(*inputs(batch=2, length=3)[:2], tokens)
+    model.last_attention = torch.tensor(
+        [[[0.5, 0.5], [0.2, 0.8], [1.0, 0.0]], [[0.3, 0.7], [0.6, 0.4], [0.9, 0.1]]]
+    )
+    # Image 0: sums over t are (1.7, 1.3): (1-1.7)^2 + (1-1.3)^2 = 0.49 + 0.09 = 0.58.
+    # Image 1 (two steps): (0.9, 1.1): 0.01 + 0.01 = 0.02.  0.5 * mean(0.58, 0.02) = 0.15.
+    assert float(model.regularization_loss()) == pytest.approx(0.15)
+    assert float(tiny("attention", alpha_c=0.0).regularization_loss()) == 0.0
+
+
+def test_regularizer_has_gradients_for_the_attention():
+    model = tiny("attention")
+    model(*inputs())
+    model.regularization_loss().backward()
+    assert model.attention.hidden_proj.weight.grad.abs().sum() > 0
+
+
+def test_grid_is_projected_once_per_image_batch():
+    model = tiny("attention")
+    calls = []
+    model.attention.grid_proj.register_forward_hook(lambda *_: calls.append(1))
+    pooled, grid, _ = inputs(batch=2)
+    results = decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=5))
+    assert len(results) == 2
+    assert len(calls) == 1
+
+
+def test_transformer_memory_is_projected_once_per_image_batch():
+    model = tiny("transformer")
+    calls = []
+    model.memory_proj.register_forward_hook(lambda *_: calls.append(1))
+    pooled, grid, _ = inputs(batch=2)
+    decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=5))
+    assert len(calls) == 1
+
+
+CAPTIONS = [[4, 5, 6], [7, 8, 9, 10], [11, 12], [13, 5, 14, 15, 16]]
+
+
+@pytest.mark.parametrize("name", ["attention", "transformer"])
+def test_overfits_four_examples(name):
+    model = tiny(name, dropout=0.0)
+    g = torch.Generator().manual_seed(3)
+    pooled, grid = torch.randn(4, D, generator=g), torch.randn(4, L, D, generator=g)
+    tokens = torch.zeros(4, 7, dtype=torch.long)  # <bos> words <eos> <pad>..
+    for i, words in enumerate(CAPTIONS):
+        tokens[i, : len(words) + 2] = torch.tensor([Vocabulary.bos_id, *words, Vocabulary.eos_id])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        logits = model(pooled, grid, tokens[:, :-1])
+        ce = F.cross_entropy(
+            logits.reshape(-1, V), tokens[:, 1:].reshape(-1), ignore_index=Vocabulary.pad_id
+        )
+        loss = ce + model.regularization_loss() if hasattr(model, "regularization_loss") else ce
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(ce.detach()) < 0.5
+    results = decode(model, pooled, grid, DecodingOptions(beam_size=1, max_length=8))
+    assert [r[0].tokens for r in results] == CAPTIONS
+
+
+@pytest.mark.parametrize("name", ["attention", "transformer"])
+def test_checkpoint_round_trip(name, tmp_path):
+    """Tied weights must not share tensors: safetensors refuses to save those."""
+    model = tiny(name).eval()
+    vocab = Vocabulary.build(["a dog runs", "a cat sits"])
+    save_checkpoint(tmp_path, model, name, vocab, {"name": "x", "weights": "y", "fingerprint": "z"})
+    loaded = load_checkpoint(tmp_path).model
+    assert loaded.config == model.config
+    pooled, grid, tokens = inputs()
+    torch.testing.assert_close(loaded(pooled, grid, tokens), model(pooled, grid, tokens))
