@@ -153,3 +153,20 @@ def test_interrupted_extraction_resumes_where_it_stopped(tmp_path, lite0, monkey
     assert not partial.exists()
     np.testing.assert_array_equal(np.asarray(store.pooled), np.asarray(reference.pooled))
     np.testing.assert_array_equal(np.asarray(store.grid), np.asarray(reference.grid))
+
+
+def test_hub_weights_offline_give_one_clear_line(monkeypatch):
+    import timm
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:  # what huggingface_hub raises without network, over several lines
+            raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection")
+        return real(name, pretrained=False, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(CaptionkitError) as info:
+        create_encoder("resnet18", weights="hub")
+    message = str(info.value)
+    assert "could not download pretrained weights for encoder 'resnet18'" in message
+    assert "--encoder-weights PATH" in message and "\n" not in message

@@ -108,7 +108,9 @@ def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
     images: ImagesOpt = None,
-    model: Annotated[str, typer.Option("--model", help="Registered model name.")] = "show_tell",
+    model: Annotated[
+        str, typer.Option("--model", help="show_tell | attention | transformer.")
+    ] = "show_tell",
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 5e-4,
