@@ -132,3 +132,86 @@ def test_every_model_decodes(name, beam_size):
         assert 1 <= len(hyps) <= 2
         assert all(len(h.tokens) <= 7 for h in hyps)
         assert all(t >= 3 for h in hyps for t in h.tokens)  # no pad/bos/eos inside a caption
+
+
+# --- sampling, length penalty, n-gram blocking, attention --------------------------------------
+
+
+def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy():
+    model = tiny_model(3, vocab_size=30)
+    pooled = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
+    greedy = decode(model, pooled, None, DecodingOptions(max_length=10))
+    for options in (DecodingOptions(sample=True, top_k=1, max_length=10, seed=0),
+                    DecodingOptions(sample=True, top_p=1e-6, max_length=10, seed=0)):  # fmt: skip
+        sampled = decode(model, pooled, None, options)
+        for g, s in zip(greedy, sampled):
+            assert s[0].tokens == g[0].tokens
+            assert s[0].score == pytest.approx(g[0].score, abs=1e-5)
+
+
+def test_sampling_is_seeded_and_draws_several_captions_per_image():
+    model = tiny_model(4, vocab_size=30, sharp=0.5)  # flat distributions: samples differ
+    pooled = torch.randn(3, 8, generator=torch.Generator().manual_seed(4))
+    options = DecodingOptions(sample=True, num_samples=6, max_length=8, seed=11, temperature=1.5)
+    first, again = decode(model, pooled, None, options), decode(model, pooled, None, options)
+    assert [len(r) for r in first] == [6, 6, 6]
+    assert [[h.tokens for h in r] for r in first] == [[h.tokens for h in r] for r in again]
+    assert len({tuple(h.tokens) for h in first[0]}) > 1
+    for i, hyps in enumerate(first):  # scores are the model's own log-probabilities
+        for h in hyps:
+            if len(h.tokens) < 8:
+                with torch.no_grad():
+                    expected = sequence_logprob(model, pooled[i : i + 1], h.tokens)
+                assert h.score == pytest.approx(expected, abs=1e-4)
+
+
+def test_average_length_penalty_matches_brute_force():
+    model = tiny_model(5)
+    pooled = torch.randn(1, 8, generator=torch.Generator().manual_seed(5))
+    best = None
+    for n in range(MAX_LEN + 1):
+        for seq in itertools.product([3, *WORDS], repeat=n):
+            with torch.no_grad():
+                score = sequence_logprob(model, pooled, list(seq)) / (n + 1)
+            if best is None or score > best[1]:
+                best = (list(seq), score)
+    options = DecodingOptions(beam_size=128, max_length=MAX_LEN, length_penalty="average")
+    result = decode(model, pooled, None, options)[0][0]
+    assert result.tokens == best[0]
+    assert result.score / (len(result.tokens) + 1) == pytest.approx(best[1], abs=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_no_repeat_ngram_blocking(beam_size):
+    model = tiny_model(1, vocab_size=7)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0, 0, -9.0, 0, 5.0, 3.0, 0]))  # loves 4 4 4 ..., then 5
+    pooled = torch.zeros(2, 8)
+    plain = decode(model, pooled, None, DecodingOptions(beam_size=beam_size, max_length=6))
+    assert plain[0][0].tokens == [4] * 6
+    for n in (1, 2):
+        options = DecodingOptions(beam_size=beam_size, max_length=6, no_repeat_ngram_size=n)
+        tokens = decode(model, pooled, None, options)[0][0].tokens
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        assert len(grams) == len(set(grams)) and len(tokens) >= 2
+
+
+def test_attention_weights_come_with_every_token():
+    torch.manual_seed(0)
+    model = create_model("attention", vocab_size=20, feature_dim=8, embed_dim=8, hidden_dim=16,
+                         attention_dim=8, dropout=0.0).eval()  # fmt: skip
+    pooled, grid = torch.randn(2, 8), torch.randn(2, 5, 8)
+    greedy = decode(model, pooled, grid, DecodingOptions(max_length=6))
+    beam1 = BeamSearchDecoder(DecodingOptions(beam_size=1, max_length=6),
+                              [SuppressTokens([Vocabulary.pad_id, Vocabulary.bos_id])])  # fmt: skip
+    with torch.no_grad():
+        beam1 = beam1.decode(model, pooled, grid)
+    for g, b in zip(greedy, beam1):
+        assert len(g[0].attention) == len(g[0].tokens) + 1
+        assert all(len(row) == 5 and sum(row) == pytest.approx(1.0) for row in g[0].attention)
+        assert b[0].tokens == g[0].tokens
+        assert torch.allclose(torch.tensor(b[0].attention), torch.tensor(g[0].attention))
+    beam3 = decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=6))
+    assert all(len(r[0].attention) == len(r[0].tokens) + 1 for r in beam3)
+    assert decode(tiny_model(0), torch.randn(1, 8), None)[0][0].attention is None

@@ -1,10 +1,10 @@
-"""Turning a model's step function into captions: batched greedy and beam search.
+"""Turning a model's step function into captions: batched greedy, beam search and sampling.
 
-Every strategy decodes a batch of images at once and returns, per image, the best hypotheses as
+Every strategy decodes a batch of images at once and returns, per image, a list of
 `DecodingResult`s. A hypothesis is a word sequence w1..wn (n <= max_length) followed by `<eos>`;
-its score is the sum of log-probabilities of all its tokens, `<eos>` included. At step max_length
-only `<eos>` is allowed, so every hypothesis ends, and the brute-force reference in the tests can
-enumerate exactly the same set.
+its score is the sum of the model's log-probabilities of all its tokens, `<eos>` included (after
+the logit filters, before any sampling temperature). At step max_length only `<eos>` is allowed, so
+every hypothesis ends, and the brute-force reference in the tests can enumerate the same set.
 """
 
 from __future__ import annotations
@@ -19,24 +19,44 @@ from captionkit.data.vocab import Vocabulary
 
 @dataclass
 class DecodingOptions:
-    """How to decode; `beam_size=1` is greedy."""
+    """How to decode: greedy (`beam_size=1`), beam search, or sampling (`sample=True`)."""
 
     beam_size: int = 1
     """Hypotheses kept per image; 1 means greedy decoding."""
     max_length: int = 20
-    """Most words in a caption, `<eos>` not counted."""
+    """Most tokens in a caption, `<eos>` not counted."""
     n_best: int = 1
-    """Hypotheses returned per image (at most `beam_size`)."""
+    """Beam search: hypotheses returned per image (at most `beam_size`)."""
     forbid_unk: bool = False
     """Never generate `<unk>`."""
+    length_penalty: float | str | None = None
+    """Beam ranking: None = total log-probability, "average" = per token, a float α = GNMT's
+    score / ((5 + length) / 6) ** α."""
+    no_repeat_ngram_size: int = 0
+    """Never generate an n-gram of this size twice in one caption (0 = off)."""
+    sample: bool = False
+    """Sample each token instead of taking the most probable."""
+    num_samples: int = 1
+    """Sampling: captions drawn per image."""
+    temperature: float = 1.0
+    """Sampling: divide the logits by this before drawing."""
+    top_k: int = 0
+    """Sampling: draw from the k most probable tokens only (0 = all)."""
+    top_p: float = 1.0
+    """Sampling: draw from the smallest set of tokens whose probability reaches p (nucleus)."""
+    seed: int | None = None
+    """Sampling: seed of the random generator (None = torch's global one)."""
 
 
 @dataclass
 class DecodingResult:
-    """One hypothesis: word ids without `<bos>`/`<eos>`, and its total log-probability."""
+    """One hypothesis: token ids without `<bos>`/`<eos>`, its total log-probability, and for
+    models with attention the weights over the grid for every generated token, `<eos>` included
+    (`len(tokens) + 1` rows of L weights)."""
 
     tokens: list[int]
     score: float
+    attention: list[list[float]] | None = None
 
 
 class SuppressTokens:
@@ -45,17 +65,36 @@ class SuppressTokens:
     def __init__(self, token_ids: list[int]):
         self.token_ids = token_ids
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+    def apply(self, logits: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
         logits[..., self.token_ids] = -torch.inf
         return logits
 
 
-def _step_logprobs(model, tokens, state, filters, last: bool):
+class NoRepeatNGram:
+    """Logit filter: a token that would complete an n-gram already in the caption gets -inf."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def apply(self, logits: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        n, t = self.n, seqs.shape[1]
+        if t < n - 1 or n < 1:
+            return logits
+        rows = seqs.tolist()
+        for i, seq in enumerate(rows):
+            prefix = seq[t - n + 1 :] if n > 1 else []
+            banned = {seq[j + n - 1] for j in range(t - n + 1) if seq[j : j + n - 1] == prefix}
+            if banned:
+                logits[i, list(banned)] = -torch.inf
+        return logits
+
+
+def _step_logprobs(model, tokens, state, filters, seqs, last: bool):
     """Log-probabilities [N, V] of the next token after filtering, and the new state."""
     logits, state = model.step(tokens, state)
     logits = logits.float()
     for f in filters:
-        logits = f.apply(logits)
+        logits = f.apply(logits, seqs)
     logprobs = F.log_softmax(logits, dim=-1)
     if last:  # the length limit: every hypothesis ends here, with <eos>'s real probability
         eos = logprobs[:, Vocabulary.eos_id].clone()
@@ -64,32 +103,81 @@ def _step_logprobs(model, tokens, state, filters, last: bool):
     return logprobs, state
 
 
+def _expand(state: dict, k: int) -> dict:
+    return {n: v.repeat_interleave(k, dim=0) for n, v in state.items()}
+
+
+def _attention_rows(steps: list[torch.Tensor], row: int, length: int) -> list[list[float]] | None:
+    """Per-token attention of one hypothesis from per-step [N, L] tensors (None if no attention)."""
+    if not steps:
+        return None
+    return [steps[t][row].tolist() for t in range(length)]
+
+
 class GreedyDecoder:
-    """The most probable next word at every step, for all images at once."""
+    """The most probable next token at every step, for all images at once."""
 
     def __init__(self, options: DecodingOptions, filters: list):
         self.options, self.filters = options, filters
+        self.copies = 1  # hypotheses per image
+
+    def choose(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability, token) of the next token of every row."""
+        return logprobs.max(dim=-1)
 
     def decode(self, model, pooled, grid) -> list[list[DecodingResult]]:
-        state = model.init_state(pooled, grid)
-        batch = pooled.shape[0]
-        tokens = torch.full((batch,), Vocabulary.bos_id, dtype=torch.long, device=pooled.device)
-        scores = torch.zeros(batch, device=pooled.device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=pooled.device)
-        steps = []
+        k, device = self.copies, pooled.device
+        state = _expand(model.init_state(pooled, grid), k)
+        n = pooled.shape[0] * k
+        tokens = torch.full((n,), Vocabulary.bos_id, dtype=torch.long, device=device)
+        scores = torch.zeros(n, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        seqs, attention = torch.zeros(n, 0, dtype=torch.long, device=device), []
         for t in range(self.options.max_length + 1):
-            logprobs, state = _step_logprobs(
-                model, tokens, state, self.filters, t == self.options.max_length
-            )
-            best, tokens = logprobs.max(dim=-1)
+            last = t == self.options.max_length
+            logprobs, state = _step_logprobs(model, tokens, state, self.filters, seqs, last)
+            best, tokens = self.choose(logprobs)
             scores += torch.where(finished, 0.0, best)
             tokens = torch.where(finished, Vocabulary.pad_id, tokens)
-            steps.append(tokens)
+            seqs = torch.cat([seqs, tokens[:, None]], dim=1)
+            if "attention" in state:
+                attention.append(state["attention"])
             finished |= tokens == Vocabulary.eos_id
             if finished.all():
                 break
-        seqs = torch.stack(steps, dim=1).tolist()
-        return [[DecodingResult(_words(s), float(v))] for s, v in zip(seqs, scores.tolist())]
+        results = []
+        for row, (seq, score) in enumerate(zip(seqs.tolist(), scores.tolist())):
+            words = _words(seq)
+            results.append(
+                DecodingResult(words, score, _attention_rows(attention, row, len(words) + 1))
+            )
+        return [results[i : i + k] for i in range(0, n, k)]
+
+
+class SamplingDecoder(GreedyDecoder):
+    """Draws `num_samples` captions per image, token by token (temperature, top-k, top-p)."""
+
+    def __init__(self, options: DecodingOptions, filters: list):
+        super().__init__(options, filters)
+        self.copies = options.num_samples
+        self.generator = None
+        if options.seed is not None:
+            self.generator = torch.Generator().manual_seed(options.seed)
+
+    def choose(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.options
+        logits = logprobs / max(o.temperature, 1e-6)
+        if o.top_k > 0:
+            kth = logits.topk(min(o.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        if o.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            outside = probs.cumsum(dim=-1) - probs >= o.top_p  # the most probable always stays
+            logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, -torch.inf))
+        probs = logits.softmax(dim=-1).cpu()
+        tokens = torch.multinomial(probs, 1, generator=self.generator).to(logprobs.device)
+        return logprobs.gather(1, tokens).squeeze(1), tokens.squeeze(1)
 
 
 class BeamSearchDecoder:
@@ -99,37 +187,52 @@ class BeamSearchDecoder:
         self.options, self.filters = options, filters
         self.k = options.beam_size
 
+    def rank(self, hyp: DecodingResult) -> float:
+        """The score finished hypotheses are ranked by (see `DecodingOptions.length_penalty`)."""
+        penalty, length = self.options.length_penalty, len(hyp.tokens) + 1
+        if penalty is None:
+            return hyp.score
+        if penalty == "average":
+            return hyp.score / length
+        return hyp.score / ((5 + length) / 6) ** float(penalty)
+
     def decode(self, model, pooled, grid) -> list[list[DecodingResult]]:
         b, k, device = pooled.shape[0], self.k, pooled.device
-        state = {
-            n: v.repeat_interleave(k, dim=0) for n, v in model.init_state(pooled, grid).items()
-        }
+        state = _expand(model.init_state(pooled, grid), k)
         tokens = torch.full((b * k,), Vocabulary.bos_id, dtype=torch.long, device=device)
         seqs = torch.zeros(b * k, 0, dtype=torch.long, device=device)
+        attention = None  # [B*K, t, L] for models that attend
         # All beams of an image start identical: only beam 0 may expand at the first step.
         beam_scores = torch.full((b, k), -torch.inf, device=device)
         beam_scores[:, 0] = 0.0
         finished: list[list[DecodingResult]] = [[] for _ in range(b)]
         for t in range(self.options.max_length + 1):
-            logprobs, state = _step_logprobs(
-                model, tokens, state, self.filters, t == self.options.max_length
-            )
+            last = t == self.options.max_length
+            logprobs, state = _step_logprobs(model, tokens, state, self.filters, seqs, last)
+            if "attention" in state:
+                step_attention = state["attention"][:, None]  # [B*K, 1, L]
+                attention = (
+                    step_attention
+                    if attention is None
+                    else torch.cat([attention, step_attention], dim=1)
+                )
             cand = (beam_scores.view(b * k, 1) + logprobs).view(b, -1)  # [B, K*V]
             top_scores, top_idx = cand.topk(min(2 * k, cand.shape[1]), dim=1)  # [B, 2K]
             vocab = logprobs.shape[1]
             src_beam, words = top_idx // vocab, top_idx % vocab
-            self._collect_finished(finished, seqs, top_scores, src_beam, words)
+            self._collect_finished(finished, seqs, attention, top_scores, src_beam, words)
             beam_scores, src_beam, words = self._next_beams(top_scores, src_beam, words)
             if self._all_done(finished, beam_scores):
                 break
             src = (src_beam + torch.arange(b, device=device)[:, None] * k).view(-1)  # [B*K]
             seqs = torch.cat([seqs[src], words.view(-1, 1)], dim=1)
+            attention = None if attention is None else attention[src]
             state = {n: v[src] for n, v in state.items()}
             tokens = words.view(-1)
         n = min(self.options.n_best, k)
-        return [sorted(hyps, key=lambda h: -h.score)[:n] for hyps in finished]
+        return [sorted(hyps, key=self.rank, reverse=True)[:n] for hyps in finished]
 
-    def _collect_finished(self, finished, seqs, top_scores, src_beam, words) -> None:
+    def _collect_finished(self, finished, seqs, attention, top_scores, src_beam, words) -> None:
         """Candidates among the K best that end with <eos> become finished hypotheses (the best K
         are kept). Ignoring <eos> ranked lower, as fairseq and Hugging Face do, makes a beam of 1
         exactly greedy decoding."""
@@ -137,9 +240,10 @@ class BeamSearchDecoder:
         ended[:, self.k :] = False
         for i, j in ended.nonzero().tolist():
             row = i * self.k + int(src_beam[i, j])
-            finished[i].append(DecodingResult(seqs[row].tolist(), float(top_scores[i, j])))
+            rows = None if attention is None else attention[row].tolist()
+            finished[i].append(DecodingResult(seqs[row].tolist(), float(top_scores[i, j]), rows))
         for i in set(ended.nonzero()[:, 0].tolist()):
-            finished[i] = sorted(finished[i], key=lambda h: -h.score)[: self.k]
+            finished[i] = sorted(finished[i], key=self.rank, reverse=True)[: self.k]
 
     def _next_beams(self, top_scores, src_beam, words):
         """The K best candidates that do not end, in score order."""
@@ -151,8 +255,11 @@ class BeamSearchDecoder:
 
     def _all_done(self, finished, beam_scores) -> bool:
         """An image is done when K hypotheses ended and no live beam can beat the worst of them:
-        scores only fall as words are added (log-probabilities are <= 0)."""
+        total scores only fall as words are added (log-probabilities are <= 0). A length penalty
+        can raise a longer hypothesis above a shorter one, so then only dead beams stop early."""
         best_live = beam_scores.max(dim=1).values.tolist()
+        if self.options.length_penalty is not None:
+            return all(live == -float("inf") for live in best_live)
         return all(
             len(hyps) >= self.k and hyps[-1].score >= live or live == -float("inf")
             for hyps, live in zip(finished, best_live)
@@ -170,16 +277,22 @@ def _words(seq: list[int]) -> list[int]:
 
 @torch.inference_mode()
 def decode(model, pooled, grid, options: DecodingOptions | None = None):
-    """Decode a batch of images; returns, per image, up to `n_best` results, best first."""
+    """Decode a batch of images; returns, per image, a list of results (best first for beam
+    search; `num_samples` in drawing order for sampling)."""
     options = options or DecodingOptions()
     suppressed = [Vocabulary.pad_id, Vocabulary.bos_id]
     if options.forbid_unk:
         suppressed.append(Vocabulary.unk_id)
     filters = [SuppressTokens(suppressed)]
+    if options.no_repeat_ngram_size:
+        filters.append(NoRepeatNGram(options.no_repeat_ngram_size))
     was_training = model.training
     model.eval()
     try:
-        strategy = GreedyDecoder if options.beam_size == 1 else BeamSearchDecoder
+        if options.sample:
+            strategy = SamplingDecoder
+        else:
+            strategy = GreedyDecoder if options.beam_size == 1 else BeamSearchDecoder
         return strategy(options, filters).decode(model, pooled, grid)
     finally:
         model.train(was_training)
