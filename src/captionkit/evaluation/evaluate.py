@@ -58,7 +58,7 @@ def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
 def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> None:
     """On the dataset the run was trained on, use the split it wrote: the same test images even
     when the format has no split of its own."""
-    trained_on = trained.config.get("run", {}).get("data", {}).get("data")
+    trained_on = trained.data_setting("data")
     splits = run_dir / "splits.json"
     same_data = trained_on and Path(trained_on).resolve() in {
         data.resolve(),
@@ -80,7 +80,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | Non
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
     rows = store.rows([dataset.path(r) for r in records])
-    max_length = trained.config.get("run", {}).get("data", {}).get("max_length", 20)
+    max_length = trained.data_setting("max_length", 20)
     options = DecodingOptions(beam_size=beam_size, max_length=max_length)
     captions = caption_rows(trained, store, rows, options)
     predictions = {r.filename: c for r, c in zip(records, captions)}

@@ -38,6 +38,10 @@ class TrainedModel:
     config: dict
     """The whole `config.json`."""
 
+    def data_setting(self, name: str, default=None):
+        """A data setting the model was trained with (`DataConfig` field), e.g. `max_length`."""
+        return self.config.get("run", {}).get("data", {}).get(name, default)
+
 
 def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Tokenizer,
                     encoder: dict, extra: dict | None = None) -> None:  # fmt: skip

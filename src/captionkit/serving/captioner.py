@@ -53,7 +53,7 @@ class Captioner:
     def caption(self, images: list, beam_size: int = 3, n_best: int = 1,
                 batch_size: int = 32) -> list[list[Caption]]:  # fmt: skip
         """Up to `n_best` captions per image, best first."""
-        max_length = self.trained.config.get("run", {}).get("data", {}).get("max_length", 20)
+        max_length = self.trained.data_setting("max_length", 20)
         options = DecodingOptions(beam_size=beam_size, n_best=n_best, max_length=max_length)
         out = []
         for start in range(0, len(images), batch_size):
