@@ -93,7 +93,7 @@ def test_feature_store_caches_and_invalidates(tmp_path, lite0):
     assert extract_features(lite0, paths, tmp_path / "cache").folder != store.folder
     random_encoder = create_encoder(weights="none")  # same name, other weights
     assert extract_features(random_encoder, paths, tmp_path / "cache").folder != store.folder
-    assert not list((tmp_path / "cache").glob("*.tmp-*"))  # no half-written store left
+    assert not list((tmp_path / "cache").glob("*.partial"))  # no half-written store left
 
 
 def test_unreadable_images_are_recorded_not_fatal(tmp_path, lite0):

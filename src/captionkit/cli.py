@@ -70,16 +70,25 @@ def extract(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 1,
     cache_dir: CacheOpt = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N.")
+    ] = "auto",
+    amp: Annotated[
+        str, typer.Option("--amp", help="Autocast: none | bf16 | fp16 (fp16 on CUDA only).")
+    ] = "none",
 ) -> None:
-    """Extract and cache encoder features for every image of a dataset."""
+    """Extract and cache encoder features for every image of a dataset; images unchanged since an
+    earlier extraction with the same encoder are copied from its store, not extracted again."""
     from captionkit.data import load_dataset
     from captionkit.encoders import create_encoder, extract_features
 
     dataset = load_dataset(data, images)
     model = create_encoder(encoder, encoder_weights)
     paths = [dataset.path(r) for r in dataset.records]
-    store = extract_features(model, paths, cache_dir, grid, batch_size, workers)
+    store = extract_features(model, paths, cache_dir, grid, batch_size, workers,
+                             device=device, amp=None if amp == "none" else amp)  # fmt: skip
     typer.echo(f"{len(paths) - len(store.failed)} images -> {store.folder}")
+    typer.echo(store.report.summary() if store.report else "all images were already cached")
     if store.failed:
         typer.echo(f"{len(store.failed)} images could not be read (listed in index.json)")
 

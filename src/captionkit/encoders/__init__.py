@@ -3,9 +3,10 @@ on-disk feature store that runs them once per image."""
 
 from captionkit.data.images import load_image
 from captionkit.encoders.factory import DEFAULT_ENCODER, ImageEncoder, create_encoder
-from captionkit.encoders.features import FeatureStore, extract_features
+from captionkit.encoders.features import BuildReport, FeatureStore, extract_features
 
 __all__ = [
+    "BuildReport",
     "DEFAULT_ENCODER",
     "FeatureStore",
     "ImageEncoder",

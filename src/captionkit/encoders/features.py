@@ -1,11 +1,13 @@
 """The feature store: encoder outputs for every image, extracted once and cached on disk.
 
 A store is a folder `<cache_dir>/<encoder>-<key>/` holding `pooled.npy` `[N, D]` and `grid.npy`
-`[N, L, D]` (float16, memory-mapped when read) and `index.json` (image path -> row, and the images
-that could not be read). The key hashes the encoder's fingerprint (name, weights, preprocessing) and
-every image's path, size and mtime, so another encoder or a changed image never reads stale
-features. The folder is written under a temporary name and renamed when complete, so an
-interrupted extraction never leaves a store that is later trusted.
+`[N, L, D]` (float16, memory-mapped when read) and `index.json` (image paths in row order, each
+image's size and mtime, the images that could not be read, the encoder). The key hashes the
+encoder's fingerprint (name, weights, preprocessing), the grid setting and every image's path,
+size and mtime, so another encoder or a changed image never reads stale features. Building a store
+copies the rows of unchanged images from older stores of the same encoder (`reuse.py`), so only
+new or changed images go through the encoder. The folder is written under a temporary name and
+renamed when complete, so an interrupted extraction never leaves a store that is later trusted.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +29,13 @@ from tqdm import tqdm
 
 from captionkit.data.images import open_or_problem
 from captionkit.data.problems import Problems
+from captionkit.encoders import reuse
 from captionkit.encoders.factory import ImageEncoder
+from captionkit.encoders.reuse import Stat, file_stat, write_json
 from captionkit.errors import CaptionkitError
+
+log = logging.getLogger(__name__)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_cache_dir() -> Path:
@@ -57,6 +66,31 @@ def _collate(items):
 
 
 @dataclass
+class BuildReport:
+    """How `extract_features` filled a store it had to build (a cache hit has none)."""
+
+    reused: int
+    """Rows copied from older stores of the same encoder: images unchanged since then."""
+    extracted: int
+    """Images decoded and run through the encoder (or found unreadable) by this call."""
+    resumed: int = 0
+    """Rows already done by an interrupted earlier attempt at the same store."""
+    removed: list[str] = field(default_factory=list)
+    """Older stores deleted because the new one holds all their images, unchanged."""
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        text = (
+            f"reused {self.reused} unchanged images from older stores, extracted {self.extracted}"
+        )
+        if self.resumed:
+            text += f", {self.resumed} done by an interrupted earlier run"
+        if self.removed:
+            text += f"; removed {len(self.removed)} superseded stores"
+        return text
+
+
+@dataclass
 class FeatureStore:
     """Cached features of a set of images; rows follow `paths`."""
 
@@ -66,6 +100,8 @@ class FeatureStore:
     grid: np.ndarray | None
     failed: dict[str, list[str]] = field(default_factory=dict)
     """Image path -> [problem kind, detail] for images that could not be used."""
+    report: BuildReport | None = None
+    """Set when this call built the store; None when it came whole from the cache."""
 
     def __post_init__(self):
         self.row = {p: i for i, p in enumerate(self.paths)}
@@ -87,15 +123,55 @@ class FeatureStore:
         return cls(folder, index["paths"], pooled, grid, index["failed"])
 
 
-def store_key(encoder: ImageEncoder, paths: list[Path], grid: bool) -> str:
-    """Hash of the encoder fingerprint and each image's path, size and mtime."""
-    h = hashlib.sha256(f"{encoder.fingerprint()}|grid={grid}".encode())
-    for p in paths:
-        try:
-            st = p.stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}|missing\n".encode())
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How images are run through the encoder. Only `amp` is part of the cache key (see
+    `store_variant`): batch size, workers and device do not change what is stored."""
+
+    batch_size: int = 32
+    """Images per forward pass."""
+    num_workers: int = 1
+    """Decoding processes (0: decode in the main process)."""
+    device: torch.device = torch.device("cpu")
+    """Where the encoder runs; it is moved back to where it was afterwards."""
+    amp: str | None = None
+    """Autocast to "bf16" or "fp16"; None: float32 (also on CUDA, where TF32 is turned off)."""
+
+
+def extraction_settings(batch_size: int = 32, num_workers: int = 1, device: str = "auto",
+                        amp: str | None = None) -> ExtractionSettings:  # fmt: skip
+    """Check the user's `device` (auto, cpu, cuda, cuda:N) and `amp` (None, bf16, fp16)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and device.split(":")[0] != "cuda":
+        raise CaptionkitError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise CaptionkitError(f"--device {device}: no CUDA device is available")
+    if amp not in (None, *AMP_DTYPES):
+        raise CaptionkitError(f"--amp {amp}: expected none, bf16 or fp16")
+    if amp == "fp16" and device == "cpu":
+        raise CaptionkitError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
+    return ExtractionSettings(batch_size, num_workers, torch.device(device), amp)
+
+
+def store_variant(encoder: ImageEncoder, grid: bool, amp: str | None = None) -> str:
+    """What makes rows of two stores interchangeable: the encoder fingerprint (name, weights,
+    preprocessing), the grid setting and autocast. Autocast changes features by more than the
+    float16 storage rounds (bf16: a few percent, see tests/test_feature_store.py), so its stores
+    are kept apart from float32 ones."""
+    variant = f"{encoder.fingerprint()}|grid={grid}"
+    return variant if amp is None else f"{variant}|amp={amp}"
+
+
+def store_key(encoder: ImageEncoder, paths: list[Path], grid: bool,
+              stats: list[Stat] | None = None, amp: str | None = None) -> str:  # fmt: skip
+    """Hash of the store variant and each image's path, size and mtime."""
+    stats = stats if stats is not None else [file_stat(p) for p in paths]
+    h = hashlib.sha256(store_variant(encoder, grid, amp).encode())
+    for p, stat in zip(paths, stats):
+        h.update(
+            f"{p}|missing\n".encode() if stat is None else f"{p}|{stat[0]}|{stat[1]}\n".encode()
+        )
     return h.hexdigest()[:16]
 
 
@@ -106,31 +182,76 @@ def extract_features(
     grid: bool = True,
     batch_size: int = 32,
     num_workers: int = 1,
+    *,
+    device: str = "auto",
+    amp: str | None = None,
+    prune: bool = True,
 ) -> FeatureStore:
-    """Features of `paths`, from the cache when it holds them, else extracted and cached.
+    """Features of `paths`, from the cache when it holds them, else built and cached.
 
-    Extraction writes into `<store>.partial/` and records which rows are done after every batch,
-    so an interrupted extraction resumes where it stopped; the folder gets its final name only
-    when complete. A lock file keeps two processes from extracting the same store at once."""
+    Building copies the rows of unchanged images from older stores of the same variant (encoder,
+    grid setting, `amp`) and runs only the rest through the encoder, on `device` ("auto": CUDA
+    when available), in float32 or with autocast when `amp` is "bf16" or "fp16" (fp16: CUDA only).
+    Float32 stores serve any device: CPU and CUDA agree far below the float16 storage rounding.
+    Rows are written into `<store>.partial/` and marked done after every batch, so an
+    interrupted build resumes where it stopped; the folder gets its final name only when complete.
+    A lock file keeps two processes from building the same store at once. With `prune`, older
+    stores that the new one supersedes are deleted. `store.report` says what was done."""
+    settings = extraction_settings(batch_size, num_workers, device, amp)
     paths = [Path(p).resolve() for p in paths]
+    stats = [file_stat(p) for p in paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid)}"
-    if (folder / "index.json").is_file():
-        return FeatureStore.open(folder)
+    variant = store_variant(encoder, grid, amp)
+    folder = cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid, stats, amp)}"
+    store = _open_complete(folder)
+    if store is not None:
+        return store
     partial = folder.with_name(f"{folder.name}.partial")
     partial.mkdir(parents=True, exist_ok=True)
+    report = None
     with open(partial / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
-        if not (folder / "index.json").is_file():  # another process may have finished meanwhile
-            failed = _extract_into(partial, encoder, paths, grid, batch_size, num_workers)
-            index = {"paths": [str(p) for p in paths], "grid": grid, "failed": failed}
-            index["encoder"] = encoder.spec()
-            (partial / "index.json").write_text(json.dumps(index))
-            (partial / "progress.npy").unlink()
-            shutil.rmtree(folder, ignore_errors=True)  # an incomplete store left by hand
-            os.replace(partial, folder)
+        if _open_complete(folder) is None:  # another process may have finished meanwhile
+            report = _build(folder, encoder, paths, stats, grid, settings)
     (folder / "lock").unlink(missing_ok=True)
-    return FeatureStore.open(folder)
+    if report is not None and prune:
+        others = reuse.complete_stores(cache_dir, encoder.name, variant)
+        report.removed = reuse.remove_superseded(folder, [str(p) for p in paths], stats, others)
+    if report is not None:
+        log.info("%s: %s", folder.name, report.summary())
+    store = FeatureStore.open(folder)
+    store.report = report
+    return store
+
+
+def _open_complete(folder: Path) -> FeatureStore | None:
+    try:
+        return FeatureStore.open(folder)
+    except FileNotFoundError:  # not built yet, or just removed as superseded by another build
+        return None
+
+
+def _build(folder: Path, encoder: ImageEncoder, paths: list[Path], stats: list[Stat],
+           grid: bool, settings: ExtractionSettings) -> BuildReport:  # fmt: skip
+    """Fill `<folder>.partial` (copy, then extract the rest), write its index, rename it."""
+    partial = folder.with_name(f"{folder.name}.partial")
+    variant = store_variant(encoder, grid, settings.amp)
+    donors = reuse.complete_stores(folder.parent, encoder.name, variant)
+    n_tokens = reuse.donor_grid_length(donors) or _grid_length(encoder)
+    arrays = _open_arrays(partial, len(paths), n_tokens, encoder.feature_dim, grid)
+    failed_file = partial / "failed.json"
+    failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
+    resumed = int(arrays["progress"].sum())
+    reused = reuse.copy_unchanged(arrays, failed, failed_file, paths, stats, donors)
+    extracted = _extract_into(arrays, failed, failed_file, encoder, paths, settings)
+    index = {"paths": [str(p) for p in paths], "stats": stats, "grid": grid, "failed": failed}
+    index |= {"encoder": encoder.spec(), "variant": variant, "amp": settings.amp}
+    (partial / "index.json").write_text(json.dumps(index))
+    (partial / "progress.npy").unlink()
+    failed_file.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete store left by hand
+    os.replace(partial, folder)
+    return BuildReport(reused, extracted, resumed)
 
 
 def _reopen(path: Path, shape: tuple, dtype) -> tuple[np.ndarray, bool]:
@@ -160,53 +281,88 @@ def _open_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: bool) -> d
 
 
 @torch.inference_mode()
-def _extract_into(folder, encoder, paths, grid, batch_size, num_workers) -> dict[str, list[str]]:
-    # channels_last runs the depthwise convolutions of EfficientNet-style CNNs ~1.6x faster on CPU.
-    encoder = encoder.to(memory_format=torch.channels_last)
-    arrays = _open_arrays(folder, len(paths), _grid_length(encoder), encoder.feature_dim, grid)
+def _extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEncoder,
+                  paths: list[Path], settings: ExtractionSettings) -> int:  # fmt: skip
+    """Run the images of the rows not yet done through the encoder; returns how many."""
     done = arrays["progress"]
-    failed_file = folder / "failed.json"
-    failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
     todo = np.flatnonzero(~done)
+    if not len(todo):
+        return 0
+    home = next(encoder.parameters()).device
+    # channels_last runs the depthwise convolutions of EfficientNet-style CNNs ~1.6x faster on CPU.
+    encoder = encoder.to(settings.device, memory_format=torch.channels_last)
+    cuda = settings.device.type == "cuda"
     loader = DataLoader(
         ImageFiles([paths[i] for i in todo], encoder.transform()),
-        batch_size=batch_size,
-        num_workers=num_workers if len(todo) > batch_size else 0,
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers if len(todo) > settings.batch_size else 0,
         collate_fn=_collate,
+        pin_memory=cuda,  # page-locked batches copy to the GPU asynchronously
     )
-    for local_rows, images, errors in tqdm(loader, desc=f"features ({encoder.name})", unit="batch"):
-        for i, err in errors:
-            failed[str(paths[todo[i]])] = err
-        rows = todo[local_rows]
-        if images is not None:
-            p, g = encoder(images.contiguous(memory_format=torch.channels_last))
-            arrays["pooled"][rows] = p.float().numpy()
-            if grid:
-                arrays["grid"][rows] = g.float().numpy()
-        # Features first, then the failures, then the done-mask: a crash between two of these
-        # writes only makes the next attempt redo this batch.
-        arrays["pooled"].flush(), arrays["grid"].flush()
-        failed_file.write_text(json.dumps(failed))
-        done[rows] = True
-        done[[todo[i] for i, _ in errors]] = True
-        done.flush()
-    return failed
+    try:
+        for local_rows, images, errors in tqdm(loader, desc=f"features ({encoder.name})",
+                                               unit="batch"):  # fmt: skip
+            for i, err in errors:
+                failed[str(paths[todo[i]])] = err
+            rows = todo[local_rows]
+            if images is not None:
+                images = images.to(settings.device, non_blocking=cuda)  # [B, 3, H, W]
+                with precision(settings):
+                    p, g = encoder(images.contiguous(memory_format=torch.channels_last))
+                # float16 on the device: the store's dtype, and half the bytes to copy back
+                arrays["pooled"][rows] = p.to(torch.float16).cpu().numpy()  # [B, D]
+                if arrays["grid"].shape[0]:
+                    arrays["grid"][rows] = g.to(torch.float16).cpu().numpy()  # [B, L, D]
+            # Features first, then the failures, then the done-mask: a crash between two of these
+            # writes only makes the next attempt redo this batch.
+            arrays["pooled"].flush(), arrays["grid"].flush()
+            if errors:
+                write_json(failed_file, failed)
+            done[rows] = True
+            done[[todo[i] for i, _ in errors]] = True
+            done.flush()
+    finally:
+        encoder.to(home)
+    return len(todo)
+
+
+@contextmanager
+def precision(settings: ExtractionSettings):
+    """Autocast when asked. Else true float32, also on CUDA, where cuDNN convolutions would use
+    TF32 (10-bit mantissa) by default: float32 stores then agree across devices."""
+    if settings.amp is not None:
+        with torch.autocast(settings.device.type, AMP_DTYPES[settings.amp]):
+            yield
+        return
+    if settings.device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
 
 
 def _grid_length(encoder: ImageEncoder) -> int:
     size = encoder.data_config["input_size"]
     with torch.inference_mode():
-        _, g = encoder(torch.zeros(1, *size))
+        _, g = encoder(torch.zeros(1, *size, device=next(encoder.parameters()).device))
     return g.shape[1]
 
 
 def features_for_dataset(dataset, encoder: ImageEncoder, cache_dir: Path | None = None,
-                         problems: Problems | None = None):  # fmt: skip
+                         problems: Problems | None = None, **options):  # fmt: skip
     """Features of every image of a `CaptionDataset` (all splits, so training and evaluation share
     one store), and the records whose image could be read. Unusable images are reported into
-    `problems` (default: the dataset's own collector) and skipped."""
+    `problems` (default: the dataset's own collector) and skipped. `options` go to
+    `extract_features` (`device`, `amp`, `batch_size`, ...)."""
     problems = problems if problems is not None else dataset.problems
-    store = extract_features(encoder, [dataset.path(r) for r in dataset.records], cache_dir)
+    paths = [dataset.path(r) for r in dataset.records]
+    store = extract_features(encoder, paths, cache_dir, **options)
     usable = []
     for record in dataset.records:
         path = dataset.path(record)
