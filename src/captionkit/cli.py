@@ -134,6 +134,21 @@ def train(
     encoder: EncoderOpt = "tf_efficientnet_lite0",
     encoder_weights: EncoderWeightsOpt = "default",
     cache_dir: CacheOpt = None,
+    finetune_encoder: Annotated[
+        bool, typer.Option("--finetune-encoder", help="Train the encoder's last blocks too.")
+    ] = False,
+    finetune_blocks: Annotated[
+        int, typer.Option("--finetune-blocks", help="Encoder blocks to fine-tune.")
+    ] = 2,
+    encoder_lr: Annotated[
+        float, typer.Option("--encoder-lr", help="Encoder learning rate (fine-tuning).")
+    ] = 1e-4,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Image decoding processes (fine-tuning).")
+    ] = 2,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Start from this run's decoder and tokenizer.")
+    ] = None,
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out."""
     from captionkit.data.tokenizers import TOKENIZER_KINDS
@@ -152,10 +167,12 @@ def train(
         cache_dir=cache_dir and str(cache_dir),
         strict=strict,
     )
-    encoder_config = EncoderConfig(encoder, encoder_weights)
+    encoder_config = EncoderConfig(encoder, encoder_weights, finetune=finetune_encoder,
+                                   finetune_blocks=finetune_blocks, lr=encoder_lr)  # fmt: skip
     config = RunConfig(model=model, data=data_config, encoder=encoder_config)
     config.train.epochs, config.train.batch_size, config.train.seed = epochs, batch_size, seed
     config.optim.lr = lr
+    config.train.workers, config.train.init = workers, init and str(init)
     best = run_training(config, out)
     typer.echo(f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {best['epoch']}; saved to {out}")
 

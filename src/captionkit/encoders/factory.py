@@ -107,13 +107,23 @@ class ImageEncoder(nn.Module):
             pooled = grid.mean(dim=1)
         return pooled, grid
 
+    def train(self, mode: bool = True) -> ImageEncoder:
+        """Train mode reaches only the parts with trainable weights: frozen layers keep their
+        BatchNorm running statistics and their Dropout off, as in the features they produced."""
+        super().train(mode)
+        if mode:
+            for module in _frozen_modules(self.model):
+                module.eval()
+        return self
+
     def transform(self):
         """The backbone's own eval preprocessing: PIL image -> normalised tensor `[3, H, W]`."""
         return timm.data.create_transform(**self.data_config)
 
     def fingerprint(self) -> str:
         """Hash of the name, the weights and the preprocessing: the feature cache's key."""
-        if self._fingerprint is None:
+        # Weights being trained change: hash them afresh each time instead of caching.
+        if self._fingerprint is None or any(p.requires_grad for p in self.model.parameters()):
             h = hashlib.sha256(self.name.encode())
             for key, tensor in sorted(self.model.state_dict().items()):
                 h.update(key.encode())
@@ -133,6 +143,18 @@ class ImageEncoder(nn.Module):
     def spec(self) -> dict:
         """What a checkpoint stores to rebuild this encoder."""
         return {"name": self.name, "weights": self.weights, "fingerprint": self.fingerprint()}
+
+
+def _frozen_modules(module: nn.Module, parent_frozen: bool = True):
+    """The outermost submodules with no trainable parameter. A parameterless module (Dropout,
+    DropPath) counts as frozen when its parent is, or when it is outside every block (top level)."""
+    for child in module.children():
+        params = list(child.parameters())
+        frozen = not any(p.requires_grad for p in params) if params else parent_frozen
+        if frozen:
+            yield child
+        else:
+            yield from _frozen_modules(child, frozen)
 
 
 def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> ImageEncoder:

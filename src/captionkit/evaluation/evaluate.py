@@ -15,7 +15,7 @@ from captionkit.encoders import create_encoder
 from captionkit.encoders.features import FeatureStore, features_for_dataset
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.metrics import coco_metrics
-from captionkit.models.checkpoint import TrainedModel, load_checkpoint
+from captionkit.models.checkpoint import ENCODER_WEIGHTS, TrainedModel, load_checkpoint
 
 
 @dataclass
@@ -29,12 +29,16 @@ class Evaluation:
 
 
 def encoder_for(trained: TrainedModel):
-    """Rebuild the encoder a model was trained on, refusing one with other weights."""
+    """Rebuild the encoder a model was trained on (a fine-tuned one from the run's
+    `encoder.safetensors`), refusing one with other weights."""
     spec = trained.encoder
-    encoder = create_encoder(spec["name"], spec["weights"])
+    weights = spec["weights"]
+    if spec.get("finetuned"):
+        weights = str(Path(trained.run_dir or ".") / ENCODER_WEIGHTS)
+    encoder = create_encoder(spec["name"], weights)
     if encoder.fingerprint() != spec["fingerprint"]:
         raise CaptionkitError(
-            f"encoder {spec['name']} ({spec['weights']}) has other weights than in training"
+            f"encoder {spec['name']} ({weights}) has other weights than in training"
         )
     return encoder
 

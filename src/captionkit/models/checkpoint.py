@@ -1,9 +1,10 @@
 """Run folders: a trained model as `model.safetensors` + `config.json`, never a pickle.
 
 `config.json` holds everything needed to rebuild and use the model: the model name and its config
-dataclass, the encoder (name, weights, fingerprint), the tokenizer (word vocabulary or BPE model,
-stored as "vocabulary"), the training settings and the metrics. Both files are written to a
-temporary name and renamed, so a crash during a save leaves the previous checkpoint intact.
+dataclass, the encoder (name, weights, fingerprint; `"finetuned": true` when the run trained it,
+its weights then in `encoder.safetensors`), the tokenizer (word vocabulary or BPE model, stored as
+"vocabulary"), the training settings and the metrics. Every file is written to a temporary name
+and renamed, so a crash during a save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from captionkit.errors import CaptionkitError
 from captionkit.models import create_model, model_config_dict
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+ENCODER_WEIGHTS = "encoder.safetensors"  # only in runs that fine-tuned their encoder
 FORMAT_VERSION = 1
 
 
@@ -34,9 +36,12 @@ class TrainedModel:
     vocab: Tokenizer
     """The caption tokenizer, word or BPE (the name predates BPE)."""
     encoder: dict
-    """`{"name", "weights", "fingerprint"}` of the encoder the model was trained on."""
+    """`{"name", "weights", "fingerprint"}` of the encoder the model was trained on, and
+    `"finetuned": true` when its weights are the run's `encoder.safetensors`."""
     config: dict
     """The whole `config.json`."""
+    run_dir: Path | None = None
+    """The run folder it was loaded from."""
 
     def data_setting(self, name: str, default=None):
         """A data setting the model was trained with (`DataConfig` field), e.g. `max_length`."""
@@ -44,8 +49,10 @@ class TrainedModel:
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Tokenizer,
-                    encoder: dict, extra: dict | None = None) -> None:  # fmt: skip
-    """Write the model's weights and config into `run_dir`, atomically."""
+                    encoder: dict, extra: dict | None = None,
+                    encoder_model: nn.Module | None = None) -> None:  # fmt: skip
+    """Write the model's weights and config into `run_dir`, atomically; a fine-tuned
+    `encoder_model` (the timm backbone) goes into `encoder.safetensors`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": FORMAT_VERSION,
@@ -54,9 +61,15 @@ def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Tok
         "vocabulary": vocab.to_dict(),
         **(extra or {}),
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(run_dir / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    if encoder_model is not None:
+        _save_weights(run_dir / ENCODER_WEIGHTS, encoder_model)
+    _save_weights(run_dir / WEIGHTS, model)
     _atomic(run_dir / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+
+def _save_weights(path: Path, model: nn.Module) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
 
 def _atomic(path: Path, write) -> None:
@@ -93,4 +106,4 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
         raise CaptionkitError(f"{run_dir / WEIGHTS}: unreadable weights ({e})") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CaptionkitError(f"{run_dir}: config and weights do not match ({e})") from None
-    return TrainedModel(model.to(device).eval(), vocab, config["encoder"], config)
+    return TrainedModel(model.to(device).eval(), vocab, config["encoder"], config, run_dir)

@@ -42,6 +42,18 @@ class EncoderConfig:
     """A timm model name."""
     weights: str = "default"
     """`default` (offline packaged weights), `hub`, `none` or a weights file."""
+    finetune: bool = False
+    """Train the encoder's last blocks with the decoder, on images decoded and augmented on the
+    fly, instead of reading cached features; the run folder then keeps `encoder.safetensors`."""
+    finetune_blocks: int = 2
+    """Fine-tuning: how many of the last blocks train (see `captionkit.encoders.finetune`)."""
+    lr: float = 1e-4
+    """Fine-tuning: Adam learning rate of the encoder's weights (the decoder's is `optim.lr`)."""
+    crop_scale_min: float = 0.5
+    """Fine-tuning: a training image is a random crop of this fraction to all of its area,
+    resized to the encoder's input size (validation uses the encoder's own preprocessing)."""
+    hflip: float = 0.5
+    """Fine-tuning: probability of flipping a training image horizontally."""
 
 
 @dataclass
@@ -63,7 +75,8 @@ class TrainConfig:
     epochs: int = 10
     """Passes over the training captions."""
     batch_size: int = 64
-    """Captions per training step."""
+    """Captions per training step (when fine-tuning, whole images with all their captions: as
+    many images as make about this many captions)."""
     seed: int = 0
     """Seed for weights, data order and dropout."""
     bucket_batches: int = 1
@@ -73,6 +86,11 @@ class TrainConfig:
     """Beam size of the validation decode (1 = greedy)."""
     accelerator: str = "auto"
     """Lightning accelerator: `auto`, `cpu`, `gpu`."""
+    workers: int = 2
+    """Processes decoding and augmenting images when the encoder is fine-tuned (0 = none)."""
+    init: str | None = None
+    """A run folder to start from: its decoder weights and tokenizer, and its encoder (fine-tuned
+    or not); the model name and settings must be the same."""
 
 
 @dataclass

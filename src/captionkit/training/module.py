@@ -9,23 +9,50 @@ from torch import nn
 
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
+from captionkit.encoders.factory import ImageEncoder
 from captionkit.evaluation.metrics import quick_cider
 from captionkit.training.config import OptimConfig
 
 
 class CaptioningModule(L.LightningModule):
-    """Trains any registered caption model; validation decodes and scores CIDEr."""
+    """Trains any registered caption model; validation decodes and scores CIDEr.
+
+    Batches carry cached features (`pooled`, `grid`), or, with an `encoder` to fine-tune, images
+    that it encodes (its trainable weights get their own learning rate, `encoder_lr`)."""
 
     def __init__(self, model: nn.Module, vocab: Vocabulary, optim: OptimConfig,
-                 val_references: dict[str, list[str]], val_options: DecodingOptions):  # fmt: skip
+                 val_references: dict[str, list[str]], val_options: DecodingOptions,
+                 encoder: ImageEncoder | None = None, encoder_lr: float = 1e-4):  # fmt: skip
         super().__init__()
         self.model, self.vocab, self.optim = model, vocab, optim
         self.val_references, self.val_options = val_references, val_options
+        self.encoder, self.encoder_lr = encoder, encoder_lr
         self._val_predictions: dict[str, str] = {}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def on_train_start(self) -> None:
+        # Lightning keeps each module's mode, and the encoder comes in eval mode (it extracted
+        # features before). Its train() reaches only the trainable blocks.
+        if self.encoder is not None:
+            self.encoder.train()
+
+    def _features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(pooled [B, D], grid [B, L, D] | None)`, one row per caption (training) or image."""
+        if self.encoder is None:
+            return batch["pooled"], batch["grid"]
+        # channels_last: the layout the depthwise convolutions of EfficientNets run fastest in.
+        images = batch["images"].contiguous(memory_format=torch.channels_last)
+        pooled, grid = self.encoder(images)  # [I, D], [I, L, D]
+        grid = grid if self.model.uses_grid else None
+        index = batch.get("image_index")  # [B]: each caption's image
+        if index is not None:
+            pooled, grid = pooled[index], None if grid is None else grid[index]
+        return pooled, grid
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if "tokens" not in batch:  # every image of the batch became unreadable during the run
+            return None
         tokens = batch["tokens"]  # [B, T]: <bos> w1 .. wn <eos> <pad>..
-        logits = self.model(batch["pooled"], batch["grid"], tokens[:, :-1])  # [B, T-1, V]
+        logits = self.model(*self._features(batch), tokens[:, :-1])  # [B, T-1, V]
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             tokens[:, 1:].reshape(-1),
@@ -37,7 +64,9 @@ class CaptioningModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        results = decode(self.model, batch["pooled"], batch["grid"], self.val_options)
+        if "keys" not in batch:
+            return
+        results = decode(self.model, *self._features(batch), self.val_options)
         for key, hyps in zip(batch["keys"], results):
             self._val_predictions[key] = self.vocab.decode(hyps[0].tokens)
 
@@ -48,6 +77,8 @@ class CaptioningModule(L.LightningModule):
         self._val_predictions = {}
 
     def configure_optimizers(self):
-        return torch.optim.Adam(
-            self.model.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay
-        )
+        groups = [{"params": list(self.model.parameters())}]
+        if self.encoder is not None:
+            trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+            groups.append({"params": trainable, "lr": self.encoder_lr})
+        return torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)

@@ -4,33 +4,40 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
 from captionkit.data import load_dataset
 from captionkit.data.formats import write_splits
 from captionkit.data.problems import Problems
 from captionkit.data.tokenizers import Tokenizer, build_tokenizer
 from captionkit.decoding import DecodingOptions
-from captionkit.encoders import create_encoder
+from captionkit.encoders import ImageEncoder, create_encoder
 from captionkit.encoders.features import features_for_dataset
+from captionkit.encoders.finetune import augmenting_transform, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
-from captionkit.models import MODELS, create_model
-from captionkit.models.checkpoint import save_checkpoint
+from captionkit.models import MODELS, create_model, model_config_dict
+from captionkit.models.checkpoint import TrainedModel, load_checkpoint, save_checkpoint
 from captionkit.training.config import RunConfig
 from captionkit.training.datamodule import CaptionDataModule, CaptionPairs, ImageRows
+from captionkit.training.image_data import CaptionedImages, ImageDataModule
 from captionkit.training.module import CaptioningModule
 
 
 class BestCheckpoint(L.Callback):
-    """After each validation: append to `metrics.jsonl`; save the model if val CIDEr improved."""
+    """After each validation: append to `metrics.jsonl`; save the model if val CIDEr improved.
+
+    With `finetuned` (an encoder trained by this run or by its `--init` run), the encoder is
+    saved too, and its spec says so, with the fingerprint of its current weights."""
 
     def __init__(self, run_dir: Path, model_name: str, vocab: Tokenizer, encoder: dict,
-                 extra: dict):  # fmt: skip
+                 extra: dict, finetuned: ImageEncoder | None = None):  # fmt: skip
         self.run_dir, self.model_name, self.vocab = run_dir, model_name, vocab
-        self.encoder, self.extra = encoder, extra
+        self.encoder, self.extra, self.finetuned = encoder, extra, finetuned
         self.best: dict = {}
         self.started = time.perf_counter()
 
@@ -44,8 +51,25 @@ class BestCheckpoint(L.Callback):
             f.write(json.dumps(row) + "\n")
         if not self.best or row["val/CIDEr"] > self.best["val/CIDEr"]:
             self.best = row
-            save_checkpoint(self.run_dir, module.model, self.model_name, self.vocab, self.encoder,
-                            {**self.extra, "metrics": row})  # fmt: skip
+            spec, encoder_model = self.encoder, None
+            if self.finetuned is not None:
+                spec = {**spec, "fingerprint": self.finetuned.fingerprint(), "finetuned": True,
+                        "base_fingerprint": self.encoder["fingerprint"]}  # fmt: skip
+                encoder_model = self.finetuned.model
+            save_checkpoint(self.run_dir, module.model, self.model_name, self.vocab, spec,
+                            {**self.extra, "metrics": row}, encoder_model)  # fmt: skip
+
+
+def _train_tokens(config: RunConfig, vocab: Tokenizer, train_records):
+    """Token ids of each training image's captions, and how many were cut to `max_length`."""
+    tokens, truncated = [], 0
+    for r in train_records:
+        encoded = [vocab.encode_with_info(c, config.data.max_length) for c in r.captions]
+        tokens.append([ids for ids, _ in encoded])
+        truncated += sum(cut for _, cut in encoded)
+    limit = f"{config.data.max_length} {'words' if config.data.tokenizer == 'word' else 'tokens'}"
+    print(f"truncated {truncated} of {sum(map(len, tokens))} training captions to {limit}")
+    return tokens, truncated
 
 
 def _datamodule(config: RunConfig, store, dataset, train_records, val_records, vocab, use_grid,
@@ -53,11 +77,8 @@ def _datamodule(config: RunConfig, store, dataset, train_records, val_records, v
     """Training pairs (one per caption) and validation images over the feature store, and how
     many training captions were cut to `max_length` tokens."""
     pairs = [(dataset.path(r), c) for r in train_records for c in r.captions]
-    encoded = [vocab.encode_with_info(c, config.data.max_length) for _, c in pairs]
-    tokens = [ids for ids, _ in encoded]
-    truncated = sum(cut for _, cut in encoded)
-    limit = f"{config.data.max_length} {'words' if config.data.tokenizer == 'word' else 'tokens'}"
-    print(f"truncated {truncated} of {len(pairs)} training captions to {limit}")
+    per_image, truncated = _train_tokens(config, vocab, train_records)
+    tokens = [ids for image_tokens in per_image for ids in image_tokens]
     train_set = CaptionPairs(store, store.rows([p for p, _ in pairs]), tokens, use_grid,
                              token_file=run_dir / "train_tokens.npy")  # fmt: skip
     val_rows = store.rows([dataset.path(r) for r in val_records])
@@ -82,12 +103,74 @@ def _trainer(config: RunConfig, run_dir: Path, checkpoint: BestCheckpoint) -> L.
     )
 
 
-def _load_data(config: RunConfig, run_dir: Path):
-    """Dataset, encoder and features; the split and every problem found go into the run folder."""
+def _image_datamodule(config: RunConfig, encoder: ImageEncoder, dataset, train_records,
+                      val_records, vocab: Tokenizer):  # fmt: skip
+    """Fine-tuning: training images (augmented, each with all its captions) and validation images,
+    decoded on the fly; and how many training captions were cut to `max_length` tokens."""
+    tokens, truncated = _train_tokens(config, vocab, train_records)
+    augment = augmenting_transform(encoder, config.encoder.crop_scale_min, config.encoder.hflip)
+    train_set = CaptionedImages([dataset.path(r) for r in train_records], augment, tokens=tokens)
+    val_set = CaptionedImages([dataset.path(r) for r in val_records], encoder.transform(),
+                              keys=[r.filename for r in val_records])  # fmt: skip
+    captions_per_image = sum(map(len, tokens)) / len(tokens)
+    images_per_batch = max(1, round(config.train.batch_size / captions_per_image))
+    datamodule = ImageDataModule(train_set, val_set, images_per_batch, config.train.seed,
+                                 config.train.workers)  # fmt: skip
+    return datamodule, truncated
+
+
+def _load_init(config: RunConfig) -> TrainedModel | None:
+    """The run named by `train.init`, refused if its model or encoder is another one."""
+    if not config.train.init:
+        return None
+    init = load_checkpoint(config.train.init)
+    model_name, encoder_name = init.config["model"]["name"], init.encoder["name"]
+    if model_name != config.model:
+        raise CaptionkitError(f"--init {config.train.init}: its model is {model_name}, "
+                              f"not {config.model} (--model)")  # fmt: skip
+    if encoder_name != config.encoder.name:
+        raise CaptionkitError(f"--init {config.train.init}: its encoder is {encoder_name}, "
+                              f"not {config.encoder.name} (--encoder)")  # fmt: skip
+    return init
+
+
+def _encoder(config: RunConfig, init: TrainedModel | None) -> ImageEncoder:
+    """The `--init` run's encoder (fine-tuned or not) or a new one; when fine-tuning, with its last
+    blocks trainable (checked before any feature is extracted)."""
+    if init is not None:
+        from captionkit.evaluation.evaluate import encoder_for
+
+        encoder = encoder_for(init)
+    else:
+        encoder = create_encoder(config.encoder.name, config.encoder.weights)
+    if config.encoder.finetune:
+        unfreeze_last_blocks(encoder, config.encoder.finetune_blocks)
+    return encoder
+
+
+def _model(config: RunConfig, vocab: Tokenizer, encoder: ImageEncoder,
+           init: TrainedModel | None) -> nn.Module:  # fmt: skip
+    """A new model, or one with the `--init` run's weights (the same settings are required)."""
+    model = create_model(config.model, vocab_size=len(vocab), feature_dim=encoder.feature_dim,
+                         **config.model_args)  # fmt: skip
+    if init is not None:
+        ours, theirs = model_config_dict(model), init.config["model"]["config"]
+        differ = [k for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
+        if differ:
+            changes = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
+            raise CaptionkitError(f"--init {config.train.init}: other model settings ({changes})")
+        model.load_state_dict(init.model.state_dict())
+    return model
+
+
+def _load_data(config: RunConfig, run_dir: Path, init: TrainedModel | None):
+    """Dataset, encoder and features; the split and every problem found go into the run folder.
+    Fine-tuning reads images, not features, but the feature pass (a cache hit after a run on
+    the same data) is what finds the unusable images."""
     problems = Problems(strict=config.data.strict)
     dataset = load_dataset(config.data.data, config.data.images, problems=problems)
     write_splits(dataset, run_dir / "splits.json")  # evaluation reuses exactly these test images
-    encoder = create_encoder(config.encoder.name, config.encoder.weights)
+    encoder = _encoder(config, init)
     store, records = features_for_dataset(dataset, encoder, config.data.cache_dir)
     if problems.items:
         problems.write(run_dir / "problems.json")
@@ -106,21 +189,33 @@ def train(config: RunConfig, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    dataset, encoder, store, train_records, val_records = _load_data(config, run_dir)
+    init = _load_init(config)
+    dataset, encoder, store, train_records, val_records = _load_data(config, run_dir, init)
 
-    vocab = build_tokenizer(config.data.tokenizer, (c for r in train_records for c in r.captions),
-                            config.data.min_count, config.data.vocab_size)  # fmt: skip
-    model = create_model(config.model, vocab_size=len(vocab), feature_dim=encoder.feature_dim,
-                         **config.model_args)  # fmt: skip
-    use_grid = MODELS[config.model][1].uses_grid
-    datamodule, truncated = _datamodule(
-        config, store, dataset, train_records, val_records, vocab, use_grid, run_dir
-    )
+    vocab = init.vocab if init is not None else build_tokenizer(
+        config.data.tokenizer, (c for r in train_records for c in r.captions),
+        config.data.min_count, config.data.vocab_size)  # fmt: skip
+    model = _model(config, vocab, encoder, init)
+    finetune = config.encoder.finetune
+    if finetune:
+        data = _image_datamodule(config, encoder, dataset, train_records, val_records, vocab)
+    else:
+        use_grid = MODELS[config.model][1].uses_grid
+        data = _datamodule(config, store, dataset, train_records, val_records, vocab, use_grid,
+                           run_dir)  # fmt: skip
+    datamodule, truncated = data
     val_options = DecodingOptions(config.train.val_beam_size, max_length=config.data.max_length)
     val_references = {r.filename: r.captions for r in val_records}
-    module = CaptioningModule(model, vocab, config.optim, val_references, val_options)
+    module = CaptioningModule(model, vocab, config.optim, val_references, val_options,
+                              encoder if finetune else None, config.encoder.lr)  # fmt: skip
     extra = {"run": config.to_dict(), "dataset": {"name": dataset.name, **dataset.split_sizes(),
                                                   "truncated_captions": truncated}}  # fmt: skip
-    checkpoint = BestCheckpoint(run_dir, config.model, vocab, encoder.spec(), extra)
-    _trainer(config, run_dir, checkpoint).fit(module, datamodule)
+    base = init.encoder if init is not None else encoder.spec()
+    # An encoder fine-tuned here or by the --init run is saved with the model.
+    trained_encoder = encoder if finetune or base.get("finetuned") else None
+    checkpoint = BestCheckpoint(run_dir, config.model, vocab, base, extra, trained_encoder)
+    with warnings.catch_warnings():
+        # Lightning warns about modules in eval mode: the frozen parts of a fine-tuned encoder.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        _trainer(config, run_dir, checkpoint).fit(module, datamodule)
     return checkpoint.best
