@@ -66,6 +66,13 @@ class OptimConfig:
     """Adam weight decay."""
     grad_clip: float = 5.0
     """Clip the gradient norm to this value (0 disables)."""
+    schedule: str = "constant"
+    """Learning rate after the warmup: `constant`, or `cosine` (down to 0 at the last step)."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from 0 to `lr` (0 = none)."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing: this much of every target's probability is spread over
+    the whole vocabulary (0 = plain cross-entropy)."""
 
 
 @dataclass

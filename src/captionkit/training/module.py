@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch import nn
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.factory import ImageEncoder
+from captionkit.errors import CaptionkitError
 from captionkit.evaluation.metrics import quick_cider
 from captionkit.training.config import OptimConfig
 
@@ -53,11 +56,7 @@ class CaptioningModule(L.LightningModule):
             return None
         tokens = batch["tokens"]  # [B, T]: <bos> w1 .. wn <eos> <pad>..
         logits = self.model(*self._features(batch), tokens[:, :-1])  # [B, T-1, V]
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            tokens[:, 1:].reshape(-1),
-            ignore_index=Vocabulary.pad_id,
-        )
+        loss = caption_loss(logits, tokens[:, 1:], self.optim.label_smoothing)
         if hasattr(self.model, "regularization_loss"):  # e.g. doubly stochastic attention
             loss = loss + self.model.regularization_loss()
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
@@ -81,4 +80,37 @@ class CaptioningModule(L.LightningModule):
         if self.encoder is not None:
             trainable = [p for p in self.encoder.parameters() if p.requires_grad]
             groups.append({"params": trainable, "lr": self.encoder_lr})
-        return torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        optimizer = torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        factor = lr_factor(self.optim, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
+    """Mean cross-entropy of logits [B, T, V] against targets [B, T] over non-padding tokens."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=Vocabulary.pad_id,
+        label_smoothing=label_smoothing,
+    )
+
+
+def lr_factor(optim: OptimConfig, total_steps: int):
+    """The learning rate multiplier at each step: linear warmup, then constant or cosine decay."""
+    if optim.schedule not in ("constant", "cosine"):
+        raise CaptionkitError(f"unknown schedule '{optim.schedule}' (constant or cosine)")
+    warmup = max(optim.warmup_steps, 0)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if optim.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
