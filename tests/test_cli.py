@@ -140,6 +140,8 @@ def test_decoding_options_reach_evaluate(tmp_path, capsys, monkeypatch):
     assert "beam 5 (length penalty 0.6, no repeated 2-grams, no <unk>)" in out
     code, _, _ = run(capsys, [*base, "--length-penalty", "Average"])
     assert code == 0 and seen["options"].length_penalty == "average"
+    code, _, _ = run(capsys, [*base, "--length-penalty", "none", "--beam-size", "1"])
+    assert code == 0 and seen["options"] == DecodingOptions(beam_size=1)
     argv = [*base, "--sample", "--num-samples", "4", "--temperature", "0.7", "--top-k", "10",
             "--top-p", "0.9", "--seed", "3"]  # fmt: skip
     code, out, _ = run(capsys, argv)

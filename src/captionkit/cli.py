@@ -126,7 +126,7 @@ def train(
     encoder: EncoderOpt = "tf_efficientnet_lite0",
     encoder_weights: EncoderWeightsOpt = "default",
     cache_dir: CacheOpt = None,
-    model_args: dict | None = None,
+    model_args: dict | None = None,  # from --rnn, --hidden-dim, ..., --model-arg (cli_options)
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out."""
     from captionkit.data.tokenizers import TOKENIZER_KINDS
@@ -162,7 +162,7 @@ def evaluate(
     split: Annotated[str, typer.Option("--split")] = "test",
     output: Annotated[Path | None, typer.Option("--output", help="Write metrics JSON.")] = None,
     cache_dir: CacheOpt = None,
-    decoding=None,
+    decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr."""
     from captionkit.evaluation.evaluate import evaluate_run
@@ -182,7 +182,7 @@ def caption(
     checkpoint: CheckpointOpt,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
-    decoding=None,
+    decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
 ) -> None:
     """Caption image files with a trained run: the best caption, or with --n-best or
     --num-samples several, each with its log-probability."""

@@ -113,10 +113,11 @@ def decoding_options(beam_size: int | None = None, n_best: int = 1,
     strategy would ignore are an error (`sampling`: the `SAMPLING_ONLY` options, None = unset)."""
     from captionkit.decoding import DecodingOptions
 
+    penalty = parse_length_penalty(length_penalty)
     given = [_flag(k) for k in SAMPLING_ONLY if sampling.get(k) is not None]
     if sample:
         clash = [("--beam-size", beam_size is not None), ("--n-best", n_best != 1),
-                 ("--length-penalty", length_penalty is not None)]  # fmt: skip
+                 ("--length-penalty", penalty is not None)]  # fmt: skip
         if any(on for _, on in clash):
             names = ", ".join(name for name, on in clash if on)
             raise CaptionkitError(f"{names}: beam search options, not used with --sample")
@@ -125,12 +126,12 @@ def decoding_options(beam_size: int | None = None, n_best: int = 1,
     set_sampling = {k: v for k, v in sampling.items() if v is not None}
     options = DecodingOptions(beam_size=(1 if sample else 3) if beam_size is None else beam_size,
                               n_best=n_best, forbid_unk=forbid_unk,
-                              length_penalty=parse_length_penalty(length_penalty),
+                              length_penalty=penalty,
                               no_repeat_ngram_size=no_repeat_ngram, sample=sample,
                               **set_sampling)  # fmt: skip
     if not sample and n_best > options.beam_size:
         raise CaptionkitError(f"--n-best {n_best} is more than --beam-size {options.beam_size}")
-    if not sample and options.beam_size == 1 and length_penalty is not None:
+    if not sample and options.beam_size == 1 and penalty is not None:
         raise CaptionkitError("--length-penalty ranks beams: it needs --beam-size 2 or more")
     return options
 
