@@ -1,5 +1,7 @@
 """The CLI: subcommands run through main(argv), and user errors are one line, not a traceback."""
 
+import json
+
 import pytest
 
 from captionkit.cli import main
@@ -47,7 +49,7 @@ def test_unreadable_image_to_caption_is_one_line(tmp_path, capsys, monkeypatch):
     from captionkit.serving import captioner
 
     class Stub:
-        def caption(self, images, beam_size):
+        def caption(self, images, **options):
             captioner.Captioner._pixels(self, images[0])
 
         transform = None
@@ -103,3 +105,163 @@ def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
     assert c.encoder.weights == "none"
     code, _, err = run(capsys, ["train", "--data", "d", "--out", "r", "--tokenizer", "chars"])
     assert code == 1 and "--tokenizer must be one of word, bpe" in err
+
+
+# --- decoding options (evaluate, caption) ------------------------------------------------------
+
+
+def _decoding_seen(monkeypatch, tmp_path):
+    """Stub `evaluate_run` to record the DecodingOptions the CLI builds."""
+    import captionkit.evaluation.evaluate as evaluation
+
+    seen = {}
+
+    def fake_evaluate_run(run_dir, data, images, split, cache_dir=None, options=None):
+        seen["options"] = options
+        return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {})
+
+    monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate_run)
+    return ["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path)], seen
+
+
+def test_decoding_options_reach_evaluate(tmp_path, capsys, monkeypatch):
+    from captionkit.decoding import DecodingOptions
+
+    base, seen = _decoding_seen(monkeypatch, tmp_path)
+    code, out, _ = run(capsys, base)
+    assert code == 0 and seen["options"] == DecodingOptions(beam_size=3)
+    assert "1 images, beam 3" in out
+    argv = [*base, "--beam-size", "5", "--length-penalty", "0.6", "--no-repeat-ngram", "2",
+            "--forbid-unk"]  # fmt: skip
+    code, out, _ = run(capsys, argv)
+    assert code == 0 and seen["options"] == DecodingOptions(
+        beam_size=5, length_penalty=0.6, no_repeat_ngram_size=2, forbid_unk=True
+    )
+    assert "beam 5 (length penalty 0.6, no repeated 2-grams, no <unk>)" in out
+    code, _, _ = run(capsys, [*base, "--length-penalty", "Average"])
+    assert code == 0 and seen["options"].length_penalty == "average"
+    code, _, _ = run(capsys, [*base, "--length-penalty", "none", "--beam-size", "1"])
+    assert code == 0 and seen["options"] == DecodingOptions(beam_size=1)
+    argv = [*base, "--sample", "--num-samples", "4", "--temperature", "0.7", "--top-k", "10",
+            "--top-p", "0.9", "--seed", "3"]  # fmt: skip
+    code, out, _ = run(capsys, argv)
+    assert code == 0 and seen["options"] == DecodingOptions(
+        sample=True, num_samples=4, temperature=0.7, top_k=10, top_p=0.9, seed=3
+    )
+    assert "sampling (4 per image, T=0.7, top-k 10, top-p 0.9, seed 3)" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--top-p", "1.5", "--sample"], "top_p must be in (0, 1], not 1.5"),
+        (["--top-p", "0", "--sample"], "top_p must be in (0, 1], not 0.0"),
+        (["--temperature", "0", "--sample"], "temperature must be above 0"),
+        (["--beam-size", "0"], "beam_size must be at least 1, not 0"),
+        (["--no-repeat-ngram", "-1"], "no_repeat_ngram_size must be 0 (off) or more"),
+        (["--length-penalty", "long"], "--length-penalty must be none, average or a number"),
+        (["--length-penalty", "inf"], "length_penalty must be None, 'average' or a number"),
+        (["--length-penalty", "0.6", "--beam-size", "1"], "--length-penalty ranks beams"),
+        (["--top-k", "5"], "--top-k: sampling options, used only with --sample"),
+        (["--seed", "1", "--temperature", "2"], "--temperature, --seed: sampling options"),
+        (["--sample", "--beam-size", "2"], "--beam-size: beam search options, not used with"),
+        (["--sample", "--length-penalty", "average"], "--length-penalty: beam search options"),
+    ],
+)
+def test_bad_decoding_options_are_one_line(tmp_path, capsys, monkeypatch, extra, message):
+    base, seen = _decoding_seen(monkeypatch, tmp_path)
+    code, _, err = run(capsys, [*base, *extra])
+    assert code == 1 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "options" not in seen
+
+
+def test_caption_n_best_options(tmp_path, capsys, monkeypatch):
+    from captionkit.serving import captioner
+
+    seen = []
+
+    class Stub:
+        def caption(self, images, options=None):
+            seen.append(options)
+            return [[captioner.Caption("a dog", -1.5), captioner.Caption("a cat", -2.25)]]
+
+    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path: Stub()))
+    base = ["caption", "--checkpoint", str(tmp_path), "x.jpg"]
+    code, out, _ = run(capsys, [*base, "--n-best", "2"])
+    assert code == 0 and seen[-1].n_best == 2 and seen[-1].beam_size == 3
+    assert out.splitlines() == ["x.jpg:", "  1. a dog  (-1.50)", "  2. a cat  (-2.25)"]
+    code, out, err = run(capsys, [*base, "--n-best", "4"])
+    assert code == 1 and "--n-best 4 is more than --beam-size 3" in err
+    code, out, err = run(capsys, [*base, "--sample", "--n-best", "2"])
+    assert code == 1 and "--n-best: beam search options, not used with --sample" in err
+    code, out, _ = run(capsys, [*base, "--sample", "--num-samples", "2", "--json"])
+    assert seen[-1].sample and seen[-1].num_samples == 2
+    assert json.loads(out) == {"image": "x.jpg", "caption": "a dog", "score": -1.5,
+                               "captions": [{"caption": "a dog", "score": -1.5},
+                                            {"caption": "a cat", "score": -2.25}]}  # fmt: skip
+    code, _, err = run(capsys, ["evaluate", "--checkpoint", "r", "--data", "d", "--n-best", "2"])
+    assert code == 2 and "No such option: --n-best" in err  # caption only
+
+
+# --- model options (train) ---------------------------------------------------------------------
+
+
+def _train_seen(monkeypatch, tmp_path):
+    import captionkit.training.train as training
+
+    seen = {}
+    monkeypatch.setattr(training, "train", lambda config, run_dir: seen.update(config=config)
+                        or {"val/CIDEr": 0.5, "epoch": 1})  # fmt: skip
+    return ["train", "--data", "d", "--out", str(tmp_path / "r")], seen
+
+
+@pytest.mark.parametrize(
+    ("extra", "model_args"),
+    [
+        ([], {}),
+        (["--rnn", "gru", "--hidden-dim", "64", "--embed-dim", "32", "--layers", "2",
+          "--dropout", "0.1", "--model-arg", "image_input=init_state"],
+         {"rnn": "gru", "hidden_dim": 64, "embed_dim": 32, "num_layers": 2, "dropout": 0.1,
+          "image_input": "init_state"}),
+        (["--model", "transformer", "--hidden-dim", "64", "--layers", "2", "--model-arg",
+          "n_heads=4", "--model-arg", "tie_weights=false", "--model-arg", "dropout=0.2"],
+         {"d_model": 64, "n_layers": 2, "n_heads": 4, "tie_weights": False, "dropout": 0.2}),
+        (["--model", "attention", "--hidden-dim", "64", "--model-arg", "alpha_c=0"],
+         {"hidden_dim": 64, "alpha_c": 0.0}),
+    ],
+)  # fmt: skip
+def test_model_options_reach_the_config(tmp_path, capsys, monkeypatch, extra, model_args):
+    base, seen = _train_seen(monkeypatch, tmp_path)
+    code, _, err = run(capsys, [*base, *extra])
+    assert code == 0, err
+    assert seen["config"].model_args == model_args
+    assert all(type(v) is type(model_args[k]) for k, v in seen["config"].model_args.items())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "attention", "--rnn", "gru"],
+         "--rnn: model 'attention' has no such setting (its settings: embed_dim, hidden_dim,"),
+        (["--model", "transformer", "--embed-dim", "8"], "--embed-dim: model 'transformer' has no"),
+        (["--model-arg", "width=3"],
+         "model 'show_tell' has no setting 'width' (valid: embed_dim, hidden_dim, num_layers, "
+         "dropout, rnn, image_input)"),
+        (["--model-arg", "vocab_size=3"], "has no setting 'vocab_size'"),
+        (["--model-arg", "hidden_dim"], "--model-arg must be KEY=VALUE, not 'hidden_dim'"),
+        (["--model-arg", "hidden_dim=wide"], "--model-arg hidden_dim=wide: expected an integer"),
+        (["--model-arg", "dropout=x"], "dropout=x: expected a number"),
+        (["--model", "transformer", "--model-arg", "tie_weights=maybe"],
+         "tie_weights=maybe: expected true or false"),
+        (["--hidden-dim", "8", "--model-arg", "hidden_dim=16"], "hidden_dim is already set to 8"),
+        (["--rnn", "rnn"], "model 'show_tell': rnn must be 'lstm' or 'gru', not 'rnn'"),
+        (["--model-arg", "image_input=last"], "image_input must be 'first_word' or 'init_state'"),
+        (["--model", "transformer", "--hidden-dim", "30"], "n_heads=8 must divide d_model=30"),
+        (["--model", "lstm"], "--model must be one of show_tell, attention, transformer"),
+    ],
+)  # fmt: skip
+def test_bad_model_options_are_one_line(tmp_path, capsys, monkeypatch, extra, message):
+    base, seen = _train_seen(monkeypatch, tmp_path)
+    code, _, err = run(capsys, [*base, *extra])
+    assert code == 1 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "config" not in seen

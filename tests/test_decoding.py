@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -215,3 +216,51 @@ def test_attention_weights_come_with_every_token():
     beam3 = decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=6))
     assert all(len(r[0].attention) == len(r[0].tokens) + 1 for r in beam3)
     assert decode(tiny_model(0), torch.randn(1, 8), None)[0][0].attention is None
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("beam_size", 0, "beam_size must be at least 1, not 0"),
+        ("max_length", 0, "max_length must be at least 1"),
+        ("n_best", 0, "n_best must be at least 1"),
+        ("num_samples", 0, "num_samples must be at least 1"),
+        ("no_repeat_ngram_size", -2, "no_repeat_ngram_size must be 0 (off) or more"),
+        ("temperature", 0.0, "temperature must be above 0"),
+        ("top_k", -1, "top_k must be 0 (off) or more"),
+        ("top_p", 1.01, "top_p must be in (0, 1], not 1.01"),
+        ("top_p", 0.0, "top_p must be in (0, 1]"),
+        ("length_penalty", "avg", "length_penalty must be None, 'average' or a number, not 'avg'"),
+        ("length_penalty", float("nan"), "length_penalty must be"),
+    ],
+)
+def test_options_refuse_values_no_strategy_can_use(field, value, message):
+    from captionkit.errors import CaptionkitError
+
+    with pytest.raises(CaptionkitError, match=re.escape(message)):
+        DecodingOptions(**{field: value})
+    DecodingOptions(length_penalty=0.6), DecodingOptions(length_penalty="average")  # accepted
+
+
+def test_unset_max_length_decodes_up_to_20_tokens():
+    model = tiny_model(1, vocab_size=7)
+    with torch.no_grad():  # <eos> is never likely: captions stop at the limit
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0, 0, -30.0, 0, 5.0, 0, 0]))
+    for options in (DecodingOptions(), DecodingOptions(beam_size=2)):
+        assert options.max_length is None
+        assert len(decode(model, torch.zeros(1, 8), None, options)[0][0].tokens) == 20
+    short = decode(model, torch.zeros(1, 8), None, DecodingOptions(max_length=4))
+    assert short[0][0].tokens == [4] * 4
+
+
+def test_describe_names_the_strategy():
+    assert DecodingOptions().describe() == "greedy"
+    assert DecodingOptions(beam_size=5, length_penalty="average").describe() == (
+        "beam 5 (length penalty average)"
+    )
+    sampling = DecodingOptions(sample=True, top_p=0.9, forbid_unk=True, no_repeat_ngram_size=3)
+    assert sampling.describe() == "sampling (top-p 0.9, no repeated 3-grams, no <unk>)"

@@ -74,3 +74,36 @@ def test_cli_evaluate_and_caption(trained, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["image"] for x in lines] == images
     assert all(x["caption"] and x["score"] < 0 for x in lines)
+
+
+def test_decoding_options_through_captioner_and_evaluate(trained, capsys):
+    from captionkit.decoding import DecodingOptions
+    from captionkit.serving import Captioner
+
+    root, _ = trained
+    dataset = load_dataset(root / "shapes")
+    images = [dataset.path(r) for r in dataset.split("test")[:4]]
+    captioner = Captioner.load(root / "run")
+    by_args = captioner.caption(images, beam_size=3, n_best=3)
+    by_options = captioner.caption(images, options=DecodingOptions(beam_size=3, n_best=3))
+    assert [[(c.text, c.score) for c in hyps] for hyps in by_args] == [
+        [(c.text, c.score) for c in hyps] for hyps in by_options
+    ]
+    assert all(len(h) == 3 and h[0].score >= h[1].score >= h[2].score for h in by_options)
+    sampling = DecodingOptions(sample=True, num_samples=4, seed=5, temperature=1.5)
+    drawn = captioner.caption(images, options=sampling)
+    assert [len(h) for h in drawn] == [4] * 4
+    assert drawn == captioner.caption(images, options=sampling)  # seeded
+    short = captioner.caption(images, options=DecodingOptions(max_length=2))
+    assert all(len(h[0].text.split()) <= 2 for h in short)
+
+    result = evaluate_run(root / "run", root / "shapes", options=DecodingOptions(max_length=3),
+                          meteor=False)  # fmt: skip
+    assert all(len(c.split()) <= 3 for c in result.predictions.values())
+    assert all(len(h[0].text.split()) > 3 for h in by_args)  # the run's own limit is longer
+
+    argv = ["caption", "--checkpoint", str(root / "run"), "--n-best", "2", str(images[0])]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{images[0]}:" and len(lines) == 3
+    assert lines[1].startswith("  1. ") and lines[2].startswith("  2. ")

@@ -62,9 +62,21 @@ def test_no_grid_falls_back_to_pooled(name):
     assert logits.shape == (3, V)
 
 
-@pytest.mark.parametrize("name", ["attention", "transformer"])
-def test_step_by_step_equals_teacher_forcing(name):
-    model = tiny(name, dropout=0.0).eval()
+SHOW_TELL_VARIANTS = [
+    {"rnn": rnn, "image_input": image_input}
+    for rnn in ("lstm", "gru")
+    for image_input in ("first_word", "init_state")
+]
+# (model, config overrides): every model, and Show-and-Tell in each of its variants.
+VARIANTS = [("show_tell", v) for v in SHOW_TELL_VARIANTS] + [("attention", {}), ("transformer", {})]
+VARIANT_IDS = ["-".join([name, *overrides.values()]) for name, overrides in VARIANTS]
+
+
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=VARIANT_IDS)
+def test_step_by_step_equals_teacher_forcing(name, overrides):
+    if name == "show_tell":  # two layers: the image must reach the state of every layer
+        overrides = {**overrides, "num_layers": 2}
+    model = tiny(name, dropout=0.0, **overrides).eval()
     pooled, grid, tokens = inputs(length=9)
     with torch.no_grad():
         full = model(pooled, grid, tokens)  # [B, T, V]
@@ -162,9 +174,9 @@ def test_transformer_memory_is_projected_once_per_image_batch():
 CAPTIONS = [[4, 5, 6], [7, 8, 9, 10], [11, 12], [13, 5, 14, 15, 16]]
 
 
-@pytest.mark.parametrize("name", ["attention", "transformer"])
-def test_overfits_four_examples(name):
-    model = tiny(name, dropout=0.0)
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=VARIANT_IDS)
+def test_overfits_four_examples(name, overrides):
+    model = tiny(name, dropout=0.0, **overrides)
     g = torch.Generator().manual_seed(3)
     pooled, grid = torch.randn(4, D, generator=g), torch.randn(4, L, D, generator=g)
     tokens = torch.zeros(4, 7, dtype=torch.long)  # <bos> words <eos> <pad>..
@@ -185,13 +197,44 @@ def test_overfits_four_examples(name):
     assert [r[0].tokens for r in results] == CAPTIONS
 
 
-@pytest.mark.parametrize("name", ["attention", "transformer"])
-def test_checkpoint_round_trip(name, tmp_path):
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=VARIANT_IDS)
+def test_checkpoint_round_trip(name, overrides, tmp_path):
     """Tied weights must not share tensors: safetensors refuses to save those."""
-    model = tiny(name).eval()
+    model = tiny(name, **overrides).eval()
     vocab = Vocabulary.build(["a dog runs", "a cat sits"])
     save_checkpoint(tmp_path, model, name, vocab, {"name": "x", "weights": "y", "fingerprint": "z"})
     loaded = load_checkpoint(tmp_path).model
     assert loaded.config == model.config
     pooled, grid, tokens = inputs()
     torch.testing.assert_close(loaded(pooled, grid, tokens), model(pooled, grid, tokens))
+
+
+def test_show_tell_default_keeps_its_parameters_and_init_state_adds_its_own():
+    """Checkpoints saved before `image_input` existed load unchanged: same keys, same default."""
+    default = set(tiny("show_tell").state_dict())
+    assert not any(k.startswith("init_") for k in default)
+    lstm = set(tiny("show_tell", image_input="init_state").state_dict())
+    gru = set(tiny("show_tell", image_input="init_state", rnn="gru").state_dict())
+    assert lstm - default == {"init_h.weight", "init_h.bias", "init_c.weight", "init_c.bias"}
+    assert gru - set(tiny("show_tell", rnn="gru").state_dict()) == {"init_h.weight", "init_h.bias"}
+
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_show_tell_init_state_sets_every_layer_from_the_image(rnn):
+    model = tiny("show_tell", rnn=rnn, image_input="init_state", num_layers=3).eval()
+    pooled = inputs()[0]
+    state = model.init_state(pooled, None)
+    image = model.image_proj(pooled)
+    expected_h = torch.tanh(model.init_h(image)).view(3, 3, 16)  # [B, N, H]
+    torch.testing.assert_close(state["h"], expected_h)
+    assert set(state) == ({"h", "c"} if rnn == "lstm" else {"h"})
+    assert not torch.allclose(state["h"][0], state["h"][1])  # each image its own state
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"rnn": "rnn"}, "rnn must be 'lstm' or 'gru'"), ({"image_input": "x"}, "image_input must")],
+)
+def test_show_tell_config_rejects_unknown_choices(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny("show_tell", **overrides)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from captionkit.cli import main
 from captionkit.errors import CaptionkitError
 from captionkit.training.config import OptimConfig
 from captionkit.training.module import caption_loss, lr_factor
@@ -36,9 +37,20 @@ def test_lambda_scheduler_follows_the_factor():
     assert seen == pytest.approx([0.1 * factor(s) for s in range(6)])
 
 
-def test_unknown_schedule_is_an_error():
+def test_unknown_schedule_is_an_error_on_the_command_line(tmp_path, capsys):
     with pytest.raises(CaptionkitError, match="unknown schedule 'linear'"):
-        lr_factor(OptimConfig(schedule="linear"), 10)
+        OptimConfig(schedule="linear")
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "run"),
+        "--schedule",
+        "linear",
+    ]
+    assert main(argv) == 1
+    assert "error: unknown schedule 'linear' (constant or cosine)" in capsys.readouterr().err
 
 
 def test_caption_loss_smooths_labels_and_ignores_padding():

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from captionkit.cli_options import with_decoding_options, with_model_options
 from captionkit.errors import CaptionkitError
 
 app = typer.Typer(
@@ -26,7 +27,6 @@ ImagesOpt = Annotated[
     Path | None, typer.Option("--images", help="Image folder, if not beside the annotations.")
 ]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="A run folder from `train`.")]
-BeamOpt = Annotated[int, typer.Option("--beam-size", min=1, help="Beam size (1 = greedy).")]
 EncoderOpt = Annotated[str, typer.Option("--encoder", help="timm model name (see `encoders`).")]
 EncoderWeightsOpt = Annotated[
     str, typer.Option("--encoder-weights", help="default | hub | none | PATH to a weights file.")
@@ -113,6 +113,7 @@ def prepare(
 
 
 @app.command()
+@with_model_options
 def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
@@ -149,10 +150,16 @@ def train(
     init: Annotated[
         Path | None, typer.Option("--init", help="Start from this run's decoder and tokenizer.")
     ] = None,
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Learning rate after warmup: constant | cosine.")
+    ] = "constant",
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 0,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=1.0)] = 0.0,
+    model_args: dict | None = None,  # from --rnn, --hidden-dim, ..., --model-arg (cli_options)
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out."""
     from captionkit.data.tokenizers import TOKENIZER_KINDS
-    from captionkit.training import DataConfig, EncoderConfig, RunConfig
+    from captionkit.training import DataConfig, EncoderConfig, OptimConfig, RunConfig
     from captionkit.training.train import train as run_training
 
     if tokenizer not in TOKENIZER_KINDS:  # checked before the features are extracted
@@ -169,29 +176,33 @@ def train(
     )
     encoder_config = EncoderConfig(encoder, encoder_weights, finetune=finetune_encoder,
                                    finetune_blocks=finetune_blocks, lr=encoder_lr)  # fmt: skip
-    config = RunConfig(model=model, data=data_config, encoder=encoder_config)
+    optim = OptimConfig(lr=lr, schedule=schedule, warmup_steps=warmup_steps,
+                        label_smoothing=label_smoothing)  # fmt: skip
+    config = RunConfig(model=model, model_args=model_args, data=data_config,
+                       encoder=encoder_config, optim=optim)  # fmt: skip
     config.train.epochs, config.train.batch_size, config.train.seed = epochs, batch_size, seed
-    config.optim.lr = lr
     config.train.workers, config.train.init = workers, init and str(init)
     best = run_training(config, out)
     typer.echo(f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {best['epoch']}; saved to {out}")
 
 
 @app.command()
+@with_decoding_options()
 def evaluate(
     checkpoint: CheckpointOpt,
     data: DataOpt,
     images: ImagesOpt = None,
     split: Annotated[str, typer.Option("--split")] = "test",
-    beam_size: BeamOpt = 3,
     output: Annotated[Path | None, typer.Option("--output", help="Write metrics JSON.")] = None,
     cache_dir: CacheOpt = None,
+    decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr."""
     from captionkit.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(checkpoint, data, images, split, beam_size, cache_dir and str(cache_dir))
-    typer.echo(f"{split} split, {len(result.predictions)} images, beam {beam_size}")
+    result = evaluate_run(checkpoint, data, images, split, cache_dir=cache_dir and str(cache_dir),
+                          options=decoding)  # fmt: skip
+    typer.echo(f"{split} split, {len(result.predictions)} images, {decoding.describe()}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
     if output:
@@ -199,23 +210,28 @@ def evaluate(
 
 
 @app.command()
+@with_decoding_options(n_best=True)
 def caption(
     checkpoint: CheckpointOpt,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    beam_size: BeamOpt = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
 ) -> None:
-    """Caption image files with a trained run."""
+    """Caption image files with a trained run: the best caption, or with --n-best or
+    --num-samples several, each with its log-probability."""
     from captionkit.serving import Captioner
 
     captioner = Captioner.load(checkpoint)
-    for path, hyps in zip(images, captioner.caption(images, beam_size=beam_size)):
-        best = hyps[0]
+    for path, hyps in zip(images, captioner.caption(images, options=decoding)):
         if as_json:
-            line = {"image": str(path), "caption": best.text, "score": round(best.score, 4)}
-            typer.echo(json.dumps(line))
+            scored = [{"caption": h.text, "score": round(h.score, 4)} for h in hyps]
+            typer.echo(json.dumps({"image": str(path), **scored[0], "captions": scored}))
+        elif len(hyps) == 1:
+            typer.echo(f"{path}: {hyps[0].text}  ({hyps[0].score:.2f})")
         else:
-            typer.echo(f"{path}: {best.text}")
+            typer.echo(f"{path}:")
+            for rank, h in enumerate(hyps, 1):
+                typer.echo(f"  {rank}. {h.text}  ({h.score:.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:

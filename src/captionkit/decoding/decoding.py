@@ -9,12 +9,17 @@ every hypothesis ends, and the brute-force reference in the tests can enumerate 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from captionkit.data.vocab import Vocabulary
+from captionkit.errors import CaptionkitError
+
+DEFAULT_MAX_LENGTH = 20
 
 
 @dataclass
@@ -23,8 +28,9 @@ class DecodingOptions:
 
     beam_size: int = 1
     """Hypotheses kept per image; 1 means greedy decoding."""
-    max_length: int = 20
-    """Most tokens in a caption, `<eos>` not counted."""
+    max_length: int | None = None
+    """Most tokens in a caption, `<eos>` not counted. None: the run's training `max_length` when
+    decoding a trained run (`evaluate_run`, `Captioner`), else 20."""
     n_best: int = 1
     """Beam search: hypotheses returned per image (at most `beam_size`)."""
     forbid_unk: bool = False
@@ -46,6 +52,47 @@ class DecodingOptions:
     """Sampling: draw from the smallest set of tokens whose probability reaches p (nucleus)."""
     seed: int | None = None
     """Sampling: seed of the random generator (None = torch's global one)."""
+
+    def __post_init__(self):
+        """Refuse values no strategy can use, naming the field (a user may have typed them)."""
+        checks = [
+            ("beam_size", self.beam_size >= 1, "at least 1"),
+            ("max_length", self.max_length is None or self.max_length >= 1, "at least 1"),
+            ("n_best", self.n_best >= 1, "at least 1"),
+            ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
+            ("num_samples", self.num_samples >= 1, "at least 1"),
+            ("temperature", self.temperature > 0, "above 0"),
+            ("top_k", self.top_k >= 0, "0 (off) or more"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise CaptionkitError(f"{name} must be {expected}, not {getattr(self, name)}")
+        penalty = self.length_penalty
+        if not (penalty in (None, "average") or _is_finite_number(penalty)):
+            raise CaptionkitError(
+                f"length_penalty must be None, 'average' or a number, not {penalty!r}"
+            )
+
+    def describe(self) -> str:
+        """A few words for reports: "beam 3", "greedy, no <unk>", "sampling (T=0.7, top-p 0.9)"."""
+        if self.sample:
+            name, extra = "sampling", [f"{self.num_samples} per image"] * (self.num_samples > 1)
+            extra += [f"T={self.temperature:g}"] * (self.temperature != 1.0)
+            extra += [f"top-k {self.top_k}"] * (self.top_k > 0)
+            extra += [f"top-p {self.top_p:g}"] * (self.top_p < 1.0)
+            extra += [f"seed {self.seed}"] * (self.seed is not None)
+        else:
+            name = "greedy" if self.beam_size == 1 else f"beam {self.beam_size}"
+            extra = [f"length penalty {self.length_penalty}"] * (self.length_penalty is not None)
+        n = self.no_repeat_ngram_size
+        extra += [f"no repeated {n}-grams"] * (n > 0)
+        extra += ["no <unk>"] * self.forbid_unk
+        return f"{name} ({', '.join(extra)})" if extra else name
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -280,6 +327,8 @@ def decode(model, pooled, grid, options: DecodingOptions | None = None):
     """Decode a batch of images; returns, per image, a list of results (best first for beam
     search; `num_samples` in drawing order for sampling)."""
     options = options or DecodingOptions()
+    if options.max_length is None:
+        options = dataclasses.replace(options, max_length=DEFAULT_MAX_LENGTH)
     suppressed = [Vocabulary.pad_id, Vocabulary.bos_id]
     if options.forbid_unk:
         suppressed.append(Vocabulary.unk_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,18 @@ def encoder_for(trained: TrainedModel):
     return encoder
 
 
+def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOptions:
+    """`options`, with the caption length limit the run was trained with unless they set one."""
+    if options.max_length is not None:
+        return options
+    return dataclasses.replace(options, max_length=trained.data_setting("max_length", 20))
+
+
 def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
                  options: DecodingOptions, batch_size: int = 64) -> list[str]:  # fmt: skip
-    """Captions for rows of a feature store, decoded in batches."""
+    """Captions for rows of a feature store, decoded in batches: the best beam, or with sampling
+    the most probable of the `num_samples` drawn."""
+    options = run_options(trained, options)
     uses_grid = trained.model.uses_grid
     captions = []
     for start in range(0, len(rows), batch_size):
@@ -55,7 +65,8 @@ def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
             torch.from_numpy(np.asarray(store.grid[batch], dtype=np.float32)) if uses_grid else None
         )
         results = decode(trained.model, pooled, grid, options)
-        captions += [trained.vocab.decode(hyps[0].tokens) for hyps in results]
+        best = [max(hyps, key=lambda h: h.score) if options.sample else hyps[0] for hyps in results]
+        captions += [trained.vocab.decode(hyp.tokens) for hyp in best]
     return captions
 
 
@@ -74,8 +85,11 @@ def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> No
 
 def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | None = None,
                  split: str = "test", beam_size: int = 3, cache_dir: str | None = None,
-                 meteor: bool = True) -> Evaluation:  # fmt: skip
-    """Caption every image of `split` with the run's model and score it against the references."""
+                 meteor: bool = True,
+                 options: DecodingOptions | None = None) -> Evaluation:  # fmt: skip
+    """Caption every image of `split` with the run's model and score it against the references.
+    `options` (default: beam search of `beam_size`) say how to decode; the caption length limit
+    is the run's unless they set `max_length`."""
     trained = load_checkpoint(run_dir)
     dataset = load_dataset(data, images)
     _pin_splits(dataset, Path(data), Path(run_dir), trained)
@@ -84,8 +98,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | Non
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
     rows = store.rows([dataset.path(r) for r in records])
-    max_length = trained.data_setting("max_length", 20)
-    options = DecodingOptions(beam_size=beam_size, max_length=max_length)
+    options = options or DecodingOptions(beam_size=beam_size)
     captions = caption_rows(trained, store, rows, options)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}

@@ -1,5 +1,6 @@
 """Show and Tell (Vinyals et al., 2015): the projected image feature is the first input of an
 LSTM (or GRU) language model, which then reads `<bos> w1 ... wn` and predicts `w1 ... wn <eos>`.
+With `image_input="init_state"` the feature sets the initial state of every layer instead.
 
 Shapes: B images, T caption tokens, D encoder feature size, E embedding size, H hidden size,
 V vocabulary size, N layers.
@@ -31,6 +32,18 @@ class ShowTellConfig:
     """Dropout on the inputs and outputs of the recurrent network."""
     rnn: str = "lstm"
     """`lstm` or `gru`."""
+    image_input: str = "first_word"
+    """How the projected image feature enters the network: `first_word` (the paper: fed as the
+    input before `<bos>`) or `init_state` (h0, and c0 for an LSTM, of every layer are
+    tanh(Linear(feature)))."""
+
+    def __post_init__(self):
+        if self.rnn not in ("lstm", "gru"):
+            raise ValueError(f"rnn must be 'lstm' or 'gru', not {self.rnn!r}")
+        if self.image_input not in ("first_word", "init_state"):
+            raise ValueError(
+                f"image_input must be 'first_word' or 'init_state', not {self.image_input!r}"
+            )
 
 
 class ShowTell(nn.Module):
@@ -40,8 +53,6 @@ class ShowTell(nn.Module):
 
     def __init__(self, config: ShowTellConfig):
         super().__init__()
-        if config.rnn not in ("lstm", "gru"):
-            raise ValueError(f"rnn must be 'lstm' or 'gru', not {config.rnn!r}")
         self.config = c = config
         # BatchNorm standardises each feature over the batch, removing the component that all
         # images share: on frozen CNN features it doubles CIDEr in a few epochs (BENCHMARKS.md).
@@ -55,20 +66,41 @@ class ShowTell(nn.Module):
                            dropout=between_layers)  # fmt: skip
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
+        if c.image_input == "init_state":  # only then: first_word checkpoints keep their keys
+            self.init_h = nn.Linear(c.embed_dim, c.num_layers * c.hidden_dim)
+            if c.rnn == "lstm":
+                self.init_c = nn.Linear(c.embed_dim, c.num_layers * c.hidden_dim)
 
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor):
         """Teacher forcing: pooled [B, D], tokens [B, T] (from <bos>) -> logits [B, T, V]."""
-        image = self.image_proj(pooled)[:, None]  # [B, 1, E]
-        x = torch.cat([image, self.embed(tokens)], dim=1)  # [B, T+1, E]
+        image = self.image_proj(pooled)  # [B, E]
+        if self.config.image_input == "init_state":
+            out, _ = self.rnn(self.dropout(self.embed(tokens)), self._initial_hidden(image))
+            return self.head(self.dropout(out))  # [B, T, V]
+        x = torch.cat([image[:, None], self.embed(tokens)], dim=1)  # [B, T+1, E]
         out, _ = self.rnn(self.dropout(x))  # [B, T+1, H]
         return self.head(self.dropout(out[:, 1:]))  # [B, T, V]: the image step predicts nothing
 
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """Feed the image; the state after it starts decoding. Tensors are batch-first [B, N, H]."""
-        _, hidden = self.rnn(self.image_proj(pooled)[:, None])
+        """The state decoding starts from: after feeding the image, or set from it. Tensors are
+        batch-first [B, N, H]."""
+        image = self.image_proj(pooled)  # [B, E]
+        if self.config.image_input == "init_state":
+            return self._to_state(self._initial_hidden(image))
+        _, hidden = self.rnn(image[:, None])
         return self._to_state(hidden)
+
+    def _initial_hidden(self, image: torch.Tensor):
+        """Projected image [B, E] -> h0 (and c0) [N, B, H], tanh-squashed like an LSTM's own h."""
+        c = self.config
+
+        def layers(linear: nn.Linear) -> torch.Tensor:
+            return torch.tanh(linear(image)).view(-1, c.num_layers, c.hidden_dim).transpose(0, 1)
+
+        h = layers(self.init_h).contiguous()
+        return (h, layers(self.init_c).contiguous()) if c.rnn == "lstm" else h
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
         """One decoding step: tokens [B] -> (logits [B, V], new state)."""

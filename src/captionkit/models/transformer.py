@@ -43,6 +43,12 @@ class TransformerConfig:
     tie_weights: bool = True
     """Share the word embedding matrix with the output projection."""
 
+    def __post_init__(self):
+        if self.positions not in ("learned", "sinusoidal"):
+            raise ValueError(f"positions must be 'learned' or 'sinusoidal', not {self.positions!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Vaswani et al.'s position encodings for integer positions [...] -> [..., dim]."""
@@ -117,10 +123,6 @@ class TransformerDecoder(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = self.config = config
-        if c.positions not in ("learned", "sinusoidal"):
-            raise ValueError(f"positions must be 'learned' or 'sinusoidal', not {c.positions!r}")
-        if c.d_model % c.n_heads:
-            raise ValueError(f"n_heads={c.n_heads} must divide d_model={c.d_model}")
         # Pre-norm blocks normalise their queries, never the memory: this LayerNorm plays the
         # part of a Transformer encoder's final norm.
         self.memory_proj = nn.Sequential(

@@ -13,7 +13,7 @@ from captionkit.data.images import load_image
 from captionkit.data.vocab import detokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.evaluate import encoder_for
+from captionkit.evaluation.evaluate import encoder_for, run_options
 from captionkit.models.checkpoint import load_checkpoint
 
 
@@ -51,10 +51,13 @@ class Captioner:
 
     @torch.inference_mode()
     def caption(self, images: list, beam_size: int = 3, n_best: int = 1,
+                options: DecodingOptions | None = None,
                 batch_size: int = 32) -> list[list[Caption]]:  # fmt: skip
-        """Up to `n_best` captions per image, best first."""
-        max_length = self.trained.data_setting("max_length", 20)
-        options = DecodingOptions(beam_size=beam_size, n_best=n_best, max_length=max_length)
+        """Up to `n_best` captions per image, best first; or, with `options` (which then replace
+        `beam_size` and `n_best`), whatever they ask for: e.g. `num_samples` sampled captions in
+        drawing order. The length limit is the run's unless `options.max_length` is set."""
+        options = options or DecodingOptions(beam_size=beam_size, n_best=n_best)
+        options = run_options(self.trained, options)
         out = []
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([self._pixels(im) for im in images[start : start + batch_size]])

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from captionkit.encoders.factory import DEFAULT_ENCODER
+from captionkit.errors import CaptionkitError
 
 
 @dataclass
@@ -73,6 +74,10 @@ class OptimConfig:
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing: this much of every target's probability is spread over
     the whole vocabulary (0 = plain cross-entropy)."""
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise CaptionkitError(f"unknown schedule '{self.schedule}' (constant or cosine)")
 
 
 @dataclass

@@ -1,0 +1,248 @@
+"""Option groups shared by `captionkit` commands: decoding (`evaluate`, `caption`) and model
+settings (`train`).
+
+Typer has no option groups, so `option_group` appends a group's options to a command's
+signature and hands the command one value built from them: each option is defined once, and
+each command takes one `DecodingOptions` or one `model_args` dict. Heavy imports (torch) stay
+inside the builders, as in `cli.py`, so `captionkit --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from captionkit.errors import CaptionkitError
+
+
+def option_group(target: str, options: dict[str, tuple[Any, Any]],
+                 build: Callable[[dict, dict], Any]) -> Callable:  # fmt: skip
+    """Decorator: add `options` (name -> (Annotated type, default)) to a command and pass it
+    `target=build(values of those options, the command's other arguments)` instead."""
+
+    def decorate(command: Callable) -> Callable:
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != target]
+        # The command's annotations are strings (`from __future__ import annotations`): Typer
+        # needs the objects, and the target's type is never imported at module level.
+        own = [p.replace(annotation=_evaluate(p.annotation, command)) for p in own]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                   default=default)
+                 for name, (annotation, default) in options.items()]  # fmt: skip
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            values = {name: kwargs.pop(name) for name in options}
+            return command(**kwargs, **{target: build(values, kwargs)})
+
+        parameters = own + added
+        wrapper.__signature__ = inspect.Signature(parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
+
+
+def _evaluate(annotation, command: Callable):
+    return eval(annotation, command.__globals__) if isinstance(annotation, str) else annotation
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def _opt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=help, rich_help_panel="Decoding", **kwargs)
+
+
+DECODING_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "beam_size": (Annotated[int | None, _opt("--beam-size", "Beam size (1 = greedy; default 3).")],
+                  None),
+    "length_penalty": (Annotated[str | None, _opt(
+        "--length-penalty", "Beam ranking: none (total log-probability), average (per token) or "
+        "ALPHA (GNMT: score / ((5 + length) / 6) ** ALPHA).")], None),
+    "no_repeat_ngram": (Annotated[int, _opt(
+        "--no-repeat-ngram", "Never repeat an n-gram of N tokens in a caption (0 = off).",
+        metavar="N")], 0),
+    "forbid_unk": (Annotated[bool, _opt("--forbid-unk", "Never generate <unk>.")], False),
+    "sample": (Annotated[bool, _opt("--sample", "Sample captions instead of searching.")], False),
+    "num_samples": (Annotated[int | None, _opt(
+        "--num-samples", "Sampling: captions drawn per image (evaluate scores the most "
+        "probable).", metavar="K")], None),
+    "temperature": (Annotated[float | None, _opt(
+        "--temperature", "Sampling: divide the logits by T.", metavar="T")], None),
+    "top_k": (Annotated[int | None, _opt(
+        "--top-k", "Sampling: only the K most probable tokens.", metavar="K")], None),
+    "top_p": (Annotated[float | None, _opt(
+        "--top-p", "Sampling: nucleus, the most probable tokens up to probability P.",
+        metavar="P")], None),
+    "seed": (Annotated[int | None, _opt("--seed", "Sampling: random seed.", metavar="S")], None),
+}  # fmt: skip
+N_BEST_OPTION = (Annotated[int, _opt("--n-best", "Captions per image from the beam, best first.")],
+                 1)  # fmt: skip
+SAMPLING_ONLY = ("num_samples", "temperature", "top_k", "top_p", "seed")
+
+
+def _flag(name: str) -> str:
+    return "--" + {"no_repeat_ngram": "no-repeat-ngram"}.get(name, name.replace("_", "-"))
+
+
+def parse_length_penalty(text: str | None) -> float | str | None:
+    """`none`, `average` or a number, as `DecodingOptions.length_penalty` takes it."""
+    if text is None or text.lower() == "none":
+        return None
+    if text.lower() == "average":
+        return "average"
+    try:
+        return float(text)
+    except ValueError:
+        raise CaptionkitError(
+            f"--length-penalty must be none, average or a number, not {text!r}"
+        ) from None
+
+
+def decoding_options(beam_size: int | None = None, n_best: int = 1,
+                     length_penalty: str | None = None, no_repeat_ngram: int = 0,
+                     forbid_unk: bool = False, sample: bool = False,
+                     **sampling) -> Any:  # fmt: skip
+    """The command line's decoding options as `DecodingOptions`; options that the chosen
+    strategy would ignore are an error (`sampling`: the `SAMPLING_ONLY` options, None = unset)."""
+    from captionkit.decoding import DecodingOptions
+
+    penalty = parse_length_penalty(length_penalty)
+    given = [_flag(k) for k in SAMPLING_ONLY if sampling.get(k) is not None]
+    if sample:
+        clash = [("--beam-size", beam_size is not None), ("--n-best", n_best != 1),
+                 ("--length-penalty", penalty is not None)]  # fmt: skip
+        if any(on for _, on in clash):
+            names = ", ".join(name for name, on in clash if on)
+            raise CaptionkitError(f"{names}: beam search options, not used with --sample")
+    elif given:
+        raise CaptionkitError(f"{', '.join(given)}: sampling options, used only with --sample")
+    set_sampling = {k: v for k, v in sampling.items() if v is not None}
+    options = DecodingOptions(beam_size=(1 if sample else 3) if beam_size is None else beam_size,
+                              n_best=n_best, forbid_unk=forbid_unk,
+                              length_penalty=penalty,
+                              no_repeat_ngram_size=no_repeat_ngram, sample=sample,
+                              **set_sampling)  # fmt: skip
+    if not sample and n_best > options.beam_size:
+        raise CaptionkitError(f"--n-best {n_best} is more than --beam-size {options.beam_size}")
+    if not sample and options.beam_size == 1 and penalty is not None:
+        raise CaptionkitError("--length-penalty ranks beams: it needs --beam-size 2 or more")
+    return options
+
+
+def with_decoding_options(n_best: bool = False) -> Callable:
+    """Decorator: the command gets the decoding options as `decoding: DecodingOptions`
+    (`--n-best` too when `n_best`)."""
+    options = dict(DECODING_OPTIONS)
+    if n_best:  # listed right after --beam-size
+        options = {"beam_size": options.pop("beam_size"), "n_best": N_BEST_OPTION, **options}
+    return option_group("decoding", options, lambda values, _: decoding_options(**values))
+
+
+# --- model settings -----------------------------------------------------------------------------
+
+
+# Common options -> the config fields they set: the first one the chosen model has.
+MODEL_FIELDS = {
+    "rnn": ("rnn",),
+    "hidden_dim": ("hidden_dim", "d_model"),
+    "embed_dim": ("embed_dim",),
+    "layers": ("num_layers", "n_layers"),
+    "dropout": ("dropout",),
+}
+# Set by training from the data and the encoder, never by the user.
+DERIVED_FIELDS = ("vocab_size", "feature_dim")
+
+
+def _mopt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=help, rich_help_panel="Model", **kwargs)
+
+
+MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "rnn": (Annotated[str | None, _mopt("--rnn", "Show-and-Tell: lstm or gru.")], None),
+    "hidden_dim": (Annotated[int | None, _mopt(
+        "--hidden-dim", "Recurrent state size (the Transformer's d_model).")], None),
+    "embed_dim": (Annotated[int | None, _mopt("--embed-dim", "Word embedding size.")], None),
+    "layers": (Annotated[int | None, _mopt("--layers", "Stacked layers.")], None),
+    "dropout": (Annotated[float | None, _mopt("--dropout", "Dropout probability.")], None),
+    "model_arg": (Annotated[list[str] | None, _mopt(
+        "--model-arg", "Any field of the model's config, typed by it (repeatable).",
+        metavar="KEY=VALUE")], None),
+}  # fmt: skip
+
+
+def model_settings(model: str) -> dict[str, type]:
+    """The config fields a user may set for a registered model, with their types."""
+    from captionkit.models import MODELS
+
+    if model not in MODELS:
+        raise CaptionkitError(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
+    config_cls = MODELS[model][0]
+    hints = typing.get_type_hints(config_cls)
+    fields = dataclasses.fields(config_cls)
+    return {f.name: hints[f.name] for f in fields if f.name not in DERIVED_FIELDS}
+
+
+def _typed(text: str, kind: type, key: str):
+    """`text` as a value of the field's type (bool, int, float or str)."""
+    if kind is bool and text.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return text.lower() in ("true", "1", "yes")
+    try:
+        if kind in (int, float, str):
+            return kind(text)
+    except ValueError:
+        pass
+    expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, str(kind))
+    raise CaptionkitError(f"--model-arg {key}={text}: expected {expected}")
+
+
+def model_args(model: str, model_arg: list[str] | None = None, **named) -> dict:
+    """The command line's model options as `RunConfig.model_args` for `model`: the named
+    options (`MODEL_FIELDS`, None = unset) and `KEY=VALUE` strings, checked against the model's
+    config dataclass."""
+    settings = model_settings(model)
+    valid = ", ".join(settings)
+    args: dict[str, Any] = {}
+
+    def put(field: str, value, source: str) -> None:
+        if field in args and args[field] != value:
+            raise CaptionkitError(f"{source}: {field} is already set to {args[field]!r}")
+        args[field] = value
+
+    for option, value in named.items():
+        if value is None:
+            continue
+        field = next((f for f in MODEL_FIELDS[option] if f in settings), None)
+        if field is None:
+            raise CaptionkitError(f"{_flag(option)}: model '{model}' has no such setting "
+                                  f"(its settings: {valid})")  # fmt: skip
+        put(field, value, _flag(option))
+    for item in model_arg or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise CaptionkitError(f"--model-arg must be KEY=VALUE, not {item!r}")
+        if key not in settings:
+            raise CaptionkitError(
+                f"--model-arg: model '{model}' has no setting {key!r} (valid: {valid})"
+            )
+        put(key, _typed(text, settings[key], key), f"--model-arg {item}")
+    from captionkit.models import MODELS
+
+    try:  # the config's own checks, before minutes of feature extraction
+        MODELS[model][0](**dict.fromkeys(DERIVED_FIELDS, 1), **args)
+    except (TypeError, ValueError) as e:
+        raise CaptionkitError(f"model '{model}': {e}") from None
+    return args
+
+
+def with_model_options(command: Callable) -> Callable:
+    """Decorator: the command gets the model options as `model_args: dict` for its `model`."""
+    return option_group(
+        "model_args", MODEL_OPTIONS, lambda values, others: model_args(others["model"], **values)
+    )(command)
