@@ -191,6 +191,9 @@ def train(config: RunConfig, run_dir: str | Path) -> dict:
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     init = _load_init(config)
     dataset, encoder, store, train_records, val_records = _load_data(config, run_dir, init)
+    # Again: extracting features (not when they were cached) draws from the global generator, so
+    # without this the same config would train another model on a cold cache than on a warm one.
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
 
     vocab = init.vocab if init is not None else build_tokenizer(
         config.data.tokenizer, (c for r in train_records for c in r.captions),
