@@ -2,16 +2,17 @@
 
     .venv/bin/python bench/bench_models.py --data ../shared/data/flickr8k-mini
 
-Each model is trained through `captionkit train --model NAME` with its recipe below (best epoch by
-val CIDEr, greedy), then evaluated on the test split with greedy decoding and beam 3. The 1-NN
-retrieval baseline is scored in the same run as the reference. Decoding speed is measured by
-bench_decoding.py on the run folders this script leaves in --out.
+Each model is trained through `captionkit train --config configs/flickr8k-mini/NAME.yaml` (best
+epoch by val CIDEr, greedy), then evaluated on the test split with greedy decoding and beam 3.
+The 1-NN retrieval baseline is scored in the same run as the reference. Decoding speed is
+measured by bench_decoding.py on the run folders this script leaves in --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -28,32 +29,16 @@ from captionkit.evaluation.cider_d import CiderD
 from captionkit.evaluation.evaluate import encoder_for, evaluate_run
 from captionkit.models.checkpoint import load_checkpoint
 
-# The recipes the table in BENCHMARKS.md reports: `captionkit train --model NAME` + these options.
-RECIPES = {
-    # The issue's plain Show-and-Tell: LSTM 512, dropout 0.5, Adam 5e-4, 25 epochs.
-    "show_tell": ["--epochs", "25"],
-    "attention": ["--epochs", "15"],
-    # 600 training images: a smaller, more regularised Transformer than the default (3 x 512).
-    "transformer": [
-        "--epochs",
-        "20",
-        "--hidden-dim",
-        "256",
-        "--layers",
-        "2",
-        "--dropout",
-        "0.3",
-        "--model-arg",
-        "n_heads=4",
-        "--model-arg",
-        "d_ff=1024",
-    ],  # fmt: skip
-}
+# The recipes the table in BENCHMARKS.md reports: `captionkit train --config` with these files
+# (the repository's configs/flickr8k-mini/NAME.yaml, named relative to the current folder).
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = Path(os.path.relpath(ROOT / "configs" / "flickr8k-mini"))
 
 
 def run_model(name: str, args) -> dict:
     run_dir = Path(args.out) / name
-    argv = ["train", "--data", args.data, "--out", str(run_dir), "--model", name, *RECIPES[name]]
+    config = CONFIGS / f"{name}.yaml"
+    argv = ["train", "--config", str(config), "--data", args.data, "--out", str(run_dir)]
     start = time.perf_counter()
     assert cli(argv) == 0
     out = {"command": "captionkit " + " ".join(argv), "train_s": time.perf_counter() - start}

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from captionkit.cli_options import with_decoding_options, with_model_options
 from captionkit.errors import CaptionkitError
+
+if TYPE_CHECKING:
+    from captionkit.training import RunConfig
 
 app = typer.Typer(
     help="Train, evaluate and use image-captioning models.",
@@ -112,11 +116,66 @@ def prepare(
         output.write_text(json.dumps(report, indent=2) + "\n")
 
 
+# `train`'s options -> the `RunConfig` field each sets ("group.field", or a field of RunConfig).
+TRAIN_FIELDS = {
+    "model": "model",
+    **{name: f"data.{name}" for name in ("data", "images", "tokenizer", "min_count",
+                                         "vocab_size", "max_length", "cache_dir", "strict")},
+    "encoder": "encoder.name",
+    "encoder_weights": "encoder.weights",
+    "finetune_encoder": "encoder.finetune",
+    "finetune_blocks": "encoder.finetune_blocks",
+    "encoder_lr": "encoder.lr",
+    **{name: f"optim.{name}" for name in ("lr", "schedule", "warmup_steps", "label_smoothing")},
+    **{name: f"train.{name}" for name in ("epochs", "batch_size", "seed", "workers", "init")},
+}  # fmt: skip
+
+
+def _run_config(ctx: typer.Context, config_file: Path | None, model_args: Callable) -> RunConfig:
+    """The `train` command's config: `config_file` (or the defaults) with the options given on the
+    command line over it; without a file, every option, as given or by default. `ctx` has the
+    options' values and knows which were given (not left at their defaults)."""
+    from captionkit.data.tokenizers import TOKENIZER_KINDS
+    from captionkit.training import RunConfig
+
+    config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
+    settings = config.to_dict()
+    # By name: Typer may bring its own copy of click, so its ParameterSource is not click's.
+    given = {n for n in TRAIN_FIELDS if ctx.get_parameter_source(n).name == "COMMANDLINE"}
+    for name in given if config_file else TRAIN_FIELDS:
+        value = ctx.params[name]
+        if isinstance(value, Path):  # the config keeps paths as text, as a YAML file has them
+            value = str(value)
+        group, _, key = TRAIN_FIELDS[name].rpartition(".")
+        (settings[group] if group else settings)[key] = value
+    if settings["data"]["tokenizer"] not in TOKENIZER_KINDS:  # checked before any extraction
+        from_file = config_file and "tokenizer" not in given
+        subject = f"{config_file}: data.tokenizer" if from_file else "--tokenizer"
+        raise CaptionkitError(f"{subject} must be one of {', '.join(TOKENIZER_KINDS)}")
+    if not settings["data"]["data"]:
+        ctx.fail("Missing option '--data' (or data.data in the --config file).")
+    settings["model_args"] = model_args(settings["model"], base=config.model_args,
+                                        base_source=f"{config_file}: model_args")  # fmt: skip
+    return RunConfig.from_dict(settings)
+
+
 @app.command()
 @with_model_options
 def train(
-    data: DataOpt,
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="YAML run config (see configs/); options given here override it."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Dataset folder or annotation file (or data.data in --config)."
+        ),
+    ] = None,
     images: ImagesOpt = None,
     model: Annotated[
         str, typer.Option("--model", help="show_tell | attention | transformer.")
@@ -155,34 +214,13 @@ def train(
     ] = "constant",
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 0,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=1.0)] = 0.0,
-    model_args: dict | None = None,  # from --rnn, --hidden-dim, ..., --model-arg (cli_options)
+    model_args: Callable | None = None,  # from --rnn, ..., --model-arg (cli_options)
 ) -> None:
-    """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out."""
-    from captionkit.data.tokenizers import TOKENIZER_KINDS
-    from captionkit.training import DataConfig, EncoderConfig, OptimConfig, RunConfig
+    """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out, with the
+    resolved config as config.yaml (a --config file for the same run)."""
     from captionkit.training.train import train as run_training
 
-    if tokenizer not in TOKENIZER_KINDS:  # checked before the features are extracted
-        raise CaptionkitError(f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}")
-    data_config = DataConfig(
-        data=str(data),
-        images=images and str(images),
-        tokenizer=tokenizer,
-        min_count=min_count,
-        vocab_size=vocab_size,
-        max_length=max_length,
-        cache_dir=cache_dir and str(cache_dir),
-        strict=strict,
-    )
-    encoder_config = EncoderConfig(encoder, encoder_weights, finetune=finetune_encoder,
-                                   finetune_blocks=finetune_blocks, lr=encoder_lr)  # fmt: skip
-    optim = OptimConfig(lr=lr, schedule=schedule, warmup_steps=warmup_steps,
-                        label_smoothing=label_smoothing)  # fmt: skip
-    config = RunConfig(model=model, model_args=model_args, data=data_config,
-                       encoder=encoder_config, optim=optim)  # fmt: skip
-    config.train.epochs, config.train.batch_size, config.train.seed = epochs, batch_size, seed
-    config.train.workers, config.train.init = workers, init and str(init)
-    best = run_training(config, out)
+    best = run_training(_run_config(ctx, config, model_args), out)
     typer.echo(f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {best['epoch']}; saved to {out}")
 
 

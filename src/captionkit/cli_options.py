@@ -3,16 +3,14 @@ settings (`train`).
 
 Typer has no option groups, so `option_group` appends a group's options to a command's
 signature and hands the command one value built from them: each option is defined once, and
-each command takes one `DecodingOptions` or one `model_args` dict. Heavy imports (torch) stay
+each command takes one `DecodingOptions` or one `model_args` builder. Heavy imports (torch) stay
 inside the builders, as in `cli.py`, so `captionkit --help` starts fast.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-import typing
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -156,8 +154,6 @@ MODEL_FIELDS = {
     "layers": ("num_layers", "n_layers"),
     "dropout": ("dropout",),
 }
-# Set by training from the data and the encoder, never by the user.
-DERIVED_FIELDS = ("vocab_size", "feature_dim")
 
 
 def _mopt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
@@ -180,13 +176,11 @@ MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
 def model_settings(model: str) -> dict[str, type]:
     """The config fields a user may set for a registered model, with their types."""
     from captionkit.models import MODELS
+    from captionkit.models import model_settings as settings
 
     if model not in MODELS:
         raise CaptionkitError(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
-    config_cls = MODELS[model][0]
-    hints = typing.get_type_hints(config_cls)
-    fields = dataclasses.fields(config_cls)
-    return {f.name: hints[f.name] for f in fields if f.name not in DERIVED_FIELDS}
+    return settings(model)
 
 
 def _typed(text: str, kind: type, key: str):
@@ -202,10 +196,14 @@ def _typed(text: str, kind: type, key: str):
     raise CaptionkitError(f"--model-arg {key}={text}: expected {expected}")
 
 
-def model_args(model: str, model_arg: list[str] | None = None, **named) -> dict:
+def model_args(model: str, model_arg: list[str] | None = None, base: dict | None = None,
+               base_source: str = "", **named) -> dict:  # fmt: skip
     """The command line's model options as `RunConfig.model_args` for `model`: the named
     options (`MODEL_FIELDS`, None = unset) and `KEY=VALUE` strings, checked against the model's
-    config dataclass."""
+    config dataclass, over `base` (a config file's `model_args`, named `base_source` in errors)."""
+    from captionkit.models import DERIVED_FIELDS, MODELS
+    from captionkit.training.config import check_model_args
+
     settings = model_settings(model)
     valid = ", ".join(settings)
     args: dict[str, Any] = {}
@@ -232,8 +230,8 @@ def model_args(model: str, model_arg: list[str] | None = None, **named) -> dict:
                 f"--model-arg: model '{model}' has no setting {key!r} (valid: {valid})"
             )
         put(key, _typed(text, settings[key], key), f"--model-arg {item}")
-    from captionkit.models import MODELS
-
+    # The command line wins over the file, key by key.
+    args = {**check_model_args(model, base or {}, base_source), **args}
     try:  # the config's own checks, before minutes of feature extraction
         MODELS[model][0](**dict.fromkeys(DERIVED_FIELDS, 1), **args)
     except (TypeError, ValueError) as e:
@@ -242,7 +240,9 @@ def model_args(model: str, model_arg: list[str] | None = None, **named) -> dict:
 
 
 def with_model_options(command: Callable) -> Callable:
-    """Decorator: the command gets the model options as `model_args: dict` for its `model`."""
+    """Decorator: the command gets the model options as `model_args(model, base, base_source)`,
+    which returns `RunConfig.model_args` for the model it names (the model may come from a config
+    file, read after the options)."""
     return option_group(
-        "model_args", MODEL_OPTIONS, lambda values, others: model_args(others["model"], **values)
+        "model_args", MODEL_OPTIONS, lambda values, _: functools.partial(model_args, **values)
     )(command)

@@ -11,9 +11,11 @@ Every model has a config dataclass (stored in checkpoints) and implements:
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from torch import nn
 
+from captionkit.errors import CaptionkitError
 from captionkit.models.attention import AttentionConfig, ShowAttendTell
 from captionkit.models.show_tell import ShowTell, ShowTellConfig
 from captionkit.models.transformer import TransformerConfig, TransformerDecoder
@@ -23,6 +25,20 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "attention": (AttentionConfig, ShowAttendTell),
     "transformer": (TransformerConfig, TransformerDecoder),
 }
+
+# Set by training from the data and the encoder, never by the user.
+DERIVED_FIELDS = ("vocab_size", "feature_dim")
+
+
+def model_settings(name: str) -> dict[str, type]:
+    """The config fields a user may set for a registered model (all but `DERIVED_FIELDS`), with
+    their types."""
+    if name not in MODELS:
+        raise CaptionkitError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+    config_cls = MODELS[name][0]
+    hints = typing.get_type_hints(config_cls)
+    fields = dataclasses.fields(config_cls)
+    return {f.name: hints[f.name] for f in fields if f.name not in DERIVED_FIELDS}
 
 
 def create_model(name: str, **config) -> nn.Module:
@@ -38,4 +54,12 @@ def model_config_dict(model: nn.Module) -> dict:
     return dataclasses.asdict(model.config)
 
 
-__all__ = ["MODELS", "ShowTell", "ShowTellConfig", "create_model", "model_config_dict"]
+__all__ = [
+    "DERIVED_FIELDS",
+    "MODELS",
+    "ShowTell",
+    "ShowTellConfig",
+    "create_model",
+    "model_config_dict",
+    "model_settings",
+]

@@ -1,13 +1,20 @@
 """Training settings: grouped, typed dataclasses, one docstring per field.
 
 `RunConfig.to_dict()` is written into every run folder (inside `config.json`), and
-`RunConfig.from_dict()` reads it back.
+`RunConfig.from_dict()` reads it back. `RunConfig.from_yaml()` reads a config file (see `configs/`),
+checking every key and value against these dataclasses, and `to_yaml()` writes one: training
+leaves the resolved config in the run folder as `config.yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from captionkit.encoders.factory import DEFAULT_ENCODER
 from captionkit.errors import CaptionkitError
@@ -123,8 +130,142 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        groups = {"data": DataConfig, "encoder": EncoderConfig, "optim": OptimConfig}
-        groups["train"] = TrainConfig
-        kwargs = {k: v for k, v in d.items() if k not in groups}
-        kwargs.update({k: groups[k](**d[k]) for k in groups if k in d})
+        kwargs = {k: v for k, v in d.items() if k not in GROUPS}
+        kwargs.update({k: GROUPS[k](**d[k]) for k in GROUPS if k in d})
         return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        """Read a config file: settings left out keep their defaults; an unknown key, a value of
+        the wrong type or a model setting the model lacks is an error naming the file and key."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CaptionkitError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CaptionkitError(f"{path}: cannot read the config file ({e})") from None
+        try:
+            values = yaml.load(text, Loader=_YamlLoader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).replace("\n", " ")
+            raise CaptionkitError(f"{path}: not valid YAML{at}: {problem}") from None
+        return run_config_from_mapping(values, str(path))
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the config as YAML that `from_yaml` reads back equal."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        Path(path).write_text(_YAML_HEADER + text, encoding="utf-8")
+
+
+GROUPS: dict[str, type] = {
+    "data": DataConfig,
+    "encoder": EncoderConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+_YAML_HEADER = (
+    "# The resolved config of a captionkit run; `captionkit train --config THIS_FILE --out RUN`\n"
+    "# trains it again (relative paths are read from the folder the command runs in).\n"
+)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads `5e-4` as a number: YAML 1.1 wants a dot in a float
+    (`5.0e-4`), so the usual way to write a learning rate would otherwise be text."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _expected(hint) -> str:
+    """A field type in words, for error messages."""
+    options = typing.get_args(hint)
+    if type(None) in options:
+        return " or ".join(_expected(o) for o in options if o is not type(None)) + " or null"
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return words.get(hint, "a mapping" if hint is dict else str(hint))
+
+
+def _check_value(value, hint, where: str):
+    """`value` if it has the field type `hint` (an int is a float too, and becomes one)."""
+    options = typing.get_args(hint)
+    kind = next((o for o in options if o is not type(None)), hint) if options else hint
+    if value is None and type(None) in options:
+        return None
+    if kind is float and type(value) is int:
+        return float(value)
+    # bool is an int in Python, but `true` is no batch size.
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise CaptionkitError(f"{where} must be {_expected(hint)}, not {value!r}")
+
+
+def _known_keys(cls: type, values, source: str, prefix: str) -> dict:
+    """`values` (None = empty), refused unless it is a mapping of field names of dataclass `cls`
+    (`prefix`: where the mapping is in the file, "" at the top)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if values is None:  # a group whose settings are all commented out, or an empty file
+        return {}
+    if not isinstance(values, dict):
+        raise CaptionkitError(f"{source}: {prefix or 'the file'} must be a mapping of settings "
+                              f"({', '.join(names)}), not {values!r}")  # fmt: skip
+    for key in values:
+        if key not in names:
+            dotted, where = (f"{prefix}.", f" in {prefix}") if prefix else ("", "")
+            raise CaptionkitError(f"{source}: unknown key '{dotted}{key}' "
+                                  f"(valid{where}: {', '.join(names)})")  # fmt: skip
+    return values
+
+
+def _group(cls: type, values, source: str, name: str):
+    """The group `name` of the file as an instance of dataclass `cls`, every value checked."""
+    hints = typing.get_type_hints(cls)
+    values = _known_keys(cls, values, source, name)
+    checked = {k: _check_value(v, hints[k], f"{source}: {name}.{k}") for k, v in values.items()}
+    try:
+        return cls(**checked)
+    except CaptionkitError as e:  # the group's own checks (e.g. OptimConfig.schedule)
+        raise CaptionkitError(f"{source}: {name}: {e}") from None
+
+
+def check_model_args(model: str, args: dict, source: str) -> dict:
+    """`args` checked against the config dataclass of registered model `model`: known fields,
+    values of their types (ints become floats where the field is a float) and the config's own
+    checks. `source` (e.g. "cfg.yaml: model_args") begins every error."""
+    from captionkit.models import DERIVED_FIELDS, MODELS, model_settings  # torch, only now
+
+    settings = model_settings(model)
+    for key in args:
+        if key not in settings:
+            raise CaptionkitError(f"{source}: model '{model}' has no setting '{key}' "
+                                  f"(valid: {', '.join(settings)})")  # fmt: skip
+    checked = {k: _check_value(v, settings[k], f"{source}.{k}") for k, v in args.items()}
+    try:
+        MODELS[model][0](**dict.fromkeys(DERIVED_FIELDS, 1), **checked)
+    except (TypeError, ValueError) as e:
+        raise CaptionkitError(f"{source}: model '{model}': {e}") from None
+    return checked
+
+
+def run_config_from_mapping(values, source: str) -> RunConfig:
+    """A `RunConfig` from a config file's contents (`source`: the file, for errors)."""
+    from captionkit.models import MODELS
+
+    top = _known_keys(RunConfig, values, source, "")
+    model = _check_value(top.get("model", RunConfig.model), str, f"{source}: model")
+    if model not in MODELS:
+        raise CaptionkitError(f"{source}: model must be one of {', '.join(MODELS)}, not {model!r}")
+    model_args = top.get("model_args")  # None: all commented out
+    model_args = _check_value(
+        {} if model_args is None else model_args, dict, f"{source}: model_args"
+    )
+    model_args = check_model_args(model, model_args, f"{source}: model_args")
+    groups = {name: _group(cls, top.get(name), source, name) for name, cls in GROUPS.items()}
+    return RunConfig(model=model, model_args=model_args, **groups)

@@ -183,11 +183,12 @@ def _load_data(config: RunConfig, run_dir: Path, init: TrainedModel | None):
 
 
 def train(config: RunConfig, run_dir: str | Path) -> dict:
-    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`.
-    Returns the metrics row of the best validation."""
+    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`,
+    beside `config` itself as `config.yaml`. Returns the metrics row of the best validation."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    config.to_yaml(run_dir / "config.yaml")  # `train --config` of this file trains the run again
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     init = _load_init(config)
     dataset, encoder, store, train_records, val_records = _load_data(config, run_dir, init)

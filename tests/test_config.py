@@ -1,0 +1,259 @@
+"""Config files: the ready configs load, YAML round trips, `train --config` precedence, errors."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from captionkit.cli import main
+from captionkit.data.shapes import make_shapes
+from captionkit.errors import CaptionkitError
+from captionkit.models import create_model
+from captionkit.training import RunConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_FILES = sorted(CONFIGS.glob("*/*.yaml"))
+
+# The flickr8k-mini recipes BENCHMARKS.md reports, as bench/bench_models.py ran them before it
+# read configs/flickr8k-mini/: `captionkit train --model NAME` plus these options.
+RECIPES = {
+    "show_tell": ["--epochs", "25"],
+    "attention": ["--epochs", "15"],
+    "transformer": ["--epochs", "20", "--hidden-dim", "256", "--layers", "2", "--dropout", "0.3",
+                    "--model-arg", "n_heads=4", "--model-arg", "d_ff=1024"],
+}  # fmt: skip
+
+
+def run(capsys, argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """Stub training: record the RunConfig and run folder `train` would have trained."""
+    import captionkit.training.train as training
+
+    seen = {}
+
+    def fake_train(config, run_dir):
+        seen.update(config=config, run_dir=run_dir)
+        return {"val/CIDEr": 0.5, "epoch": 1}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    return seen
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- the ready configs ---------------------------------------------------------------------------
+
+
+def test_there_are_configs_for_three_models_on_three_datasets():
+    names = {f"{p.parent.name}/{p.stem}" for p in CONFIG_FILES}
+    datasets = ("flickr8k-mini", "coco-karpathy", "flickr30k-karpathy")
+    models = ("show_tell", "attention", "transformer")
+    assert names == {f"{d}/{m}" for d in datasets for m in models}
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_config_loads_and_builds_its_model(path):
+    config = RunConfig.from_yaml(path)
+    assert config.model == path.stem and config.data.data
+    assert path.read_text().startswith("#")  # each file says what it is
+    model = create_model(config.model, vocab_size=12, feature_dim=8, **config.model_args)
+    assert {k: getattr(model.config, k) for k in config.model_args} == config.model_args
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_flickr8k_mini_configs_are_the_benchmark_recipes(tmp_path, capsys, seen, name):
+    code, _, err = run(capsys, ["train", "--config", CONFIGS / "flickr8k-mini" / f"{name}.yaml",
+                                "--out", tmp_path / "r"])  # fmt: skip
+    assert code == 0, err
+    from_file = seen["config"]
+    code, _, err = run(capsys, ["train", "--data", "../shared/data/flickr8k-mini", "--out",
+                                tmp_path / "r", "--model", name, *RECIPES[name]])  # fmt: skip
+    assert code == 0, err
+    assert from_file == seen["config"]
+
+
+def test_karpathy_configs_name_their_data_and_images():
+    for path in CONFIG_FILES:
+        config = RunConfig.from_yaml(path)
+        if "karpathy" in path.parent.name:
+            dataset = path.parent.name.split("-")[0]
+            assert config.data.data == f"data/{dataset}/dataset_{dataset}.json"
+            assert config.data.images == f"data/{dataset}/images"
+            assert (config.data.min_count, config.train.val_beam_size) == (5, 1)
+            assert f"dataset_{dataset}.json" in path.read_text().split("\nmodel:")[0]
+
+
+# --- YAML <-> RunConfig --------------------------------------------------------------------------
+
+FULL = """\
+model: attention
+model_args: {hidden_dim: 32, attention_dim: 16, dropout: 0, gate: false}
+data: {data: some/data, images: null, tokenizer: bpe, min_count: 2, vocab_size: 300,
+       max_length: 16, cache_dir: /tmp/cache, strict: true}
+encoder: {name: resnet18, weights: none, finetune: true, finetune_blocks: 1, lr: 3e-5,
+          crop_scale_min: 0.7, hflip: 0}
+optim: {lr: 5e-4, weight_decay: 1.0e-2, grad_clip: 1, schedule: cosine, warmup_steps: 10,
+        label_smoothing: 0.1}
+train: {epochs: 3, batch_size: 8, seed: 7, bucket_batches: 4, val_beam_size: 2,
+        accelerator: cpu, workers: 0, init: runs/previous}
+"""
+
+
+def test_yaml_values_become_typed_fields(tmp_path):
+    config = RunConfig.from_yaml(write(tmp_path / "c.yaml", FULL))
+    assert config.model_args == {"hidden_dim": 32, "attention_dim": 16, "dropout": 0.0,
+                                 "gate": False}  # fmt: skip
+    assert type(config.model_args["dropout"]) is float  # an int where the field is a float
+    assert (config.optim.lr, config.encoder.lr, config.optim.weight_decay) == (5e-4, 3e-5, 0.01)
+    assert type(config.optim.grad_clip) is float and type(config.encoder.hflip) is float
+    assert (config.data.tokenizer, config.data.images, config.data.strict) == ("bpe", None, True)
+    assert (config.train.epochs, config.train.init, config.encoder.finetune) == (
+        3, "runs/previous", True)  # fmt: skip
+    partial = RunConfig.from_yaml(write(tmp_path / "p.yaml", "model: transformer\ntrain:\n"))
+    assert partial == RunConfig(model="transformer")  # left out = defaults; an empty group too
+
+
+def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
+    config = RunConfig.from_yaml(write(tmp_path / "c.yaml", FULL))
+    assert config != RunConfig() and all(
+        getattr(config, g.name) != getattr(RunConfig(), g.name)
+        for g in dataclasses.fields(RunConfig)
+    )  # every group differs from the defaults, so a dropped group would show
+    config.to_yaml(tmp_path / "again.yaml")
+    assert RunConfig.from_yaml(tmp_path / "again.yaml") == config
+    assert RunConfig.from_dict(config.to_dict()) == config  # config.json's "run"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("trainer: {epochs: 3}\n",
+         "c.yaml: unknown key 'trainer' (valid: model, model_args, data, encoder, optim, train)"),
+        ("optim: {learning_rate: 0.1}\n",
+         "c.yaml: unknown key 'optim.learning_rate' (valid in optim: lr, weight_decay, grad_clip, "
+         "schedule, warmup_steps, label_smoothing)"),
+        ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number, not 'fast'"),
+        ("train: {epochs: 2.5}\n", "c.yaml: train.epochs must be an integer, not 2.5"),
+        ("train: {batch_size: true}\n", "c.yaml: train.batch_size must be an integer, not True"),
+        ("data: {images: 3}\n", "c.yaml: data.images must be a string or null, not 3"),
+        ("data: {strict: 1}\n", "c.yaml: data.strict must be true or false, not 1"),
+        ("data: some/folder\n", "c.yaml: data must be a mapping of settings (data, images,"),
+        ("- model\n", "c.yaml: the file must be a mapping of settings (model, model_args,"),
+        ("model: lstm\n", "c.yaml: model must be one of show_tell, attention, transformer"),
+        ("model_args: {width: 3}\n", "c.yaml: model_args: model 'show_tell' has no setting "
+         "'width' (valid: embed_dim, hidden_dim, num_layers, dropout, rnn, image_input)"),
+        ("model_args: {hidden_dim: wide}\n",
+         "c.yaml: model_args.hidden_dim must be an integer, not 'wide'"),
+        ("model: transformer\nmodel_args: {d_model: 30}\n",
+         "c.yaml: model_args: model 'transformer': n_heads=8 must divide d_model=30"),
+        ("optim: {schedule: step}\n",
+         "c.yaml: optim: unknown schedule 'step' (constant or cosine)"),
+        ("optim:\n  lr: 1\n lr: 2\n", "c.yaml: not valid YAML at line 3, column 2: expected"),
+        ("train: {epochs: [1, 2}\n", "c.yaml: not valid YAML at line 1, column 22"),
+    ],
+)  # fmt: skip
+def test_config_file_errors_name_the_file_and_key(tmp_path, capsys, seen, text, message):
+    path = write(tmp_path / "c.yaml", text)
+    with pytest.raises(CaptionkitError) as error:
+        RunConfig.from_yaml(path)
+    assert str(error.value).startswith(str(path)) and message in str(error.value)
+    code, _, err = run(capsys, ["train", "--config", path, "--data", "d", "--out", tmp_path / "r"])
+    assert code == 1 and err == f"error: {error.value}\n" and "config" not in seen
+
+
+def test_missing_config_file_is_one_line(tmp_path, capsys, seen):
+    code, _, err = run(capsys, ["train", "--config", tmp_path / "no.yaml", "--out", tmp_path / "r"])
+    assert code == 1 and err == f"error: {tmp_path / 'no.yaml'}: no such config file\n"
+
+
+# --- train --config: the file, then the options given -------------------------------------------
+
+BASE = """\
+model: transformer
+model_args: {d_model: 64, n_heads: 4, n_layers: 1}
+data: {data: from/file, tokenizer: bpe, vocab_size: 300}
+optim: {lr: 0.01, schedule: cosine}
+train: {epochs: 3, batch_size: 16}
+"""
+
+
+def test_file_values_stay_unless_an_option_is_given(tmp_path, capsys, seen):
+    cfg = write(tmp_path / "cfg.yaml", BASE)
+    code, _, err = run(capsys, ["train", "--config", cfg, "--out", tmp_path / "r"])
+    assert code == 0, err
+    assert seen["config"] == RunConfig.from_yaml(cfg)  # no option given: the file as it is
+    assert seen["run_dir"] == tmp_path / "r"
+    # Given options win, even when they repeat the default (--epochs 10, --model-arg n_heads=8);
+    # model options merge into the file's model_args key by key.
+    argv = ["train", "--config", cfg, "--out", tmp_path / "r", "--epochs", "10", "--lr", "0.02",
+            "--data", "other", "--hidden-dim", "128", "--model-arg", "n_heads=8",
+            "--model-arg", "dropout=0.2", "--schedule", "constant"]  # fmt: skip
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    c = seen["config"]
+    assert (c.train.epochs, c.optim.lr, c.data.data, c.optim.schedule) == (
+        10, 0.02, "other", "constant")  # fmt: skip
+    assert c.model_args == {"d_model": 128, "n_heads": 8, "n_layers": 1, "dropout": 0.2}
+    # ... and the rest of the file stays.
+    assert (c.model, c.data.tokenizer, c.data.vocab_size, c.train.batch_size) == (
+        "transformer", "bpe", 300, 16)  # fmt: skip
+
+
+def test_config_precedence_errors(tmp_path, capsys, seen):
+    cfg = write(tmp_path / "cfg.yaml", BASE)
+    out = ["--out", tmp_path / "r"]
+    code, _, err = run(capsys, ["train", "--config", cfg, *out, "--model", "show_tell"])
+    assert code == 1 and f"error: {cfg}: model_args: model 'show_tell' has no setting 'd_model'" \
+        in err  # fmt: skip
+    nodata = write(tmp_path / "nodata.yaml", "train: {epochs: 2}\n")
+    code, _, err = run(capsys, ["train", "--config", nodata, *out])
+    assert code == 2 and "Missing option '--data' (or data.data in the --config file)" in err
+    code, _, err = run(capsys, ["train", "--config", nodata, *out, "--data", "d"])
+    assert code == 0 and seen["config"].train.epochs == 2
+    bad = write(tmp_path / "bad.yaml", "data: {data: d, tokenizer: chars}\n")
+    code, _, err = run(capsys, ["train", "--config", bad, *out])
+    assert code == 1 and f"error: {bad}: data.tokenizer must be one of word, bpe" in err
+    code, _, err = run(capsys, ["train", "--config", bad, *out, "--tokenizer", "word"])
+    assert code == 0 and seen["config"].data.tokenizer == "word"
+
+
+# --- a real run: config.yaml in the run folder ---------------------------------------------------
+
+
+def test_a_run_folder_config_trains_the_same_run_again(tmp_path, capsys):
+    make_shapes(tmp_path / "shapes", n_images=20, seed=0)
+    cfg = write(tmp_path / "cfg.yaml", f"""\
+model: show_tell
+model_args: {{embed_dim: 8, hidden_dim: 8}}
+data: {{data: {tmp_path / 'shapes'}, min_count: 1}}
+train: {{epochs: 1, batch_size: 16, accelerator: cpu}}
+""")  # fmt: skip
+    code, _, err = run(capsys, ["train", "--config", cfg, "--out", tmp_path / "run",
+                                "--seed", "3"])  # fmt: skip
+    assert code == 0, err
+    written = RunConfig.from_yaml(tmp_path / "run" / "config.yaml")
+    expected = RunConfig.from_yaml(cfg)
+    expected.train.seed = 3
+    assert written == expected
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"] == written.to_dict()
+    # The run folder's config.yaml is a --config for the same run: same config, same numbers.
+    code, _, err = run(capsys, ["train", "--config", tmp_path / "run" / "config.yaml",
+                                "--out", tmp_path / "again"])  # fmt: skip
+    assert code == 0, err
+    assert RunConfig.from_yaml(tmp_path / "again" / "config.yaml") == written
+
+    def metrics(run_dir):
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+    assert metrics(tmp_path / "again") == metrics(tmp_path / "run")
