@@ -18,6 +18,14 @@ def _feature_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="session")
+def lite0():
+    """The default encoder with its packaged ImageNet weights, loaded once for all tests."""
+    from captionkit.encoders import create_encoder
+
+    return create_encoder()
+
+
 def write_images(folder: Path, names: list[str], size: int = 48, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,6 @@ from captionkit.errors import CaptionkitError
 from conftest import write_images
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return create_encoder()
-
-
 def test_packaged_weights_classify_chelsea_as_a_cat(lite0):
     skimage_data = pytest.importorskip("skimage.data")
     image = Image.fromarray(skimage_data.chelsea())

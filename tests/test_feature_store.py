@@ -20,11 +20,6 @@ from captionkit.errors import CaptionkitError
 from conftest import write_images
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return create_encoder()
-
-
 @pytest.fixture
 def calls(monkeypatch):
     """Batch sizes of every forward pass of any encoder (the grid-size probe included)."""
