@@ -141,7 +141,7 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
          "c.yaml: unknown key 'trainer' (valid: model, model_args, data, encoder, optim, train)"),
         ("optim: {learning_rate: 0.1}\n",
          "c.yaml: unknown key 'optim.learning_rate' (valid in optim: lr, weight_decay, grad_clip, "
-         "schedule, warmup_steps, label_smoothing)"),
+         "grad_clip_algorithm, accumulate, schedule, warmup_steps, label_smoothing)"),
         ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number, not 'fast'"),
         ("train: {epochs: 2.5}\n", "c.yaml: train.epochs must be an integer, not 2.5"),
         ("train: {batch_size: true}\n", "c.yaml: train.batch_size must be an integer, not True"),

@@ -8,7 +8,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation import METRIC_KEYS, coco_metrics, quick_cider
+from captionkit.evaluation import METRIC_KEYS, coco_metrics, quick_cider, quick_metrics
 
 REFS = {
     "1": ["A dog runs across the grass.", "a brown dog running on a lawn", "Dog, running."],
@@ -58,6 +58,13 @@ def test_quick_cider_equals_cider_on_pre_tokenized_text():
            for k, v in REFS.items()}  # fmt: skip
     expected = Cider().compute_score(gts, {k: [v] for k, v in PREDS.items()})[0]
     assert quick_cider(PREDS, REFS) == pytest.approx(expected, abs=1e-12)
+
+
+def test_quick_bleu4_equals_bleu_on_pre_tokenized_text():
+    gts = {k: [" ".join(c.lower().replace(",", "").replace(".", "").split()) for c in v]
+           for k, v in REFS.items()}  # fmt: skip
+    expected = Bleu(4).compute_score(gts, {k: [v] for k, v in PREDS.items()}, verbose=0)[0][3]
+    assert quick_metrics(PREDS, REFS)["BLEU-4"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_missing_references_and_empty_input():

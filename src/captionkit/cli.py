@@ -127,7 +127,8 @@ TRAIN_FIELDS = {
     "finetune_blocks": "encoder.finetune_blocks",
     "encoder_lr": "encoder.lr",
     **{name: f"optim.{name}" for name in ("lr", "schedule", "warmup_steps", "label_smoothing")},
-    **{name: f"train.{name}" for name in ("epochs", "batch_size", "seed", "workers", "init")},
+    **{name: f"train.{name}" for name in ("epochs", "batch_size", "seed", "workers", "init",
+                                          "patience", "precision")},
 }  # fmt: skip
 
 
@@ -214,6 +215,17 @@ def train(
     ] = "constant",
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 0,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=1.0)] = 0.0,
+    patience: Annotated[
+        int,
+        typer.Option(
+            "--patience",
+            min=0,
+            help="Stop after N validations without a better val CIDEr (0 = never).",
+        ),
+    ] = 0,
+    precision: Annotated[
+        str, typer.Option("--precision", help="32 | bf16-mixed | 16-mixed (GPU).")
+    ] = "32",
     model_args: Callable | None = None,  # from --rnn, ..., --model-arg (cli_options)
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out, with the

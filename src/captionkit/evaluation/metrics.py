@@ -44,14 +44,22 @@ def coco_metrics(
     return scores
 
 
-def quick_cider(predictions: dict[str, str], references: dict[str, list[str]]) -> float:
-    """CIDEr-D with our own word tokenizer: no Java, fast enough for every validation pass."""
+def quick_metrics(predictions: dict[str, str], references: dict[str, list[str]]) -> dict:
+    """CIDEr-D and BLEU-4 with our own word tokenizer (the PTB tokenizer's rules, in Python): no
+    Java, fast enough for every validation pass."""
+    from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
     _check_inputs(predictions, references)
     res = {k: [" ".join(tokenize(v)) or EMPTY_CAPTION] for k, v in predictions.items()}
     gts = {k: [" ".join(tokenize(c)) for c in references[k]] for k in predictions}
-    return float(Cider().compute_score(gts, res)[0])
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return {"CIDEr": float(Cider().compute_score(gts, res)[0]), "BLEU-4": float(bleu[3])}
+
+
+def quick_cider(predictions: dict[str, str], references: dict[str, list[str]]) -> float:
+    """CIDEr-D of `quick_metrics`."""
+    return quick_metrics(predictions, references)["CIDEr"]
 
 
 def _check_inputs(predictions: dict, references: dict) -> None:

@@ -19,6 +19,13 @@ import yaml
 from captionkit.encoders.factory import DEFAULT_ENCODER
 from captionkit.errors import CaptionkitError
 
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise CaptionkitError(f"unknown {name} '{value}' ({' or '.join(map(str, choices))})")
+
 
 @dataclass
 class DataConfig:
@@ -73,7 +80,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     """Adam weight decay."""
     grad_clip: float = 5.0
-    """Clip the gradient norm to this value (0 disables)."""
+    """Clip the gradients to this value (0 disables): their norm, or each value (see below)."""
+    grad_clip_algorithm: str = "norm"
+    """`norm` (rescale when the global norm exceeds `grad_clip`) or `value` (clamp each)."""
+    accumulate: int = 1
+    """Add the gradients of this many batches before each optimizer step."""
     schedule: str = "constant"
     """Learning rate after the warmup: `constant`, or `cosine` (down to 0 at the last step)."""
     warmup_steps: int = 0
@@ -83,8 +94,8 @@ class OptimConfig:
     the whole vocabulary (0 = plain cross-entropy)."""
 
     def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise CaptionkitError(f"unknown schedule '{self.schedule}' (constant or cosine)")
+        _check_choice("schedule", self.schedule, ("constant", "cosine"))
+        _check_choice("grad_clip_algorithm", self.grad_clip_algorithm, ("norm", "value"))
 
 
 @dataclass
@@ -110,6 +121,13 @@ class TrainConfig:
     init: str | None = None
     """A run folder to start from: its decoder weights and tokenizer, and its encoder (fine-tuned
     or not); the model name and settings must be the same."""
+    patience: int = 0
+    """Stop when val CIDEr has not improved for this many validations (0 = never stop early)."""
+    precision: str = "32"
+    """Lightning precision: `32`, `bf16-mixed` or `16-mixed` (16-mixed needs a GPU)."""
+
+    def __post_init__(self):
+        _check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import nn
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.factory import ImageEncoder
-from captionkit.evaluation.metrics import quick_cider
+from captionkit.evaluation.metrics import quick_metrics
 from captionkit.training.config import OptimConfig
 
 
@@ -70,8 +70,9 @@ class CaptioningModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._val_predictions:
-            cider = quick_cider(self._val_predictions, self.val_references)
-            self.log("val/CIDEr", cider, prog_bar=True)
+            scores = quick_metrics(self._val_predictions, self.val_references)
+            self.log("val/CIDEr", scores["CIDEr"], prog_bar=True)
+            self.log("val/BLEU-4", scores["BLEU-4"])
         self._val_predictions = {}
 
     def configure_optimizers(self):
@@ -80,7 +81,10 @@ class CaptioningModule(L.LightningModule):
             trainable = [p for p in self.encoder.parameters() if p.requires_grad]
             groups.append({"params": trainable, "lr": self.encoder_lr})
         optimizer = torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        factor = lr_factor(self.optim, int(self.trainer.estimated_stepping_batches))
+        # Only the cosine schedule needs the run's length (Lightning loads the data to count it).
+        cosine = self.optim.schedule == "cosine"
+        total = int(self.trainer.estimated_stepping_batches) if cosine else 0
+        factor = lr_factor(self.optim, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
@@ -89,12 +90,18 @@ def _datamodule(config: RunConfig, store, dataset, train_records, val_records, v
 
 
 def _trainer(config: RunConfig, run_dir: Path, checkpoint: BestCheckpoint) -> L.Trainer:
+    callbacks: list[L.Callback] = [checkpoint]
+    if config.train.patience > 0:
+        callbacks.append(EarlyStopping("val/CIDEr", mode="max", patience=config.train.patience))
     return L.Trainer(
         max_epochs=config.train.epochs,
         accelerator=config.train.accelerator,
         devices=1,
+        precision=config.train.precision,
         gradient_clip_val=config.optim.grad_clip or None,
-        callbacks=[checkpoint],
+        gradient_clip_algorithm=config.optim.grad_clip_algorithm,
+        accumulate_grad_batches=config.optim.accumulate,
+        callbacks=callbacks,
         logger=CSVLogger(run_dir, name="logs"),
         enable_checkpointing=False,  # Lightning's .ckpt files are pickles; we save safetensors
         num_sanity_val_steps=0,
