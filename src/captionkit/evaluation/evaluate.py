@@ -12,6 +12,7 @@ import torch
 from captionkit.data import load_dataset
 from captionkit.data.formats import apply_splits
 from captionkit.decoding import DecodingOptions, decode
+from captionkit.decoding.decoding import DEFAULT_MAX_LENGTH
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import FeatureStore, features_for_dataset
 from captionkit.errors import CaptionkitError
@@ -48,7 +49,8 @@ def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOpti
     """`options`, with the caption length limit the run was trained with unless they set one."""
     if options.max_length is not None:
         return options
-    return dataclasses.replace(options, max_length=trained.data_setting("max_length", 20))
+    max_length = trained.data_setting("max_length", DEFAULT_MAX_LENGTH)
+    return dataclasses.replace(options, max_length=max_length)
 
 
 def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
