@@ -20,6 +20,7 @@ from captionkit.encoders.factory import DEFAULT_ENCODER
 from captionkit.errors import CaptionkitError
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+STRATEGIES = ("auto", "ddp")
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
@@ -125,9 +126,30 @@ class TrainConfig:
     """Stop when val CIDEr has not improved for this many validations (0 = never stop early)."""
     precision: str = "32"
     """Lightning precision: `32`, `bf16-mixed` or `16-mixed` (16-mixed needs a GPU)."""
+    deterministic: bool = False
+    """Use only deterministic kernels (`torch.use_deterministic_algorithms`), so that two runs
+    with the same seed, or a run and its resumed copy, give identical metrics (slower on GPU)."""
+    checkpoint_every: int = 1000
+    """Also save `checkpoints/last.safetensors` every this many optimizer steps (it is always
+    saved after each validation); 0 = only after validations."""
+    devices: int = 1
+    """Devices (GPUs, or CPU processes) per node; with more than one, `strategy` `ddp`."""
+    num_nodes: int = 1
+    """Machines taking part (DDP over several nodes; launch with torchrun or SLURM)."""
+    strategy: str = "auto"
+    """Lightning strategy: `auto` (one process) or `ddp` (one process per device; the batch
+    size is per device, so the global batch is `batch_size x devices x num_nodes`)."""
 
     def __post_init__(self):
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        for name in ("devices", "num_nodes", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise CaptionkitError(
+                f"checkpoint_every must be 0 or more, not {self.checkpoint_every}"
+            )
 
 
 @dataclass

@@ -7,15 +7,23 @@ are batched together so that little time goes into padding.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from captionkit.data.vocab import Vocabulary
 from captionkit.encoders.features import FeatureStore
+from captionkit.errors import CaptionkitError
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed mixed from `parts` (e.g. run seed, epoch, batch): nearby inputs give unrelated
+    streams, which `seed + epoch` would not."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _rows_to_tensor(array: np.ndarray | None, rows) -> torch.Tensor | None:
@@ -36,7 +44,10 @@ def token_array(tokens: list[list[int]], path: Path | None = None) -> np.ndarray
         array[i, : len(t)] = t
     if path is None:
         return array
-    np.save(path, array)
+    # Written aside and renamed: another DDP process may have the old file memory-mapped.
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
     return np.load(path, mmap_mode="r")
 
 
@@ -78,30 +89,41 @@ class BucketBatchSampler(Sampler[list[int]]):
     Indices are shuffled, cut into pools of `pool_batches` batches, sorted by length inside each
     pool and cut into batches; the batches are then shuffled. `pool_batches=1` gives plain
     shuffled batches. `set_epoch` (called by Lightning) changes the order every epoch,
-    deterministically."""
+    deterministically. Under DDP every rank draws the same global batches of `batch_size x world`
+    indices and takes its own share, so the global batches do not depend on the number of
+    processes. `resume_at` makes the next pass start in the middle of an epoch."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool_batches: int = 50,
-                 drop_last: bool = False):  # fmt: skip
+                 drop_last: bool = False, rank: int = 0, world: int = 1):  # fmt: skip
         self.lengths, self.batch_size, self.seed = np.asarray(lengths), batch_size, seed
-        self.pool, self.drop_last, self.epoch = pool_batches * batch_size, drop_last, 0
+        self.pool, self.drop_last, self.epoch = pool_batches * batch_size * world, drop_last, 0
+        self.rank, self.world, self.skip = rank, world, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Start the next pass at batch `batches_done` of epoch `epoch`. Lightning builds the
+        first iterator of a resumed run before it calls `set_epoch`, so the epoch is set here."""
+        self.epoch, self.skip = epoch, batches_done
+
     def _batches(self) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
+        size = self.batch_size * self.world
         batches = []
         for start in range(0, len(order), self.pool):
             pool = order[start : start + self.pool]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            batches += [pool[i : i + size] for i in range(0, len(pool), size)]
         if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
-        return [batches[i] for i in rng.permutation(len(batches))]
+            batches = [b for b in batches if len(b) == size]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        return [np.array_split(b, self.world)[self.rank] for b in batches]
 
     def __iter__(self):
-        return (b.tolist() for b in self._batches())
+        batches, self.skip = self._batches()[self.skip :], 0
+        return (b.tolist() for b in batches)
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -128,7 +150,44 @@ class ImageRows(Dataset):
         return self.__getitems__([i])
 
 
-class CaptionDataModule(L.LightningDataModule):
+class ResumableDataModule(L.LightningDataModule):
+    """What both training data modules share: the process's share of the data under DDP, and
+    the position to resume from (set by `training.train.DataPosition` from a checkpoint)."""
+
+    resume: tuple[int, int] | None = None
+    """(epoch, batches already trained in it) of the run being resumed."""
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def _train_sampler(self, lengths: np.ndarray, batch_size: int, seed: int,
+                       pool_batches: int) -> BucketBatchSampler:  # fmt: skip
+        rank, world = self._rank_world()
+        n = len(lengths)
+        if world > 1 and n < batch_size * world:
+            raise CaptionkitError(f"{n} training items make no batch of {batch_size} for each "
+                                  f"of {world} processes: use a smaller --batch-size")  # fmt: skip
+        # drop_last: a final batch of one caption would break BatchNorm in the image projection,
+        # and under DDP every rank needs a share of every batch.
+        drop_last = n > batch_size * world
+        sampler = BucketBatchSampler(lengths, batch_size, seed, pool_batches, drop_last, rank,
+                                     world)  # fmt: skip
+        if self.resume is not None:
+            sampler.resume_at(*self.resume)
+            self.resume = None
+        return sampler
+
+    def _val_sampler(self, dataset: Dataset) -> DistributedSampler | None:
+        """Under DDP, each rank decodes its share of the validation images (the module gathers
+        the captions before scoring)."""
+        rank, world = self._rank_world()
+        if world == 1:
+            return None
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+
+class CaptionDataModule(ResumableDataModule):
     """Shuffled (optionally length-bucketed) training batches and validation images."""
 
     def __init__(self, train: CaptionPairs, val: ImageRows, batch_size: int, seed: int,
@@ -138,11 +197,10 @@ class CaptionDataModule(L.LightningDataModule):
         self.bucket_batches = bucket_batches
 
     def train_dataloader(self) -> DataLoader:
-        # drop_last: a final batch of one caption would break BatchNorm in the image projection.
-        sampler = BucketBatchSampler(self.train.lengths, self.batch_size, self.seed,
-                                     pool_batches=max(1, self.bucket_batches),
-                                     drop_last=len(self.train) > self.batch_size)  # fmt: skip
+        sampler = self._train_sampler(self.train.lengths, self.batch_size, self.seed,
+                                      max(1, self.bucket_batches))  # fmt: skip
         return DataLoader(self.train, batch_sampler=sampler, collate_fn=_whole_batch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val, batch_size=64, collate_fn=_whole_batch)
+        return DataLoader(self.val, batch_size=64, collate_fn=_whole_batch,
+                          sampler=self._val_sampler(self.val))  # fmt: skip

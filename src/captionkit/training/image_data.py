@@ -12,13 +12,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captionkit.data.images import open_or_problem
-from captionkit.training.datamodule import BucketBatchSampler, token_array
+from captionkit.training.datamodule import (
+    BucketBatchSampler,
+    ResumableDataModule,
+    derived_seed,
+    token_array,
+)
 
 
 class CaptionedImages(Dataset):
@@ -26,21 +30,32 @@ class CaptionedImages(Dataset):
     (validation)."""
 
     def __init__(self, paths: list[Path], transform, tokens: list[list[list[int]]] | None = None,
-                 keys: list[str] | None = None):  # fmt: skip
+                 keys: list[str] | None = None, seed: int | None = None):  # fmt: skip
         self.paths, self.transform, self.tokens, self.keys = paths, transform, tokens, keys
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict | None:
+        """Item `index % len(self)`; with a `seed`, its random augmentation is drawn from a
+        generator seeded by (seed, epoch = index // len(self), image), see `EpochIndices`."""
+        epoch, i = divmod(index, len(self.paths))
         image, problem = open_or_problem(self.paths[i])
         if image is None:
             # The feature pass before training checked every image: this one broke since. Skip
             # it rather than stop a long run.
             print(f"warning: {self.paths[i]}: {problem[1]}; skipped", file=sys.stderr)
             return None
+        if self.seed is None:
+            pixels = self.transform(image)  # [3, H, W]
+        else:
+            # torchvision draws from the global generator: fork it so nothing else is disturbed.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived_seed(self.seed, epoch, i))
+                pixels = self.transform(image)
         return {
-            "pixels": self.transform(image),  # [3, H, W]
+            "pixels": pixels,
             "tokens": self.tokens[i] if self.tokens is not None else None,
             "key": self.keys[i] if self.keys is not None else None,
         }
@@ -62,7 +77,7 @@ def collate_images(items: list[dict | None]) -> dict:
     return batch
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ResumableDataModule):
     """Shuffled batches of training images (seeded, new order every epoch) and validation
     images, decoded by `workers` processes."""
 
@@ -77,12 +92,30 @@ class ImageDataModule(L.LightningDataModule):
                           persistent_workers=self.workers > 0, **kwargs)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
-        n = len(self.train)
-        # Equal lengths and pools of one batch: plain shuffled batches. drop_last: a final
-        # batch of one image would leave BatchNorm one sample.
-        batch = self.images_per_batch
-        sampler = BucketBatchSampler(np.zeros(n), batch, self.seed, 1, drop_last=n > batch)
-        return self._loader(self.train, batch_sampler=sampler)
+        # Equal lengths and pools of one batch: plain shuffled batches.
+        sampler = self._train_sampler(np.zeros(len(self.train)), self.images_per_batch,
+                                      self.seed, 1)  # fmt: skip
+        return self._loader(self.train, batch_sampler=EpochIndices(sampler, len(self.train)))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, batch_size=32)
+        return self._loader(self.val, batch_size=32, sampler=self._val_sampler(self.val))
+
+
+class EpochIndices(Sampler[list[int]]):
+    """The batches of `sampler` with each index `i` sent as `epoch * n + i`, so that the
+    dataset (in a worker process that never sees `set_epoch`) can seed an image's augmentation
+    by epoch and image: the same crops after a resume as in an uninterrupted run."""
+
+    def __init__(self, sampler: BucketBatchSampler, n: int):
+        self.sampler, self.n = sampler, n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch  # read after the sampler's own resume/set_epoch
+        batches = iter(self.sampler)
+        return ([epoch * self.n + i for i in b] for b in batches)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

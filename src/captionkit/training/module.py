@@ -14,6 +14,7 @@ from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.factory import ImageEncoder
 from captionkit.evaluation.metrics import quick_metrics
 from captionkit.training.config import OptimConfig
+from captionkit.training.datamodule import derived_seed
 
 
 class CaptioningModule(L.LightningModule):
@@ -24,8 +25,10 @@ class CaptioningModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, vocab: Vocabulary, optim: OptimConfig,
                  val_references: dict[str, list[str]], val_options: DecodingOptions,
-                 encoder: ImageEncoder | None = None, encoder_lr: float = 1e-4):  # fmt: skip
+                 encoder: ImageEncoder | None = None, encoder_lr: float = 1e-4,
+                 seed: int = 0):  # fmt: skip
         super().__init__()
+        self.seed = seed
         self.model, self.vocab, self.optim = model, vocab, optim
         self.val_references, self.val_options = val_references, val_options
         self.encoder, self.encoder_lr = encoder, encoder_lr
@@ -36,6 +39,12 @@ class CaptioningModule(L.LightningModule):
         # features before). Its train() reaches only the trainable blocks.
         if self.encoder is not None:
             self.encoder.train()
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Dropout (and any sampling) of each batch draws from a generator seeded by the batch's
+        # place in the run, not by all the draws before it: a run resumed from a checkpoint
+        # draws what the uninterrupted run drew, with no generator state to save.
+        torch.manual_seed(derived_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
 
     def _features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(pooled [B, D], grid [B, L, D] | None)`, one row per caption (training) or image."""
@@ -56,10 +65,22 @@ class CaptioningModule(L.LightningModule):
         tokens = batch["tokens"]  # [B, T]: <bos> w1 .. wn <eos> <pad>..
         logits = self.model(*self._features(batch), tokens[:, :-1])  # [B, T-1, V]
         loss = caption_loss(logits, tokens[:, 1:], self.optim.label_smoothing)
+        loss = self._global_token_mean(loss, tokens[:, 1:])
         if hasattr(self.model, "regularization_loss"):  # e.g. doubly stochastic attention
             loss = loss + self.model.regularization_loss()
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
         return loss
+
+    def _global_token_mean(self, loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Under DDP, this rank's token mean rescaled so that the gradients DDP averages over the
+        ranks are those of the mean over all the ranks' tokens: the same as one process with
+        the whole global batch, whatever the share of padding on each rank."""
+        world = self.trainer.world_size
+        if world == 1:
+            return loss
+        n_local = (targets != Vocabulary.pad_id).sum().float()
+        n_global = self.trainer.strategy.reduce(n_local.clone(), reduce_op="sum")
+        return loss * n_local * world / n_global
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if "keys" not in batch:
@@ -69,10 +90,16 @@ class CaptioningModule(L.LightningModule):
             self._val_predictions[key] = self.vocab.decode(hyps[0].tokens)
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_predictions:
-            scores = quick_metrics(self._val_predictions, self.val_references)
-            self.log("val/CIDEr", scores["CIDEr"], prog_bar=True)
-            self.log("val/BLEU-4", scores["BLEU-4"])
+        predictions = self._val_predictions
+        if self.trainer.world_size > 1:  # every rank decoded its share: score them all
+            shares = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shares, predictions)
+            predictions = {k: v for share in shares for k, v in share.items()}
+        if predictions:
+            scores = quick_metrics(predictions, self.val_references)
+            # The same numbers on every rank; sync_dist only keeps Lightning from warning.
+            self.log("val/CIDEr", scores["CIDEr"], prog_bar=True, sync_dist=True)
+            self.log("val/BLEU-4", scores["BLEU-4"], sync_dist=True)
         self._val_predictions = {}
 
     def configure_optimizers(self):

@@ -1,0 +1,168 @@
+"""Checkpoints and resuming: the training-state file format, and the kill test of issue #6 (a run
+killed with SIGKILL in the middle of an epoch, or while writing a checkpoint, then resumed,
+ends with the metrics and weights of an uninterrupted run)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from captionkit.data.shapes import make_shapes
+from captionkit.errors import CaptionkitError
+from captionkit.training.checkpointing import load_state, save_state
+from captionkit.training.config import DataConfig, RunConfig, TrainConfig
+from captionkit.training.train import train
+
+
+def test_training_state_round_trip_keeps_types(tmp_path):
+    state = {
+        "state_dict": {"w": torch.randn(3, 2), "b": torch.arange(4)},
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0)}}, "param_groups":
+                              [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]}],
+        "loops": {"nested": {"ready": 5, "flag": True, "none": None, "inf": float("inf")}},
+    }  # fmt: skip
+    save_state(state, tmp_path / "last.safetensors")
+    back = load_state(tmp_path / "last.safetensors")
+    assert torch.equal(back["state_dict"]["w"], state["state_dict"]["w"])
+    assert back["state_dict"]["b"].dtype == torch.int64
+    group = back["optimizer_states"][0]
+    assert list(group["state"]) == [0]  # an int key, as torch's optimizer needs
+    assert group["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert back["loops"] == state["loops"]
+    assert os.listdir(tmp_path) == ["last.safetensors"]  # no temporary file left
+
+
+def test_training_state_refuses_code_and_foreign_files(tmp_path):
+    with pytest.raises(CaptionkitError, match=r"cannot store a function at checkpoint\['hook'\]"):
+        save_state({"hook": lambda: 0}, tmp_path / "x.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CaptionkitError, match="bad.safetensors: damaged training checkpoint"):
+        load_state(tmp_path / "bad.safetensors")
+    with pytest.raises(CaptionkitError, match="no such training checkpoint"):
+        load_state(tmp_path / "none.safetensors")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> RunConfig:
+    folder = tmp_path_factory.mktemp("shapes")
+    make_shapes(folder, n_images=30, seed=3)
+    # Dropout on, so that a resume that lost the random state could not pass.
+    tiny = {"embed_dim": 24, "hidden_dim": 32, "dropout": 0.5}
+    return RunConfig(model="show_tell", model_args=tiny, data=DataConfig(str(folder), min_count=1),
+                     train=TrainConfig(epochs=3, batch_size=16, checkpoint_every=4,
+                                       deterministic=True))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(config, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("whole") / "run"
+    train(config, run)
+    return run
+
+
+# Run in a child process that SIGKILLs itself: at a training step, or half-way through
+# writing its N-th checkpoint file (the temporary file is cut short, never renamed).
+DRIVER = """
+import os, signal, sys
+import safetensors.torch
+import captionkit.training.checkpointing as ck
+from captionkit.training import RunConfig
+from captionkit.training.train import train
+from captionkit.training.module import CaptioningModule
+
+config, run, mode, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if mode == "step":
+    before = CaptioningModule.on_train_batch_start
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        before(self, batch, batch_idx)
+    CaptioningModule.on_train_batch_start = on_train_batch_start
+else:
+    saves = []
+    def save_file(tensors, filename, metadata=None):
+        saves.append(filename)
+        safetensors.torch.save_file(tensors, filename, metadata)
+        if len(saves) == at:
+            size = os.path.getsize(filename)
+            os.truncate(filename, size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    ck.save_file = save_file
+train(RunConfig.from_yaml(config), run)
+"""
+
+
+def _killed_run(config: RunConfig, run: Path, mode: str, at: int) -> None:
+    run.mkdir(parents=True)
+    config.to_yaml(run.parent / "config.yaml")
+    cmd = [sys.executable, "-c", DRIVER, str(run.parent / "config.yaml"), str(run), mode, str(at)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+def _assert_same_run(run: Path, reference: Path) -> None:
+    assert _rows(run) == _rows(reference)
+    ours, theirs = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    ours = load_state(run / "checkpoints" / "last.safetensors")["state_dict"]
+    theirs = load_state(reference / "checkpoints" / "last.safetensors")["state_dict"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize(("mode", "at"), [("step", 9), ("save", 4)])
+def test_killed_run_resumes_to_the_uninterrupted_result(config, uninterrupted, tmp_path, mode, at):
+    """7 batches an epoch, `last` saved at steps 4, 7 (after validation, beside `best`) and 8.
+    Killed at step 9: the resume starts from step 8's, in the middle of epoch 1. Killed while
+    writing the 4th file (step 8's `last`): from step 7's, the end of epoch 0."""
+    run = tmp_path / "run"
+    _killed_run(config, run, mode, at)
+    last = load_state(run / "checkpoints" / "last.safetensors")
+    assert last["global_step"] == (8 if mode == "step" else 7)
+    train(config, run, resume=True)
+    _assert_same_run(run, uninterrupted)
+    assert not [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_resume_refuses_other_model_settings_and_missing_checkpoints(config, tmp_path):
+    with pytest.raises(CaptionkitError, match="not a run folder"):
+        train(config, tmp_path, resume=True)
+    config.to_yaml(tmp_path / "config.yaml")
+    with pytest.raises(CaptionkitError, match=r"no checkpoints/last.safetensors"):
+        train(config, tmp_path, resume=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.safetensors").write_bytes(b"")
+    other = RunConfig.from_dict({**config.to_dict(), "model_args": {"hidden_dim": 64}})
+    with pytest.raises(CaptionkitError, match=r"other settings than the run's \(model_args"):
+        train(other, tmp_path, resume=True)
+
+
+def test_every_epoch_trains_on_a_new_batch_order(config, tmp_path, monkeypatch):
+    """Lightning calls `set_epoch` on a DataLoader's sampler, not on its batch sampler: before
+    `DataPosition` did it, every epoch repeated the first one's batches."""
+    from captionkit.training.module import CaptioningModule
+
+    seen: dict[int, list] = {}
+    before = CaptioningModule.on_train_batch_start
+
+    def record(self, batch, batch_idx):
+        seen.setdefault(self.current_epoch, []).append(batch["tokens"].sum().item())
+        before(self, batch, batch_idx)
+
+    monkeypatch.setattr(CaptioningModule, "on_train_batch_start", record)
+    short = RunConfig.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"],
+                                                                "epochs": 2}})  # fmt: skip
+    train(short, tmp_path / "run")
+    assert len(seen[0]) == len(seen[1]) == 7
+    assert seen[0] != seen[1]
