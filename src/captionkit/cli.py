@@ -128,7 +128,8 @@ TRAIN_FIELDS = {
     "encoder_lr": "encoder.lr",
     **{name: f"optim.{name}" for name in ("lr", "schedule", "warmup_steps", "label_smoothing")},
     **{name: f"train.{name}" for name in ("epochs", "batch_size", "seed", "workers", "init",
-                                          "patience", "precision")},
+                                          "patience", "precision", "deterministic",
+                                          "checkpoint_every", "devices", "num_nodes", "strategy")},
 }  # fmt: skip
 
 
@@ -164,7 +165,15 @@ def _run_config(ctx: typer.Context, config_file: Path | None, model_args: Callab
 @with_model_options
 def train(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder to write.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this folder from its checkpoints/last.safetensors "
+            "(its config.yaml; options given here, e.g. --epochs, override it).",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -226,14 +235,36 @@ def train(
     precision: Annotated[
         str, typer.Option("--precision", help="32 | bf16-mixed | 16-mixed (GPU).")
     ] = "32",
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic kernels: same seed, same run.")
+    ] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", min=0, help="Save `last` every N steps too.")
+    ] = 1000,
+    devices: Annotated[int, typer.Option("--devices", min=1, help="Devices per node.")] = 1,
+    num_nodes: Annotated[int, typer.Option("--num-nodes", min=1, help="Machines (DDP).")] = 1,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="auto (one process) | ddp (one per device).")
+    ] = "auto",
     model_args: Callable | None = None,  # from --rnn, ..., --model-arg (cli_options)
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out, with the
     resolved config as config.yaml (a --config file for the same run)."""
     from captionkit.training.train import train as run_training
 
-    best = run_training(_run_config(ctx, config, model_args), out)
-    typer.echo(f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {best['epoch']}; saved to {out}")
+    if resume is not None:
+        if config is not None or out is not None:
+            raise CaptionkitError("--resume uses the run's own config.yaml and folder: "
+                                  "give neither --config nor --out")  # fmt: skip
+        config, out = resume / "config.yaml", resume
+        if not config.exists():
+            raise CaptionkitError(f"--resume {resume}: not a run folder (no config.yaml)")
+    elif out is None:
+        ctx.fail("Missing option '--out' (or --resume RUN_DIR).")
+    best = run_training(_run_config(ctx, config, model_args), out, resume=resume is not None)
+    if best:  # DDP: every process returns here, with the same best row
+        typer.echo(f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {best['epoch']}; "
+                   f"saved to {out}")  # fmt: skip
 
 
 @app.command()

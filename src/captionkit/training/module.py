@@ -100,6 +100,7 @@ class CaptioningModule(L.LightningModule):
             # The same numbers on every rank; sync_dist only keeps Lightning from warning.
             self.log("val/CIDEr", scores["CIDEr"], prog_bar=True, sync_dist=True)
             self.log("val/BLEU-4", scores["BLEU-4"], sync_dist=True)
+            self.log("val/images", float(len(predictions)), sync_dist=True)
         self._val_predictions = {}
 
     def configure_optimizers(self):
