@@ -166,3 +166,21 @@ def test_every_epoch_trains_on_a_new_batch_order(config, tmp_path, monkeypatch):
     train(short, tmp_path / "run")
     assert len(seen[0]) == len(seen[1]) == 7
     assert seen[0] != seen[1]
+
+
+def test_cli_resume_extends_a_finished_run(config, tmp_path, capsys):
+    from captionkit.cli import main
+
+    one_epoch = RunConfig.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"],
+                                                                   "epochs": 1}})  # fmt: skip
+    one_epoch.to_yaml(tmp_path / "cfg.yaml")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert "resuming with train.epochs 2 (was 1)" in capsys.readouterr().out
+    assert [r["epoch"] for r in _rows(run)] == [0, 1]
+    assert RunConfig.from_yaml(run / "config.yaml").train.epochs == 2
+    assert main(["train", "--resume", str(run), "--out", str(run)]) == 1
+    assert "give neither --config nor --out" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 1
+    assert "not a run folder (no config.yaml)" in capsys.readouterr().err
