@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -33,6 +34,8 @@ class CaptioningModule(L.LightningModule):
         self.val_references, self.val_options = val_references, val_options
         self.encoder, self.encoder_lr = encoder, encoder_lr
         self._val_predictions: dict[str, str] = {}
+        self._last_batch_end: float | None = None
+        self._rate: float | None = None
 
     def on_train_start(self) -> None:
         # Lightning keeps each module's mode, and the encoder comes in eval mode (it extracted
@@ -45,6 +48,17 @@ class CaptioningModule(L.LightningModule):
         # place in the run, not by all the draws before it: a run resumed from a checkpoint
         # draws what the uninterrupted run drew, with no generator state to save.
         torch.manual_seed(derived_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # Captions per second for the progress bar (data loading included), smoothed; the logs
+        # get Lightning's ThroughputMonitor figures.
+        now, last = time.perf_counter(), self._last_batch_end
+        self._last_batch_end = now
+        if last is None or "tokens" not in batch:
+            return
+        rate = batch["tokens"].shape[0] / max(now - last, 1e-9)
+        self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
+        self.log("cap/s", self._rate, prog_bar=True, logger=False)
 
     def _features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(pooled [B, D], grid [B, L, D] | None)`, one row per caption (training) or image."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
@@ -17,6 +17,7 @@ from captionkit.data import load_dataset
 from captionkit.data.formats import write_splits
 from captionkit.data.problems import Problems
 from captionkit.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
+from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders import ImageEncoder, create_encoder
 from captionkit.encoders.features import features_for_dataset
@@ -169,10 +170,28 @@ def _datamodule(config: RunConfig, store, dataset, train_records, val_records, v
     return datamodule, truncated
 
 
+def _captions(batch: dict) -> int:
+    return len(batch["tokens"]) if "tokens" in batch else len(batch.get("keys", ()))
+
+
+def _target_tokens(batch: dict) -> int:
+    """Tokens a training batch predicts; for a validation batch, its images (the monitor wants
+    at least one item per sample)."""
+    tokens = batch.get("tokens")
+    if tokens is None:
+        return len(batch.get("keys", ()))
+    return int((tokens[:, 1:] != Vocabulary.pad_id).sum())
+
+
 def _trainer(config: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     t = config.train
     if t.patience > 0:  # first: the checkpoints saved after a validation hold its updated count
         callbacks = [EarlyStopping("val/CIDEr", mode="max", patience=t.patience), *callbacks]
+    # Logs train|samples_per_sec (captions), train|items_per_sec (target tokens) and batches/s.
+    callbacks = [
+        *callbacks,
+        ThroughputMonitor(batch_size_fn=_captions, length_fn=_target_tokens, window_size=10),
+    ]
     return L.Trainer(
         max_epochs=t.epochs,
         accelerator=t.accelerator,
