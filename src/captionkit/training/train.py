@@ -9,7 +9,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import EarlyStopping, ThroughputMonitor
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    RichProgressBar,
+    ThroughputMonitor,
+    TQDMProgressBar,
+)
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
@@ -70,7 +76,7 @@ class BestCheckpoint(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, module: CaptioningModule) -> None:
         if trainer.sanity_checking or "val/CIDEr" not in trainer.callback_metrics:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "cap/s"}
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
         row["elapsed_s"] = round(self.elapsed_before + time.perf_counter() - self.started, 2)
         self.rows += 1
@@ -170,6 +176,23 @@ def _datamodule(config: RunConfig, store, dataset, train_records, val_records, v
     return datamodule, truncated
 
 
+class _NoVersion:
+    """Progress bars without Lightning's `v_num` (our logs have no numbered versions)."""
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, module)
+        items.pop("v_num", None)
+        return items
+
+
+class _RichBar(_NoVersion, RichProgressBar):
+    pass
+
+
+class _TqdmBar(_NoVersion, TQDMProgressBar):
+    pass
+
+
 def _captions(batch: dict) -> int:
     return len(batch["tokens"]) if "tokens" in batch else len(batch.get("keys", ()))
 
@@ -189,6 +212,7 @@ def _trainer(config: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L
         callbacks = [EarlyStopping("val/CIDEr", mode="max", patience=t.patience), *callbacks]
     # Logs train|samples_per_sec (captions), train|items_per_sec (target tokens) and batches/s.
     callbacks = [
+        _RichBar() if _RICH_AVAILABLE else _TqdmBar(),
         *callbacks,
         ThroughputMonitor(batch_size_fn=_captions, length_fn=_target_tokens, window_size=10),
     ]
