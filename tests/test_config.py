@@ -102,8 +102,10 @@ data: {data: some/data, images: null, tokenizer: bpe, min_count: 2, vocab_size: 
        max_length: 16, cache_dir: /tmp/cache, strict: true}
 encoder: {name: resnet18, weights: none, finetune: true, finetune_blocks: 1, lr: 3e-5,
           crop_scale_min: 0.7, hflip: 0}
-optim: {lr: 5e-4, weight_decay: 1.0e-2, grad_clip: 1, schedule: cosine, warmup_steps: 10,
-        label_smoothing: 0.1}
+optim: {optimizer: adamw, lr: 5e-4, weight_decay: 1.0e-2, grad_clip: 1, schedule: cosine,
+        warmup_steps: 10, lr_gamma: 0.5, lr_step_epochs: 2, plateau_factor: 0.3,
+        plateau_patience: 1, min_lr: 1e-6, label_smoothing: 0.1, scheduled_sampling: 0.25,
+        ss_start_epoch: 1, ss_ramp_epochs: 3}
 train: {epochs: 3, batch_size: 8, seed: 7, bucket_batches: 4, val_beam_size: 2,
         accelerator: cpu, workers: 0, init: runs/previous}
 """
@@ -140,8 +142,10 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
         ("trainer: {epochs: 3}\n",
          "c.yaml: unknown key 'trainer' (valid: model, model_args, data, encoder, optim, train)"),
         ("optim: {learning_rate: 0.1}\n",
-         "c.yaml: unknown key 'optim.learning_rate' (valid in optim: lr, weight_decay, grad_clip, "
-         "grad_clip_algorithm, accumulate, schedule, warmup_steps, label_smoothing)"),
+         "c.yaml: unknown key 'optim.learning_rate' (valid in optim: optimizer, lr, weight_decay, "
+         "grad_clip, grad_clip_algorithm, accumulate, schedule, warmup_steps, lr_gamma, "
+         "lr_step_epochs, plateau_factor, plateau_patience, min_lr, label_smoothing, "
+         "scheduled_sampling, ss_start_epoch, ss_ramp_epochs)"),
         ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number, not 'fast'"),
         ("train: {epochs: 2.5}\n", "c.yaml: train.epochs must be an integer, not 2.5"),
         ("train: {batch_size: true}\n", "c.yaml: train.batch_size must be an integer, not True"),
@@ -156,8 +160,17 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
          "c.yaml: model_args.hidden_dim must be an integer, not 'wide'"),
         ("model: transformer\nmodel_args: {d_model: 30}\n",
          "c.yaml: model_args: model 'transformer': n_heads=8 must divide d_model=30"),
-        ("optim: {schedule: step}\n",
-         "c.yaml: optim: unknown schedule 'step' (constant or cosine)"),
+        ("optim: {schedule: linear}\n",
+         "c.yaml: optim: unknown schedule 'linear' (constant or cosine or step or plateau or noam)"),
+        ("optim: {optimizer: sgd}\n", "c.yaml: optim: unknown optimizer 'sgd' (adam or adamw)"),
+        ("optim: {schedule: noam}\n",
+         "c.yaml: optim: schedule noam needs warmup_steps > 0 (the step of its peak)"),
+        ("optim: {plateau_factor: 1}\n", "c.yaml: optim: plateau_factor must be in (0, 1), not 1.0"),
+        ("optim: {lr_gamma: 0}\n", "c.yaml: optim: lr_gamma must be in (0, 1], not 0.0"),
+        ("optim: {scheduled_sampling: 1.5}\n",
+         "c.yaml: optim: scheduled_sampling must be in [0, 1], not 1.5"),
+        ("optim: {lr_step_epochs: 0}\n", "c.yaml: optim: lr_step_epochs must be >= 1, not 0"),
+        ("optim: {ss_ramp_epochs: -1}\n", "c.yaml: optim: ss_ramp_epochs must be >= 0, not -1"),
         ("optim:\n  lr: 1\n lr: 2\n", "c.yaml: not valid YAML at line 3, column 2: expected"),
         ("train: {epochs: [1, 2}\n", "c.yaml: not valid YAML at line 1, column 22"),
     ],

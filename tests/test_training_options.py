@@ -10,7 +10,8 @@ from captionkit.cli import main
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from captionkit.training.module import caption_loss, lr_factor
+from captionkit.training.module import caption_loss
+from captionkit.training.schedules import lr_factor
 from captionkit.training.train import train
 
 
@@ -83,7 +84,13 @@ def test_early_stopping_bf16_accumulation_and_value_clipping(shapes, tmp_path):
     ("option", "value", "message"),
     [
         ("--precision", "8", "unknown precision '8' (32 or bf16-mixed or 16-mixed)"),
-        ("--schedule", "linear", "unknown schedule 'linear' (constant or cosine)"),
+        (
+            "--schedule",
+            "linear",
+            "unknown schedule 'linear' (constant or cosine or step or plateau or noam)",
+        ),
+        ("--optimizer", "sgd", "unknown optimizer 'sgd' (adam or adamw)"),
+        ("--schedule", "noam", "schedule noam needs warmup_steps > 0 (the step of its peak)"),
     ],
 )
 def test_bad_training_choices_are_one_line(tmp_path, capsys, option, value, message):
