@@ -11,6 +11,7 @@ from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
 from captionkit.training import RunConfig
+from captionkit.training.config import OptimConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*/*.yaml"))
@@ -161,11 +162,13 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
         ("model: transformer\nmodel_args: {d_model: 30}\n",
          "c.yaml: model_args: model 'transformer': n_heads=8 must divide d_model=30"),
         ("optim: {schedule: linear}\n",
-         "c.yaml: optim: unknown schedule 'linear' (constant or cosine or step or plateau or noam)"),
+         "c.yaml: optim: unknown schedule 'linear' (constant or cosine or step or plateau or "
+         "noam)"),
         ("optim: {optimizer: sgd}\n", "c.yaml: optim: unknown optimizer 'sgd' (adam or adamw)"),
         ("optim: {schedule: noam}\n",
          "c.yaml: optim: schedule noam needs warmup_steps > 0 (the step of its peak)"),
-        ("optim: {plateau_factor: 1}\n", "c.yaml: optim: plateau_factor must be in (0, 1), not 1.0"),
+        ("optim: {plateau_factor: 1}\n",
+         "c.yaml: optim: plateau_factor must be in (0, 1), not 1.0"),
         ("optim: {lr_gamma: 0}\n", "c.yaml: optim: lr_gamma must be in (0, 1], not 0.0"),
         ("optim: {scheduled_sampling: 1.5}\n",
          "c.yaml: optim: scheduled_sampling must be in [0, 1], not 1.5"),
@@ -220,6 +223,50 @@ def test_file_values_stay_unless_an_option_is_given(tmp_path, capsys, seen):
     # ... and the rest of the file stays.
     assert (c.model, c.data.tokenizer, c.data.vocab_size, c.train.batch_size) == (
         "transformer", "bpe", 300, 16)  # fmt: skip
+
+
+def test_optim_options_go_to_optim_config_over_the_file(tmp_path, capsys, seen):
+    out = ["--out", tmp_path / "r"]
+    code, _, err = run(capsys, ["train", "--data", "d", *out])
+    assert code == 0 and seen["config"].optim == OptimConfig()  # the options' defaults are its
+    cfg = write(tmp_path / "cfg.yaml", "data: {data: d}\noptim: {schedule: plateau, "
+                "plateau_patience: 4, scheduled_sampling: 0.2, ss_ramp_epochs: 2}\n")  # fmt: skip
+    argv = ["train", "--config", cfg, *out, "--optimizer", "adamw", "--weight-decay", "0.01",
+            "--plateau-factor", "0.3", "--min-lr", "1e-5", "--ss-ramp-epochs", "0",
+            "--ss-start-epoch", "2"]  # fmt: skip
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert seen["config"].optim == OptimConfig(
+        optimizer="adamw", weight_decay=0.01, schedule="plateau", plateau_factor=0.3,
+        plateau_patience=4, min_lr=1e-5, scheduled_sampling=0.2, ss_start_epoch=2,
+        ss_ramp_epochs=0)  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        "d",
+        *out,
+        "--schedule",
+        "step",
+        "--lr-gamma",
+        "0.5",
+        "--lr-step-epochs",
+        "4",
+        "--plateau-patience",
+        "1",
+        "--scheduled-sampling",
+        "1",
+    ]
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert seen["config"].optim == OptimConfig(
+        schedule="step", lr_gamma=0.5, lr_step_epochs=4, plateau_patience=1, scheduled_sampling=1.0
+    )
+    noam = write(tmp_path / "noam.yaml", "data: {data: d}\noptim: {schedule: noam, "
+                 "warmup_steps: 100}\n")  # fmt: skip
+    code, _, err = run(capsys, ["train", "--config", noam, *out, "--warmup-steps", "0"])
+    assert (
+        code == 1 and err == "error: schedule noam needs warmup_steps > 0 (the step of its peak)\n"
+    )
 
 
 def test_config_precedence_errors(tmp_path, capsys, seen):
