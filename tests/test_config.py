@@ -240,22 +240,9 @@ def test_optim_options_go_to_optim_config_over_the_file(tmp_path, capsys, seen):
         optimizer="adamw", weight_decay=0.01, schedule="plateau", plateau_factor=0.3,
         plateau_patience=4, min_lr=1e-5, scheduled_sampling=0.2, ss_start_epoch=2,
         ss_ramp_epochs=0)  # fmt: skip
-    argv = [
-        "train",
-        "--data",
-        "d",
-        *out,
-        "--schedule",
-        "step",
-        "--lr-gamma",
-        "0.5",
-        "--lr-step-epochs",
-        "4",
-        "--plateau-patience",
-        "1",
-        "--scheduled-sampling",
-        "1",
-    ]
+    argv = ["train", "--data", "d", *out, "--schedule", "step", "--lr-gamma", "0.5",
+            "--lr-step-epochs", "4", "--plateau-patience", "1",
+            "--scheduled-sampling", "1"]  # fmt: skip
     code, _, err = run(capsys, argv)
     assert code == 0, err
     assert seen["config"].optim == OptimConfig(
@@ -264,9 +251,8 @@ def test_optim_options_go_to_optim_config_over_the_file(tmp_path, capsys, seen):
     noam = write(tmp_path / "noam.yaml", "data: {data: d}\noptim: {schedule: noam, "
                  "warmup_steps: 100}\n")  # fmt: skip
     code, _, err = run(capsys, ["train", "--config", noam, *out, "--warmup-steps", "0"])
-    assert (
-        code == 1 and err == "error: schedule noam needs warmup_steps > 0 (the step of its peak)\n"
-    )
+    message = "schedule noam needs warmup_steps > 0 (the step of its peak)"
+    assert code == 1 and err == f"error: {message}\n"
 
 
 def test_config_precedence_errors(tmp_path, capsys, seen):
