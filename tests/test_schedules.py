@@ -84,7 +84,7 @@ def test_noam_peaks_at_lr_at_the_end_of_its_warmup():
     assert ours == pytest.approx(expected)
     assert max(ours) == ours[3] == pytest.approx(0.01)
     assert ours[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
-    assert ours[15 - 4] == pytest.approx(0.01 * math.sqrt(4 / 12))
+    assert ours[11] == pytest.approx(0.01 * math.sqrt(4 / 12))  # 1/sqrt(step) after it
 
 
 def plateau_run(optim: OptimConfig, scores: list, steps_per_epoch: int) -> list:
@@ -225,11 +225,12 @@ def test_scheduled_sampling_inputs_are_the_model_tokens_without_gradient():
     model = create_model("transformer", vocab_size=12, feature_dim=8, d_model=16, n_heads=2,
                          n_layers=1, d_ff=16)  # fmt: skip
     pooled, grid = torch.randn(2, 8), torch.randn(2, 4, 8)
-    assert scheduled_sampling_inputs(model, pooled, grid, INPUTS.clamp(max=11), 0.0) is not None
+    inputs = INPUTS.clamp(max=11)  # [2, 6], within the vocabulary
+    assert scheduled_sampling_inputs(model, pooled, grid, inputs, 0.0) is inputs  # no pass
     with torch.no_grad():
         model.head_bias[:] = -30.0
         model.head_bias[7] = 30.0  # every prediction: token 7
-    mixed = scheduled_sampling_inputs(model, pooled, grid, INPUTS.clamp(max=11), 1.0)
+    mixed = scheduled_sampling_inputs(model, pooled, grid, inputs, 1.0)
     expected = torch.tensor([[BOS, 7, 7, 7, EOS, PAD], [BOS, 7, EOS, PAD, PAD, PAD]])
     assert torch.equal(mixed, expected) and not mixed.requires_grad
     assert all(p.grad is None for p in model.parameters())
