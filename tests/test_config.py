@@ -11,6 +11,7 @@ from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
 from captionkit.training import RunConfig
+from captionkit.training.config import OptimConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*/*.yaml"))
@@ -102,8 +103,10 @@ data: {data: some/data, images: null, tokenizer: bpe, min_count: 2, vocab_size: 
        max_length: 16, cache_dir: /tmp/cache, strict: true}
 encoder: {name: resnet18, weights: none, finetune: true, finetune_blocks: 1, lr: 3e-5,
           crop_scale_min: 0.7, hflip: 0}
-optim: {lr: 5e-4, weight_decay: 1.0e-2, grad_clip: 1, schedule: cosine, warmup_steps: 10,
-        label_smoothing: 0.1}
+optim: {optimizer: adamw, lr: 5e-4, weight_decay: 1.0e-2, grad_clip: 1, schedule: cosine,
+        warmup_steps: 10, lr_gamma: 0.5, lr_step_epochs: 2, plateau_factor: 0.3,
+        plateau_patience: 1, min_lr: 1e-6, label_smoothing: 0.1, scheduled_sampling: 0.25,
+        ss_start_epoch: 1, ss_ramp_epochs: 3}
 train: {epochs: 3, batch_size: 8, seed: 7, bucket_batches: 4, val_beam_size: 2,
         accelerator: cpu, workers: 0, init: runs/previous}
 """
@@ -140,8 +143,10 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
         ("trainer: {epochs: 3}\n",
          "c.yaml: unknown key 'trainer' (valid: model, model_args, data, encoder, optim, train)"),
         ("optim: {learning_rate: 0.1}\n",
-         "c.yaml: unknown key 'optim.learning_rate' (valid in optim: lr, weight_decay, grad_clip, "
-         "grad_clip_algorithm, accumulate, schedule, warmup_steps, label_smoothing)"),
+         "c.yaml: unknown key 'optim.learning_rate' (valid in optim: optimizer, lr, weight_decay, "
+         "grad_clip, grad_clip_algorithm, accumulate, schedule, warmup_steps, lr_gamma, "
+         "lr_step_epochs, plateau_factor, plateau_patience, min_lr, label_smoothing, "
+         "scheduled_sampling, ss_start_epoch, ss_ramp_epochs)"),
         ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number, not 'fast'"),
         ("train: {epochs: 2.5}\n", "c.yaml: train.epochs must be an integer, not 2.5"),
         ("train: {batch_size: true}\n", "c.yaml: train.batch_size must be an integer, not True"),
@@ -156,8 +161,19 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
          "c.yaml: model_args.hidden_dim must be an integer, not 'wide'"),
         ("model: transformer\nmodel_args: {d_model: 30}\n",
          "c.yaml: model_args: model 'transformer': n_heads=8 must divide d_model=30"),
-        ("optim: {schedule: step}\n",
-         "c.yaml: optim: unknown schedule 'step' (constant or cosine)"),
+        ("optim: {schedule: linear}\n",
+         "c.yaml: optim: unknown schedule 'linear' (constant or cosine or step or plateau or "
+         "noam)"),
+        ("optim: {optimizer: sgd}\n", "c.yaml: optim: unknown optimizer 'sgd' (adam or adamw)"),
+        ("optim: {schedule: noam}\n",
+         "c.yaml: optim: schedule noam needs warmup_steps > 0 (the step of its peak)"),
+        ("optim: {plateau_factor: 1}\n",
+         "c.yaml: optim: plateau_factor must be in (0, 1), not 1.0"),
+        ("optim: {lr_gamma: 0}\n", "c.yaml: optim: lr_gamma must be in (0, 1], not 0.0"),
+        ("optim: {scheduled_sampling: 1.5}\n",
+         "c.yaml: optim: scheduled_sampling must be in [0, 1], not 1.5"),
+        ("optim: {lr_step_epochs: 0}\n", "c.yaml: optim: lr_step_epochs must be >= 1, not 0"),
+        ("optim: {ss_ramp_epochs: -1}\n", "c.yaml: optim: ss_ramp_epochs must be >= 0, not -1"),
         ("optim:\n  lr: 1\n lr: 2\n", "c.yaml: not valid YAML at line 3, column 2: expected"),
         ("train: {epochs: [1, 2}\n", "c.yaml: not valid YAML at line 1, column 22"),
     ],
@@ -207,6 +223,36 @@ def test_file_values_stay_unless_an_option_is_given(tmp_path, capsys, seen):
     # ... and the rest of the file stays.
     assert (c.model, c.data.tokenizer, c.data.vocab_size, c.train.batch_size) == (
         "transformer", "bpe", 300, 16)  # fmt: skip
+
+
+def test_optim_options_go_to_optim_config_over_the_file(tmp_path, capsys, seen):
+    out = ["--out", tmp_path / "r"]
+    code, _, err = run(capsys, ["train", "--data", "d", *out])
+    assert code == 0 and seen["config"].optim == OptimConfig()  # the options' defaults are its
+    cfg = write(tmp_path / "cfg.yaml", "data: {data: d}\noptim: {schedule: plateau, "
+                "plateau_patience: 4, scheduled_sampling: 0.2, ss_ramp_epochs: 2}\n")  # fmt: skip
+    argv = ["train", "--config", cfg, *out, "--optimizer", "adamw", "--weight-decay", "0.01",
+            "--plateau-factor", "0.3", "--min-lr", "1e-5", "--ss-ramp-epochs", "0",
+            "--ss-start-epoch", "2"]  # fmt: skip
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert seen["config"].optim == OptimConfig(
+        optimizer="adamw", weight_decay=0.01, schedule="plateau", plateau_factor=0.3,
+        plateau_patience=4, min_lr=1e-5, scheduled_sampling=0.2, ss_start_epoch=2,
+        ss_ramp_epochs=0)  # fmt: skip
+    argv = ["train", "--data", "d", *out, "--schedule", "step", "--lr-gamma", "0.5",
+            "--lr-step-epochs", "4", "--plateau-patience", "1",
+            "--scheduled-sampling", "1"]  # fmt: skip
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert seen["config"].optim == OptimConfig(
+        schedule="step", lr_gamma=0.5, lr_step_epochs=4, plateau_patience=1, scheduled_sampling=1.0
+    )
+    noam = write(tmp_path / "noam.yaml", "data: {data: d}\noptim: {schedule: noam, "
+                 "warmup_steps: 100}\n")  # fmt: skip
+    code, _, err = run(capsys, ["train", "--config", noam, *out, "--warmup-steps", "0"])
+    message = "schedule noam needs warmup_steps > 0 (the step of its peak)"
+    assert code == 1 and err == f"error: {message}\n"
 
 
 def test_config_precedence_errors(tmp_path, capsys, seen):

@@ -1,5 +1,6 @@
 """Training options: schedules, label smoothing, early stopping, precision, accumulation."""
 
+import csv
 import json
 import math
 
@@ -10,7 +11,8 @@ from captionkit.cli import main
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from captionkit.training.module import caption_loss, lr_factor
+from captionkit.training.module import caption_loss
+from captionkit.training.schedules import lr_factor
 from captionkit.training.train import train
 
 
@@ -79,11 +81,39 @@ def test_early_stopping_bf16_accumulation_and_value_clipping(shapes, tmp_path):
     assert all(0.0 <= r["val/BLEU-4"] <= 1.0 for r in rows)
 
 
+def test_a_short_run_with_adamw_plateau_and_scheduled_sampling(shapes, tmp_path):
+    """Features cached by the test above: same images, encoder and grid."""
+    tiny = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}
+    config = RunConfig(model="transformer", model_args=tiny,
+                       data=DataConfig(str(shapes), min_count=1),
+                       optim=OptimConfig(lr=1e-3, optimizer="adamw", weight_decay=0.01,
+                                         schedule="plateau", warmup_steps=5, plateau_patience=0,
+                                         scheduled_sampling=0.4, ss_start_epoch=1,
+                                         ss_ramp_epochs=2),
+                       train=TrainConfig(epochs=3, batch_size=8, accelerator="cpu"))  # fmt: skip
+    best = train(config, tmp_path / "run")
+    assert math.isfinite(best["val/CIDEr"])
+    with open(next((tmp_path / "run" / "logs").rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    probs = {int(r["epoch"]): float(r["train/ss_prob"]) for r in rows if r.get("train/ss_prob")}
+    assert losses and all(math.isfinite(x) for x in losses)
+    assert probs == pytest.approx({0: 0.0, 1: 0.2, 2: 0.4})
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
         ("--precision", "8", "unknown precision '8' (32 or bf16-mixed or 16-mixed)"),
-        ("--schedule", "linear", "unknown schedule 'linear' (constant or cosine)"),
+        (
+            "--schedule",
+            "linear",
+            "unknown schedule 'linear' (constant or cosine or step or plateau or noam)",
+        ),
+        ("--optimizer", "sgd", "unknown optimizer 'sgd' (adam or adamw)"),
+        ("--schedule", "noam", "schedule noam needs warmup_steps > 0 (the step of its peak)"),
+        ("--plateau-factor", "1", "plateau_factor must be in (0, 1), not 1.0"),
+        ("--lr-gamma", "1.5", "lr_gamma must be in (0, 1], not 1.5"),
     ],
 )
 def test_bad_training_choices_are_one_line(tmp_path, capsys, option, value, message):

@@ -126,7 +126,11 @@ TRAIN_FIELDS = {
     "finetune_encoder": "encoder.finetune",
     "finetune_blocks": "encoder.finetune_blocks",
     "encoder_lr": "encoder.lr",
-    **{name: f"optim.{name}" for name in ("lr", "schedule", "warmup_steps", "label_smoothing")},
+    **{name: f"optim.{name}" for name in ("optimizer", "lr", "weight_decay", "schedule",
+                                          "warmup_steps", "lr_gamma", "lr_step_epochs",
+                                          "plateau_factor", "plateau_patience", "min_lr",
+                                          "label_smoothing", "scheduled_sampling",
+                                          "ss_start_epoch", "ss_ramp_epochs")},
     **{name: f"train.{name}" for name in ("epochs", "batch_size", "seed", "workers", "init",
                                           "patience", "precision", "deterministic",
                                           "checkpoint_every", "devices", "num_nodes", "strategy")},
@@ -219,11 +223,62 @@ def train(
     init: Annotated[
         Path | None, typer.Option("--init", help="Start from this run's decoder and tokenizer.")
     ] = None,
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="adam | adamw (decoupled weight decay).")
+    ] = "adam",
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 0.0,
     schedule: Annotated[
-        str, typer.Option("--schedule", help="Learning rate after warmup: constant | cosine.")
+        str,
+        typer.Option(
+            "--schedule",
+            help="Learning rate after warmup: constant | cosine | step | plateau "
+            "(on val CIDEr) | noam (needs --warmup-steps).",
+        ),
     ] = "constant",
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 0,
+    lr_gamma: Annotated[float, typer.Option("--lr-gamma", help="step: factor, in (0, 1].")] = 0.1,
+    lr_step_epochs: Annotated[
+        int, typer.Option("--lr-step-epochs", min=1, help="step: epochs between cuts.")
+    ] = 3,
+    plateau_factor: Annotated[
+        float,
+        typer.Option(
+            "--plateau-factor",
+            help="plateau: factor of each cut, in (0, 1).",
+        ),
+    ] = 0.5,
+    plateau_patience: Annotated[
+        int,
+        typer.Option(
+            "--plateau-patience",
+            min=0,
+            help="plateau: validations without a better val CIDEr before a cut.",
+        ),
+    ] = 2,
+    min_lr: Annotated[
+        float, typer.Option("--min-lr", min=0.0, help="plateau: lowest learning rate.")
+    ] = 0.0,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=1.0)] = 0.0,
+    scheduled_sampling: Annotated[
+        float,
+        typer.Option(
+            "--scheduled-sampling",
+            min=0.0,
+            max=1.0,
+            help="Largest probability of feeding the decoder its own tokens (0 = off).",
+        ),
+    ] = 0.0,
+    ss_start_epoch: Annotated[
+        int, typer.Option("--ss-start-epoch", min=0, help="Scheduled sampling: first epoch.")
+    ] = 0,
+    ss_ramp_epochs: Annotated[
+        int,
+        typer.Option(
+            "--ss-ramp-epochs",
+            min=0,
+            help="Scheduled sampling: epochs to reach the largest probability.",
+        ),
+    ] = 5,
     patience: Annotated[
         int,
         typer.Option(

@@ -72,14 +72,33 @@ class EncoderConfig:
     """Fine-tuning: probability of flipping a training image horizontally."""
 
 
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "plateau", "noam")
+
+
+def _check_range(name: str, value, low, high, low_open: bool = False, high_open: bool = False):
+    """Refuse `value` outside [low, high] (an end left open with `*_open`; None = unbounded)."""
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        if high is None:
+            bounds = f"{'>' if low_open else '>='} {low}"
+        else:
+            bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise CaptionkitError(f"{name} must be {bounds}, not {value}")
+
+
 @dataclass
 class OptimConfig:
-    """Optimizer settings."""
+    """Optimizer, learning-rate schedule and scheduled sampling settings."""
 
+    optimizer: str = "adam"
+    """`adam` (weight decay added to the gradient, L2) or `adamw` (weight decay applied to the
+    weights apart from the Adam update: decoupled, Loshchilov & Hutter)."""
     lr: float = 5e-4
-    """Adam learning rate."""
+    """Learning rate (the peak one, when there is a warmup)."""
     weight_decay: float = 0.0
-    """Adam weight decay."""
+    """Weight decay (L2 for `adam`, decoupled for `adamw`)."""
     grad_clip: float = 5.0
     """Clip the gradients to this value (0 disables): their norm, or each value (see below)."""
     grad_clip_algorithm: str = "norm"
@@ -87,16 +106,50 @@ class OptimConfig:
     accumulate: int = 1
     """Add the gradients of this many batches before each optimizer step."""
     schedule: str = "constant"
-    """Learning rate after the warmup: `constant`, or `cosine` (down to 0 at the last step)."""
+    """Learning rate after the warmup: `constant`; `cosine` (down to 0 at the last step);
+    `step` (times `lr_gamma` every `lr_step_epochs` epochs); `plateau` (times `plateau_factor`
+    when val CIDEr stops improving); `noam` (the Transformer paper's: up linearly for
+    `warmup_steps`, then down as 1/sqrt(step), peaking at `lr`)."""
     warmup_steps: int = 0
-    """Steps of linear warmup from 0 to `lr` (0 = none)."""
+    """Steps of linear warmup from 0 to `lr` (0 = none; `noam` needs one)."""
+    lr_gamma: float = 0.1
+    """`step` schedule: the learning rate is multiplied by this every `lr_step_epochs`."""
+    lr_step_epochs: int = 3
+    """`step` schedule: epochs between two multiplications by `lr_gamma`."""
+    plateau_factor: float = 0.5
+    """`plateau` schedule: the learning rate is multiplied by this when val CIDEr has not
+    improved for more than `plateau_patience` validations."""
+    plateau_patience: int = 2
+    """`plateau` schedule: validations without a better val CIDEr tolerated before a cut."""
+    min_lr: float = 0.0
+    """`plateau` schedule: the learning rate is never cut below this."""
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing: this much of every target's probability is spread over
     the whole vocabulary (0 = plain cross-entropy)."""
+    scheduled_sampling: float = 0.0
+    """Scheduled sampling: the largest probability of replacing each caption word the decoder
+    reads by one drawn from its own prediction (0 = always the true words, the default)."""
+    ss_start_epoch: int = 0
+    """Scheduled sampling: the first epoch (counted from 0) with a probability above 0."""
+    ss_ramp_epochs: int = 5
+    """Scheduled sampling: epochs over which the probability rises linearly to its largest
+    (`scheduled_sampling / ss_ramp_epochs` in the first; 0 = all of it at once)."""
 
     def __post_init__(self):
-        _check_choice("schedule", self.schedule, ("constant", "cosine"))
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("grad_clip_algorithm", self.grad_clip_algorithm, ("norm", "value"))
+        for name in ("lr", "weight_decay", "grad_clip", "min_lr", "warmup_steps",
+                     "plateau_patience", "ss_start_epoch", "ss_ramp_epochs"):  # fmt: skip
+            _check_range(name, getattr(self, name), 0, None)
+        for name in ("accumulate", "lr_step_epochs"):
+            _check_range(name, getattr(self, name), 1, None)
+        for name in ("label_smoothing", "scheduled_sampling"):
+            _check_range(name, getattr(self, name), 0, 1)
+        _check_range("lr_gamma", self.lr_gamma, 0, 1, low_open=True)
+        _check_range("plateau_factor", self.plateau_factor, 0, 1, low_open=True, high_open=True)
+        if self.schedule == "noam" and self.warmup_steps == 0:
+            raise CaptionkitError("schedule noam needs warmup_steps > 0 (the step of its peak)")
 
 
 @dataclass

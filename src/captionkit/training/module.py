@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import lightning as L
@@ -16,6 +15,8 @@ from captionkit.encoders.factory import ImageEncoder
 from captionkit.evaluation.metrics import quick_metrics
 from captionkit.training.config import OptimConfig
 from captionkit.training.datamodule import derived_seed
+from captionkit.training.scheduled_sampling import scheduled_sampling_inputs, ss_probability
+from captionkit.training.schedules import configure_optimization, needs_run_length
 
 
 class CaptioningModule(L.LightningModule):
@@ -77,7 +78,12 @@ class CaptioningModule(L.LightningModule):
         if "tokens" not in batch:  # every image of the batch became unreadable during the run
             return None
         tokens = batch["tokens"]  # [B, T]: <bos> w1 .. wn <eos> <pad>..
-        logits = self.model(*self._features(batch), tokens[:, :-1])  # [B, T-1, V]
+        features, inputs = self._features(batch), tokens[:, :-1]  # inputs [B, T-1]
+        if self.optim.scheduled_sampling > 0:
+            p = ss_probability(self.optim, self.current_epoch)
+            inputs = scheduled_sampling_inputs(self.model, *features, inputs, p)
+            self.log("train/ss_prob", p, batch_size=tokens.shape[0])
+        logits = self.model(*features, inputs)  # [B, T-1, V]
         loss = caption_loss(logits, tokens[:, 1:], self.optim.label_smoothing)
         loss = self._global_token_mean(loss, tokens[:, 1:])
         if hasattr(self.model, "regularization_loss"):  # e.g. doubly stochastic attention
@@ -122,16 +128,10 @@ class CaptioningModule(L.LightningModule):
         if self.encoder is not None:
             trainable = [p for p in self.encoder.parameters() if p.requires_grad]
             groups.append({"params": trainable, "lr": self.encoder_lr})
-        optimizer = torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        # Only the cosine schedule needs the run's length (Lightning loads the data to count it).
-        cosine = self.optim.schedule == "cosine"
-        total = int(self.trainer.estimated_stepping_batches) if cosine else 0
-        factor = lr_factor(self.optim, total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        steps, epochs = 0, 1
+        if needs_run_length(self.optim):  # else spare Lightning loading the data to count steps
+            steps, epochs = int(self.trainer.estimated_stepping_batches), self.trainer.max_epochs
+        return configure_optimization(self.optim, groups, steps, epochs)
 
 
 def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
@@ -142,18 +142,3 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: f
         ignore_index=Vocabulary.pad_id,
         label_smoothing=label_smoothing,
     )
-
-
-def lr_factor(optim: OptimConfig, total_steps: int):
-    """The learning rate multiplier at each step: linear warmup, then constant or cosine decay."""
-    warmup = max(optim.warmup_steps, 0)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if optim.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
