@@ -39,7 +39,7 @@ def seen(monkeypatch):
 
     seen = {}
 
-    def fake_train(config, run_dir):
+    def fake_train(config, run_dir, resume=False):
         seen.update(config=config, run_dir=run_dir)
         return {"val/CIDEr": 0.5, "epoch": 1}
 
