@@ -37,3 +37,48 @@ def test_caption_pairs_batches_match_the_sources(tmp_path):
     assert batch["tokens"].tolist() == [[1, 2, 0], [1, 5, 2]]  # trimmed to the batch's longest
     assert batch["grid"] is None
     assert token_array(tokens).shape == (3, 5)
+
+
+def test_ddp_shares_make_up_the_single_process_batches_and_resume_skips():
+    lengths = np.random.default_rng(0).integers(3, 15, 100)
+    whole = BucketBatchSampler(lengths, 16, seed=5, pool_batches=2, drop_last=True)
+    shares = [BucketBatchSampler(lengths, 8, seed=5, pool_batches=2, drop_last=True, rank=r,
+                                 world=2) for r in range(2)]  # fmt: skip
+    for epoch in (0, 3):
+        for s in (whole, *shares):
+            s.set_epoch(epoch)
+        together = [sorted(a + b) for a, b in zip(*shares)]
+        assert together == [sorted(b) for b in whole]
+        assert all(len(a) == 8 for a in shares[0])
+    first = list(whole)
+    whole.set_epoch(0)
+    whole.resume_at(3, 2)  # also sets the epoch: a resumed run iterates before any set_epoch
+    assert list(whole) == first[2:]
+    assert list(whole) == first  # only the next pass is shortened
+
+
+def test_seeded_augmentation_depends_on_epoch_and_image_only(tmp_path):
+    from PIL import Image
+
+    from captionkit.training.image_data import CaptionedImages, EpochIndices
+
+    pixels = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "b.png")
+
+    def crop(image):  # a random crop drawn from torch's global generator, as torchvision's
+        i, j = torch.randint(0, 32, (2,)).tolist()
+        return torch.from_numpy(np.asarray(image)[i : i + 32, j : j + 32].copy())
+
+    data = CaptionedImages([tmp_path / "a.png", tmp_path / "b.png"], crop, tokens=[[[1]], [[1]]],
+                           seed=7)  # fmt: skip
+    torch.manual_seed(0)
+    first = data[2]["pixels"]  # epoch 1, image 0
+    torch.manual_seed(1)  # the global generator's state does not matter ...
+    state = torch.get_rng_state()
+    assert torch.equal(data[2]["pixels"], first)
+    assert torch.equal(torch.get_rng_state(), state)  # ... and is left as it was
+    assert not torch.equal(data[0]["pixels"], first)  # ... the epoch matters
+    sampler = BucketBatchSampler(np.zeros(2), 2, seed=0, pool_batches=1)
+    sampler.set_epoch(3)
+    assert sorted(next(iter(EpochIndices(sampler, 2)))) == [6, 7]
