@@ -102,8 +102,8 @@ def load_state(path: str | Path) -> dict:
                 raise CaptionkitError(f"{path}: not a captionkit training checkpoint")
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
         return _decode(json.loads(tree), tensors)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CaptionkitError(f"{path}: damaged training checkpoint ({e})") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise CaptionkitError(f"{path}: damaged training checkpoint ({e!r})") from None
 
 
 class SafetensorsCheckpointIO(CheckpointIO):

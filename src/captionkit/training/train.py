@@ -418,6 +418,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists")
         # ... and about resuming mid-epoch without a stateful DataLoader: DataPosition does it.
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
+        # ... and about the FLOP counts the throughput monitor could log (bench/ measures them).
+        warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
         trainer = _trainer(config, run_dir, callbacks)
         trainer.fit(module, datamodule, ckpt_path=last if resume else None)
     return best.best
