@@ -1,10 +1,18 @@
 """The CLI: subcommands run through main(argv), and user errors are one line, not a traceback."""
 
 import json
+import re
 
 import pytest
 
 from captionkit.cli import main
+from captionkit.cli_options import (
+    MODEL_OPTIONS,
+    TRAIN_DATA_OPTIONS,
+    TRAIN_ENCODER_OPTIONS,
+    TRAIN_OPTIM_OPTIONS,
+    TRAIN_RUN_OPTIONS,
+)
 
 from conftest import write_images
 
@@ -70,6 +78,23 @@ def test_usage_errors_and_help(capsys):
     assert code == 2 and "Missing option" in err
     code, out, _ = run(capsys, ["--help"])
     assert code == 0 and "make-shapes" in out and "evaluate" in out
+
+
+def test_train_help_shows_its_options_in_panels(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # no wrapped or cut option names
+    code, out, _ = run(capsys, ["train", "--help"])
+    assert code == 0
+    groups = {"Options": {"out": None, "resume": None, "config": None, "model": None},
+              "Data": TRAIN_DATA_OPTIONS, "Encoder": TRAIN_ENCODER_OPTIONS,
+              "Optimization": TRAIN_OPTIM_OPTIONS, "Run": TRAIN_RUN_OPTIONS,
+              "Model": MODEL_OPTIONS}  # fmt: skip
+    # Each panel's text, from its title to the next: the panels come in this order.
+    titles = [out.index(f"╭─ {title} ─") for title in groups]
+    assert titles == sorted(titles)
+    panels = [out[start:end] for start, end in zip(titles, [*titles[1:], len(out)])]
+    for (title, options), text in zip(groups.items(), panels):
+        rows = set(re.findall(r"^│\s+(?:\*\s+)?(--[a-z-]+)", text, re.MULTILINE))  # a row's flag
+        assert rows - {"--help"} == {"--" + name.replace("_", "-") for name in options}, title
 
 
 def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
@@ -210,8 +235,8 @@ def _train_seen(monkeypatch, tmp_path):
     import captionkit.training.train as training
 
     seen = {}
-    monkeypatch.setattr(training, "train", lambda config, run_dir: seen.update(config=config)
-                        or {"val/CIDEr": 0.5, "epoch": 1})  # fmt: skip
+    monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False:
+                        seen.update(config=config) or {"val/CIDEr": 0.5, "epoch": 1})  # fmt: skip
     return ["train", "--data", "d", "--out", str(tmp_path / "r")], seen
 
 

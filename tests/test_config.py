@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.main import get_command
 
-from captionkit.cli import main
+from captionkit.cli import TRAIN_FIELDS, app, main
+from captionkit.cli_options import MODEL_OPTIONS
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
@@ -271,6 +273,24 @@ def test_config_precedence_errors(tmp_path, capsys, seen):
     assert code == 1 and f"error: {bad}: data.tokenizer must be one of word, bpe" in err
     code, _, err = run(capsys, ["train", "--config", bad, *out, "--tokenizer", "word"])
     assert code == 0 and seen["config"].data.tokenizer == "word"
+
+
+def test_every_train_field_is_a_train_option_defaulting_to_the_run_config(tmp_path, capsys, seen):
+    params = {p.name: p for p in get_command(app).commands["train"].params}
+    assert set(params) == {*TRAIN_FIELDS, *MODEL_OPTIONS, "out", "resume", "config"}
+    defaults = RunConfig().to_dict()
+    for name, field in TRAIN_FIELDS.items():
+        group, _, key = field.rpartition(".")
+        default = params[name].default
+        expected = (defaults[group] if group else defaults)[key]
+        # --data has no default: a config file or the command line names the dataset.
+        assert (str(default) if isinstance(default, Path) else default) == (
+            None if name == "data" else expected
+        ), name
+    # No option given but --data: every field reaches the config (through ctx.params) as default.
+    code, _, err = run(capsys, ["train", "--data", "d", "--out", tmp_path / "r"])
+    assert code == 0, err
+    assert seen["config"] == RunConfig.from_dict({"data": {"data": "d"}})
 
 
 # --- a real run: config.yaml in the run folder ---------------------------------------------------

@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli_options import with_decoding_options, with_model_options
+from captionkit.cli_options import (
+    with_decoding_options,
+    with_model_options,
+    with_train_options,
+)
 from captionkit.errors import CaptionkitError
 
 if TYPE_CHECKING:
@@ -167,6 +171,7 @@ def _run_config(ctx: typer.Context, config_file: Path | None, model_args: Callab
 
 @app.command()
 @with_model_options
+@with_train_options  # --data, --epochs, ...: read from ctx.params by _run_config
 def train(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder to write.")] = None,
@@ -184,123 +189,9 @@ def train(
             "--config", help="YAML run config (see configs/); options given here override it."
         ),
     ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", help="Dataset folder or annotation file (or data.data in --config)."
-        ),
-    ] = None,
-    images: ImagesOpt = None,
     model: Annotated[
         str, typer.Option("--model", help="show_tell | attention | transformer.")
     ] = "show_tell",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 5e-4,
-    min_count: Annotated[int, typer.Option("--min-count", min=1)] = 5,
-    tokenizer: Annotated[
-        str, typer.Option("--tokenizer", help="word (PTB words) or bpe (subword pieces).")
-    ] = "word",
-    vocab_size: Annotated[int, typer.Option("--vocab-size", min=8, help="BPE vocabulary.")] = 2000,
-    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Caption tokens.")] = 20,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input.")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    encoder: EncoderOpt = "tf_efficientnet_lite0",
-    encoder_weights: EncoderWeightsOpt = "default",
-    cache_dir: CacheOpt = None,
-    finetune_encoder: Annotated[
-        bool, typer.Option("--finetune-encoder", help="Train the encoder's last blocks too.")
-    ] = False,
-    finetune_blocks: Annotated[
-        int, typer.Option("--finetune-blocks", help="Encoder blocks to fine-tune.")
-    ] = 2,
-    encoder_lr: Annotated[
-        float, typer.Option("--encoder-lr", help="Encoder learning rate (fine-tuning).")
-    ] = 1e-4,
-    workers: Annotated[
-        int, typer.Option("--workers", min=0, help="Image decoding processes (fine-tuning).")
-    ] = 2,
-    init: Annotated[
-        Path | None, typer.Option("--init", help="Start from this run's decoder and tokenizer.")
-    ] = None,
-    optimizer: Annotated[
-        str, typer.Option("--optimizer", help="adam | adamw (decoupled weight decay).")
-    ] = "adam",
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 0.0,
-    schedule: Annotated[
-        str,
-        typer.Option(
-            "--schedule",
-            help="Learning rate after warmup: constant | cosine | step | plateau "
-            "(on val CIDEr) | noam (needs --warmup-steps).",
-        ),
-    ] = "constant",
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 0,
-    lr_gamma: Annotated[float, typer.Option("--lr-gamma", help="step: factor, in (0, 1].")] = 0.1,
-    lr_step_epochs: Annotated[
-        int, typer.Option("--lr-step-epochs", min=1, help="step: epochs between cuts.")
-    ] = 3,
-    plateau_factor: Annotated[
-        float,
-        typer.Option(
-            "--plateau-factor",
-            help="plateau: factor of each cut, in (0, 1).",
-        ),
-    ] = 0.5,
-    plateau_patience: Annotated[
-        int,
-        typer.Option(
-            "--plateau-patience",
-            min=0,
-            help="plateau: validations without a better val CIDEr before a cut.",
-        ),
-    ] = 2,
-    min_lr: Annotated[
-        float, typer.Option("--min-lr", min=0.0, help="plateau: lowest learning rate.")
-    ] = 0.0,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=1.0)] = 0.0,
-    scheduled_sampling: Annotated[
-        float,
-        typer.Option(
-            "--scheduled-sampling",
-            min=0.0,
-            max=1.0,
-            help="Largest probability of feeding the decoder its own tokens (0 = off).",
-        ),
-    ] = 0.0,
-    ss_start_epoch: Annotated[
-        int, typer.Option("--ss-start-epoch", min=0, help="Scheduled sampling: first epoch.")
-    ] = 0,
-    ss_ramp_epochs: Annotated[
-        int,
-        typer.Option(
-            "--ss-ramp-epochs",
-            min=0,
-            help="Scheduled sampling: epochs to reach the largest probability.",
-        ),
-    ] = 5,
-    patience: Annotated[
-        int,
-        typer.Option(
-            "--patience",
-            min=0,
-            help="Stop after N validations without a better val CIDEr (0 = never).",
-        ),
-    ] = 0,
-    precision: Annotated[
-        str, typer.Option("--precision", help="32 | bf16-mixed | 16-mixed (GPU).")
-    ] = "32",
-    deterministic: Annotated[
-        bool, typer.Option("--deterministic", help="Deterministic kernels: same seed, same run.")
-    ] = False,
-    checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", min=0, help="Save `last` every N steps too.")
-    ] = 1000,
-    devices: Annotated[int, typer.Option("--devices", min=1, help="Devices per node.")] = 1,
-    num_nodes: Annotated[int, typer.Option("--num-nodes", min=1, help="Machines (DDP).")] = 1,
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="auto (one process) | ddp (one per device).")
-    ] = "auto",
     model_args: Callable | None = None,  # from --rnn, ..., --model-arg (cli_options)
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out, with the
