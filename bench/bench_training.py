@@ -18,7 +18,8 @@ EfficientNet-Lite0 features, in the same run and over the same batches (the engi
 
 Throughputs: captions/s, target tokens/s (non-pad target tokens, <eos> included) and images/s =
 captions/s divided by the mean captions per training image (each image is seen once per caption).
-Every loop is timed after `--warmup` batches; the figure is the median of `--repeats` passes.
+Every loop is timed after `--warmup` batches; engine and plain take turns for `--repeats`
+passes each and report their median pass; the naive loops run once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -72,29 +72,31 @@ def matmul_peak(device: torch.device, n: int, repeats: int = 5) -> float:
 
 
 class Counter:
-    """Captions and target tokens of the batches after the warm-up, and the time they took."""
+    """Captions and target tokens of the batches after the warm-up, and the time they took.
+    Tokens are summed on the device, so that counting does not wait for the GPU every step."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.seen, self.captions, self.tokens = warmup, 0, 0, 0
+    def __init__(self, warmup: int, batches: int, device: torch.device):
+        self.warmup, self.last, self.device = warmup, warmup + batches, device
+        self.seen, self.captions, self.tokens = 0, 0, torch.zeros((), device=device)
         self.start = self.end = 0.0
 
-    def batch_done(self, tokens: torch.Tensor, device: torch.device) -> None:
+    def batch_done(self, tokens: torch.Tensor) -> None:
         self.seen += 1
-        if self.seen == self.warmup:
-            sync(device)
-            self.start = time.perf_counter()
-        elif self.seen > self.warmup:
+        if self.seen > self.warmup:
             self.captions += tokens.shape[0]
-            self.tokens += int((tokens[:, 1:] != Vocabulary.pad_id).sum())
-            if self.seen % 10 == 0:
-                sync(device)
-            self.end = time.perf_counter()
+            self.tokens += (tokens[:, 1:] != Vocabulary.pad_id).sum()
+        if self.seen in (self.warmup, self.last):  # the clock starts and stops on idle devices
+            sync(self.device)
+            if self.seen == self.warmup:
+                self.start = time.perf_counter()
+            else:
+                self.end = time.perf_counter()
 
-    def result(self, device: torch.device) -> dict:
-        sync(device)
-        seconds = max(time.perf_counter() if self.end < self.start else self.end, 1e-9)
-        seconds -= self.start
-        return {"captions_s": self.captions / seconds, "tokens_s": self.tokens / seconds,
+    def result(self) -> dict:
+        if self.seen < self.last:
+            raise SystemExit(f"only {self.seen} batches in an epoch: lower --batches/--warmup")
+        seconds = self.end - self.start
+        return {"captions_s": self.captions / seconds, "tokens_s": int(self.tokens) / seconds,
                 "batches": self.seen - self.warmup, "seconds": seconds}  # fmt: skip
 
 
@@ -123,41 +125,41 @@ def plain_loop(model: nn.Module, loader, config: RunConfig, args, device) -> dic
     model.train().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
                                  weight_decay=config.optim.weight_decay)  # fmt: skip
-    counter = Counter(args.warmup)
+    counter = Counter(args.warmup, args.batches, device)
     loader.batch_sampler.set_epoch(0)  # what Lightning does: the engine's batches, in its order
     for i, batch in enumerate(loader):
         if i == args.warmup + args.batches:
             break
         batch = to_device(batch, device)
         train_step(model, batch, optimizer, config.optim.grad_clip)
-        counter.batch_done(batch["tokens"], device)
-    return counter.result(device)
+        counter.batch_done(batch["tokens"])
+    return counter.result()
 
 
 class CountBatches(L.Callback):
-    def __init__(self, counter: Counter, device: torch.device):
-        self.counter, self.device = counter, device
+    def __init__(self, counter: Counter):
+        self.counter = counter
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.counter.batch_done(batch["tokens"], self.device)
+        self.counter.batch_done(batch["tokens"])
 
 
 def engine_loop(model: nn.Module, datamodule, vocab, config: RunConfig, args, device) -> dict:
     """`CaptioningModule` + `CaptionDataModule` under a Lightning Trainer, as `train()` sets
     them up (precision, clipping, accumulation), validation and logging to disk off."""
     module = CaptioningModule(model, vocab, config.optim, {}, DecodingOptions(1))
-    counter = Counter(args.warmup)
+    counter = Counter(args.warmup, args.batches, device)
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=args.warmup + args.batches, limit_val_batches=0,
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
         precision=config.train.precision, gradient_clip_val=config.optim.grad_clip or None,
         gradient_clip_algorithm=config.optim.grad_clip_algorithm,
-        accumulate_grad_batches=config.optim.accumulate, callbacks=[CountBatches(counter, device)],
+        accumulate_grad_batches=config.optim.accumulate, callbacks=[CountBatches(counter)],
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(module, datamodule)
-    return counter.result(device)
+    return counter.result()
 
 
 def step_flops(model: nn.Module, batch: dict) -> int:
@@ -173,12 +175,19 @@ def step_flops(model: nn.Module, batch: dict) -> int:
     return counter.get_total_flops()
 
 
-def median_of(run, repeats: int) -> dict:
-    passes = [run() for _ in range(repeats)]
-    best = statistics.median(p["captions_s"] for p in passes)
-    return next(p for p in passes if p["captions_s"] == best) | {
-        "passes_captions_s": [p["captions_s"] for p in passes]
-    }
+def alternating(runs: dict, repeats: int) -> dict:
+    """Each run `repeats` times, taking turns (so that a busy spell on a shared machine hits
+    all of them alike); per run, the pass of median captions/s, with every pass's figure."""
+    passes: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            passes[name].append(run())
+    out = {}
+    for name, results in passes.items():
+        speeds = [p["captions_s"] for p in results]
+        median = sorted(results, key=lambda p: p["captions_s"])[(len(results) - 1) // 2]
+        out[name] = median | {"passes_captions_s": speeds}
+    return out
 
 
 def bench_model(name: str, data: dict, args, device: torch.device) -> dict:
@@ -201,17 +210,15 @@ def bench_model(name: str, data: dict, args, device: torch.device) -> dict:
         return model
 
     out = {"model_args": config.model_args, "batch_size": config.train.batch_size}
-    out["plain"] = median_of(lambda: plain_loop(fresh(), loader, config, args, device),
-                             args.repeats)  # fmt: skip
-    out["engine"] = median_of(
-        lambda: engine_loop(fresh(), datamodule, data["vocab"], config, args, device),
-        args.repeats,
-    )
+    out |= alternating({
+        "plain": lambda: plain_loop(fresh(), loader, config, args, device),
+        "engine": lambda: engine_loop(fresh(), datamodule, data["vocab"], config, args, device),
+    }, args.repeats)  # fmt: skip
     ratio = out["plain"]["captions_s"] / out["engine"]["captions_s"]
     out["engine_overhead_pct"] = 100 * (ratio - 1)
     naive = naive_model(name, fresh())
     if naive is not None and not args.no_naive:
-        out["naive"] = median_of(lambda: plain_loop(naive, loader, config, args, device), 1)
+        out["naive"] = plain_loop(naive, loader, config, args, device)
         out["speedup_over_naive"] = out["engine"]["captions_s"] / out["naive"]["captions_s"]
     batch = to_device(next(iter(loader)), device)
     flops = step_flops(fresh().to(device), batch)
@@ -283,6 +290,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batches, args.warmup, args.repeats = 2, 1, 1
+    args.warmup = max(1, args.warmup)  # the first batch pays for setup, whatever the loop
     if args.threads:
         torch.set_num_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
