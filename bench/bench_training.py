@@ -12,9 +12,9 @@ EfficientNet-Lite0 features, in the same run and over the same batches (the engi
 - `naive`: tutorial-style reference decoders (Show-and-Tell, attention; not the Transformer):
   an `nn.LSTMCell` stepped in Python over the whole padded length, the attention recomputing
   the grid projection at every step, as naive tutorial code does;
-- the FLOPs of one training step (forward + backward, `FlopCounterMode`: matrix products only)
-  and the FLOP/s achieved by `plain`, as a fraction of the machine's fp32 matmul peak measured
-  here with a large GEMM.
+- the FLOPs of one training step (forward + backward: `FlopCounterMode`'s matrix products, and
+  nn.LSTM/nn.GRU counted by hand as it misses their fused kernels) and the FLOP/s achieved by
+  `plain`, as a fraction of the machine's fp32 matmul peak measured here with a large GEMM.
 
 Throughputs: captions/s, target tokens/s (non-pad target tokens, <eos> included) and images/s =
 captions/s divided by the mean captions per training image (each image is seen once per caption).
@@ -162,17 +162,34 @@ def engine_loop(model: nn.Module, datamodule, vocab, config: RunConfig, args, de
     return counter.result()
 
 
+def rnn_flops(module: nn.RNNBase, inputs: tuple, calls: list[int]) -> None:
+    """Forward hook: FLOPs of a whole nn.LSTM / nn.GRU call, forward + backward (x3), which
+    FlopCounterMode misses (fused kernels: oneDNN, cuDNN)."""
+    x = inputs[0]
+    steps = int(x.batch_sizes.sum()) if hasattr(x, "batch_sizes") else x.shape[0] * x.shape[1]
+    gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1) * module.hidden_size
+    size = module.input_size
+    for _ in range(module.num_layers):
+        calls.append(3 * 2 * steps * gates * (size + module.hidden_size))
+        size = module.hidden_size
+
+
 def step_flops(model: nn.Module, batch: dict) -> int:
-    """FLOPs (matrix products) of one forward + backward of `batch`."""
+    """FLOPs (matrix products, recurrent layers included) of one forward + backward of `batch`."""
     model.train()
+    rnn_calls: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: rnn_flops(m, i, rnn_calls))
+             for m in model.modules() if isinstance(m, nn.RNNBase)]  # fmt: skip
     with FlopCounterMode(display=False) as counter:
         tokens = batch["tokens"]
         loss = caption_loss(model(batch["pooled"], batch["grid"], tokens[:, :-1]), tokens[:, 1:])
         if hasattr(model, "regularization_loss"):
             loss = loss + model.regularization_loss()
         loss.backward()
+    for hook in hooks:
+        hook.remove()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return counter.get_total_flops() + sum(rnn_calls)
 
 
 def alternating(runs: dict, repeats: int) -> dict:
