@@ -238,3 +238,48 @@ def test_show_tell_init_state_sets_every_layer_from_the_image(rnn):
 def test_show_tell_config_rejects_unknown_choices(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny("show_tell", **overrides)
+
+
+def attention_stepped(model, pooled, grid, tokens):
+    """The attention model's teacher forcing as it was first written: `_cell` at every position
+    of the padded batch -> logits [B, T, V], α [B, T, L]."""
+    grid, grid_att, h, c = model._encode(pooled, grid)
+    hs, alphas = [], []
+    for t in range(tokens.shape[1]):
+        h, c, alpha = model._cell(model.embed(tokens[:, t]), grid, grid_att, h, c)
+        hs.append(h)
+        alphas.append(alpha)
+    return model.head(torch.stack(hs, dim=1)), torch.stack(alphas, dim=1)
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_attention_forward_equals_stepping_the_cell_with_gradients(gate):
+    """The sorted, shrinking-batch forward against `_cell` stepped over the whole padded batch:
+    same logits and attention wherever a caption still runs, same loss, same gradients."""
+    model = tiny("attention", dropout=0.0, gate=gate)
+    pooled, grid, tokens = inputs(batch=5, length=8, seed=2)
+    for row, length in enumerate([8, 3, 6, 1, 5]):  # <eos> then padding; unsorted lengths
+        tokens[row, length:] = Vocabulary.pad_id
+        if length < 8:
+            tokens[row, length] = Vocabulary.eos_id
+    targets = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
+    fast = model(pooled, grid, tokens)
+    fast_alpha, fast_reg = model.last_attention, model.regularization_loss()
+    fast_loss = F.cross_entropy(fast.flatten(0, 1), targets.flatten(), ignore_index=0) + fast_reg
+    fast_grads = torch.autograd.grad(fast_loss, list(model.parameters()), allow_unused=True)
+    slow, slow_alpha = attention_stepped(model, pooled, grid, tokens)
+    model.last_attention = slow_alpha
+    slow_loss = F.cross_entropy(slow.flatten(0, 1), targets.flatten(), ignore_index=0)
+    slow_loss = slow_loss + model.regularization_loss()
+    slow_grads = torch.autograd.grad(slow_loss, list(model.parameters()), allow_unused=True)
+    running = model._last_mask  # [B, T]: positions that read a word (or <bos>)
+    assert running.sum(1).tolist() == [8, 3, 6, 1, 5]
+    torch.testing.assert_close(fast[running], slow[running], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast_alpha[running], slow_alpha[running], atol=1e-5, rtol=0)
+    assert float(fast_alpha[~running].detach().abs().sum()) == 0.0  # none after the caption
+    torch.testing.assert_close(fast_loss, slow_loss, atol=1e-5, rtol=0)
+    for (name, _), a, b in zip(model.named_parameters(), fast_grads, slow_grads):
+        if b is None or a is None:  # f_beta without the gate; the score bias (softmax-invariant)
+            assert a is None or float(a.abs().sum()) == 0.0, name
+            continue
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)

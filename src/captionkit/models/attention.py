@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
@@ -97,20 +98,66 @@ class ShowAttendTell(nn.Module):
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor):
         """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V].
 
+        Each caption is run only up to its last token that is neither <pad> nor <eos>: later
+        positions predict padding, which the loss ignores, and get the logits of a zero state
+        (the head's bias) and zero attention. Elsewhere this equals stepping `step` (tested).
         The attention weights [B, T, L] stay in `self.last_attention` for `regularization_loss`.
         """
-        grid, grid_att, h, c = self._encode(pooled, grid)
-        embs = self.embed(tokens)  # [B, T, E]
-        hs, alphas = [], []
-        for t in range(tokens.shape[1]):  # recurrent: h_t needs h_{t-1}
-            h, c, alpha = self._cell(embs[:, t], grid, grid_att, h, c)
-            hs.append(h)
-            alphas.append(alpha)
-        self.last_attention = torch.stack(alphas, dim=1)  # [B, T, L]
         # Steps reading <pad> or <eos> predict padding, which the loss ignores: so does the
         # regulariser, or short captions would be pushed to attend where they never look.
         self._last_mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)
-        return self.head(self.dropout(torch.stack(hs, dim=1)))  # [B, T, V]
+        positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+        lengths = (self._last_mask * positions).amax(dim=1)  # [B]: steps each caption needs
+        # Longest first, so that the captions still running are always a prefix of the batch
+        # (as in sgrvinod's Show-Attend-Tell tutorial): no work on padding, no gathers.
+        order = lengths.argsort(descending=True, stable=True)  # [B]
+        hs, alphas = self._run_sorted(pooled[order], None if grid is None else grid[order],
+                                      tokens[order], lengths[order].tolist())  # fmt: skip
+        restore = order.argsort()  # [B]
+        self.last_attention = alphas[restore]  # [B, T, L]
+        return self.head(self.dropout(hs[restore]))  # [B, T, V]
+
+    def _run_sorted(self, pooled, grid, tokens, lengths: list[int]):
+        """The recurrence over captions sorted longest first -> h [B, T, H], α [B, T, L], zero
+        after each caption's length. Same arithmetic as `_cell`, rearranged: the words' share
+        of the LSTM input product is computed for all steps at once, and the three products of
+        h (LSTM, attention query, β gate) are one matrix product per step."""
+        cfg = self.config
+        grid, grid_att, h, c = self._encode(pooled, grid)  # [B, L, D], [B, L, A], [B, H] x2
+        (B, T), H = tokens.shape, cfg.hidden_dim
+        w_ih, att = self.lstm.weight_ih, self.attention
+        bias = self.lstm.bias_ih + self.lstm.bias_hh  # [4H]
+        x_words = F.linear(self.embed(tokens.t()), w_ih[:, : cfg.embed_dim], bias).unbind()
+        # x_words: T x [B, 4H], the words' share of every step's gates
+        w_context = w_ih[:, cfg.embed_dim :]  # [4H, D]
+        parts = [(self.lstm.weight_hh, torch.zeros_like(self.lstm.bias_hh)),  # [4H, H], [4H]
+                 (att.hidden_proj.weight, att.hidden_proj.bias)]  # [A, H], [A]  # fmt: skip
+        if cfg.gate:
+            parts.append((self.f_beta.weight, self.f_beta.bias))  # [D, H], [D]
+        w_h, b_h = torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])
+        sizes = [w.shape[0] for w, _ in parts]
+        running = [sum(length > t for length in lengths) for t in range(max(lengths, default=0))]
+        # One view per batch size, not per step: the backward of a slice fills a gradient of
+        # the whole [B, L, A] with zeros, once per view.
+        grid_att_views = {n: grid_att[:n] for n in set(running)}
+        hs, alphas = [], []
+        for n in running:  # recurrent: h_t needs h_{t-1}; n: captions still running, a prefix
+            h, c = h[:n], c[:n]
+            from_h = F.linear(h, w_h, b_h).split(sizes, dim=1)  # [n, 4H], [n, A] (, [n, D])
+            e = att.score(torch.tanh(grid_att_views[n] + from_h[1][:, None])).squeeze(-1)
+            alpha = e.softmax(dim=-1)
+            context = torch.bmm(alpha[:, None], grid[:n]).squeeze(1)  # [n, D]
+            if cfg.gate:
+                context = torch.sigmoid(from_h[2]) * context
+            x = x_words[len(hs)][:n]  # [n, 4H]: this step's words
+            gates = torch.addmm(x + from_h[0], context, w_context.t())  # [n, 4H]
+            i, f, g, o = gates.chunk(4, dim=1)  # nn.LSTMCell's order
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            hs.append(F.pad(h, (0, 0, 0, B - n)))
+            alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
+        return (_stack_padded(hs, (B, H), T, grid.device),
+                _stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
 
     def regularization_loss(self) -> torch.Tensor:
         """Doubly stochastic attention of the last `forward`: λ·Σ_l (1 − Σ_t α_tl)², averaged
@@ -137,3 +184,11 @@ class ShowAttendTell(nn.Module):
         )
         new_state = {**state, "h": h, "c": c, "attention": alpha}
         return self.head(self.dropout(h)), new_state
+
+
+def _stack_padded(steps: list[torch.Tensor], shape, length: int, device) -> torch.Tensor:
+    """Per-step tensors [B, X] -> [B, length, X], zeros after the last step."""
+    if not steps:
+        return torch.zeros(shape[0], length, shape[1], device=device)
+    out = torch.stack(steps, dim=1)  # [B, t, X]
+    return F.pad(out, (0, 0, 0, length - out.shape[1]))
