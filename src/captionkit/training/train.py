@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -11,9 +10,7 @@ import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import (
     EarlyStopping,
-    RichProgressBar,
     ThroughputMonitor,
-    TQDMProgressBar,
 )
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -23,129 +20,31 @@ from captionkit.data import load_dataset
 from captionkit.data.formats import write_splits
 from captionkit.data.problems import Problems
 from captionkit.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
-from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders import ImageEncoder, create_encoder
 from captionkit.encoders.features import features_for_dataset
 from captionkit.encoders.finetune import augmenting_transform, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, create_model, model_config_dict
-from captionkit.models.checkpoint import TrainedModel, load_checkpoint, save_checkpoint
-from captionkit.training.checkpointing import BEST, CHECKPOINTS, LAST, SafetensorsCheckpointIO
+from captionkit.models.checkpoint import TrainedModel, load_checkpoint
+from captionkit.training.callbacks import (
+    BestCheckpoint,
+    DataPosition,
+    LastCheckpoint,
+    RichBar,
+    TqdmBar,
+    captions_in,
+    target_tokens_in,
+)
+from captionkit.training.checkpointing import CHECKPOINTS, LAST, SafetensorsCheckpointIO
 from captionkit.training.config import RunConfig
 from captionkit.training.datamodule import (
     CaptionDataModule,
     CaptionPairs,
     ImageRows,
-    ResumableDataModule,
 )
 from captionkit.training.image_data import CaptionedImages, ImageDataModule
 from captionkit.training.module import CaptioningModule
-
-
-class BestCheckpoint(L.Callback):
-    """After each validation: append to `metrics.jsonl`; if val CIDEr improved, export the model
-    (`model.safetensors` + `config.json`) and save the training state as
-    `checkpoints/best.safetensors`.
-
-    With `finetuned` (an encoder trained by this run or by its `--init` run), the encoder is
-    saved too, and its spec says so, with the fingerprint of its current weights."""
-
-    def __init__(self, run_dir: Path, model_name: str, vocab: Tokenizer, encoder: dict,
-                 extra: dict, finetuned: ImageEncoder | None = None):  # fmt: skip
-        self.run_dir, self.model_name, self.vocab = run_dir, model_name, vocab
-        self.encoder, self.extra, self.finetuned = encoder, extra, finetuned
-        self.best: dict = {}
-        self.rows = 0  # lines of metrics.jsonl written, kept in checkpoints for resuming
-        self.elapsed_before = 0.0  # seconds trained before a resume
-        self.started = time.perf_counter()
-
-    def state_dict(self) -> dict:
-        elapsed = self.elapsed_before + time.perf_counter() - self.started
-        return {"best": self.best, "rows": self.rows, "elapsed_s": elapsed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.rows, self.elapsed_before = state["best"], state["rows"], state["elapsed_s"]
-        self.started = time.perf_counter()
-        # Validations after the checkpoint will run again: drop the lines they wrote.
-        path = self.run_dir / "metrics.jsonl"
-        if rank_zero_only.rank == 0 and path.exists():
-            lines = path.read_text().splitlines(keepends=True)[: self.rows]
-            path.write_text("".join(lines))
-
-    def on_validation_end(self, trainer: L.Trainer, module: CaptioningModule) -> None:
-        if trainer.sanity_checking or "val/CIDEr" not in trainer.callback_metrics:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "cap/s"}
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
-        row["elapsed_s"] = round(self.elapsed_before + time.perf_counter() - self.started, 2)
-        self.rows += 1
-        if trainer.is_global_zero:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-        if not self.best or row["val/CIDEr"] > self.best["val/CIDEr"]:
-            self.best = row
-            if trainer.is_global_zero:
-                self._export(module)
-            # every rank takes part; weights_only=False: the whole training state
-            trainer.save_checkpoint(self.run_dir / CHECKPOINTS / BEST, weights_only=False)
-
-    def _export(self, module: CaptioningModule) -> None:
-        spec, encoder_model = self.encoder, None
-        if self.finetuned is not None:
-            spec = {**spec, "fingerprint": self.finetuned.fingerprint(), "finetuned": True,
-                    "base_fingerprint": self.encoder["fingerprint"]}  # fmt: skip
-            encoder_model = self.finetuned.model
-        save_checkpoint(self.run_dir, module.model, self.model_name, self.vocab, spec,
-                        {**self.extra, "metrics": self.best}, encoder_model)  # fmt: skip
-
-
-class DataPosition(L.Callback):
-    """Where training is in the data (epoch, batches done), kept in checkpoints so that a
-    resumed run goes on with the batches the uninterrupted run would have trained next."""
-
-    def __init__(self, datamodule: ResumableDataModule):
-        self.datamodule, self.position = datamodule, (0, 0)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Lightning calls `set_epoch` on a DataLoader's sampler, not on its batch sampler, which
-        # is what shuffles here: without this every epoch would see the batches of the first.
-        trainer.train_dataloader.batch_sampler.set_epoch(trainer.current_epoch)
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        done = args[-1] + 1  # batch_idx + 1, counted from the epoch's start also after a resume
-        epoch = trainer.current_epoch
-        self.position = (epoch, done) if done < trainer.num_training_batches else (epoch + 1, 0)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.position[0], "batches_done": self.position[1]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = (state["epoch"], state["batches_done"])
-        self.datamodule.resume = self.position
-
-
-class LastCheckpoint(L.Callback):
-    """Saves the whole training state as `checkpoints/last.safetensors` after each validation and
-    every `every` optimizer steps (never in the middle of a gradient accumulation)."""
-
-    def __init__(self, path: Path, every: int, accumulate: int):
-        self.path, self.every, self.accumulate = path, every, accumulate
-        self.saved_step = -1
-
-    def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)
-        self.saved_step = trainer.global_step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        step, batch_idx = trainer.global_step, args[-1]
-        if (self.every and step % self.every == 0 and step != self.saved_step
-                and (batch_idx + 1) % self.accumulate == 0):  # fmt: skip
-            self._save(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._save(trainer)
 
 
 def _train_tokens(config: RunConfig, vocab: Tokenizer, train_records):
@@ -176,45 +75,15 @@ def _datamodule(config: RunConfig, store, dataset, train_records, val_records, v
     return datamodule, truncated
 
 
-class _NoVersion:
-    """Progress bars without Lightning's `v_num` (our logs have no numbered versions)."""
-
-    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict:
-        items = super().get_metrics(trainer, module)
-        items.pop("v_num", None)
-        return items
-
-
-class _RichBar(_NoVersion, RichProgressBar):
-    pass
-
-
-class _TqdmBar(_NoVersion, TQDMProgressBar):
-    pass
-
-
-def _captions(batch: dict) -> int:
-    return len(batch["tokens"]) if "tokens" in batch else len(batch.get("keys", ()))
-
-
-def _target_tokens(batch: dict) -> int:
-    """Tokens a training batch predicts; for a validation batch, its images (the monitor wants
-    at least one item per sample)."""
-    tokens = batch.get("tokens")
-    if tokens is None:
-        return len(batch.get("keys", ()))
-    return int((tokens[:, 1:] != Vocabulary.pad_id).sum())
-
-
 def _trainer(config: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     t = config.train
     if t.patience > 0:  # first: the checkpoints saved after a validation hold its updated count
         callbacks = [EarlyStopping("val/CIDEr", mode="max", patience=t.patience), *callbacks]
     # Logs train|samples_per_sec (captions), train|items_per_sec (target tokens) and batches/s.
     callbacks = [
-        _RichBar() if _RICH_AVAILABLE else _TqdmBar(),
+        RichBar() if _RICH_AVAILABLE else TqdmBar(),
         *callbacks,
-        ThroughputMonitor(batch_size_fn=_captions, length_fn=_target_tokens, window_size=10),
+        ThroughputMonitor(batch_size_fn=captions_in, length_fn=target_tokens_in, window_size=10),
     ]
     return L.Trainer(
         max_epochs=t.epochs,
