@@ -40,17 +40,16 @@ class MeteorJar:
 
     def __init__(self, timeout: float = TIMEOUT_S):
         self.timeout, self.timed_out = timeout, False
-        cmd = java_command("-jar", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm",
-                           memory="2G")  # fmt: skip
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
         try:
-            self.proc = subprocess.Popen(
-                cmd, cwd=pycocoevalcap_dir() / "meteor", stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self.stderr, env=java_environment(),
-            )  # fmt: skip
+            cmd = java_command("-jar", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm",
+                               memory="2G")  # fmt: skip
         except FileNotFoundError as e:
-            self.stderr.close()
             raise CaptionkitError("METEOR needs java (JRE 8 or newer), and it was not found") from e
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
+        self.proc = subprocess.Popen(
+            cmd, cwd=pycocoevalcap_dir() / "meteor", stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.stderr, env=java_environment(),
+        )  # fmt: skip
 
     def score(self, references: Mapping[Hashable, Sequence[str]],
               predictions: Mapping[Hashable, str]) -> tuple[float, list[float]]:  # fmt: skip
