@@ -14,6 +14,7 @@ from captionkit.evaluation import METRIC_KEYS, coco_metrics, quick_cider, quick_
 from captionkit.evaluation.meteor import MeteorJar, meteor_score
 from captionkit.evaluation.metrics import python_ptb_tokenize, score_captions
 from captionkit.evaluation.ptb import ptb_tokenize
+from captionkit.evaluation.stats import caption_stats
 
 REFS = {
     "1": ["A dog runs across the grass.", "a brown dog running on a lawn", "Dog, running."],
@@ -140,3 +141,10 @@ def test_missing_references_and_empty_input():
         coco_metrics({"9": "a dog"}, REFS)
     with pytest.raises(CaptionkitError, match="no predictions"):
         quick_cider({}, REFS)
+
+
+def test_caption_stats():
+    preds = {"1": "A dog runs.", "2": "a dog runs", "3": "Two cats (sleeping)", "4": ""}
+    stats = caption_stats(preds, ["a dog runs", "a cat"])
+    assert stats == {"length_mean": 9 / 4, "vocabulary": 6.0, "novel_percent": 50.0}
+    assert "novel_percent" not in caption_stats(preds)
