@@ -130,6 +130,10 @@ def test_bad_document_frequency_file(tmp_path):
     (tmp_path / "df.json").write_text('{"format": "other"}')
     with pytest.raises(CaptionkitError, match="df.json: not a CIDEr-D document frequency file"):
         DocumentFrequency.load(tmp_path / "df.json")
+    doc = {"format": "captionkit-cider-df", "n": 1, "images": 3, "df": {"a": 2, "a dog": 1}}
+    (tmp_path / "df.json").write_text(json.dumps(doc))
+    with pytest.raises(CaptionkitError, match="df.json: n-grams of more than 1 words"):
+        DocumentFrequency.load(tmp_path / "df.json")
     with pytest.raises(CaptionkitError, match="nope.json: cannot read"):
         DocumentFrequency.load(tmp_path / "nope.json")
 

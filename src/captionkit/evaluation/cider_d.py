@@ -99,8 +99,11 @@ class DocumentFrequency:
             raise CaptionkitError(f"{path}: not a CIDEr-D document frequency file")
         grams = list(doc["df"])
         index = NgramIndex(grams, doc["n"])
+        columns, counts = index.columns_of(grams), np.array(list(doc["df"].values()))
+        if (columns < 0).any():  # only an n-gram longer than n (or empty) has no column
+            raise CaptionkitError(f"{path}: n-grams of more than {doc['n']} words")
         df = np.zeros(index.size, dtype=np.int64)
-        df[index.columns_of(grams)] = list(doc["df"].values())
+        df[columns] = counts
         return cls(index, df, int(doc["images"]))
 
 
