@@ -1,12 +1,15 @@
 """Our vectorised CIDEr-D against pycocoevalcap's Cider."""
 
+import json
 import random
+import time
 
 import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from captionkit.evaluation.cider_d import CiderD
+from captionkit.errors import CaptionkitError
+from captionkit.evaluation.cider_d import CiderD, DocumentFrequency
 
 WORDS = "a the dog dogs cat runs sits on in grass red blue man woman street water ball".split()
 
@@ -37,3 +40,118 @@ def test_copying_a_reference_and_repeated_captions():
     assert CiderD({k: refs[k] for k in "ab"}).score([refs["a"][0]], ["a"])[0] == pytest.approx(
         expected[1][0], abs=1e-12
     )
+
+
+# --- realistic captions, document frequencies from another corpus, speed --------------------
+
+SENTENCES = [
+    "a black dog is running through the grass", "two children are playing in the snow",
+    "a man in a red shirt rides a bike down the street", "a girl in a pink dress jumps",
+    "a brown dog carries a stick in its mouth", "people walk along a busy city street",
+    "a boy is jumping into a swimming pool", "a woman sits on a bench in the park",
+    "the dog 's ball is red", "a group of people stand on a snowy hill",
+    "a little girl is climbing a rock wall", "two dogs play together on the beach",
+]  # fmt: skip
+
+
+def realistic(rng, images, per_image=5):
+    """Captions made by swapping words between real-looking sentences."""
+    words = [s.split() for s in SENTENCES]
+
+    def caption():
+        a, b = rng.sample(words, 2)
+        cut = rng.randint(1, min(len(a), len(b)) - 1)
+        return " ".join(a[:cut] + b[cut:])
+
+    return {i: [caption() for _ in range(per_image)] for i in range(images)}, caption
+
+
+class _Sized(list):
+    """A list whose len() is the corpus size: pycocoevalcap takes log(len(crefs)) as log N."""
+
+    def __init__(self, items, size):
+        super().__init__(items)
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+
+def pycocoevalcap_with_df(refs, preds, corpus):
+    """pycocoevalcap's own CIDEr-D code, with document frequencies from `corpus`."""
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    counted = CiderScorer(n=4, sigma=6.0)
+    for captions in corpus.values():
+        counted += (captions[0], captions)
+    counted.compute_doc_freq()
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for key in refs:
+        scorer += (preds[key], refs[key])
+    scorer.document_frequency = counted.document_frequency
+    scorer.crefs = _Sized(scorer.crefs, len(corpus))
+    return np.array(scorer.compute_cider())
+
+
+def test_equals_pycocoevalcap_on_realistic_captions():
+    rng = random.Random(5)
+    refs, caption = realistic(rng, 200)
+    preds = {k: caption() for k in refs}
+    expected_mean, expected = Cider().compute_score(refs, {k: [v] for k, v in preds.items()})
+    mean, scores = CiderD(refs).corpus_score(preds)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-9)
+    assert mean == pytest.approx(expected_mean, abs=1e-9) and mean > 0.1
+
+
+def test_document_frequencies_of_another_corpus_saved_and_loaded(tmp_path):
+    rng = random.Random(6)
+    corpus, caption = realistic(rng, 150)
+    refs = {k: corpus[k] for k in range(40)}  # scored images are part of the corpus (SCST)
+    refs["new"] = ["a zebra eats grass", "a zebra in a field"]  # n-grams the corpus lacks
+    preds = {k: caption() for k in refs} | {"new": "a zebra stands in the grass"}
+    expected = pycocoevalcap_with_df(refs, preds, corpus)
+    df = DocumentFrequency.from_references(corpus)
+    keys = list(preds)
+    np.testing.assert_allclose(CiderD(refs, df=df).score([preds[k] for k in keys], keys),
+                               expected, rtol=0, atol=1e-9)  # fmt: skip
+    df.save(tmp_path / "df.json")
+    saved = json.loads((tmp_path / "df.json").read_text())
+    with_a_dog = sum(any(" a dog " in f" {c} " for c in caps) for caps in corpus.values())
+    assert saved["images"] == 150 and saved["df"]["a dog"] == with_a_dog > 0
+    loaded = DocumentFrequency.load(tmp_path / "df.json")
+    assert loaded.images == 150
+    np.testing.assert_allclose(CiderD(refs, df=loaded).score([preds[k] for k in keys], keys),
+                               expected, rtol=0, atol=1e-9)  # fmt: skip
+    # the default, document frequencies of the scored references, is pycocoevalcap's Cider
+    assert CiderD(refs).corpus_score(preds)[0] != pytest.approx(float(expected.mean()))
+
+
+def test_bad_document_frequency_file(tmp_path):
+    (tmp_path / "df.json").write_text('{"format": "other"}')
+    with pytest.raises(CaptionkitError, match="df.json: not a CIDEr-D document frequency file"):
+        DocumentFrequency.load(tmp_path / "df.json")
+    doc = {"format": "captionkit-cider-df", "n": 1, "images": 3, "df": {"a": 2, "a dog": 1}}
+    (tmp_path / "df.json").write_text(json.dumps(doc))
+    with pytest.raises(CaptionkitError, match="df.json: n-grams of more than 1 words"):
+        DocumentFrequency.load(tmp_path / "df.json")
+    with pytest.raises(CaptionkitError, match="nope.json: cannot read"):
+        DocumentFrequency.load(tmp_path / "nope.json")
+
+
+def test_at_least_20x_faster_than_pycocoevalcap_on_5000_captions():
+    """SCST's case: 5 captions for each of 1,000 images (pycocoevalcap needs one key each)."""
+    rng = random.Random(7)
+    images, caption = realistic(rng, 1000)
+    refs = {k: images[k % 1000] for k in range(5000)}
+    preds = {k: caption() for k in refs}
+    start = time.process_time()
+    expected = Cider().compute_score(refs, {k: [v] for k, v in preds.items()})[1]
+    theirs = time.process_time() - start
+    ours = []
+    for _ in range(3):
+        start = time.process_time()
+        scores = CiderD(refs).corpus_score(preds)[1]
+        ours.append(time.process_time() - start)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-9)
+    print(f"pycocoevalcap {theirs:.3f} s, ours {min(ours):.3f} s: {theirs / min(ours):.1f}x")
+    assert theirs / min(ours) >= 20, (theirs, ours)

@@ -141,9 +141,10 @@ def _decoding_seen(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_evaluate_run(run_dir, data, images, split, cache_dir=None, options=None):
-        seen["options"] = options
-        return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {})
+    def fake_evaluate_run(run_dir, data, images, split, cache_dir=None, options=None, spice=False):
+        seen["options"], seen["spice"] = options, spice
+        stats = {"length_mean": 2.0, "vocabulary": 2.0}
+        return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {}, stats=stats)
 
     monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate_run)
     return ["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path)], seen

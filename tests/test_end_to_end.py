@@ -7,6 +7,7 @@ import pytest
 from captionkit.cli import main
 from captionkit.data import load_dataset, tokenize
 from captionkit.data.shapes import make_shapes
+from captionkit.evaluation import METRIC_KEYS
 from captionkit.evaluation.cider_d import CiderD
 from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.training import DataConfig, RunConfig
@@ -62,11 +63,19 @@ def test_cli_evaluate_and_caption(trained, capsys):
     root, _ = trained
     out = root / "metrics.json"
     argv = ["evaluate", "--checkpoint", str(root / "run"), "--data", str(root / "shapes"),
-            "--split", "test", "--beam-size", "2", "--output", str(out)]  # fmt: skip
+            "--split", "test", "--beam-size", "2", "--output", str(out), "--spice"]  # fmt: skip
     assert main(argv) == 0
     metrics = json.loads(out.read_text())
-    assert list(metrics) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
-    assert "CIDEr" in capsys.readouterr().out
+    assert list(metrics) == [*METRIC_KEYS, "length_mean", "vocabulary", "novel_percent", "notes",
+                             "images"]  # fmt: skip
+    images = metrics["images"]
+    assert len(images) == len(load_dataset(root / "shapes").split("test"))
+    assert set(images[0]) == {"image", "caption", "CIDEr", "ROUGE-L", "METEOR"}
+    assert sum(i["CIDEr"] for i in images) / len(images) == pytest.approx(metrics["CIDEr"])
+    out, err = capsys.readouterr()
+    assert "CIDEr" in out and "vocabulary" in out
+    if "SPICE" not in metrics:  # it cannot run here: one line says why
+        assert metrics["notes"][-1].startswith("SPICE skipped") and "note: SPICE" in err
 
     dataset = load_dataset(root / "shapes")
     images = [str(dataset.path(r)) for r in dataset.split("test")[:3]]

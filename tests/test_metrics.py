@@ -1,14 +1,20 @@
 """Our metric wrapper against pycocoevalcap's scorers called directly, as the COCO toolkit does."""
 
+import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from test_tokenizers import CAPTIONS
 
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation import METRIC_KEYS, coco_metrics, quick_cider, quick_metrics
+from captionkit.evaluation.meteor import MeteorJar, meteor_score
+from captionkit.evaluation.metrics import python_ptb_tokenize, score_captions
+from captionkit.evaluation.ptb import ptb_tokenize
+from captionkit.evaluation.stats import caption_stats
 
 REFS = {
     "1": ["A dog runs across the grass.", "a brown dog running on a lawn", "Dog, running."],
@@ -20,7 +26,9 @@ PREDS = {"1": "a dog running on the grass", "2": "two kids play in snow",
          "3": "a man riding a bike", "4": "a dog on a couch"}  # fmt: skip
 
 
-def reference_scores():
+@pytest.fixture(scope="module")
+def expected():
+    """pycocoevalcap's scorers called directly, as the COCO toolkit does."""
     tok = PTBTokenizer()
     gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
     res = tok.tokenize({k: [{"caption": v}] for k, v in PREDS.items()})
@@ -28,17 +36,78 @@ def reference_scores():
     out = {f"BLEU-{i + 1}": b for i, b in enumerate(bleu)}
     out["METEOR"] = Meteor().compute_score(gts, res)[0]
     out["ROUGE-L"] = Rouge().compute_score(gts, res)[0]
-    out["CIDEr"] = Cider().compute_score(gts, res)[0]
+    out["CIDEr"], out["per_image_CIDEr"] = Cider().compute_score(gts, res)
     return out
 
 
-def test_metrics_equal_pycocoevalcap():
-    ours = coco_metrics(PREDS, REFS)
-    assert tuple(ours) == METRIC_KEYS
-    expected = reference_scores()
+def test_metrics_equal_pycocoevalcap_under_a_german_locale(expected, monkeypatch):
+    # pycocoevalcap's METEOR jar cannot read its own numbers under this locale (it waits forever)
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Duser.language=de -Duser.country=DE")
+    monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+    report = score_captions(PREDS, REFS)
+    assert tuple(report.scores) == METRIC_KEYS and report.notes == []
     for key in METRIC_KEYS:
-        assert ours[key] == pytest.approx(expected[key], abs=1e-12), key
-    assert 0.3 < ours["CIDEr"] < 5  # pycocoevalcap's scale, not x100
+        assert report.scores[key] == pytest.approx(expected[key], abs=1e-12), key
+    assert 0.3 < report.scores["CIDEr"] < 5  # pycocoevalcap's scale, not x100
+    np.testing.assert_allclose(report.per_image["CIDEr"], expected["per_image_CIDEr"], atol=1e-12)
+    assert len(report.per_image["METEOR"]) == len(report.per_image["ROUGE-L"]) == len(PREDS)
+
+
+def test_without_java_the_python_tokenizer_gives_the_same_bleu_rouge_cider(expected, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    report = score_captions(PREDS, REFS)
+    assert "METEOR" not in report.scores
+    assert report.notes == ["java not found: METEOR skipped; BLEU, ROUGE-L and CIDEr use "
+                            "captionkit's Python PTB tokenizer"]  # fmt: skip
+    for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert report.scores[key] == pytest.approx(expected[key], abs=1e-12), key
+    with pytest.raises(CaptionkitError, match="METEOR needs java"):
+        meteor_score({"1": ["a dog"]}, {"1": "a dog"})
+
+
+def test_python_ptb_tokenizer_equals_the_java_one():
+    captions = {i: [c] for i, c in enumerate(CAPTIONS)}
+    captions["extra"] = ["A dog (brown) runs [fast] {ok}.", "A man's 3-D t-shirt: \"cool\"!",
+                         "I can't believe it's 5:30 p.m...", "Two\nlines | one"]  # fmt: skip
+    assert python_ptb_tokenize(captions) == ptb_tokenize(captions)
+
+
+def test_meteor_survives_pipes_and_line_breaks():
+    refs = {"1": ["a dog | runs", "a dog\nrunning ||| on grass"], "2": ["kids play", "|"]}
+    clean = {"1": ["a dog runs", "a dog running on grass"], "2": ["kids play", ""]}
+    with MeteorJar() as jar:
+        dirty = jar.score(refs, {"1": "a dog|runs\r\nfast", "2": "kids || play"})
+        assert jar.score(clean, {"1": "a dog runs fast", "2": "kids play"}) == dirty
+    assert dirty[1][1] > 0.5
+
+
+def test_meteor_that_does_not_answer_is_stopped():
+    with pytest.raises(CaptionkitError, match="METEOR stopped: no answer within 0.01 s"):
+        meteor_score({"1": ["a dog"]}, {"1": "a dog"}, timeout=0.01)
+
+
+def test_spice_says_in_one_line_why_it_cannot_run(tmp_path, monkeypatch):
+    import captionkit.evaluation.spice as spice
+
+    assert "needs Java 8 or 11, and java is version 17" in spice.spice_problem(tmp_path) or (
+        spice.java_major_version() in (8, 11)
+    )
+    monkeypatch.setattr(spice, "java_major_version", lambda: 11)
+    assert "Stanford CoreNLP 3.6.0 is not in" in spice.spice_problem(tmp_path)
+    for name in (spice.SPICE_JAR, *(f"lib/{n}" for n in spice.CORENLP)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("not a jar")
+    assert spice.spice_problem(tmp_path) is None
+    with pytest.raises(CaptionkitError, match="SPICE failed: .*jar"):
+        spice.spice_score({"1": ["a dog"]}, {"1": "a dog"}, folder=tmp_path, timeout=60)
+
+
+def test_spice_failure_keeps_the_other_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    report = score_captions(PREDS, REFS, spice=True)
+    assert "SPICE" not in report.scores and "CIDEr" in report.scores
+    assert report.notes[-1] == "SPICE skipped: java not found (SPICE needs Java 8 or 11)"
 
 
 def test_copying_a_reference_scores_higher_than_a_wrong_caption():
@@ -72,3 +141,10 @@ def test_missing_references_and_empty_input():
         coco_metrics({"9": "a dog"}, REFS)
     with pytest.raises(CaptionkitError, match="no predictions"):
         quick_cider({}, REFS)
+
+
+def test_caption_stats():
+    preds = {"1": "A dog runs.", "2": "a dog runs", "3": "Two cats (sleeping)", "4": ""}
+    stats = caption_stats(preds, ["a dog runs", "a cat"])
+    assert stats == {"length_mean": 9 / 4, "vocabulary": 6.0, "novel_percent": 50.0}
+    assert "novel_percent" not in caption_stats(preds)

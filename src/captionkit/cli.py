@@ -222,18 +222,29 @@ def evaluate(
     split: Annotated[str, typer.Option("--split")] = "test",
     output: Annotated[Path | None, typer.Option("--output", help="Write metrics JSON.")] = None,
     cache_dir: CacheOpt = None,
+    spice: Annotated[
+        bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
+    ] = False,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
 ) -> None:
-    """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr."""
+    """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean
+    caption length, vocabulary used, % novel captions; --output adds each image's CIDEr."""
     from captionkit.evaluation.evaluate import evaluate_run
 
     result = evaluate_run(checkpoint, data, images, split, cache_dir=cache_dir and str(cache_dir),
-                          options=decoding)  # fmt: skip
+                          options=decoding, spice=spice)  # fmt: skip
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
     typer.echo(f"{split} split, {len(result.predictions)} images, {decoding.describe()}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
+    stats = result.stats
+    line = f"  length {stats['length_mean']:.1f} words, vocabulary {stats['vocabulary']:.0f} words"
+    if "novel_percent" in stats:
+        line += f", novel {stats['novel_percent']:.1f}%"
+    typer.echo(line)
     if output:
-        output.write_text(json.dumps(result.metrics, indent=2) + "\n")
+        output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
 @app.command()

@@ -13,7 +13,8 @@ symbols), not PTB's treatment of SGML with attributes, phone numbers or URLs wit
 
 One deliberate difference: PTB turns brackets into `-LRB-` etc. and then lowercases them, so
 pycocoevalcap's punctuation filter (which lists `-LRB-`) misses them and `-lrb-` becomes a word.
-We drop brackets, as that filter intends: a model should not learn to write "-lrb-".
+We drop brackets, as that filter intends: a model should not learn to write "-lrb-". The metrics'
+Java-free path asks for pycocoevalcap's tokens (`ptb_brackets=True`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 # pycocoevalcap's PUNCTUATIONS, plus the (lowercased) bracket tokens: see the module docstring.
-_DROPPED = frozenset(
+_PTB_DROPPED = frozenset(
     ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-",
-     "--", "...", ";", "-lrb-", "-rrb-", "-lcb-", "-rcb-", "-lsb-", "-rsb-"]
+     "--", "...", ";"]
 )  # fmt: skip
+_DROPPED = _PTB_DROPPED | {"-lrb-", "-rrb-", "-lcb-", "-rcb-", "-lsb-", "-rsb-"}
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 
 # Characters PTB maps to others while lexing; mapping them first keeps the rules short.
 # Dashes, ellipses, fractions and currency become tokens of their own, hence the spaces.
@@ -102,8 +105,9 @@ class _Rule:
     action: str
     """`keep` the token; `drop` it; `push<n>`: keep it but rescan its last n characters
     ("cannot" -> "can" + "not"); `quote`: keep it with PTB's quote normalization (n't, 's);
-    `smiley`: keep it with parentheses as -lrb- -rrb-; `hyphens`: PTB's dashes "-" and "--"
-    (from 1-4 hyphens) are punctuation, longer runs are kept; else the token's normalized form."""
+    `smiley`: keep it with parentheses as -lrb- -rrb-; `bracket`: PTB's -lrb- etc.; `hyphens`:
+    PTB's dashes "-" and "--" (from 1-4 hyphens) are punctuation, longer runs are kept; else the
+    token's normalized form."""
 
 
 def _rule(token: str, action: str = "keep", context: str = "") -> _Rule:
@@ -138,7 +142,8 @@ _RULES = [
     _rule(rf"{_APOS}\d\d", context=r"\s"),  # '90
     _rule(rf"(?:{_WORD}|{_HTHING}|{_THING}|{_THINGA})\.", context="[,;:]"),
     _rule(_SMILEY, "smiley", context="[^A-Za-z0-9]"),
-    _rule(r"[\"()\[\]{}]", "drop"),
+    _rule('"', "drop"),
+    _rule(r"[()\[\]{}]", "bracket"),
     _rule(r"<<|>>|[+%&~^|\\<>=/]"),
     _rule(r"-+", "hyphens"),
     _rule(r"\.{3,5}", "drop"),
@@ -173,7 +178,7 @@ def _longest_match(text: str, pos: int) -> tuple[_Rule, str] | None:
 
 
 @lru_cache(maxsize=1 << 17)
-def _lex_chunk(chunk: str, follow: str) -> tuple[str, ...]:
+def _lex_chunk(chunk: str, follow: str, brackets: bool = False) -> tuple[str, ...]:
     """Tokens of one whitespace-free chunk. `follow` stands for what comes after it: " 0" before
     a chunk starting with a digit (the only look past the space a rule makes), else " "."""
     text, pos, tokens = chunk + follow, 0, []
@@ -194,15 +199,19 @@ def _lex_chunk(chunk: str, follow: str) -> tuple[str, ...]:
             tokens.append(token.translate(_QUOTES).lower())
         elif rule.action == "smiley":
             tokens.append(token.lower().replace("(", "-lrb-").replace(")", "-rrb-"))
+        elif rule.action == "bracket":
+            tokens.append(_BRACKETS[token])
         elif rule.action == "hyphens":
             tokens += [token] if len(token) >= 5 else []
         elif rule.action != "drop":
             tokens.append(rule.action)
-    return tuple(t for t in tokens if t not in _DROPPED)
+    dropped = _PTB_DROPPED if brackets else _DROPPED
+    return tuple(t for t in tokens if t not in dropped)
 
 
-def tokenize(text: str) -> list[str]:
-    """Lowercased PTB tokens without punctuation, as pycocoevalcap's tokenizer gives them.
+def tokenize(text: str, ptb_brackets: bool = False) -> list[str]:
+    """Lowercased PTB tokens without punctuation, as pycocoevalcap's tokenizer gives them;
+    brackets are dropped unless `ptb_brackets` (then "(" is `-lrb-`, as in pycocoevalcap).
 
     >>> tokenize("A dog's ball, RED!  (Don't t-shirts cost $5.50?)")
     ['a', 'dog', "'s", 'ball', 'red', 'do', "n't", 't-shirts', 'cost', '$', '5.50']
@@ -214,7 +223,7 @@ def tokenize(text: str) -> list[str]:
             tokens.append(chunk.lower())  # the common case, and what the rules would give
         else:
             digit_next = i + 1 < len(chunks) and chunks[i + 1][0].isdecimal()
-            tokens += _lex_chunk(chunk, " 0" if digit_next else " ")
+            tokens += _lex_chunk(chunk, " 0" if digit_next else " ", ptb_brackets)
     return tokens
 
 

@@ -1,80 +1,156 @@
 """A vectorised CIDEr-D that gives pycocoevalcap's numbers, fast enough for SCST rewards.
 
 pycocoevalcap scores a caption against its image's references with Python dicts, one pair at a
-time. Here every caption and reference is a sparse row of tf-idf weights over an n-gram index, and
-all (caption, reference) pairs are scored by a few sparse-matrix operations. The formula is the
-same: idf from the number of images whose references contain the n-gram, the clipped product
-min(h, r)·r per n-gram order divided by the vector norms, a Gaussian penalty on the length
-difference (counted in bigrams, as pycocoevalcap does), averaged over references and orders, x10.
+time. Here every caption and reference is a sparse row of tf-idf weights over an n-gram index
+(`ngrams.NgramIndex`, built with numpy), and all (caption, reference) pairs are scored by a few
+sparse-matrix operations. The formula is the same: idf from the number of images whose references
+contain the n-gram, the clipped product min(h, r)·r per n-gram order divided by the vector norms,
+a Gaussian penalty on the length difference (counted in bigrams, as pycocoevalcap does), averaged
+over references and orders, x10.
 
-Captions are pre-tokenized strings (words separated by spaces), as pycocoevalcap expects.
+Document frequencies come from the references being scored (pycocoevalcap's `Cider`) or from a
+given corpus (`DocumentFrequency`, e.g. the training references for SCST), which can be saved to
+JSON and loaded back. Captions are pre-tokenized strings (words separated by spaces).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import json
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import sparse
 
+from captionkit.errors import CaptionkitError
+from captionkit.evaluation.ngrams import Encoded, NgramIndex
 
-def ngram_counts(caption: str, n: int = 4) -> Counter:
-    """Counts of the 1..n-grams of a space-tokenized caption."""
-    words = caption.split()
-    return Counter(
-        tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1)
-    )
+DF_FORMAT = "captionkit-cider-df"
+
+
+def _flatten(
+    references: Mapping[Hashable, Sequence[str]],
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The distinct references, the row among them of every reference (image by image) and how
+    many references each image has. Vectorising each distinct text once matters when images
+    share references (or one is scored under several keys)."""
+    if any(len(refs) == 0 for refs in references.values()):
+        raise CaptionkitError("CIDEr-D: an image has no reference captions")
+    distinct: dict[str, int] = {}
+    rows = [distinct.setdefault(c, len(distinct)) for refs in references.values() for c in refs]
+    sizes = np.fromiter(map(len, references.values()), dtype=np.int64, count=len(references))
+    return list(distinct), np.array(rows, dtype=np.int64), sizes
+
+
+def _sum_per_order(rows: np.ndarray, order: np.ndarray, values: np.ndarray, n_rows: int,
+                   n: int) -> np.ndarray:  # fmt: skip
+    """[n_rows, n] sums of `values` by row and n-gram order."""
+    flat = np.bincount(rows * n + order, weights=values, minlength=n_rows * n)
+    return flat.reshape(n_rows, n)
+
+
+class DocumentFrequency:
+    """In how many images' references each n-gram occurs, over one reference corpus."""
+
+    def __init__(self, index: NgramIndex, df: np.ndarray, images: int):
+        self.index = index
+        self.df = df
+        """[index columns] number of images whose references contain the n-gram."""
+        self.images = images
+
+    @classmethod
+    def from_references(
+        cls, references: Mapping[Hashable, Sequence[str]], n: int = 4
+    ) -> DocumentFrequency:
+        """Document frequencies of `references` (image key -> tokenized captions)."""
+        distinct, rows, sizes = _flatten(references)
+        index = NgramIndex(distinct, n)
+        counts = index.corpus.counts
+        present = sparse.csr_matrix((np.ones(counts.nnz), counts.indices, counts.indptr),
+                                    shape=counts.shape)  # fmt: skip
+        image_of = np.repeat(np.arange(len(sizes)), sizes)
+        by_image = sparse.csr_matrix(
+            (np.ones(len(rows)), (image_of, rows)), shape=(len(sizes), len(distinct))
+        )
+        # [images, columns] without duplicates: each stored entry is one (image, n-gram) pair
+        df = np.bincount((by_image @ present).indices, minlength=index.size)
+        return cls(index, df.astype(np.int64), len(sizes))
+
+    def values_for(self, index: NgramIndex) -> np.ndarray:
+        """[columns of `index`] the document frequency of its n-grams (0 for unseen ones)."""
+        if index is self.index:
+            return self.df
+        columns = self.index.columns_of(index.gram_strings())
+        return np.where(columns >= 0, self.df[columns], 0)
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON: n, the number of images and each n-gram's count."""
+        grams = dict(zip(self.index.gram_strings(), self.df.tolist()))
+        doc = {"format": DF_FORMAT, "n": self.index.n, "images": self.images, "df": grams}
+        Path(path).write_text(json.dumps(doc, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> DocumentFrequency:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise CaptionkitError(f"{path}: cannot read CIDEr-D document frequencies ({e})") from e
+        if not isinstance(doc, dict) or doc.get("format") != DF_FORMAT:
+            raise CaptionkitError(f"{path}: not a CIDEr-D document frequency file")
+        grams = list(doc["df"])
+        index = NgramIndex(grams, doc["n"])
+        columns, counts = index.columns_of(grams), np.array(list(doc["df"].values()))
+        if (columns < 0).any():  # only an n-gram longer than n (or empty) has no column
+            raise CaptionkitError(f"{path}: n-grams of more than {doc['n']} words")
+        df = np.zeros(index.size, dtype=np.int64)
+        df[columns] = counts
+        return cls(index, df, int(doc["images"]))
 
 
 class CiderD:
-    """CIDEr-D with document frequencies from `references` (image key -> tokenized captions).
+    """CIDEr-D of captions against `references` (image key -> tokenized captions).
 
-    Scoring the same images that define the document frequencies reproduces pycocoevalcap's
-    `Cider`; SCST builds one `CiderD` from the training references and scores samples against it.
+    Without `df`, document frequencies come from `references` themselves, which reproduces
+    pycocoevalcap's `Cider`; SCST gives the training corpus's `DocumentFrequency` instead.
     """
 
-    def __init__(
-        self, references: Mapping[Hashable, Sequence[str]], n: int = 4, sigma: float = 6.0
-    ):
+    def __init__(self, references: Mapping[Hashable, Sequence[str]], n: int = 4,
+                 sigma: float = 6.0, df: DocumentFrequency | None = None):  # fmt: skip
         self.n, self.sigma = n, sigma
-        self.index: dict[tuple, int] = {}
-        ref_counts = {key: [ngram_counts(r, n) for r in refs] for key, refs in references.items()}
-        df: Counter = Counter()
-        for counts in ref_counts.values():
-            df.update({g for c in counts for g in c})
-        for gram in df:
-            self.index[gram] = len(self.index)
-        self.ref_len = np.log(float(len(references)))
-        self.idf = self.ref_len - np.log(np.maximum(1.0, np.array([df[g] for g in self.index])))
-        self.order = np.array([len(g) - 1 for g in self.index], dtype=np.int64)
-        self.order_onehot = sparse.csr_matrix(
-            (np.ones(len(self.order)), (np.arange(len(self.order)), self.order)),
-            shape=(len(self.order), n),
-        )
-        flat = [c for counts in ref_counts.values() for c in counts]
-        self.refs, self.ref_norm, self.ref_length = self._vectors(flat)
-        sizes = np.array([len(c) for c in ref_counts.values()])
-        self.ref_start = dict(zip(ref_counts, np.concatenate([[0], np.cumsum(sizes)[:-1]])))
-        self.ref_size = dict(zip(ref_counts, sizes))
+        distinct, self.ref_rows, sizes = _flatten(references)
+        if df is None:
+            df = DocumentFrequency.from_references(references, n)
+            self.index, encoded = df.index, df.index.corpus
+        elif df.index.n != n:
+            raise CaptionkitError(f"CIDEr-D: document frequencies of {df.index.n}-grams, not {n}")
+        else:  # the corpus's n-grams too: a caption's n-gram only they hold still has its idf
+            self.index = NgramIndex(distinct + df.index.gram_strings(), n)
+            encoded = self.index.corpus.head(len(distinct))
+        self.log_images = np.log(float(df.images))
+        self.idf = self.log_images - np.log(np.maximum(1.0, df.values_for(self.index)))
+        self.order = self.index.column_order()
+        self.refs, self.ref_norm, self.ref_length = self._vectors(encoded)
+        self.ref_start = dict(zip(references, np.cumsum(sizes) - sizes))
+        self.ref_size = dict(zip(references, sizes))
 
-    def _vectors(self, counts: list[Counter]):
-        """tf-idf rows (CSR), norms per order [N, n] and lengths in bigrams [N]."""
-        rows, cols, vals = [], [], []
-        norm_sq = np.zeros((len(counts), self.n))
-        length = np.zeros(len(counts))
-        for i, c in enumerate(counts):
-            for gram, tf in c.items():
-                k = len(gram) - 1
-                j = self.index.get(gram)
-                weight = tf * (self.idf[j] if j is not None else self.ref_len)
-                norm_sq[i, k] += weight * weight
-                if k == 1:
-                    length[i] += tf
-                if j is not None:  # an n-gram no reference has cannot match: norm only
-                    rows.append(i), cols.append(j), vals.append(weight)
-        matrix = sparse.csr_matrix((vals, (rows, cols)), shape=(len(counts), len(self.index)))
-        return matrix, np.sqrt(norm_sq), length
+    def _vectors(self, encoded: Encoded):
+        """tf-idf rows over the index's columns (CSR), norms per order [N, n], lengths [N]."""
+        counts, size = encoded.counts, self.index.size
+        idf = np.full(counts.shape[1], self.log_images)  # n-grams no corpus image has: df 0
+        idf[:size] = self.idf
+        weight = counts.data * idf[counts.indices]
+        row = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        norm_sq = _sum_per_order(
+            row, encoded.order[counts.indices], weight**2, counts.shape[0], self.n
+        )
+        known = counts.indices < size  # only these can match a reference
+        indptr = np.concatenate(
+            [[0], np.cumsum(np.bincount(row[known], minlength=counts.shape[0]))]
+        )
+        matrix = sparse.csr_matrix((weight[known], counts.indices[known], indptr),
+                                   shape=(counts.shape[0], size))  # fmt: skip
+        matrix.has_sorted_indices = True
+        return matrix, np.sqrt(norm_sq), np.maximum(encoded.lengths - 1, 0).astype(float)
 
     def score(self, captions: Sequence[str], keys: Sequence[Hashable]) -> np.ndarray:
         """CIDEr-D of `captions[i]` against the references of image `keys[i]`, per caption."""
@@ -82,21 +158,24 @@ class CiderD:
         unique, which = np.unique(
             np.asarray(captions, dtype=object).astype(str), return_inverse=True
         )
-        hyp, hyp_norm, hyp_length = self._vectors([ngram_counts(c, self.n) for c in unique])
+        hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(list(unique)))
         sizes = np.array([self.ref_size[k] for k in keys])
+        starts = np.array([self.ref_start[k] for k in keys])
         cand = np.repeat(which, sizes)  # one row per (caption, reference) pair
-        ref = np.concatenate([np.arange(self.ref_start[k], self.ref_start[k] + self.ref_size[k])
-                              for k in keys])  # fmt: skip
+        ref = (
+            np.repeat(starts, sizes)
+            + np.arange(sizes.sum())
+            - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        )
+        ref = self.ref_rows[ref]  # [pairs] rows of the distinct references
         h, r = hyp[cand], self.refs[ref]
-        clipped = h.minimum(r).multiply(r)  # min(h, r) * r, per n-gram
-        val = np.asarray((clipped @ self.order_onehot).todense())  # [pairs, n]
+        clipped = h.minimum(r).multiply(r).tocoo()  # min(h, r) * r, per n-gram
+        val = _sum_per_order(clipped.row, self.order[clipped.col], clipped.data, len(cand), self.n)
         denom = hyp_norm[cand] * self.ref_norm[ref]
         val = np.divide(val, denom, out=val.copy(), where=denom != 0)
         delta = hyp_length[cand] - self.ref_length[ref]
         val *= np.exp(-(delta**2) / (2 * self.sigma**2))[:, None]
-        per_caption = np.add.reduceat(
-            val.mean(axis=1), np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        )
+        per_caption = np.add.reduceat(val.mean(axis=1), np.cumsum(sizes) - sizes)
         return per_caption / sizes * 10.0
 
     def corpus_score(self, predictions: Mapping[Hashable, str]) -> tuple[float, np.ndarray]:

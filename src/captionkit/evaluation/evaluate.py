@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ from captionkit.decoding.decoding import DEFAULT_MAX_LENGTH
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import FeatureStore, features_for_dataset
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.metrics import coco_metrics
+from captionkit.evaluation.metrics import score_captions
+from captionkit.evaluation.stats import caption_stats
 from captionkit.models.checkpoint import ENCODER_WEIGHTS, TrainedModel, load_checkpoint
 
 
@@ -28,6 +29,19 @@ class Evaluation:
     predictions: dict[str, str]
     """Image file name -> generated caption."""
     references: dict[str, list[str]]
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Image file name -> its own CIDEr, ROUGE-L (METEOR, SPICE when computed)."""
+    stats: dict[str, float] = field(default_factory=dict)
+    """Mean caption length, vocabulary used, % novel captions (`stats.caption_stats`)."""
+    notes: list[str] = field(default_factory=list)
+    """One line for each metric skipped or computed otherwise (no java, no SPICE)."""
+
+    def to_json(self) -> dict:
+        """Metrics and statistics (numbers, at the top), notes, and every image's caption and
+        scores."""
+        images = [{"image": k, "caption": c, **self.per_image.get(k, {})}
+                  for k, c in self.predictions.items()]  # fmt: skip
+        return {**self.metrics, **self.stats, "notes": self.notes, "images": images}
 
 
 def encoder_for(trained: TrainedModel):
@@ -87,11 +101,12 @@ def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> No
 
 def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | None = None,
                  split: str = "test", beam_size: int = 3, cache_dir: str | None = None,
-                 meteor: bool = True,
-                 options: DecodingOptions | None = None) -> Evaluation:  # fmt: skip
+                 meteor: bool = True, options: DecodingOptions | None = None,
+                 spice: bool = False) -> Evaluation:  # fmt: skip
     """Caption every image of `split` with the run's model and score it against the references.
     `options` (default: beam search of `beam_size`) say how to decode; the caption length limit
-    is the run's unless they set `max_length`."""
+    is the run's unless they set `max_length`. Novel captions are counted against the training
+    split of the same dataset (the run's own split when it is the run's dataset)."""
     trained = load_checkpoint(run_dir)
     dataset = load_dataset(data, images)
     _pin_splits(dataset, Path(data), Path(run_dir), trained)
@@ -104,4 +119,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | Non
     captions = caption_rows(trained, store, rows, options)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
-    return Evaluation(coco_metrics(predictions, references, meteor), predictions, references)
+    report = score_captions(predictions, references, meteor, spice)
+    per_image = {k: {m: v[i] for m, v in report.per_image.items()}
+                 for i, k in enumerate(predictions)}  # fmt: skip
+    training = [c for r in dataset.split("train") for c in r.captions]
+    stats = caption_stats(predictions, training)
+    return Evaluation(report.scores, predictions, references, per_image, stats, report.notes)
