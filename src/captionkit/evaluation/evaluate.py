@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,8 @@ class Evaluation:
     predictions: dict[str, str]
     """Image file name -> generated caption."""
     references: dict[str, list[str]]
+    images: dict[str, Path] = field(default_factory=dict)
+    """Image file name -> its path (for reports)."""
 
 
 def encoder_for(trained: TrainedModel):
@@ -104,4 +106,5 @@ def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | Non
     captions = caption_rows(trained, store, rows, options)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
-    return Evaluation(coco_metrics(predictions, references, meteor), predictions, references)
+    paths = {r.filename: dataset.path(r) for r in records}
+    return Evaluation(coco_metrics(predictions, references, meteor), predictions, references, paths)
