@@ -101,13 +101,17 @@ def read_validations(run_dir: Path) -> list[dict]:
 
 
 def read_step_losses(run_dir: Path) -> tuple[list[float], list[float]]:
-    """(steps, train losses) logged during training in Lightning's `logs/csv/metrics.csv`."""
-    path = Path(run_dir) / "logs" / "csv" / "metrics.csv"
-    if not path.is_file():
-        return [], []
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/loss") and r.get("step")]
-    return [float(r["step"]) for r in rows], [float(r["train/loss"]) for r in rows]
+    """(steps, train losses) logged during training in Lightning's CSV logs (`logs/csv/`, or
+    `logs/version_N/` in older runs); a step logged in several files (a resumed run logged it
+    again) keeps its last value."""
+    losses: dict[float, float] = {}
+    for path in sorted(Path(run_dir).glob("logs/**/metrics.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss") and row.get("step"):
+                    losses[float(row["step"])] = float(row["train/loss"])
+    steps = sorted(losses)
+    return steps, [losses[s] for s in steps]
 
 
 def training_charts(run_dir: Path) -> list[Chart]:
