@@ -12,10 +12,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from captionkit.data.images import load_image
 
-# Anchor colours of the heat map, low to high attention (a dark-to-yellow "inferno"-like ramp).
-_RAMP = np.array(
-    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
-)
+# The warm light added where a word looked (RGB, scaled by the attention squared).
+_GLOW = np.array([255, 200, 60], dtype=np.float32)
 
 
 def font(size: int) -> ImageFont.ImageFont:
@@ -44,14 +42,6 @@ def thumbnail(path: Path, size: int = 224) -> Image.Image:
     return image
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1], any shape [...] -> RGB float [..., 3] along `_RAMP`."""
-    position = np.clip(values, 0, 1) * (len(_RAMP) - 1)
-    low = np.minimum(position.astype(int), len(_RAMP) - 2)
-    frac = (position - low)[..., None]
-    return _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
-
-
 def heat_overlay(image: np.ndarray, attention: np.ndarray, size: int = 160) -> Image.Image:
     """One attention map [gh, gw] over the image [H, W, 3] uint8, as a `size` square: the map is
     upsampled smoothly and scaled to its own maximum, so each word shows where it looked most,
@@ -62,9 +52,10 @@ def heat_overlay(image: np.ndarray, attention: np.ndarray, size: int = 160) -> I
     heat = np.asarray(grid.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     top = max(float(attention.max()), 2.0 / attention.size)
     heat = np.clip(heat / top, 0, 1)[..., None]  # [S, S, 1]
-    # Unattended regions are dimmed, attended ones tinted by the ramp: readable on any photo.
+    # A spotlight: unattended regions dimmed, the most attended ones lit warmer; the photo stays
+    # recognisable under every map, which a false-colour overlay would hide.
     pixels = np.asarray(base, dtype=np.float32)
-    blended = pixels * (0.35 + 0.4 * heat) + colormap(heat[..., 0]) * (0.25 + 0.2 * heat)
+    blended = pixels * (0.25 + 0.75 * heat) + _GLOW * 0.35 * heat**2
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 

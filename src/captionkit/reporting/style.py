@@ -12,7 +12,7 @@ table.metrics th { text-align: left; font-weight: 500; }
 table.metrics td { text-align: right; font-variant-numeric: tabular-nums; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; }
 .chart { width: 480px; max-width: 100%; height: auto; border: 1px solid #ddd; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 14px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 12px; }
 .card { margin: 0; background: white; border: 1px solid #ddd; border-radius: 6px;
         padding: 8px; display: flex; flex-direction: column; }
 .card img { display: block; max-width: 100%; height: 180px; object-fit: contain;
