@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,8 @@ class Captioner:
             name = self.trained.config["model"]["name"]
             raise CaptionkitError(f"model '{name}' has no attention over the image to show "
                                   "(train with --model attention)")  # fmt: skip
-        options = run_options(self.trained, options or DecodingOptions())
+        options = dataclasses.replace(options or DecodingOptions(), attention=True)
+        options = run_options(self.trained, options)
         pixels = torch.stack([self._pixels(im) for im in images])  # [B, 3, H, W]
         pooled, grid = self.encoder(pixels.to(self.device))  # [B, D], [B, L, D]
         side = round(grid.shape[1] ** 0.5)
