@@ -19,6 +19,7 @@ from PIL import Image
 from captionkit.cli import main
 from captionkit.data import tokenize
 from captionkit.data.shapes import make_shapes
+from captionkit.data.vocab import detokenize
 from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.models import create_model
 from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
@@ -105,7 +106,7 @@ def test_report_shows_every_section_and_image(run):
         mime, data = re.fullmatch(r"data:image/(jpeg|png);base64,(.+)", src).groups()
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == mime.upper()
     for name, caption in evaluation.predictions.items():
-        assert name in page and html.escape(caption or "(empty caption)") in page
+        assert name in page and html.escape(detokenize(caption) or "(empty caption)") in page
 
 
 def test_report_escapes_text_and_needs_no_training_logs(run, tmp_path):

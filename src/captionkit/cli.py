@@ -349,8 +349,11 @@ def evaluate(
         typer.echo(f"  {name:<8} {value:.4f}")
     if output:
         output.write_text(json.dumps(result.metrics, indent=2) + "\n")
-    save_run_evaluation(checkpoint, split, result.metrics, len(result.predictions),
-                        decoding.describe(), data)  # fmt: skip
+    try:  # for `captionkit compare`; a read-only run folder only loses that
+        save_run_evaluation(checkpoint, split, result.metrics, len(result.predictions),
+                            decoding.describe(), data)  # fmt: skip
+    except OSError as e:
+        typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
     if report:
         from captionkit.reporting.report import write_report
 

@@ -75,7 +75,8 @@ def _card(name: str, evaluation: Evaluation, score: float, thumbs: _Thumbnails) 
     caption = detokenize(evaluation.predictions[name]) or "(empty caption)"
     return (
         f'<figure class="card">{thumbs.img(name)}<figcaption>'
-        f'<p class="name">{_e(name)} <span class="score">CIDEr-D {score:.3f}</span></p>'
+        f'<p class="name"><span class="file" title="{_e(name)}">{_e(name)}</span>'
+        f'<span class="score">CIDEr-D {score:.3f}</span></p>'
         f'<p class="gen">{_e(caption)}</p><ol class="refs">{refs}</ol>'
         "</figcaption></figure>"
     )
@@ -117,8 +118,10 @@ def _attention_rows(
     """Per-token heat maps of `names` (empty for models without attention)."""
     from captionkit.serving import Captioner
 
+    if not names:
+        return ""
     captioner = Captioner.load(run_dir)
-    if not captioner.attends or not names:
+    if not captioner.attends:
         return ""
     rows = []
     for name, attended in zip(

@@ -18,8 +18,10 @@ table.metrics td { text-align: right; font-variant-numeric: tabular-nums; }
 .card img { display: block; max-width: 100%; height: 180px; object-fit: contain;
             margin: 0 auto; background: #f0f0f0; width: 100%; }
 .card figcaption { font-size: 0.9em; }
-.name { color: #777; font-size: 0.85em; margin: 6px 0 2px; word-break: break-all; }
-.score { float: right; color: #0b5394; font-weight: 600; }
+.name { color: #777; font-size: 0.85em; margin: 6px 0 2px; display: flex; gap: 8px;
+        justify-content: space-between; }
+.file { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }
+.score { flex: none; color: #0b5394; font-weight: 600; }
 .gen { font-weight: 600; margin: 2px 0 4px; }
 .refs { margin: 0; padding-left: 1.3em; color: #555; font-size: 0.92em; }
 .missing { height: 180px; display: flex; align-items: center; justify-content: center;
