@@ -21,6 +21,7 @@ from captionkit.data import tokenize
 from captionkit.data.shapes import make_shapes
 from captionkit.data.vocab import detokenize
 from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.evaluation.metrics import METRIC_KEYS
 from captionkit.models import create_model
 from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
 from captionkit.reporting.images import heat_overlay
@@ -251,3 +252,16 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert title.group(1) == f"CHECKED {expected} images; []"
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert console == []
+
+
+def test_compare_fills_in_defaults_of_settings_older_runs_lack(show_tell_run, tmp_path, capsys):
+    old = tmp_path / "old-run"
+    shutil.copytree(show_tell_run, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["run"]["optim"]  # saved before the optimizer settings existed: all defaults
+    del config["model"]["config"]["dropout"]
+    (old / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "t.json"
+    assert main(["compare", str(show_tell_run), str(old), "--output", str(out)]) == 0
+    assert list(json.loads(out.read_text())[0]) == ["run", "model", "encoder", "best val CIDEr",
+                                                    "epoch", "decoding", *METRIC_KEYS]  # fmt: skip

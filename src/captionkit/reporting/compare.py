@@ -7,6 +7,7 @@ metrics, the decoding, the data); this module reads those and each run's `config
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import io
 import json
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.metrics import METRIC_KEYS
+from captionkit.models import MODELS
 from captionkit.models.checkpoint import read_config
+from captionkit.training.config import RunConfig
 
 # Settings that never explain a difference in results: left out of the table.
 IGNORED_SETTINGS = {"data.cache_dir", "train.workers", "train.checkpoint_every", "model_args"}
@@ -71,16 +74,29 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def _model_defaults(name: str | None) -> dict:
+    """The default of every field of a registered model's config that has one."""
+    if name not in MODELS:
+        return {}
+    fields = dataclasses.fields(MODELS[name][0])
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
 def summarize_run(run_dir: str | Path, split: str = "test") -> RunSummary:
     """A run folder's settings, best validation and metrics on `split`."""
     config = read_config(Path(run_dir))
+    # Runs saved before a setting existed trained with its default: fill those in, so that only
+    # real differences show.
+    run = {**_flatten(RunConfig().to_dict()), **_flatten(config.get("run", {}))}
     settings = {
         k: v
-        for k, v in _flatten(config.get("run", {})).items()
+        for k, v in run.items()
         if k.split(".")[0] not in IGNORED_SETTINGS and k not in IGNORED_SETTINGS
     }
-    settings["model"] = config.get("model", {}).get("name")
-    settings.update(_flatten(config.get("model", {}).get("config", {}), "model"))
+    model = config.get("model", {})
+    settings["model"] = model.get("name")
+    settings.update(_flatten(_model_defaults(model.get("name")), "model"))
+    settings.update(_flatten(model.get("config", {}), "model"))
     settings["encoder"] = config.get("encoder", {}).get("name")
     path = eval_file(run_dir, split)
     evaluation = None
