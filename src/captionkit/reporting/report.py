@@ -182,7 +182,8 @@ def build_report(
         parts += [
             "<h2>Where the model looked</h2>",
             f'<p class="note">Attention over the image for each generated word: the best '
-            f"{a} and the worst {a} images above (bright = attended).</p>",
+            f"{a} and the worst {a} images above, as the encoder saw them (resized and cropped); "
+            "bright = attended.</p>",
             attention,
         ]
     parts += [
