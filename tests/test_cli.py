@@ -77,7 +77,7 @@ def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
 
     seen = {}
 
-    def fake_train(config, run_dir):
+    def fake_train(config, run_dir, resume=False):
         seen["config"], seen["run_dir"] = config, run_dir
         return {"val/CIDEr": 0.5, "epoch": 1}
 
