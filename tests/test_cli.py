@@ -210,7 +210,7 @@ def _train_seen(monkeypatch, tmp_path):
     import captionkit.training.train as training
 
     seen = {}
-    monkeypatch.setattr(training, "train", lambda config, run_dir: seen.update(config=config)
+    monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False: seen.update(config=config)
                         or {"val/CIDEr": 0.5, "epoch": 1})  # fmt: skip
     return ["train", "--data", "d", "--out", str(tmp_path / "r")], seen
 
