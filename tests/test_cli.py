@@ -210,8 +210,11 @@ def _train_seen(monkeypatch, tmp_path):
     import captionkit.training.train as training
 
     seen = {}
-    monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False: seen.update(config=config)
-                        or {"val/CIDEr": 0.5, "epoch": 1})  # fmt: skip
+    def fake_train(config, run_dir, resume=False):
+        seen.update(config=config)
+        return {"val/CIDEr": 0.5, "epoch": 1}
+
+    monkeypatch.setattr(training, "train", fake_train)
     return ["train", "--data", "d", "--out", str(tmp_path / "r")], seen
 
 
