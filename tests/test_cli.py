@@ -210,6 +210,7 @@ def _train_seen(monkeypatch, tmp_path):
     import captionkit.training.train as training
 
     seen = {}
+
     def fake_train(config, run_dir, resume=False):
         seen.update(config=config)
         return {"val/CIDEr": 0.5, "epoch": 1}
