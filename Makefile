@@ -8,7 +8,7 @@ DEMO_RUN ?= runs/shapes-demo
 DEMO_IMAGES ?= 2000
 DEMO_EPOCHS ?= 8
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Optional, Debian/Ubuntu as root (~500 MB): headless Chromium for the test that renders the HTML
+# report (tests/test_report.py skips it when chromium is missing).
+browser:
+	apt-get install -y chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -203,8 +203,8 @@ def test_attention_weights_come_with_every_token():
     model = create_model("attention", vocab_size=20, feature_dim=8, embed_dim=8, hidden_dim=16,
                          attention_dim=8, dropout=0.0).eval()  # fmt: skip
     pooled, grid = torch.randn(2, 8), torch.randn(2, 5, 8)
-    greedy = decode(model, pooled, grid, DecodingOptions(max_length=6))
-    beam1 = BeamSearchDecoder(DecodingOptions(beam_size=1, max_length=6),
+    greedy = decode(model, pooled, grid, DecodingOptions(max_length=6, attention=True))
+    beam1 = BeamSearchDecoder(DecodingOptions(beam_size=1, max_length=6, attention=True),
                               [SuppressTokens([Vocabulary.pad_id, Vocabulary.bos_id])])  # fmt: skip
     with torch.no_grad():
         beam1 = beam1.decode(model, pooled, grid)
@@ -213,9 +213,13 @@ def test_attention_weights_come_with_every_token():
         assert all(len(row) == 5 and sum(row) == pytest.approx(1.0) for row in g[0].attention)
         assert b[0].tokens == g[0].tokens
         assert torch.allclose(torch.tensor(b[0].attention), torch.tensor(g[0].attention))
-    beam3 = decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=6))
+    beam3 = decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=6, attention=True))
     assert all(len(r[0].attention) == len(r[0].tokens) + 1 for r in beam3)
-    assert decode(tiny_model(0), torch.randn(1, 8), None)[0][0].attention is None
+    plain = decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=6))
+    assert [r[0].tokens for r in plain] == [r[0].tokens for r in beam3]
+    assert all(r[0].attention is None for r in plain)  # not asked for: not collected
+    with_attention = DecodingOptions(max_length=6, attention=True)
+    assert decode(tiny_model(0), torch.randn(1, 8), None, with_attention)[0][0].attention is None
 
 
 # --- options ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """captionkit: train, evaluate and serve image-captioning models.
 
 The package follows the data flow: data -> encoders -> models -> decoding -> training ->
-evaluation -> serving. `Captioner` is the entry point for using a trained model.
+evaluation -> serving -> reporting (HTML reports, attention maps, comparing runs). `Captioner` is
+the entry point for using a trained model.
 """
 
 __version__ = "0.1.0"

@@ -221,6 +221,10 @@ def evaluate(
     images: ImagesOpt = None,
     split: Annotated[str, typer.Option("--split")] = "test",
     output: Annotated[Path | None, typer.Option("--output", help="Write metrics JSON.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write an HTML report: metrics, curves, images, attention."),
+    ] = None,
     cache_dir: CacheOpt = None,
     spice: Annotated[
         bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
@@ -228,8 +232,10 @@ def evaluate(
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean
-    caption length, vocabulary used, % novel captions; --output adds each image's CIDEr."""
+    caption length, vocabulary used, % novel captions; --output adds each image's CIDEr. The
+    metrics are also kept in the run folder as eval_SPLIT.json, for `captionkit compare`."""
     from captionkit.evaluation.evaluate import evaluate_run
+    from captionkit.reporting.compare import save_run_evaluation
 
     result = evaluate_run(checkpoint, data, images, split, cache_dir=cache_dir and str(cache_dir),
                           options=decoding, spice=spice)  # fmt: skip
@@ -245,6 +251,15 @@ def evaluate(
     typer.echo(line)
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    try:  # for `captionkit compare`; a read-only run folder only loses that
+        save_run_evaluation(checkpoint, split, result.metrics, len(result.predictions),
+                            decoding.describe(), data)  # fmt: skip
+    except OSError as e:
+        typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
+    if report:
+        from captionkit.reporting.report import write_report
+
+        typer.echo(f"report: {write_report(report, checkpoint, result, split, decoding)}")
 
 
 @app.command()
@@ -253,13 +268,31 @@ def caption(
     checkpoint: CheckpointOpt,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    attention_map: Annotated[
+        Path | None,
+        typer.Option(
+            "--attention-map",
+            help="Attention models: write a PNG of where the model "
+            "looked for each word (one image only).",
+        ),
+    ] = None,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
 ) -> None:
     """Caption image files with a trained run: the best caption, or with --n-best or
     --num-samples several, each with its log-probability."""
     from captionkit.serving import Captioner
 
+    if attention_map and len(images) != 1:
+        raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
     captioner = Captioner.load(checkpoint)
+    if attention_map:
+        from captionkit.reporting.images import attention_strip
+
+        (attended,) = captioner.attend(images, decoding)
+        strip = attention_strip(attended.image, attended.tokens, attended.attention)
+        strip.save(attention_map)
+        typer.echo(f"{images[0]}: {' '.join(attended.tokens)} -> {attention_map}")
+        return
     for path, hyps in zip(images, captioner.caption(images, options=decoding)):
         if as_json:
             scored = [{"caption": h.text, "score": round(h.score, 4)} for h in hyps]
@@ -270,6 +303,29 @@ def caption(
             typer.echo(f"{path}:")
             for rank, h in enumerate(hyps, 1):
                 typer.echo(f"  {rank}. {h.text}  ({h.score:.2f})")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (evaluated with `evaluate`).")],
+    split: Annotated[str, typer.Option("--split", help="Whose metrics to compare.")] = "test",
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the table: .md, .csv or .json.")
+    ] = None,
+) -> None:
+    """One table of several runs' metrics and the settings they differ in, best first."""
+    from captionkit.reporting import compare as cmp
+
+    fmt = cmp.table_format(output) if output else "md"
+    summaries = [cmp.summarize_run(run, split) for run in runs]
+    columns, rows = cmp.comparison_table(summaries)
+    typer.echo(cmp.format_table(columns, rows), nl=False)
+    for s in summaries:
+        if s.evaluation is None:
+            name = cmp.eval_file(s.run, split).name
+            typer.echo(f"note: {s.run} has no {name}: evaluate it with `captionkit evaluate`")
+    if output:
+        output.write_text(cmp.format_table(columns, rows, fmt))
 
 
 def main(argv: list[str] | None = None) -> int:

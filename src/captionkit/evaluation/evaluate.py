@@ -43,6 +43,9 @@ class Evaluation:
                   for k, c in self.predictions.items()]  # fmt: skip
         return {**self.metrics, **self.stats, "notes": self.notes, "images": images}
 
+    images: dict[str, Path] = field(default_factory=dict)
+    """Image file name -> its path (for reports)."""
+
 
 def encoder_for(trained: TrainedModel):
     """Rebuild the encoder a model was trained on (a fine-tuned one from the run's
@@ -124,4 +127,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | Non
                  for i, k in enumerate(predictions)}  # fmt: skip
     training = [c for r in dataset.split("train") for c in r.captions]
     stats = caption_stats(predictions, training)
-    return Evaluation(report.scores, predictions, references, per_image, stats, report.notes)
+    paths = {r.filename: dataset.path(r) for r in records}
+    return Evaluation(report.scores, predictions, references, per_image, stats, report.notes,
+                      paths)  # fmt: skip

@@ -1,5 +1,5 @@
 """Using a trained model: the `Captioner` Python API."""
 
-from captionkit.serving.captioner import Caption, Captioner
+from captionkit.serving.captioner import AttendedCaption, Caption, Captioner
 
-__all__ = ["Caption", "Captioner"]
+__all__ = ["AttendedCaption", "Caption", "Captioner"]

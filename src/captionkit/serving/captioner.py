@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,19 @@ class Caption:
     score: float
 
 
+@dataclass
+class AttendedCaption:
+    """A caption with where the model looked for each of its tokens."""
+
+    tokens: list[str]
+    """The generated tokens (words, or BPE pieces), `<eos>` not included."""
+    attention: np.ndarray
+    """Attention weights [T, gh, gw] over the encoder grid, one map per token."""
+    image: np.ndarray
+    """The image as the encoder saw it (resized and cropped), uint8 [H, W, 3]."""
+    score: float
+
+
 class Captioner:
     """Loads a run folder once, then captions images (paths, PIL images or HxWx3 arrays)."""
 
@@ -36,6 +50,11 @@ class Captioner:
     def load(cls, run_dir: str | Path, device: str = "cpu") -> Captioner:
         trained = load_checkpoint(run_dir, device)
         return cls(trained, encoder_for(trained), device)
+
+    @property
+    def attends(self) -> bool:
+        """Whether the model attends over the image grid (so `attend` can show where)."""
+        return hasattr(self.trained.model, "attention")
 
     def _pixels(self, image) -> torch.Tensor:
         if isinstance(image, (str, Path)):
@@ -66,3 +85,37 @@ class Captioner:
                 texts = [detokenize(self.trained.vocab.decode(h.tokens)) for h in hyps]
                 out.append([Caption(t, h.score) for t, h in zip(texts, hyps)])
         return out
+
+    @torch.inference_mode()
+    def attend(self, images: list, options: DecodingOptions | None = None) -> list[AttendedCaption]:
+        """The best caption of each image with its per-token attention maps (attention models
+        only; default options: greedy)."""
+        if not self.attends:
+            name = self.trained.config["model"]["name"]
+            raise CaptionkitError(f"model '{name}' has no attention over the image to show "
+                                  "(train with --model attention)")  # fmt: skip
+        options = dataclasses.replace(options or DecodingOptions(), attention=True)
+        options = run_options(self.trained, options)
+        pixels = torch.stack([self._pixels(im) for im in images])  # [B, 3, H, W]
+        pooled, grid = self.encoder(pixels.to(self.device))  # [B, D], [B, L, D]
+        side = round(grid.shape[1] ** 0.5)
+        if side * side != grid.shape[1]:
+            raise CaptionkitError(
+                f"encoder {self.encoder.name}: its grid of {grid.shape[1]} positions is not "
+                "square, cannot draw attention maps"
+            )
+        out = []
+        for image, hyps in zip(pixels, decode(self.trained.model, pooled, grid, options)):
+            best = max(hyps, key=lambda h: h.score) if options.sample else hyps[0]
+            tokens = [self.trained.vocab.decode([t]) for t in best.tokens]
+            maps = np.asarray(best.attention, dtype=np.float32)[: len(tokens)]  # [T, L]
+            seen = self._unnormalize(image)
+            out.append(AttendedCaption(tokens, maps.reshape(-1, side, side), seen, best.score))
+        return out
+
+    def _unnormalize(self, pixels: torch.Tensor) -> np.ndarray:
+        """Normalised pixels [3, H, W] -> the uint8 image [H, W, 3] they came from."""
+        mean = torch.tensor(self.encoder.data_config["mean"])[:, None, None]
+        std = torch.tensor(self.encoder.data_config["std"])[:, None, None]
+        rgb = (pixels.cpu() * std + mean).clamp(0, 1) * 255
+        return rgb.round().byte().permute(1, 2, 0).numpy()
