@@ -212,6 +212,7 @@ def bench_model(name: str, data: dict, args, device: torch.device) -> dict:
 
     config = RunConfig.from_yaml(CONFIGS / f"{name}.yaml")
     config.train.precision = args.precision or config.train.precision
+    config.train.bucket_batches = args.bucket_batches or config.train.bucket_batches
     use_grid = MODELS[name][1].uses_grid
     with tempfile.TemporaryDirectory() as tmp:
         datamodule, _ = _datamodule(config, data["store"], data["dataset"], data["train"],
@@ -301,6 +302,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default=None, help="Override the configs' precision.")
+    parser.add_argument(
+        "--bucket-batches",
+        type=int,
+        default=None,
+        help="Override train.bucket_batches (length bucketing; configs: 1).",
+    )
     parser.add_argument("--no-naive", action="store_true", help="Skip the naive reference loops.")
     parser.add_argument("--quick", action="store_true", help="Smoke test: 2+2 batches.")
     parser.add_argument("--output", default="bench/results_training.json")

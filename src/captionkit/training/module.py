@@ -87,6 +87,8 @@ class CaptioningModule(L.LightningModule):
         loss = caption_loss(logits, tokens[:, 1:], self.optim.label_smoothing)
         loss = self._global_token_mean(loss, tokens[:, 1:])
         if hasattr(self.model, "regularization_loss"):  # e.g. doubly stochastic attention
+            # The cross-entropy alone too: the regulariser can be ten times larger.
+            self.log("train/xe", loss, batch_size=tokens.shape[0])
             loss = loss + self.model.regularization_loss()
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
         return loss
