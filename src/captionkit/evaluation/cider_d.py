@@ -63,7 +63,13 @@ class DocumentFrequency:
         cls, references: Mapping[Hashable, Sequence[str]], n: int = 4
     ) -> DocumentFrequency:
         """Document frequencies of `references` (image key -> tokenized captions)."""
-        distinct, rows, sizes = _flatten(references)
+        return cls._from_flat(*_flatten(references), n)
+
+    @classmethod
+    def _from_flat(cls, distinct: list[str], rows: np.ndarray, sizes: np.ndarray,
+                   n: int) -> DocumentFrequency:  # fmt: skip
+        """From `_flatten`'s (distinct references, row of every reference, references per
+        image)."""
         index = NgramIndex(distinct, n)
         counts = index.corpus.counts
         present = sparse.csr_matrix((np.ones(counts.nnz), counts.indices, counts.indptr),
@@ -119,7 +125,7 @@ class CiderD:
         self.n, self.sigma = n, sigma
         distinct, self.ref_rows, sizes = _flatten(references)
         if df is None:
-            df = DocumentFrequency.from_references(references, n)
+            df = DocumentFrequency._from_flat(distinct, self.ref_rows, sizes, n)
             self.index, encoded = df.index, df.index.corpus
         elif df.index.n != n:
             raise CaptionkitError(f"CIDEr-D: document frequencies of {df.index.n}-grams, not {n}")
@@ -143,11 +149,14 @@ class CiderD:
         norm_sq = _sum_per_order(
             row, encoded.order[counts.indices], weight**2, counts.shape[0], self.n
         )
-        known = counts.indices < size  # only these can match a reference
-        indptr = np.concatenate(
-            [[0], np.cumsum(np.bincount(row[known], minlength=counts.shape[0]))]
-        )
-        matrix = sparse.csr_matrix((weight[known], counts.indices[known], indptr),
+        indices, indptr = counts.indices, counts.indptr
+        if counts.shape[1] > size:  # only known n-grams can match a reference
+            known = indices < size
+            indptr = np.concatenate(
+                [[0], np.cumsum(np.bincount(row[known], minlength=counts.shape[0]))]
+            )
+            weight, indices = weight[known], indices[known]
+        matrix = sparse.csr_matrix((weight, indices, indptr),
                                    shape=(counts.shape[0], size))  # fmt: skip
         matrix.has_sorted_indices = True
         return matrix, np.sqrt(norm_sq), np.maximum(encoded.lengths - 1, 0).astype(float)

@@ -78,18 +78,18 @@ def _positions(lengths: np.ndarray, k: int) -> np.ndarray:
 
 
 def _unique_inverse(keys: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(keys, return_inverse=True) for keys in [0, bound): one sort of the keys packed
-    with their positions, about twice as fast as numpy's argsort."""
-    shift = max(len(keys), 1).bit_length()
-    if bound.bit_length() + shift > 62:
-        return np.unique(keys, return_inverse=True)
-    packed = np.sort((keys << shift) | np.arange(len(keys)))
-    ordered = packed >> shift
+    """np.unique(keys, return_inverse=True) for keys in [0, bound), by a radix sort on 16-bit
+    digits (numpy's stable sort of uint16 is a counting sort): n-gram keys have two or three
+    digits, which makes it about twice as fast as numpy's comparison sort."""
+    perm, ordered = np.arange(len(keys)), keys
+    for shift in range(0, max(bound - 1, 1).bit_length(), 16):
+        step = np.argsort((ordered >> shift).astype(np.uint16), kind="stable")  # low 16 bits
+        perm, ordered = perm[step], ordered[step]
     first = np.empty(len(keys), dtype=bool)
     first[:1] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
     inverse = np.empty(len(keys), dtype=np.int64)
-    inverse[packed & ((1 << shift) - 1)] = np.cumsum(first) - 1
+    inverse[perm] = np.cumsum(first) - 1
     return ordered[first], inverse
 
 
