@@ -77,14 +77,20 @@ def _positions(lengths: np.ndarray, k: int) -> np.ndarray:
     return np.arange(per_caption.sum()) + skip
 
 
-def _unique_inverse(keys: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(keys, return_inverse=True) for keys in [0, bound), by a radix sort on 16-bit
-    digits (numpy's stable sort of uint16 is a counting sort): n-gram keys have two or three
-    digits, which makes it about twice as fast as numpy's comparison sort."""
-    perm, ordered = np.arange(len(keys)), keys
+def _radix_argsort(keys: np.ndarray, bound: int) -> np.ndarray:
+    """np.argsort(keys, kind="stable") for keys in [0, bound), by a radix sort on 16-bit digits
+    (numpy's stable sort of uint16 is a counting sort): n-gram keys have two or three digits,
+    which makes it about twice as fast as numpy's comparison sort."""
+    perm = np.arange(len(keys))
     for shift in range(0, max(bound - 1, 1).bit_length(), 16):
-        step = np.argsort((ordered >> shift).astype(np.uint16), kind="stable")  # low 16 bits
-        perm, ordered = perm[step], ordered[step]
+        perm = perm[np.argsort((keys[perm] >> shift).astype(np.uint16), kind="stable")]
+    return perm
+
+
+def _unique_inverse(keys: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_inverse=True) for keys in [0, bound)."""
+    perm = _radix_argsort(keys, bound)
+    ordered = keys[perm]
     first = np.empty(len(keys), dtype=bool)
     first[:1] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
@@ -151,7 +157,11 @@ class NgramIndex:
         vocab, table = self.offsets[1], self.keys[k - 2]
         known = (prefix < self.offsets[k - 1]) & (last < vocab)  # new words make new n-grams
         keys = (prefix[known] - self.offsets[k - 2]) * vocab + last[known]
-        at = np.minimum(np.searchsorted(table, keys), max(len(table) - 1, 0))
+        # sorted queries make the binary searches hit the cache: twice as fast
+        ordered = _radix_argsort(keys, (self.offsets[k - 1] - self.offsets[k - 2]) * vocab)
+        at = np.empty(len(keys), dtype=np.int64)
+        at[ordered] = np.searchsorted(table, keys[ordered])
+        at = np.minimum(at, max(len(table) - 1, 0))
         found = (table[at] == keys) if len(table) else np.zeros(len(keys), dtype=bool)
         col = np.full(len(prefix), -1, dtype=np.int64)
         col[known] = np.where(found, self.offsets[k - 1] + at, -1)
