@@ -164,9 +164,8 @@ class CiderD:
     def score(self, captions: Sequence[str], keys: Sequence[Hashable]) -> np.ndarray:
         """CIDEr-D of `captions[i]` against the references of image `keys[i]`, per caption."""
         # Each distinct caption is vectorised once (SCST samples and baselines repeat a lot).
-        unique, which = np.unique(
-            np.asarray(captions, dtype=object).astype(str), return_inverse=True
-        )
+        unique: dict[str, int] = {}
+        which = np.array([unique.setdefault(str(c), len(unique)) for c in captions], dtype=int)
         hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(list(unique)))
         sizes = np.array([self.ref_size[k] for k in keys])
         starts = np.array([self.ref_start[k] for k in keys])
