@@ -8,9 +8,10 @@ is what makes `CiderD` fast: pycocoevalcap builds a Python Counter per caption i
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import count
+from itertools import count, islice
 
 import numpy as np
 from scipy import sparse
@@ -44,11 +45,12 @@ def split_words(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
 
 def _numbered(words: list[str], vocab: dict[str, int], first_new: int, skip: str = ""):
     """(ids of every word, the words `vocab` lacks numbered from `first_new`, `skip` as -1)."""
-    new = [w for w in dict.fromkeys(words) if w not in vocab and w != skip]
-    ids = {**vocab, **dict(zip(new, count(first_new)))}
+    ids = defaultdict(count(first_new).__next__, vocab)  # one dict lookup per word
     if skip:
         ids[skip] = -1
-    return np.fromiter(map(ids.__getitem__, words), dtype=np.int64, count=len(words)), new
+    known = len(ids)
+    flat = np.fromiter(map(ids.__getitem__, words), dtype=np.int64, count=len(words))
+    return flat, list(islice(ids, known, None))
 
 
 def word_ids(
