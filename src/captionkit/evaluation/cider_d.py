@@ -42,11 +42,13 @@ def _flatten(
     return list(distinct), np.array(rows, dtype=np.int64), sizes
 
 
-def _sum_per_order(rows: np.ndarray, order: np.ndarray, values: np.ndarray, n_rows: int,
+def _sum_per_order(matrix: sparse.csr_matrix, values: np.ndarray, order: np.ndarray,
                    n: int) -> np.ndarray:  # fmt: skip
-    """[n_rows, n] sums of `values` by row and n-gram order."""
-    flat = np.bincount(rows * n + order, weights=values, minlength=n_rows * n)
-    return flat.reshape(n_rows, n)
+    """[rows of `matrix`, n] sums of `values` (one per stored entry of `matrix`) by row and
+    n-gram order of the entry's column (`order`: [columns])."""
+    by_order = sparse.csr_matrix((values, order[matrix.indices], matrix.indptr),
+                                 shape=(matrix.shape[0], n))  # fmt: skip
+    return by_order.toarray()  # adds up the entries of each (row, order)
 
 
 class DocumentFrequency:
@@ -145,16 +147,11 @@ class CiderD:
         idf = np.full(counts.shape[1], self.log_images)  # n-grams no corpus image has: df 0
         idf[:size] = self.idf
         weight = counts.data * idf[counts.indices]
-        row = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        norm_sq = _sum_per_order(
-            row, encoded.order[counts.indices], weight**2, counts.shape[0], self.n
-        )
+        norm_sq = _sum_per_order(counts, weight**2, encoded.order, self.n)
         indices, indptr = counts.indices, counts.indptr
         if counts.shape[1] > size:  # only known n-grams can match a reference
             known = indices < size
-            indptr = np.concatenate(
-                [[0], np.cumsum(np.bincount(row[known], minlength=counts.shape[0]))]
-            )
+            indptr = np.concatenate([[0], np.cumsum(known)])[indptr]
             weight, indices = weight[known], indices[known]
         matrix = sparse.csr_matrix((weight, indices, indptr),
                                    shape=(counts.shape[0], size))  # fmt: skip
@@ -177,8 +174,8 @@ class CiderD:
         )
         ref = self.ref_rows[ref]  # [pairs] rows of the distinct references
         h, r = hyp[cand], self.refs[ref]
-        clipped = h.minimum(r).multiply(r).tocoo()  # min(h, r) * r, per n-gram
-        val = _sum_per_order(clipped.row, self.order[clipped.col], clipped.data, len(cand), self.n)
+        clipped = h.minimum(r).multiply(r)  # min(h, r) * r, per n-gram
+        val = _sum_per_order(clipped, clipped.data, self.order, self.n)
         denom = hyp_norm[cand] * self.ref_norm[ref]
         val = np.divide(val, denom, out=val.copy(), where=denom != 0)
         delta = hyp_length[cand] - self.ref_length[ref]
