@@ -42,6 +42,14 @@ def test_copying_a_reference_and_repeated_captions():
     )
 
 
+def test_odd_spacing_empty_captions_and_a_nul_word():
+    """Captions are split on any whitespace; the NUL word (our internal separator) still counts."""
+    refs = {0: ["a \x00 dog", "the dog runs"], 1: ["a cat", "  a  cat\tsits "], 2: ["", "a dog"]}
+    for preds in ({0: "a \x00 dog runs", 1: "", 2: "a dog"}, {0: "a dog", 1: " a cat ", 2: ""}):
+        expected = Cider().compute_score(refs, {k: [v] for k, v in preds.items()})[1]
+        np.testing.assert_allclose(CiderD(refs).corpus_score(preds)[1], expected, rtol=0, atol=1e-9)
+
+
 # --- realistic captions, document frequencies from another corpus, speed --------------------
 
 SENTENCES = [

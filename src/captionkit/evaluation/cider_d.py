@@ -16,7 +16,8 @@ JSON and loaded back. Captions are pre-tokenized strings (words separated by spa
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from itertools import chain, count
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,19 @@ def _flatten(
     """The distinct references, the row among them of every reference (image by image) and how
     many references each image has. Vectorising each distinct text once matters when images
     share references (or one is scored under several keys)."""
-    if any(len(refs) == 0 for refs in references.values()):
-        raise CaptionkitError("CIDEr-D: an image has no reference captions")
-    distinct: dict[str, int] = {}
-    rows = [distinct.setdefault(c, len(distinct)) for refs in references.values() for c in refs]
     sizes = np.fromiter(map(len, references.values()), dtype=np.int64, count=len(references))
-    return list(distinct), np.array(rows, dtype=np.int64), sizes
+    if (sizes == 0).any():
+        raise CaptionkitError("CIDEr-D: an image has no reference captions")
+    distinct, rows = _numbered(chain.from_iterable(references.values()))
+    return distinct, rows, sizes
+
+
+def _numbered(texts: Iterable[str]) -> tuple[list[str], np.ndarray]:
+    """(the distinct texts in order of first occurrence, the number of each text among them)."""
+    texts = list(texts)
+    number = dict(zip(dict.fromkeys(texts), count()))
+    ids = np.fromiter(map(number.__getitem__, texts), dtype=np.int64, count=len(texts))
+    return list(number), ids
 
 
 def _sum_per_order(matrix: sparse.csr_matrix, values: np.ndarray, order: np.ndarray,
@@ -161,9 +169,8 @@ class CiderD:
     def score(self, captions: Sequence[str], keys: Sequence[Hashable]) -> np.ndarray:
         """CIDEr-D of `captions[i]` against the references of image `keys[i]`, per caption."""
         # Each distinct caption is vectorised once (SCST samples and baselines repeat a lot).
-        unique: dict[str, int] = {}
-        which = np.array([unique.setdefault(str(c), len(unique)) for c in captions], dtype=int)
-        hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(list(unique)))
+        unique, which = _numbered(map(str, captions))
+        hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(unique))
         sizes = np.array([self.ref_size[k] for k in keys])
         starts = np.array([self.ref_start[k] for k in keys])
         cand = np.repeat(which, sizes)  # one row per (caption, reference) pair
