@@ -175,7 +175,7 @@ def test_at_least_20x_faster_than_pycocoevalcap_on_5000_captions(layout):
     expected = Cider().compute_score(refs, {k: [v] for k, v in preds.items()})[1]
     theirs = time.process_time() - start
     ours = []
-    for _ in range(3):  # best of 3: CPU time still varies on a busy machine
+    for _ in range(5):  # best of 5: CPU time still varies on a busy machine
         start = time.process_time()
         scores = CiderD(refs).corpus_score(preds)[1]
         ours.append(time.process_time() - start)

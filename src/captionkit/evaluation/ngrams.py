@@ -20,7 +20,6 @@ from itertools import count, islice
 import numpy as np
 from scipy import sparse
 
-_BASE = np.int64(1 << 31)  # packs (column, word id) of n-grams a corpus lacks into one int64
 _SEP = "\x00"  # joins captions for one split; a caption with it as a word takes the slow path
 
 
@@ -179,15 +178,15 @@ class NgramIndex:
     def encode(self, captions: Sequence[str]) -> Encoded:
         """Term frequencies of every 1..n-gram of `captions`, known or not."""
         ids, lengths, new = word_ids(captions, self.words, self.size)
-        next_col = self.size + len(new)
+        next_col = words = self.size + len(new)  # word ids are below `words`
         cols, prefix = [ids], ids
         order = [self.column_order(), np.zeros(len(new), dtype=np.int64)]
         for k in range(2, self.n + 1):
             pos = _positions(lengths, k)
             col = self._lookup(k, prefix[pos], ids[pos + k - 1])
             new = col < 0  # n-grams the corpus lacks: numbered after every known column
-            fresh, inverse = np.unique(prefix[pos][new] * _BASE + ids[pos + k - 1][new],
-                                       return_inverse=True)  # fmt: skip
+            fresh, inverse = _unique_inverse(prefix[pos][new] * words + ids[pos + k - 1][new],
+                                             next_col * words)  # fmt: skip
             col[new] = next_col + inverse
             next_col += len(fresh)
             order.append(np.full(len(fresh), k - 1, dtype=np.int64))
