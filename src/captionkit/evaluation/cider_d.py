@@ -16,7 +16,8 @@ JSON and loaded back. Captions are pre-tokenized strings (words separated by spa
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from itertools import chain, count
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +35,28 @@ def _flatten(
     """The distinct references, the row among them of every reference (image by image) and how
     many references each image has. Vectorising each distinct text once matters when images
     share references (or one is scored under several keys)."""
-    if any(len(refs) == 0 for refs in references.values()):
-        raise CaptionkitError("CIDEr-D: an image has no reference captions")
-    distinct: dict[str, int] = {}
-    rows = [distinct.setdefault(c, len(distinct)) for refs in references.values() for c in refs]
     sizes = np.fromiter(map(len, references.values()), dtype=np.int64, count=len(references))
-    return list(distinct), np.array(rows, dtype=np.int64), sizes
+    if (sizes == 0).any():
+        raise CaptionkitError("CIDEr-D: an image has no reference captions")
+    distinct, rows = _numbered(chain.from_iterable(references.values()))
+    return distinct, rows, sizes
 
 
-def _sum_per_order(rows: np.ndarray, order: np.ndarray, values: np.ndarray, n_rows: int,
+def _numbered(texts: Iterable[str]) -> tuple[list[str], np.ndarray]:
+    """(the distinct texts in order of first occurrence, the number of each text among them)."""
+    texts = list(texts)
+    number = dict(zip(dict.fromkeys(texts), count()))
+    ids = np.fromiter(map(number.__getitem__, texts), dtype=np.int64, count=len(texts))
+    return list(number), ids
+
+
+def _sum_per_order(matrix: sparse.csr_matrix, values: np.ndarray, order: np.ndarray,
                    n: int) -> np.ndarray:  # fmt: skip
-    """[n_rows, n] sums of `values` by row and n-gram order."""
-    flat = np.bincount(rows * n + order, weights=values, minlength=n_rows * n)
-    return flat.reshape(n_rows, n)
+    """[rows of `matrix`, n] sums of `values` (one per stored entry of `matrix`) by row and
+    n-gram order of the entry's column (`order`: [columns])."""
+    by_order = sparse.csr_matrix((values, order[matrix.indices], matrix.indptr),
+                                 shape=(matrix.shape[0], n))  # fmt: skip
+    return by_order.toarray()  # adds up the entries of each (row, order)
 
 
 class DocumentFrequency:
@@ -63,7 +73,13 @@ class DocumentFrequency:
         cls, references: Mapping[Hashable, Sequence[str]], n: int = 4
     ) -> DocumentFrequency:
         """Document frequencies of `references` (image key -> tokenized captions)."""
-        distinct, rows, sizes = _flatten(references)
+        return cls._from_flat(*_flatten(references), n)
+
+    @classmethod
+    def _from_flat(cls, distinct: list[str], rows: np.ndarray, sizes: np.ndarray,
+                   n: int) -> DocumentFrequency:  # fmt: skip
+        """From `_flatten`'s (distinct references, row of every reference, references per
+        image)."""
         index = NgramIndex(distinct, n)
         counts = index.corpus.counts
         present = sparse.csr_matrix((np.ones(counts.nnz), counts.indices, counts.indptr),
@@ -119,7 +135,7 @@ class CiderD:
         self.n, self.sigma = n, sigma
         distinct, self.ref_rows, sizes = _flatten(references)
         if df is None:
-            df = DocumentFrequency.from_references(references, n)
+            df = DocumentFrequency._from_flat(distinct, self.ref_rows, sizes, n)
             self.index, encoded = df.index, df.index.corpus
         elif df.index.n != n:
             raise CaptionkitError(f"CIDEr-D: document frequencies of {df.index.n}-grams, not {n}")
@@ -139,15 +155,13 @@ class CiderD:
         idf = np.full(counts.shape[1], self.log_images)  # n-grams no corpus image has: df 0
         idf[:size] = self.idf
         weight = counts.data * idf[counts.indices]
-        row = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        norm_sq = _sum_per_order(
-            row, encoded.order[counts.indices], weight**2, counts.shape[0], self.n
-        )
-        known = counts.indices < size  # only these can match a reference
-        indptr = np.concatenate(
-            [[0], np.cumsum(np.bincount(row[known], minlength=counts.shape[0]))]
-        )
-        matrix = sparse.csr_matrix((weight[known], counts.indices[known], indptr),
+        norm_sq = _sum_per_order(counts, weight**2, encoded.order, self.n)
+        indices, indptr = counts.indices, counts.indptr
+        if counts.shape[1] > size:  # only known n-grams can match a reference
+            known = indices < size
+            indptr = np.concatenate([[0], np.cumsum(known)])[indptr]
+            weight, indices = weight[known], indices[known]
+        matrix = sparse.csr_matrix((weight, indices, indptr),
                                    shape=(counts.shape[0], size))  # fmt: skip
         matrix.has_sorted_indices = True
         return matrix, np.sqrt(norm_sq), np.maximum(encoded.lengths - 1, 0).astype(float)
@@ -155,10 +169,8 @@ class CiderD:
     def score(self, captions: Sequence[str], keys: Sequence[Hashable]) -> np.ndarray:
         """CIDEr-D of `captions[i]` against the references of image `keys[i]`, per caption."""
         # Each distinct caption is vectorised once (SCST samples and baselines repeat a lot).
-        unique, which = np.unique(
-            np.asarray(captions, dtype=object).astype(str), return_inverse=True
-        )
-        hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(list(unique)))
+        unique, which = _numbered(map(str, captions))
+        hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(unique))
         sizes = np.array([self.ref_size[k] for k in keys])
         starts = np.array([self.ref_start[k] for k in keys])
         cand = np.repeat(which, sizes)  # one row per (caption, reference) pair
@@ -169,8 +181,8 @@ class CiderD:
         )
         ref = self.ref_rows[ref]  # [pairs] rows of the distinct references
         h, r = hyp[cand], self.refs[ref]
-        clipped = h.minimum(r).multiply(r).tocoo()  # min(h, r) * r, per n-gram
-        val = _sum_per_order(clipped.row, self.order[clipped.col], clipped.data, len(cand), self.n)
+        clipped = h.minimum(r).multiply(r)  # min(h, r) * r, per n-gram
+        val = _sum_per_order(clipped, clipped.data, self.order, self.n)
         denom = hyp_norm[cand] * self.ref_norm[ref]
         val = np.divide(val, denom, out=val.copy(), where=denom != 0)
         delta = hyp_length[cand] - self.ref_length[ref]
