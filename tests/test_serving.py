@@ -3,14 +3,19 @@ untrained attention model."""
 
 import asyncio
 import base64
+import contextlib
 import io
+import os
+import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from captionkit.errors import CaptionkitError
 from captionkit.models.checkpoint import load_checkpoint
@@ -19,7 +24,7 @@ from captionkit.serving.app import create_app
 from captionkit.serving.batcher import MicroBatcher
 from captionkit.serving.settings import ServeSettings
 
-from conftest import SHAPE_WORDS
+from conftest import CHECKER, SHAPE_WORDS, find_chromium
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +271,93 @@ def test_batcher_groups_by_options_and_keeps_requests_whole():
     # Batches of at most 4 images, in arrival order: [4, 5] would make 5, so it starts the next;
     # within a batch, one model call per set of options.
     assert calls == [("beam", [1, 2]), ("greedy", [3]), ("beam", [4, 5, 6])]
+
+
+# --- the web page, in headless Chromium ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """`app` served by uvicorn on a free loopback port, in a thread; yields its URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _chrome(browser: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        pytest.skip("chromedriver is not installed (Debian: apt-get install chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1000,900"):  # fmt: skip
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    checker = CHECKER.removeprefix("<script>").removesuffix("</script>")
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": checker})
+    return driver
+
+
+def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    pytest.importorskip("selenium")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    image = Image.new("RGB", (200, 160), "white")
+    ImageDraw.Draw(image).ellipse((30, 20, 130, 120), fill="red")
+    image.save(tmp_path / "red circle.png")
+    (expected,) = captioner.caption([image], beam_size=3, n_best=3)
+    with _serving(create_app(captioner)) as url:
+        driver = _chrome(browser)
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(url)
+            wait.until(lambda d: "vocabulary" not in d.title and d.title.startswith("CHECKED"))
+            assert driver.title == "CHECKED 0 images; []"
+            wait.until(lambda d: "tokens" in d.find_element(By.ID, "model").text)
+            driver.find_element(By.ID, "file").send_keys(str(tmp_path / "red circle.png"))
+            wait.until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-captioned")
+            )
+            items = driver.find_elements(By.CSS_SELECTOR, "#captions li")
+            assert [li.text for li in items] == [f"{expected[0].text} {expected[0].score:.2f}"]
+            tiles = driver.find_elements(By.CSS_SELECTOR, "#attention .tile")
+            assert [t.text for t in tiles] == ["(image)", *expected[0].text.split()]
+            Select(driver.find_element(By.ID, "nbest")).select_by_visible_text("3")
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#captions li")) == 3)
+            texts = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#captions li")]
+            assert texts == [f"{h.text} {h.score:.2f}" for h in expected]
+            broken = (
+                "return [...document.images].filter(i => !i.complete || !i.naturalWidth).length"
+            )
+            assert driver.execute_script(broken) == 0
+            assert driver.execute_script("return problems") == []
+            screenshot = tmp_path / "page.png"
+            driver.save_screenshot(str(screenshot))
+        finally:
+            driver.quit()
+    shot = np.asarray(Image.open(screenshot).convert("RGB"), dtype=np.float32)
+    # The red circle shows in the preview and in the tiles: the page really drew the images.
+    red = (shot[..., 0] > 200) & (shot[..., 1] < 80) & (shot[..., 2] < 80)
+    assert red.sum() > 2000, "no red circle in the screenshot"
+    if os.environ.get("CAPTIONKIT_SCREENSHOTS"):
+        shutil.copy(screenshot, Path(os.environ["CAPTIONKIT_SCREENSHOTS"]) / "serve_page.png")
