@@ -354,6 +354,27 @@ def serve(
     run_server(checkpoint, host, port, settings, device)
 
 
+@app.command()
+def export(
+    checkpoint: CheckpointOpt,
+    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Files to write: OUT.encoder.onnx, OUT.step.onnx (or "
+            "OUT.pt) and the manifest OUT.json.",
+        ),
+    ] = Path("model.onnx"),
+) -> None:
+    """Export a run's encoder (pixels -> decoder state) and decoder step as ONNX or TorchScript
+    graphs, for `captionkit.serving.exported.load_exported` or other runtimes."""
+    from captionkit.serving.export import export_run
+
+    for path in export_run(checkpoint, fmt, out):
+        typer.echo(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     command = typer.main.get_command(app)
