@@ -4,13 +4,14 @@
         --images ../shared/data/flickr8k-mini/Images --clients 16 --requests 192
 
 For each mode the server runs in its own process (`captionkit serve`, uvicorn, one worker);
-`--clients` threads post one image each per request (beam 3 by default) until `--requests`
-have been sent (or `--time-limit` seconds have passed), each starting its next request when its
-last one returns. Reported: throughput (requests/s over the whole run), p50/p99 latency, failed
-requests, and the server's own count of model batches (mean images per batch). "on" is the
-default service (batches of up to 32 images, 10 ms wait), "off" captions one request at a time
-(`--batch-size 1 --max-wait-ms 0`). Without a checkpoint, an untrained tiny attention model on
-generated shapes stands in (figures then only compare the two modes).
+for each count of `--clients` in turn, that many threads post one image per request (beam 3 by
+default) until `--requests` have been sent (or `--time-limit` seconds have passed), each client
+starting its next request when its last one returns. Reported: throughput (requests/s over the
+whole run), p50/p99 latency, failed requests, and the server's own count of model batches (mean
+images per batch). "on" is the default service (batches of up to 32 images, 10 ms wait);
+"no-wait" batches only the requests that queued while the model was busy (`--max-wait-ms 0`);
+"off" captions one request at a time (`--batch-size 1 --max-wait-ms 0`). Without a checkpoint, an
+untrained tiny attention model on generated shapes stands in (its figures only compare modes).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import httpx
 import torch
 
 MODES = {"on": ["--batch-size", "32", "--max-wait-ms", "10"],
+         "no-wait": ["--batch-size", "32", "--max-wait-ms", "0"],
          "off": ["--batch-size", "1", "--max-wait-ms", "0"]}  # fmt: skip
 
 
@@ -128,16 +130,18 @@ def run_bench(args, checkpoint: Path, image_dir: Path) -> dict:
             try:
                 url = f"http://127.0.0.1:{port}"
                 load(f"{url}/caption", images, 2, 8, args.beam_size, 60)  # warm-up
-                before = httpx.get(f"{url}/health").json()
-                row = load(f"{url}/caption", images, args.clients, args.requests, args.beam_size,
-                           args.time_limit)  # fmt: skip
-                after = httpx.get(f"{url}/health").json()
-                batches = after["batches"] - before["batches"]
-                row["model_batches"] = batches
-                row["mean_batch"] = round((after["images"] - before["images"]) / max(batches, 1), 2)
-                row["largest_batch"] = after["largest_batch"]
-                row["server_alive"] = server.poll() is None
-                results[mode] = row
+                for clients in args.clients:
+                    before = httpx.get(f"{url}/health").json()
+                    row = load(f"{url}/caption", images, clients, args.requests, args.beam_size,
+                               args.time_limit)  # fmt: skip
+                    after = httpx.get(f"{url}/health").json()
+                    batches = after["batches"] - before["batches"]
+                    row["model_batches"] = batches
+                    row["mean_batch"] = round(
+                        (after["images"] - before["images"]) / max(batches, 1), 2
+                    )
+                    row["server_alive"] = server.poll() is None
+                    results[f"{mode}/{clients}"] = {"batching": mode, "clients": clients, **row}
             finally:
                 server.terminate()
                 server.wait(timeout=30)
@@ -148,12 +152,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--images", type=Path, default=None)
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--requests", type=int, default=192)
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--distinct-images", type=int, default=64)
     parser.add_argument("--time-limit", type=float, default=300, help="Seconds per mode.")
-    parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--log-dir", default=tempfile.gettempdir())
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_serve.json"))
     args = parser.parse_args()
@@ -162,16 +166,19 @@ def main() -> None:
         if checkpoint is None or image_dir is None:
             checkpoint, image_dir = shapes_stand_in(Path(tmp))
         results = run_bench(args, checkpoint, image_dir)
-    print(f"{'batching':<9} {'requests':>8} {'failed':>6} {'req/s':>7} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'batches':>7} {'mean batch':>10}")  # fmt: skip
-    for mode, r in results.items():
-        print(f"{mode:<9} {r['requests']:>8} {r['failed']:>6} {r['throughput_rps']:>7} "
+    print(f"{'batching':<9} {'clients':>7} {'requests':>8} {'failed':>6} {'req/s':>7} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'batches':>7} {'mean batch':>10}")  # fmt: skip
+    for r in results.values():
+        print(f"{r['batching']:<9} {r['clients']:>7} {r['requests']:>8} {r['failed']:>6} "
+              f"{r['throughput_rps']:>7} "
               f"{r['p50_ms']:>8} {r['p99_ms']:>8} {r['model_batches']:>7} "
               f"{r['mean_batch']:>10}")  # fmt: skip
-    record = {"checkpoint": str(checkpoint), "images": str(image_dir), "clients": args.clients,
-              "beam_size": args.beam_size, "cpu": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "modes": {m: " ".join(MODES[m]) for m in results}, "results": results}  # fmt: skip
+    record = {"checkpoint": str(checkpoint), "images": str(image_dir),
+              "requests": args.requests, "beam_size": args.beam_size,
+              "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "modes": {m: " ".join(MODES[m]) for m in args.modes},
+              "results": results}  # fmt: skip
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -53,6 +53,9 @@ def client(captioner):
 
 
 def test_captioner_takes_paths_pil_images_and_arrays(captioner, tmp_path):
+    import captionkit
+
+    assert captionkit.Captioner is Captioner
     path = tmp_path / "a.png"
     path.write_bytes(_png())
     image = Image.open(path)
