@@ -364,3 +364,17 @@ def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
     assert red.sum() > 2000, "no red circle in the screenshot"
     if os.environ.get("CAPTIONKIT_SCREENSHOTS"):
         shutil.copy(screenshot, Path(os.environ["CAPTIONKIT_SCREENSHOTS"]) / "serve_page.png")
+
+
+def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
+    from captionkit.cli import main
+
+    calls = []
+    monkeypatch.setattr("captionkit.serving.server.serve", lambda *args: calls.append(args))
+    argv = ["serve", "--checkpoint", str(tiny_attention_run), "--port", "8123", "--batch-size",
+            "4", "--max-wait-ms", "0", "--max-upload-mb", "0.5", "--max-files", "2"]  # fmt: skip
+    assert main(argv) == 0
+    ((run_dir, host, port, settings, device),) = calls
+    assert (run_dir, host, port, device) == (tiny_attention_run, "127.0.0.1", 8123, "cpu")
+    assert settings == ServeSettings(max_upload_bytes=512 * 1024, max_files=2, batch_size=4,
+                                     max_wait_ms=0)  # fmt: skip
