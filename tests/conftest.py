@@ -65,3 +65,59 @@ def karpathy_dataset(tmp_path) -> Path:
     ]
     (tmp_path / "dataset_tiny.json").write_text(json.dumps({"images": images}))
     return tmp_path
+
+
+SHAPE_WORDS = "a red blue green circle square triangle on the left right of big small".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_run(tmp_path_factory, lite0) -> Path:
+    """An untrained Show-Attend-Tell run (tiny, random weights, on the default encoder) with a
+    test evaluation on record: for serving and export tests, which need a model, not a good one."""
+    import torch
+
+    from captionkit.data.vocab import Vocabulary
+    from captionkit.models import create_model
+    from captionkit.models.checkpoint import save_checkpoint
+    from captionkit.reporting.compare import save_run_evaluation
+
+    torch.manual_seed(0)
+    vocab = Vocabulary(SHAPE_WORDS)
+    sizes = {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16}
+    model = create_model("attention", vocab_size=len(vocab), feature_dim=lite0.feature_dim,
+                         **sizes)  # fmt: skip
+    run = tmp_path_factory.mktemp("tiny-attention")
+    encoder = {"name": lite0.name, "weights": "default", "fingerprint": lite0.fingerprint()}
+    extra = {"run": {"model": "attention", "data": {"max_length": 8}}}
+    with torch.no_grad():  # random weights often end at once: make <eos> unlikely, for words
+        model.head.bias[Vocabulary.eos_id] = -3.0
+    save_checkpoint(run, model.eval(), "attention", vocab, encoder, extra)
+    save_run_evaluation(run, "test", {"BLEU-4": 0.125, "CIDEr": 0.5}, 3, "beam 3", "shapes")
+    return run
+
+
+def find_chromium() -> str | None:
+    """The system's Chromium (Debian: apt-get install chromium), or None."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# Loaded before a page's own scripts: after loading, record every broken image and every error
+# (uncaught or console.error) in the page title, which --dump-dom then prints; the list stays
+# readable as the global `problems` (e.g. from Selenium).
+CHECKER = """<script>
+const problems = [];
+window.addEventListener("error", e => problems.push("error: " + e.message));
+const consoleError = console.error;
+console.error = (...args) => {
+  problems.push("console: " + args.join(" "));
+  consoleError(...args);
+};
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  images.filter(im => !im.complete || im.naturalWidth === 0)
+        .forEach(im => problems.push("broken image: " + im.alt));
+  document.title = "CHECKED " + images.length + " images; " + JSON.stringify(problems);
+});
+</script>"""

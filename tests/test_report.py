@@ -30,6 +30,8 @@ from captionkit.reporting.report import ReportSettings, build_report, per_image_
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 
+from conftest import CHECKER, find_chromium
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -216,27 +218,8 @@ def test_compare_runs(run, show_tell_run, tmp_path, capsys):
     assert "unknown table format (use .md, .csv or .json)" in capsys.readouterr().err
 
 
-# Appended to a copy of the page: after loading, record every broken image and every error
-# (uncaught or console.error) in the page title, which --dump-dom then prints.
-CHECKER = """<script>
-const problems = [];
-window.addEventListener("error", e => problems.push("error: " + e.message));
-const consoleError = console.error;
-console.error = (...args) => {
-  problems.push("console: " + args.join(" "));
-  consoleError(...args);
-};
-window.addEventListener("load", () => {
-  const images = [...document.images];
-  images.filter(im => !im.complete || im.naturalWidth === 0)
-        .forEach(im => problems.push("broken image: " + im.alt));
-  document.title = "CHECKED " + images.length + " images; " + JSON.stringify(problems);
-});
-</script>"""
-
-
 def test_report_renders_in_headless_chromium(run, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = find_chromium()
     if browser is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     *_, report = run

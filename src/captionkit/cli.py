@@ -328,6 +328,53 @@ def compare(
         output.write_text(cmp.format_table(columns, rows, fmt))
 
 
+@app.command()
+def serve(
+    checkpoint: CheckpointOpt,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N.")] = "cpu",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Most images per model batch (1: off).")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", min=0, help="Wait for a batch to fill (ms).")
+    ] = 10.0,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001)] = 10.0,
+    max_files: Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")] = 16,
+) -> None:
+    """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
+    the OpenAPI docs at /docs. Concurrent requests are captioned together (micro-batching)."""
+    from captionkit.serving.server import serve as run_server
+    from captionkit.serving.settings import ServeSettings
+
+    settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                             max_files=max_files, batch_size=batch_size,
+                             max_wait_ms=max_wait_ms)  # fmt: skip
+    run_server(checkpoint, host, port, settings, device)
+
+
+@app.command()
+def export(
+    checkpoint: CheckpointOpt,
+    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Files to write: OUT.encoder.onnx, OUT.step.onnx (or "
+            "OUT.pt) and the manifest OUT.json.",
+        ),
+    ] = Path("model.onnx"),
+) -> None:
+    """Export a run's encoder (pixels -> decoder state) and decoder step as ONNX or TorchScript
+    graphs, for `captionkit.serving.exported.load_exported` or other runtimes."""
+    from captionkit.serving.export import export_run
+
+    for path in export_run(checkpoint, fmt, out):
+        typer.echo(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     command = typer.main.get_command(app)

@@ -4,6 +4,7 @@ on white, 16-bit scaled, and images over the decompression-bomb limit refused un
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -16,8 +17,9 @@ class ImageTooLarge(ValueError):
     """An image whose header announces more pixels than the limit."""
 
 
-def load_image(path: Path, max_pixels: int | None = None) -> Image.Image:
-    """Open an image as 8-bit RGB, EXIF rotation applied and transparency composited on white.
+def load_image(path: Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file (or an open binary file, e.g. an upload) as 8-bit RGB, EXIF rotation
+    applied and transparency composited on white.
 
     Raises FileNotFoundError, ImageTooLarge, or OSError/ValueError for files PIL cannot decode."""
     try:

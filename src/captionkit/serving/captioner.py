@@ -12,7 +12,7 @@ from PIL import Image
 
 from captionkit.data.images import load_image
 from captionkit.data.vocab import detokenize
-from captionkit.decoding import DecodingOptions, decode
+from captionkit.decoding import DecodingOptions, DecodingResult, decode
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.evaluate import encoder_for, run_options
 from captionkit.models.checkpoint import load_checkpoint
@@ -20,10 +20,15 @@ from captionkit.models.checkpoint import load_checkpoint
 
 @dataclass
 class Caption:
-    """A generated caption and its total log-probability."""
+    """A generated caption and its total log-probability; with `attention=True` (models that
+    attend) also its tokens and where the model looked for each."""
 
     text: str
     score: float
+    tokens: list[str] | None = None
+    """The generated tokens (words, or BPE pieces), `<eos>` not included; with attention only."""
+    attention: np.ndarray | None = None
+    """Attention weights [T, gh, gw] over the encoder grid, one map per token in `tokens`."""
 
 
 @dataclass
@@ -65,26 +70,54 @@ class Captioner:
             except (OSError, ValueError) as e:
                 raise CaptionkitError(f"{image}: cannot read image ({e})") from None
         elif isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
+            image = _from_array(image)
+        elif not isinstance(image, Image.Image):
+            raise CaptionkitError(
+                f"cannot caption a {type(image).__name__}: give a path, a PIL image or an array"
+            )
         return self.transform(image.convert("RGB"))
 
     @torch.inference_mode()
     def caption(self, images: list, beam_size: int = 3, n_best: int = 1,
-                options: DecodingOptions | None = None,
-                batch_size: int = 32) -> list[list[Caption]]:  # fmt: skip
+                options: DecodingOptions | None = None, batch_size: int = 32,
+                attention: bool = False) -> list[list[Caption]]:  # fmt: skip
         """Up to `n_best` captions per image, best first; or, with `options` (which then replace
         `beam_size` and `n_best`), whatever they ask for: e.g. `num_samples` sampled captions in
-        drawing order. The length limit is the run's unless `options.max_length` is set."""
+        drawing order. The length limit is the run's unless `options.max_length` is set.
+        `attention=True` adds each caption's tokens and attention maps (models that attend; the
+        others return captions without them)."""
         options = options or DecodingOptions(beam_size=beam_size, n_best=n_best)
-        options = run_options(self.trained, options)
+        options = run_options(self.trained, dataclasses.replace(options, attention=attention))
         out = []
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([self._pixels(im) for im in images[start : start + batch_size]])
-            pooled, grid = self.encoder(pixels.to(self.device))
+            pooled, grid = self.encoder(pixels.to(self.device))  # [B, D], [B, L, D]
             for hyps in decode(self.trained.model, pooled, grid, options):
-                texts = [detokenize(self.trained.vocab.decode(h.tokens)) for h in hyps]
-                out.append([Caption(t, h.score) for t, h in zip(texts, hyps)])
+                out.append([self._caption(h, grid) for h in hyps])
         return out
+
+    def _caption(self, hyp: DecodingResult, grid: torch.Tensor) -> Caption:
+        text = detokenize(self.trained.vocab.decode(hyp.tokens))
+        if hyp.attention is None:
+            return Caption(text, hyp.score)
+        tokens = [self.trained.vocab.decode([t]) for t in hyp.tokens]
+        side = self._grid_side(grid)
+        maps = np.asarray(hyp.attention, dtype=np.float32)[: len(tokens)]  # [T, L]
+        return Caption(text, hyp.score, tokens, maps.reshape(-1, side, side))
+
+    def _grid_side(self, grid: torch.Tensor) -> int:
+        side = round(grid.shape[1] ** 0.5)
+        if side * side != grid.shape[1]:
+            raise CaptionkitError(
+                f"encoder {self.encoder.name}: its grid of {grid.shape[1]} positions is not "
+                "square, cannot draw attention maps"
+            )
+        return side
+
+    def seen(self, image) -> np.ndarray:
+        """The image as the encoder sees it (resized and cropped), uint8 [H, W, 3]: what
+        attention maps are drawn over."""
+        return self._unnormalize(self._pixels(image))
 
     @torch.inference_mode()
     def attend(self, images: list, options: DecodingOptions | None = None) -> list[AttendedCaption]:
@@ -94,23 +127,11 @@ class Captioner:
             name = self.trained.config["model"]["name"]
             raise CaptionkitError(f"model '{name}' has no attention over the image to show "
                                   "(train with --model attention)")  # fmt: skip
-        options = dataclasses.replace(options or DecodingOptions(), attention=True)
-        options = run_options(self.trained, options)
-        pixels = torch.stack([self._pixels(im) for im in images])  # [B, 3, H, W]
-        pooled, grid = self.encoder(pixels.to(self.device))  # [B, D], [B, L, D]
-        side = round(grid.shape[1] ** 0.5)
-        if side * side != grid.shape[1]:
-            raise CaptionkitError(
-                f"encoder {self.encoder.name}: its grid of {grid.shape[1]} positions is not "
-                "square, cannot draw attention maps"
-            )
+        options = options or DecodingOptions()
         out = []
-        for image, hyps in zip(pixels, decode(self.trained.model, pooled, grid, options)):
+        for image, hyps in zip(images, self.caption(images, options=options, attention=True)):
             best = max(hyps, key=lambda h: h.score) if options.sample else hyps[0]
-            tokens = [self.trained.vocab.decode([t]) for t in best.tokens]
-            maps = np.asarray(best.attention, dtype=np.float32)[: len(tokens)]  # [T, L]
-            seen = self._unnormalize(image)
-            out.append(AttendedCaption(tokens, maps.reshape(-1, side, side), seen, best.score))
+            out.append(AttendedCaption(best.tokens, best.attention, self.seen(image), best.score))
         return out
 
     def _unnormalize(self, pixels: torch.Tensor) -> np.ndarray:
@@ -119,3 +140,17 @@ class Captioner:
         std = torch.tensor(self.encoder.data_config["std"])[:, None, None]
         rgb = (pixels.cpu() * std + mean).clamp(0, 1) * 255
         return rgb.round().byte().permute(1, 2, 0).numpy()
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """An HxW or HxWx3/4 uint8 array as an image; other arrays are refused by name."""
+    if (
+        array.dtype != np.uint8
+        or array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[2] not in (3, 4))
+    ):
+        raise CaptionkitError(
+            f"an image array must be uint8 [H, W], [H, W, 3] or [H, W, 4], "
+            f"not {array.dtype} {list(array.shape)}"
+        )
+    return Image.fromarray(array)

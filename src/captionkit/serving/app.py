@@ -1,0 +1,198 @@
+"""The HTTP service: `create_app(captioner, settings)` builds the FastAPI app that
+`captionkit serve` runs with uvicorn.
+
+Endpoints: `POST /caption` (images in the multipart field `file`, repeatable), `GET /health`,
+`GET /model`, the web page at `/`, and FastAPI's OpenAPI schema and docs. Every error is JSON
+`{"error": "one line"}`; no request can stop the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from importlib import resources
+from typing import Annotated, NamedTuple
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from captionkit.errors import CaptionkitError
+from captionkit.reporting.images import data_uri, heat_overlay
+from captionkit.serving.batcher import MicroBatcher, QueueFull
+from captionkit.serving.captioner import Caption, Captioner
+from captionkit.serving.settings import ServeSettings
+from captionkit.serving.uploads import ApiError, BodyLimit, decode_upload, read_uploads, upload_name
+
+log = logging.getLogger("captionkit.serving")
+
+# Each word's attention tile on the page, in pixels (the report's size).
+OVERLAY_SIZE = 160
+
+
+class CaptionOptions(NamedTuple):
+    """The decoding options of a request; requests with equal ones share model batches."""
+
+    beam_size: int
+    n_best: int
+    attention: bool
+
+
+def create_app(captioner: Captioner, settings: ServeSettings | None = None) -> FastAPI:
+    """The service over one loaded `captioner`, with `settings`' limits and micro-batching."""
+    settings = settings or ServeSettings()
+
+    def run(images: list, key: CaptionOptions) -> list[list[Caption]]:
+        return captioner.caption(images, beam_size=key.beam_size, n_best=key.n_best,
+                                 attention=key.attention)  # fmt: skip
+
+    batcher = MicroBatcher(run, settings.batch_size, settings.max_wait_ms, settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="captionkit", summary="Caption images with a trained captionkit run.",
+                  lifespan=lifespan)  # fmt: skip
+    app.state.captioner, app.state.settings, app.state.batcher = captioner, settings, batcher
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    _add_error_handlers(app)
+    _add_routes(app, captioner, settings, batcher, model_info(captioner, settings))
+    return app
+
+
+def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
+                batcher: MicroBatcher, info: dict) -> None:  # fmt: skip
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("captionkit.serving").joinpath("static/index.html").read_text()
+
+    @app.get("/health")
+    def health() -> dict:
+        """Whether the service is up, with its queue and batching figures."""
+        stats = batcher.stats
+        return {"status": "ok", "waiting": batcher.waiting, "batches": stats.batches,
+                "images": stats.items, "largest_batch": stats.largest}  # fmt: skip
+
+    @app.get("/model")
+    def model() -> dict:
+        """The model served: name, encoder, vocabulary size, metrics, and the request limits."""
+        return info
+
+    @app.post("/caption")
+    async def caption(
+        file: Annotated[list[UploadFile], File(description="Image files (repeat the field).")],
+        beam_size: Annotated[int, Form(ge=1, description="1: greedy decoding.")] = 3,
+        n_best: Annotated[int, Form(ge=1, description="Captions per image (<= beam_size).")] = 1,
+        attention: Annotated[
+            bool, Form(description="Per-word attention overlays (attention models).")
+        ] = False,
+    ) -> dict:
+        """Caption the uploaded images: for each, the best `caption` and its `score` (total
+        log-probability), the `captions` n-best list, and with `attention` the tokens, each
+        with a JPEG data URI of where the model looked."""
+        key = _options(beam_size, n_best, attention and captioner.attends, settings)
+        contents = await read_uploads(file, settings)
+        names = [upload_name(f, i) for i, f in enumerate(file)]
+        images = [await run_in_threadpool(decode_upload, name, data, settings.max_pixels)
+                  for name, data in zip(names, contents)]  # fmt: skip
+        try:
+            results = await batcher.submit(images, key)
+        except QueueFull as e:
+            raise ApiError(503, f"server busy: {e}, try again later") from None
+        answers = [await run_in_threadpool(_answer, captioner, name, image, hyps)
+                   for name, image, hyps in zip(names, images, results)]  # fmt: skip
+        return {"decoding": "greedy" if beam_size == 1 else f"beam {beam_size}",
+                "images": answers}  # fmt: skip
+
+
+def _options(
+    beam_size: int, n_best: int, attention: bool, settings: ServeSettings
+) -> CaptionOptions:
+    if beam_size > settings.max_beam_size:
+        raise ApiError(422, f"beam_size {beam_size} is over the limit of {settings.max_beam_size}")
+    if n_best > beam_size:
+        raise ApiError(422, f"n_best {n_best} is more than beam_size {beam_size}")
+    return CaptionOptions(beam_size, n_best, attention)
+
+
+def _answer(captioner: Captioner, name: str, image, hyps: list[Caption]) -> dict:
+    best = hyps[0]
+    captions = [{"caption": h.text, "score": round(h.score, 4)} for h in hyps]
+    answer = {"file": name, "caption": best.text, "score": captions[0]["score"],
+              "captions": captions}  # fmt: skip
+    if best.attention is not None:
+        seen = captioner.seen(image)  # [H, W, 3] as the encoder saw it
+        answer["image"] = data_uri(_resized(seen))
+        answer["attention"] = [
+            {"token": token, "overlay": data_uri(heat_overlay(seen, weights, OVERLAY_SIZE))}
+            for token, weights in zip(best.tokens, best.attention)
+        ]
+    return answer
+
+
+def _resized(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels).resize((OVERLAY_SIZE, OVERLAY_SIZE))
+
+
+def model_info(captioner: Captioner, settings: ServeSettings) -> dict:
+    """What `GET /model` says: the run's model, encoder, vocabulary and metrics."""
+    trained = captioner.trained
+    metrics, best_val = None, trained.config.get("metrics") or None
+    if trained.run_dir is not None:
+        from captionkit.reporting.compare import summarize_run
+
+        try:
+            summary = summarize_run(trained.run_dir)
+            metrics = summary.evaluation and summary.evaluation.get("metrics")
+            best_val = summary.best_val or best_val
+        except CaptionkitError as e:  # a damaged eval file only loses the metrics
+            log.warning("no metrics for /model: %s", e)
+    return {
+        "model": trained.config["model"]["name"],
+        "model_config": trained.config["model"]["config"],
+        "encoder": {k: trained.encoder.get(k) for k in ("name", "weights", "finetuned")},
+        "vocabulary_size": len(trained.vocab),
+        "vocabulary_type": trained.config["vocabulary"].get("type", "word"),
+        "attention": captioner.attends,
+        "max_length": trained.data_setting("max_length"),
+        "metrics": metrics,
+        "best_val": best_val,
+        "limits": asdict(settings),
+    }
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return error(e.status, e.message)
+
+    @app.exception_handler(CaptionkitError)
+    async def captionkit_error(request: Request, e: CaptionkitError):
+        return error(400, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}"
+                    for d in e.errors()]  # fmt: skip
+        detail = [{k: d[k] for k in ("loc", "msg", "type")} for d in e.errors()]
+        return JSONResponse({"error": "; ".join(problems), "detail": detail}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        return error(e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception):  # a bug: logged, the server goes on
+        log.exception("request failed")
+        return error(500, f"internal error ({type(e).__name__}: {e})")

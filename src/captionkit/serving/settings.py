@@ -1,0 +1,41 @@
+"""The HTTP service's limits and micro-batching settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from captionkit.errors import CaptionkitError
+
+
+@dataclass
+class ServeSettings:
+    """What `captionkit serve` accepts and how it batches requests on the model."""
+
+    max_upload_bytes: int = 10 * 1024 * 1024
+    """Largest image file accepted (413 above it); a request may carry `max_files` of them."""
+    max_pixels: int = 40_000_000
+    """Most pixels (width x height) in one image, read from its header before decoding (422)."""
+    max_files: int = 16
+    """Most images in one request (422 above it)."""
+    max_beam_size: int = 10
+    """Largest beam size a request may ask for (422 above it)."""
+    batch_size: int = 32
+    """Most images captioned together in one model batch (1: no micro-batching)."""
+    max_wait_ms: float = 10.0
+    """How long the first request of a batch waits for others to join it (0: no waiting)."""
+    max_queue: int = 1024
+    """Most requests waiting for the model; further ones get 503 instead of piling up."""
+
+    def __post_init__(self):
+        for name in ("max_upload_bytes", "max_pixels", "max_files", "max_beam_size",
+                     "batch_size", "max_queue"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise CaptionkitError(f"max_wait_ms must be 0 or more, not {self.max_wait_ms}")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The most a whole request body may hold: every file at its limit, plus room for the
+        multipart headers and the form's options."""
+        return self.max_files * (self.max_upload_bytes + 4096) + 65536

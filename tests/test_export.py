@@ -1,0 +1,55 @@
+"""`captionkit export`: the exported graphs caption exactly as the PyTorch model does, greedy and
+beam search, through ONNX Runtime and TorchScript."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captionkit.cli import main
+from captionkit.models.checkpoint import load_checkpoint
+from captionkit.serving import Captioner
+from captionkit.serving.exported import load_exported
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(5)
+    sizes = [(64, 48), (40, 90), (120, 120)]
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+@pytest.mark.parametrize(("fmt", "files"), [
+    ("onnx", ["tiny.encoder.onnx", "tiny.step.onnx", "tiny.json"]),
+    ("torchscript", ["tiny.pt", "tiny.json"]),
+])  # fmt: skip
+def test_exported_captions_equal_pytorch(tiny_attention_run, lite0, images, tmp_path, capsys,
+                                         fmt, files):  # fmt: skip
+    pytest.importorskip("onnxruntime")
+    argv = ["export", "--checkpoint", str(tiny_attention_run), "--format", fmt,
+            "--out", str(tmp_path / "tiny.onnx")]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.split() == [
+        w for f in files for w in ("wrote", str(tmp_path / f))
+    ]
+    manifest = json.loads((tmp_path / "tiny.json").read_text())
+    assert manifest["state"] == ["h", "c", "grid", "grid_att", "attention"]
+    exported = load_exported(tmp_path / "tiny.json")
+    reference = Captioner(load_checkpoint(tiny_attention_run), lite0)
+    for beam_size, n_best in [(1, 1), (3, 3)]:
+        want = reference.caption(images, beam_size=beam_size, n_best=n_best)
+        got = exported.caption(images, beam_size=beam_size, n_best=n_best)
+        assert [[h.text for h in hyps] for hyps in got] == [[h.text for h in hyps] for hyps in want]
+        scores = [h.score for hyps in got for h in hyps]
+        assert scores == pytest.approx([h.score for hyps in want for h in hyps], abs=1e-4)
+    assert any(len(hyps[0].text.split()) > 1 for hyps in want)  # real captions were compared
+
+
+def test_export_refuses_an_unknown_format(tiny_attention_run, tmp_path, capsys):
+    argv = ["export", "--checkpoint", str(tiny_attention_run), "--format", "tflite",
+            "--out", str(tmp_path / "m")]  # fmt: skip
+    assert main(argv) == 1
+    assert (
+        "error: --format must be one of onnx, torchscript, not 'tflite'" in capsys.readouterr().err
+    )

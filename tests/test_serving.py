@@ -1,0 +1,380 @@
+"""The Python API and the HTTP service: every endpoint and error, and micro-batching, on a tiny
+untrained attention model."""
+
+import asyncio
+import base64
+import contextlib
+import io
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+from captionkit.errors import CaptionkitError
+from captionkit.models.checkpoint import load_checkpoint
+from captionkit.serving import Captioner
+from captionkit.serving.app import create_app
+from captionkit.serving.batcher import MicroBatcher
+from captionkit.serving.settings import ServeSettings
+
+from conftest import CHECKER, SHAPE_WORDS, find_chromium
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_attention_run, lite0):
+    return Captioner(load_checkpoint(tiny_attention_run), lite0)
+
+
+def _png(size=(64, 48), seed=0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _files(*contents: bytes, name="im{}.png"):
+    return [("file", (name.format(i), data, "image/png")) for i, data in enumerate(contents)]
+
+
+@pytest.fixture
+def client(captioner):
+    with TestClient(create_app(captioner, ServeSettings(max_wait_ms=1))) as client:
+        yield client
+
+
+# --- Python API ---------------------------------------------------------------------------------
+
+
+def test_captioner_takes_paths_pil_images_and_arrays(captioner, tmp_path):
+    import captionkit
+
+    assert captionkit.Captioner is Captioner
+    path = tmp_path / "a.png"
+    path.write_bytes(_png())
+    image = Image.open(path)
+    by_path, by_pil, by_array = captioner.caption([path, image, np.asarray(image)], beam_size=2)
+    assert by_path == by_pil == by_array and len(by_path) == 1
+    assert by_path[0].text and by_path[0].score < 0
+    with pytest.raises(CaptionkitError, match=r"uint8 \[H, W\].*not float64 \[4, 4, 3\]"):
+        captioner.caption([np.zeros((4, 4, 3))])
+    with pytest.raises(CaptionkitError, match="nope.png: no such image file"):
+        captioner.caption([tmp_path / "nope.png"])
+
+
+def test_captioner_returns_n_best_and_attention(captioner):
+    image = Image.open(io.BytesIO(_png(seed=1)))
+    (hyps,) = captioner.caption([image], beam_size=3, n_best=3, attention=True)
+    assert len(hyps) == 3 and [h.score for h in hyps] == sorted([h.score for h in hyps])[::-1]
+    for h in hyps:
+        assert " ".join(h.tokens) == h.text
+        assert h.attention.shape == (len(h.tokens), 7, 7)  # lite0's grid at 224 px
+        np.testing.assert_allclose(h.attention.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    (plain,) = captioner.caption([image], beam_size=3, n_best=3)
+    assert [(p.text, p.score) for p in plain] == [(h.text, pytest.approx(h.score)) for h in hyps]
+    assert plain[0].attention is None and plain[0].tokens is None
+    (attended,) = captioner.attend([image], options=None)
+    greedy = captioner.caption([image], beam_size=1)[0][0]
+    assert " ".join(attended.tokens) == greedy.text and attended.image.shape == (224, 224, 3)
+
+
+# --- endpoints ----------------------------------------------------------------------------------
+
+
+def test_caption_endpoint_answers_each_image_as_the_api_does(client, captioner):
+    pngs = [_png(seed=s) for s in range(3)]
+    response = client.post("/caption", files=_files(*pngs), data={"beam_size": 2, "n_best": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = captioner.caption([Image.open(io.BytesIO(p)) for p in pngs], beam_size=2, n_best=2)
+    assert body["decoding"] == "beam 2" and len(body["images"]) == 3
+    for i, (answer, hyps) in enumerate(zip(body["images"], expected)):
+        assert answer["file"] == f"im{i}.png" and answer["caption"] == hyps[0].text
+        assert answer["captions"] == [
+            {"caption": h.text, "score": pytest.approx(h.score, abs=1e-4)} for h in hyps
+        ]
+        assert "attention" not in answer
+
+
+def test_caption_endpoint_draws_attention_overlays(client):
+    response = client.post("/caption", files=_files(_png()), data={"attention": "true"})
+    (answer,) = response.json()["images"]
+    assert [a["token"] for a in answer["attention"]] == answer["caption"].split()
+    for uri in [answer["image"]] + [a["overlay"] for a in answer["attention"]]:
+        data = base64.b64decode(uri.removeprefix("data:image/jpeg;base64,"))
+        assert Image.open(io.BytesIO(data)).size == (160, 160)
+
+
+def test_health_model_page_and_docs(client, tiny_attention_run):
+    client.post("/caption", files=_files(_png(), _png(seed=1)))
+    health = client.get("/health").json()
+    assert health == {"status": "ok", "waiting": 0, "batches": 1, "images": 2, "largest_batch": 2}
+    model = client.get("/model").json()
+    assert model["model"] == "attention" and model["encoder"]["name"] == "tf_efficientnet_lite0"
+    assert model["vocabulary_size"] == 4 + len(SHAPE_WORDS) and model["attention"] is True
+    assert model["metrics"] == {"BLEU-4": 0.125, "CIDEr": 0.5} and model["max_length"] == 8
+    assert model["limits"]["max_files"] == ServeSettings.max_files
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text and "http" not in page.text
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {"/caption", "/health", "/model"}
+    assert client.get("/docs").status_code == 200
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    return response.json()["error"]
+
+
+def test_limits_give_413_and_422(captioner):
+    settings = ServeSettings(max_upload_bytes=20_000, max_pixels=64 * 64, max_files=2)
+    with TestClient(create_app(captioner, settings)) as client:
+        big = _png(size=(120, 120))  # random pixels: ~43 kB of PNG
+        error = _error(client.post("/caption", files=_files(big)), 413)
+        assert error == "im0.png: file is over the limit of 20000 bytes"
+        body = b"x" * (settings.max_request_bytes + 1)
+        error = _error(client.post("/caption", content=body,
+                                   headers={"content-type": "multipart/form-data; boundary=x"}),
+                       413)  # fmt: skip
+        assert error == f"request body is over the limit of {settings.max_request_bytes} bytes"
+        chunks = (b"x" * 65536 for _ in range(settings.max_request_bytes // 65536 + 2))
+        streamed = client.post(
+            "/caption", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+        assert _error(streamed, 413).startswith("request body is over the limit")
+        many = _files(*[_png(size=(8, 8))] * 3)
+        assert _error(client.post("/caption", files=many), 422) == (
+            "3 files is over the limit of 2 per request"
+        )
+        wide = _png(size=(100, 50))
+        assert _error(client.post("/caption", files=_files(wide)), 422) == (
+            "im0.png: image too large: 100x50 pixels is over the limit of 4096 (not decoded)"
+        )
+        assert client.get("/health").json()["batches"] == 0  # nothing reached the model
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"beam_size": "0"}, "beam_size: Input should be greater than or equal to 1"),
+        ({"beam_size": "two"}, "beam_size: Input should be a valid integer"),
+        ({"beam_size": "11"}, "beam_size 11 is over the limit of 10"),
+        ({"beam_size": "2", "n_best": "3"}, "n_best 3 is more than beam_size 2"),
+        ({"attention": "maybe"}, "attention: Input should be a valid boolean"),
+    ],
+)
+def test_bad_options_give_422(client, form, message):
+    error = _error(client.post("/caption", files=_files(_png()), data=form), 422)
+    assert error.startswith(message)
+
+
+def test_missing_file_gives_422(client):
+    assert _error(client.post("/caption", data={"beam_size": "2"}), 422) == "file: Field required"
+
+
+def test_corrupt_image_gives_400_naming_it(client):
+    good, bad = _png(), _png()[:60]  # a PNG cut inside its header
+    files = _files(good) + [("file", ("broken.png", bad, "image/png"))]
+    error = _error(client.post("/caption", files=files), 400)
+    assert error.startswith("broken.png: cannot read image (")
+    text = [("file", ("notes.txt", b"not an image at all", "text/plain"))]
+    error = _error(client.post("/caption", files=text), 400)
+    assert error.startswith("notes.txt: cannot read image (UnidentifiedImageError: ")
+    empty = [("file", ("empty.jpg", b"", "image/jpeg"))]
+    assert _error(client.post("/caption", files=empty), 400) == "empty.jpg: empty file"
+    assert client.post("/caption", files=_files(good)).status_code == 200  # still serving
+
+
+class _Flaky:
+    """A captioner whose model fails once, the way a bug would."""
+
+    def __init__(self, captioner):
+        self.inner, self.failed = captioner, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def caption(self, images, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.inner.caption(images, **kwargs)
+
+
+def test_a_failing_model_gives_500_and_the_server_goes_on(captioner):
+    with TestClient(create_app(_Flaky(captioner)), raise_server_exceptions=False) as client:
+        error = _error(client.post("/caption", files=_files(_png())), 500)
+        assert error == "internal error (RuntimeError: CUDA out of memory (simulated))"
+        assert client.post("/caption", files=_files(_png())).status_code == 200
+
+
+# --- micro-batching -----------------------------------------------------------------------------
+
+
+class _Counting:
+    """A captioner that records the size of every model batch."""
+
+    def __init__(self, captioner):
+        self.inner, self.batches, self.lock = captioner, [], threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def caption(self, images, **kwargs):
+        with self.lock:
+            self.batches.append(len(images))
+        return self.inner.caption(images, **kwargs)
+
+
+@pytest.mark.parametrize(("batch_size", "expected"), [(8, [8]), (1, [1] * 8)])
+def test_concurrent_requests_share_a_model_batch(captioner, batch_size, expected):
+    counting = _Counting(captioner)
+    # A long wait that the 8th request cuts short: the batch runs as soon as it is full.
+    settings = ServeSettings(batch_size=batch_size, max_wait_ms=5000)
+    pngs = [_png(seed=s) for s in range(8)]
+    with TestClient(create_app(counting, settings)) as client:
+
+        def post(png):
+            return client.post("/caption", files=_files(png), data={"beam_size": 2}).json()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, pngs))
+    assert counting.batches == expected
+    alone = captioner.caption([Image.open(io.BytesIO(p)) for p in pngs], beam_size=2)
+    assert [a["images"][0]["caption"] for a in answers] == [h[0].text for h in alone]
+
+
+def test_batcher_groups_by_options_and_keeps_requests_whole():
+    calls = []
+
+    def run(items, key):
+        calls.append((key, list(items)))
+        return [f"{key}:{item}" for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(run, batch_size=4, max_wait_ms=50)
+        await batcher.start()
+        jobs = [([1, 2], "beam"), ([3], "greedy"), ([4, 5], "beam"), ([6], "beam")]
+        results = await asyncio.gather(*(batcher.submit(items, key) for items, key in jobs))
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results == [["beam:1", "beam:2"], ["greedy:3"], ["beam:4", "beam:5"], ["beam:6"]]
+    # Batches of at most 4 images, in arrival order: [4, 5] would make 5, so it starts the next;
+    # within a batch, one model call per set of options.
+    assert calls == [("beam", [1, 2]), ("greedy", [3]), ("beam", [4, 5, 6])]
+
+
+# --- the web page, in headless Chromium ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """`app` served by uvicorn on a free loopback port, in a thread; yields its URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _chrome(browser: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        pytest.skip("chromedriver is not installed (Debian: apt-get install chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1000,900"):  # fmt: skip
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    checker = CHECKER.removeprefix("<script>").removesuffix("</script>")
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": checker})
+    return driver
+
+
+def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    pytest.importorskip("selenium")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    image = Image.new("RGB", (200, 160), "white")
+    ImageDraw.Draw(image).ellipse((30, 20, 130, 120), fill="red")
+    image.save(tmp_path / "red circle.png")
+    (expected,) = captioner.caption([image], beam_size=3, n_best=3)
+    with _serving(create_app(captioner)) as url:
+        driver = _chrome(browser)
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(url)
+            wait.until(lambda d: "vocabulary" not in d.title and d.title.startswith("CHECKED"))
+            assert driver.title == "CHECKED 0 images; []"
+            wait.until(lambda d: "tokens" in d.find_element(By.ID, "model").text)
+            driver.find_element(By.ID, "file").send_keys(str(tmp_path / "red circle.png"))
+            wait.until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-captioned")
+            )
+            items = driver.find_elements(By.CSS_SELECTOR, "#captions li")
+            assert [li.text for li in items] == [f"{expected[0].text} {expected[0].score:.2f}"]
+            tiles = driver.find_elements(By.CSS_SELECTOR, "#attention .tile")
+            assert [t.text for t in tiles] == ["(image)", *expected[0].text.split()]
+            Select(driver.find_element(By.ID, "nbest")).select_by_visible_text("3")
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#captions li")) == 3)
+            texts = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#captions li")]
+            assert texts == [f"{h.text} {h.score:.2f}" for h in expected]
+            broken = (
+                "return [...document.images].filter(i => !i.complete || !i.naturalWidth).length"
+            )
+            assert driver.execute_script(broken) == 0
+            assert driver.execute_script("return problems") == []
+            screenshot = tmp_path / "page.png"
+            driver.save_screenshot(str(screenshot))
+        finally:
+            driver.quit()
+    shot = np.asarray(Image.open(screenshot).convert("RGB"), dtype=np.float32)
+    # The red circle shows in the preview and in the tiles: the page really drew the images.
+    red = (shot[..., 0] > 200) & (shot[..., 1] < 80) & (shot[..., 2] < 80)
+    assert red.sum() > 2000, "no red circle in the screenshot"
+    if os.environ.get("CAPTIONKIT_SCREENSHOTS"):
+        shutil.copy(screenshot, Path(os.environ["CAPTIONKIT_SCREENSHOTS"]) / "serve_page.png")
+
+
+def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
+    from captionkit.cli import main
+
+    calls = []
+    monkeypatch.setattr("captionkit.serving.server.serve", lambda *args: calls.append(args))
+    argv = ["serve", "--checkpoint", str(tiny_attention_run), "--port", "8123", "--batch-size",
+            "4", "--max-wait-ms", "0", "--max-upload-mb", "0.5", "--max-files", "2"]  # fmt: skip
+    assert main(argv) == 0
+    ((run_dir, host, port, settings, device),) = calls
+    assert (run_dir, host, port, device) == (tiny_attention_run, "127.0.0.1", 8123, "cpu")
+    assert settings == ServeSettings(max_upload_bytes=512 * 1024, max_files=2, batch_size=4,
+                                     max_wait_ms=0)  # fmt: skip
