@@ -132,14 +132,17 @@ def test_cli_objective_over_an_xe_config_takes_the_scst_lr_unless_given(tmp_path
     xe.write_text("data: {data: d}\noptim: {lr: 5.0e-4}\n")
     sc = tmp_path / "sc.yaml"
     sc.write_text("data: {data: d}\noptim: {objective: scst}\nscst: {samples: 3}\n")
+    own = tmp_path / "own.yaml"
+    own.write_text("data: {data: d}\noptim: {objective: scst, lr: 2.0e-5}\n")
     out = ["--out", str(tmp_path / "r"), "--init", "x"]
     for argv in (["--config", str(xe), "--objective", "scst"],
                  ["--config", str(xe), "--objective", "scst", "--lr", "1e-4"],
                  ["--data", "d", "--objective", "scst", "--scst-baseline", "greedy"],
-                 ["--config", str(sc)]):  # fmt: skip
+                 ["--config", str(sc)], ["--config", str(own)],
+                 ["--config", str(own), "--objective", "scst"]):  # fmt: skip
         assert main(["train", *argv, *out]) == 0
-    assert [c.optim.lr for c in seen] == [5e-5, 1e-4, 5e-5, 5e-5]
-    assert [c.optim.objective for c in seen] == ["scst"] * 4
+    assert [c.optim.lr for c in seen] == [5e-5, 1e-4, 5e-5, 5e-5, 2e-5, 2e-5]
+    assert [c.optim.objective for c in seen] == ["scst"] * 6
     assert (seen[2].scst.baseline, seen[3].scst.samples) == ("greedy", 3)
 
 

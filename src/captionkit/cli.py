@@ -154,9 +154,13 @@ def _run_config(ctx: typer.Context, config_file: Path | None, model_args: Callab
     settings = config.to_dict()
     # By name: Typer may bring its own copy of click, so its ParameterSource is not click's.
     given = {n for n in TRAIN_FIELDS if ctx.get_parameter_source(n).name == "COMMANDLINE"}
-    if "lr" not in given and ctx.params["objective"] != settings["optim"]["objective"]:
+    objective, switched = ctx.params["objective"], {"objective"} == given & {"objective", "lr"}
+    if config_file and switched and objective != settings["optim"]["objective"]:
         # The file's learning rate is for its own objective: --objective scst over an XE
         # config takes SCST's lower default (OptimConfig.lr) unless --lr is given too.
+        typer.echo(f"--objective {objective}: its default learning rate, not "
+                   f"{settings['optim']['lr']:g} ({config_file}'s for "
+                   f"{settings['optim']['objective']}); --lr sets another", err=True)  # fmt: skip
         settings["optim"]["lr"] = None
     for name in given if config_file else TRAIN_FIELDS:
         value = ctx.params[name]

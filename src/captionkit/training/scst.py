@@ -146,6 +146,7 @@ class ScstModule(CaptioningModule):
             logits = self.model(pooled, grid, tokens[:, :-1])  # [B*K, T-1, V]
         finally:
             self.model.train(was_training)
+        # No regulariser (e.g. doubly stochastic attention) here: the reward is the objective.
         logp, entropy = sequence_logprobs(logits, tokens, self.scst.temperature)
         advantage = (rewards - baseline).view(-1)  # [B*K]
         loss = scst_loss(logp, advantage)
