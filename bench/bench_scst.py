@@ -1,7 +1,7 @@
 """Benchmark: SCST fine-tuning of the three XE-trained decoders on flickr8k-mini.
 
     nice -n 19 .venv/bin/python bench/bench_scst.py --xe-runs runs/models --out runs/scst \
-        --data ../shared/data/flickr8k-mini --epochs 10
+        --data ../shared/data/flickr8k-mini --epochs 3
 
 For each decoder, the XE run `--xe-runs/NAME` (trained with configs/flickr8k-mini/NAME.yaml) is
 copied, then fine-tuned by the single command
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/flickr8k-mini")
     parser.add_argument("--xe-runs", default="runs/models", help="Folder of the XE runs.")
     parser.add_argument("--out", default="runs/scst")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--json", default="bench/results_scst.json")
     parser.add_argument("extra", nargs="*", help="More `train` options, after --.")
