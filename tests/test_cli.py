@@ -12,6 +12,7 @@ from captionkit.cli_options import (
     TRAIN_ENCODER_OPTIONS,
     TRAIN_OPTIM_OPTIONS,
     TRAIN_RUN_OPTIONS,
+    TRAIN_SCST_OPTIONS,
 )
 
 from conftest import write_images
@@ -86,7 +87,8 @@ def test_train_help_shows_its_options_in_panels(capsys, monkeypatch):
     assert code == 0
     groups = {"Options": {"out": None, "resume": None, "config": None, "model": None},
               "Data": TRAIN_DATA_OPTIONS, "Encoder": TRAIN_ENCODER_OPTIONS,
-              "Optimization": TRAIN_OPTIM_OPTIONS, "Run": TRAIN_RUN_OPTIONS,
+              "Optimization": TRAIN_OPTIM_OPTIONS, "SCST": TRAIN_SCST_OPTIONS,
+              "Run": TRAIN_RUN_OPTIONS,
               "Model": MODEL_OPTIONS}  # fmt: skip
     # Each panel's text, from its title to the next: the panels come in this order.
     titles = [out.index(f"╭─ {title} ─") for title in groups]

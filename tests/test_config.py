@@ -111,6 +111,7 @@ optim: {optimizer: adamw, lr: 5e-4, weight_decay: 1.0e-2, grad_clip: 1, schedule
         ss_start_epoch: 1, ss_ramp_epochs: 3}
 train: {epochs: 3, batch_size: 8, seed: 7, bucket_batches: 4, val_beam_size: 2,
         accelerator: cpu, workers: 0, init: runs/previous}
+scst: {samples: 3, baseline: greedy, bleu_weight: 0.5, temperature: 0.8, collapse_std: 0.1}
 """
 
 
@@ -143,13 +144,15 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
     ("text", "message"),
     [
         ("trainer: {epochs: 3}\n",
-         "c.yaml: unknown key 'trainer' (valid: model, model_args, data, encoder, optim, train)"),
+         "c.yaml: unknown key 'trainer' (valid: model, model_args, data, encoder, optim, train, "
+         "scst)"),
         ("optim: {learning_rate: 0.1}\n",
-         "c.yaml: unknown key 'optim.learning_rate' (valid in optim: optimizer, lr, weight_decay, "
+         "c.yaml: unknown key 'optim.learning_rate' (valid in optim: objective, optimizer, lr, "
+         "weight_decay, "
          "grad_clip, grad_clip_algorithm, accumulate, schedule, warmup_steps, lr_gamma, "
          "lr_step_epochs, plateau_factor, plateau_patience, min_lr, label_smoothing, "
          "scheduled_sampling, ss_start_epoch, ss_ramp_epochs)"),
-        ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number, not 'fast'"),
+        ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number or null, not 'fast'"),
         ("train: {epochs: 2.5}\n", "c.yaml: train.epochs must be an integer, not 2.5"),
         ("train: {batch_size: true}\n", "c.yaml: train.batch_size must be an integer, not True"),
         ("data: {images: 3}\n", "c.yaml: data.images must be a string or null, not 3"),
@@ -283,9 +286,10 @@ def test_every_train_field_is_a_train_option_defaulting_to_the_run_config(tmp_pa
         group, _, key = field.rpartition(".")
         default = params[name].default
         expected = (defaults[group] if group else defaults)[key]
-        # --data has no default: a config file or the command line names the dataset.
+        # --data has no default: a config file or the command line names the dataset; --lr's
+        # (None) is the objective's (OptimConfig.lr).
         assert (str(default) if isinstance(default, Path) else default) == (
-            None if name == "data" else expected
+            None if name in ("data", "lr") else expected
         ), name
     # No option given but --data: every field reaches the config (through ctx.params) as default.
     code, _, err = run(capsys, ["train", "--data", "d", "--out", tmp_path / "r"])

@@ -130,14 +130,16 @@ TRAIN_FIELDS = {
     "finetune_encoder": "encoder.finetune",
     "finetune_blocks": "encoder.finetune_blocks",
     "encoder_lr": "encoder.lr",
-    **{name: f"optim.{name}" for name in ("optimizer", "lr", "weight_decay", "schedule",
-                                          "warmup_steps", "lr_gamma", "lr_step_epochs",
+    **{name: f"optim.{name}" for name in ("objective", "optimizer", "lr", "weight_decay",
+                                          "schedule", "warmup_steps", "lr_gamma", "lr_step_epochs",
                                           "plateau_factor", "plateau_patience", "min_lr",
                                           "label_smoothing", "scheduled_sampling",
                                           "ss_start_epoch", "ss_ramp_epochs")},
     **{name: f"train.{name}" for name in ("epochs", "batch_size", "seed", "workers", "init",
                                           "patience", "precision", "deterministic",
                                           "checkpoint_every", "devices", "num_nodes", "strategy")},
+    **{f"scst_{name}": f"scst.{name}" for name in ("samples", "baseline", "bleu_weight",
+                                                   "temperature")},
 }  # fmt: skip
 
 
@@ -152,6 +154,14 @@ def _run_config(ctx: typer.Context, config_file: Path | None, model_args: Callab
     settings = config.to_dict()
     # By name: Typer may bring its own copy of click, so its ParameterSource is not click's.
     given = {n for n in TRAIN_FIELDS if ctx.get_parameter_source(n).name == "COMMANDLINE"}
+    objective, switched = ctx.params["objective"], {"objective"} == given & {"objective", "lr"}
+    if config_file and switched and objective != settings["optim"]["objective"]:
+        # The file's learning rate is for its own objective: --objective scst over an XE
+        # config takes SCST's lower default (OptimConfig.lr) unless --lr is given too.
+        typer.echo(f"--objective {objective}: its default learning rate, not "
+                   f"{settings['optim']['lr']:g} ({config_file}'s for "
+                   f"{settings['optim']['objective']}); --lr sets another", err=True)  # fmt: skip
+        settings["optim"]["lr"] = None
     for name in given if config_file else TRAIN_FIELDS:
         value = ctx.params[name]
         if isinstance(value, Path):  # the config keeps paths as text, as a YAML file has them

@@ -262,8 +262,8 @@ def _panel(panel: str) -> Callable[..., typer.models.OptionInfo]:
     return functools.partial(typer.Option, rich_help_panel=panel)
 
 
-_data, _encoder, _optim, _run = (
-    _panel(name) for name in ("Data", "Encoder", "Optimization", "Run")
+_data, _encoder, _optim, _run, _scst = (
+    _panel(name) for name in ("Data", "Encoder", "Optimization", "Run", "SCST")
 )
 
 TRAIN_DATA_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -299,7 +299,11 @@ TRAIN_ENCODER_OPTIONS: dict[str, tuple[Any, Any]] = {
 }  # fmt: skip
 
 TRAIN_OPTIM_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "lr": (Annotated[float, _optim("--lr", help="Learning rate.")], 5e-4),
+    "objective": (Annotated[str, _optim(
+        "--objective", help="xe (cross-entropy) | scst (self-critical fine-tuning of an "
+        "--init run on CIDEr-D).")], "xe"),
+    "lr": (Annotated[float | None, _optim(
+        "--lr", help="Learning rate [default: 5e-4; 5e-5 with --objective scst].")], None),
     "optimizer": (Annotated[str, _optim(
         "--optimizer", help="adam | adamw (decoupled weight decay).")], "adam"),
     "weight_decay": (Annotated[float, _optim("--weight-decay", min=0.0)], 0.0),
@@ -347,11 +351,24 @@ TRAIN_RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
         "--strategy", help="auto (one process) | ddp (one per device).")], "auto"),
 }  # fmt: skip
 
+TRAIN_SCST_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "scst_samples": (Annotated[int, _scst(
+        "--scst-samples", min=1, help="Captions sampled per image.", metavar="K")], 5),
+    "scst_baseline": (Annotated[str, _scst(
+        "--scst-baseline", help="mean (of the other K-1 samples' rewards) | greedy (the "
+        "greedy caption's reward).")], "mean"),
+    "scst_bleu_weight": (Annotated[float, _scst(
+        "--scst-bleu-weight", min=0.0, help="Reward = CIDEr-D + W x BLEU-4.",
+        metavar="W")], 0.0),
+    "scst_temperature": (Annotated[float, _scst(
+        "--scst-temperature", help="Sampling temperature.", metavar="T")], 1.0),
+}  # fmt: skip
+
 TRAIN_OPTIONS = {**TRAIN_DATA_OPTIONS, **TRAIN_ENCODER_OPTIONS, **TRAIN_OPTIM_OPTIONS,
-                 **TRAIN_RUN_OPTIONS}  # fmt: skip
+                 **TRAIN_SCST_OPTIONS, **TRAIN_RUN_OPTIONS}  # fmt: skip
 
 
 def with_train_options(command: Callable) -> Callable:
-    """Decorator: add `train`'s Data, Encoder, Optimization and Run options; the command reads
+    """Decorator: add `train`'s Data, Encoder, Optimization, SCST and Run options; the command reads
     them from `ctx.params`, with `ctx.get_parameter_source` telling which were given."""
     return option_group(None, TRAIN_OPTIONS)(command)

@@ -6,7 +6,8 @@ from captionkit.training.config import (
     EncoderConfig,
     OptimConfig,
     RunConfig,
+    ScstConfig,
     TrainConfig,
 )
 
-__all__ = ["DataConfig", "EncoderConfig", "OptimConfig", "RunConfig", "TrainConfig"]
+__all__ = ["DataConfig", "EncoderConfig", "OptimConfig", "RunConfig", "ScstConfig", "TrainConfig"]

@@ -74,6 +74,10 @@ class EncoderConfig:
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "plateau", "noam")
+OBJECTIVES = ("xe", "scst")
+# SCST fine-tunes a converged model on a noisy reward: a tenth of the XE rate keeps it from
+# undoing the XE training in its first steps (Rennie et al. and self-critical.pytorch use 5e-5).
+DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}
 
 
 def _check_range(name: str, value, low, high, low_open: bool = False, high_open: bool = False):
@@ -92,11 +96,15 @@ def _check_range(name: str, value, low, high, low_open: bool = False, high_open:
 class OptimConfig:
     """Optimizer, learning-rate schedule and scheduled sampling settings."""
 
+    objective: str = "xe"
+    """`xe` (teacher-forced cross-entropy) or `scst` (self-critical sequence training: sampled
+    captions rewarded by their CIDEr-D, see `ScstConfig`; fine-tunes an `--init` run)."""
     optimizer: str = "adam"
     """`adam` (weight decay added to the gradient, L2) or `adamw` (weight decay applied to the
     weights apart from the Adam update: decoupled, Loshchilov & Hutter)."""
-    lr: float = 5e-4
-    """Learning rate (the peak one, when there is a warmup)."""
+    lr: float | None = None
+    """Learning rate (the peak one, when there is a warmup). None (left out): the objective's
+    default, 5e-4 for `xe`, 5e-5 for `scst`; the config keeps the number it resolved to."""
     weight_decay: float = 0.0
     """Weight decay (L2 for `adam`, decoupled for `adamw`)."""
     grad_clip: float = 5.0
@@ -136,6 +144,9 @@ class OptimConfig:
     (`scheduled_sampling / ss_ramp_epochs` in the first; 0 = all of it at once)."""
 
     def __post_init__(self):
+        _check_choice("objective", self.objective, OBJECTIVES)
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.objective]
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("grad_clip_algorithm", self.grad_clip_algorithm, ("norm", "value"))
@@ -152,6 +163,35 @@ class OptimConfig:
             raise CaptionkitError("schedule noam needs warmup_steps > 0 (the step of its peak)")
 
 
+SCST_BASELINES = ("mean", "greedy")
+
+
+@dataclass
+class ScstConfig:
+    """Self-critical sequence training (`optim.objective: scst`, Rennie et al. 2017)."""
+
+    samples: int = 5
+    """Captions sampled per training image (K)."""
+    baseline: str = "mean"
+    """What a sample's reward is compared with: `mean` (the mean reward of the image's K-1 other
+    samples, the "new self-critical" variant) or `greedy` (the reward of the greedy caption, as
+    in the paper; one more decode per step)."""
+    bleu_weight: float = 0.0
+    """Reward = CIDEr-D + this x BLEU-4 of the sample (0 = CIDEr-D alone)."""
+    temperature: float = 1.0
+    """Sampling temperature (the log-probabilities trained are those of the tempered policy)."""
+    collapse_std: float = 0.01
+    """Warn when the std of the rewards among an image's samples, averaged over an epoch, falls
+    below this: the samples have become alike and the gradient vanishes."""
+
+    def __post_init__(self):
+        _check_choice("scst.baseline", self.baseline, SCST_BASELINES)
+        _check_range("scst.samples", self.samples, 2 if self.baseline == "mean" else 1, None)
+        _check_range("scst.temperature", self.temperature, 0, None, low_open=True)
+        for name in ("bleu_weight", "collapse_std"):
+            _check_range(f"scst.{name}", getattr(self, name), 0, None)
+
+
 @dataclass
 class TrainConfig:
     """The training loop."""
@@ -160,7 +200,8 @@ class TrainConfig:
     """Passes over the training captions."""
     batch_size: int = 64
     """Captions per training step (when fine-tuning, whole images with all their captions: as
-    many images as make about this many captions)."""
+    many images as make about this many captions; with SCST, sampled captions: images of
+    `scst.samples` samples each)."""
     seed: int = 0
     """Seed for weights, data order and dropout."""
     bucket_batches: int = 1
@@ -217,6 +258,7 @@ class RunConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,6 +300,7 @@ GROUPS: dict[str, type] = {
     "encoder": EncoderConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "scst": ScstConfig,
 }
 _YAML_HEADER = (
     "# The resolved config of a captionkit run; `captionkit train --config THIS_FILE --out RUN`\n"

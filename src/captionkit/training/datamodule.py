@@ -130,10 +130,13 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 class ImageRows(Dataset):
-    """One item per image: its features and its key (for matching references)."""
+    """One item per image: its features and its key (for matching references). Also SCST's
+    training set, whose batches are images."""
 
     def __init__(self, store: FeatureStore, rows: list[int], keys: list[str], use_grid: bool):
         self.store, self.rows, self.keys, self.use_grid = store, rows, keys, use_grid
+        # Images have no caption length: the batch sampler makes plain shuffled batches of them.
+        self.lengths = np.zeros(len(rows), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -188,9 +191,10 @@ class ResumableDataModule(L.LightningDataModule):
 
 
 class CaptionDataModule(ResumableDataModule):
-    """Shuffled (optionally length-bucketed) training batches and validation images."""
+    """Shuffled (optionally length-bucketed) training batches and validation images; `train`
+    holds captions (`CaptionPairs`) or, for SCST, images (`ImageRows`)."""
 
-    def __init__(self, train: CaptionPairs, val: ImageRows, batch_size: int, seed: int,
+    def __init__(self, train: CaptionPairs | ImageRows, val: ImageRows, batch_size: int, seed: int,
                  bucket_batches: int = 1):  # fmt: skip
         super().__init__()
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed

@@ -45,6 +45,7 @@ from captionkit.training.datamodule import (
 )
 from captionkit.training.image_data import CaptionedImages, ImageDataModule
 from captionkit.training.module import CaptioningModule
+from captionkit.training.scst import ScstModule, ScstReward
 
 
 def _train_tokens(config: RunConfig, vocab: Tokenizer, train_records):
@@ -130,6 +131,27 @@ def _image_datamodule(config: RunConfig, encoder: ImageEncoder, dataset, train_r
     return datamodule, truncated
 
 
+def _scst_datamodule(config: RunConfig, encoder: ImageEncoder, store, dataset, train_records,
+                     val_records, use_grid: bool):  # fmt: skip
+    """SCST: batches of training images, each once per epoch with its key (its references give
+    the rewards): features, or augmented images when the encoder is fine-tuned."""
+    keys = [r.filename for r in train_records]
+    images_per_batch = max(1, config.train.batch_size // config.scst.samples)
+    seed = config.train.seed
+    if config.encoder.finetune:
+        augment = augmenting_transform(encoder, config.encoder.crop_scale_min, config.encoder.hflip)
+        train_set = CaptionedImages([dataset.path(r) for r in train_records], augment, keys=keys,
+                                    seed=seed)  # fmt: skip
+        val_set = CaptionedImages([dataset.path(r) for r in val_records], encoder.transform(),
+                                  keys=[r.filename for r in val_records])  # fmt: skip
+        return ImageDataModule(train_set, val_set, images_per_batch, seed, config.train.workers)
+    train_set = ImageRows(store, store.rows([dataset.path(r) for r in train_records]), keys,
+                          use_grid)  # fmt: skip
+    val_rows = store.rows([dataset.path(r) for r in val_records])
+    val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
+    return CaptionDataModule(train_set, val_set, images_per_batch, seed)
+
+
 def _load_init(config: RunConfig) -> TrainedModel | None:
     """The run named by `train.init`, refused if its model or encoder is another one."""
     if not config.train.init:
@@ -195,7 +217,7 @@ def _load_data(config: RunConfig, run_dir: Path, init: TrainedModel | None):
 
 
 # Settings a resumed run may change: how long and on what it trains, not what it trains.
-RESUMABLE_CHANGES = ("train", "optim")
+RESUMABLE_CHANGES = ("train", "optim", "scst")
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
@@ -250,6 +272,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     beside `config` itself as `config.yaml`. With `resume`, continue the run in `run_dir` from
     `checkpoints/last.safetensors`. Returns the metrics row of the best validation."""
     run_dir = Path(run_dir)
+    scst = config.optim.objective == "scst"
+    if scst and not config.train.init:
+        raise CaptionkitError("--objective scst fine-tunes a trained model: give --init RUN_DIR "
+                              "(a run trained with the default objective, xe)")  # fmt: skip
     last = _start_run_dir(config, run_dir, resume)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     init = _load_init(config)
@@ -259,19 +285,27 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     vocab = _tokenizer(config, run_dir, init, train_records, resume)
     model = _model(config, vocab, encoder, init)
-    finetune = config.encoder.finetune
-    if finetune:
+    finetune, use_grid = config.encoder.finetune, MODELS[config.model][1].uses_grid
+    if scst:
+        data = (_scst_datamodule(config, encoder, store, dataset, train_records, val_records,
+                                 use_grid), 0)  # fmt: skip
+    elif finetune:
         data = _image_datamodule(config, encoder, dataset, train_records, val_records, vocab)
     else:
-        use_grid = MODELS[config.model][1].uses_grid
         data = _datamodule(config, store, dataset, train_records, val_records, vocab, use_grid,
                            run_dir)  # fmt: skip
     datamodule, truncated = data
     val_options = DecodingOptions(config.train.val_beam_size, max_length=config.data.max_length)
     val_references = {r.filename: r.captions for r in val_records}
-    module = CaptioningModule(model, vocab, config.optim, val_references, val_options,
-                              encoder if finetune else None, config.encoder.lr,
-                              seed=config.train.seed)  # fmt: skip
+    args = (model, vocab, config.optim, val_references, val_options,
+            encoder if finetune else None, config.encoder.lr)  # fmt: skip
+    if scst:
+        reward = ScstReward({r.filename: r.captions for r in train_records},
+                            config.scst.bleu_weight)  # fmt: skip
+        module = ScstModule(*args, seed=config.train.seed, scst=config.scst, reward=reward,
+                            max_length=config.data.max_length)  # fmt: skip
+    else:
+        module = CaptioningModule(*args, seed=config.train.seed)
     extra = {"run": config.to_dict(), "dataset": {"name": dataset.name, **dataset.split_sizes(),
                                                   "truncated_captions": truncated}}  # fmt: skip
     base = init.encoder if init is not None else encoder.spec()
