@@ -186,3 +186,12 @@ def test_many_times_faster_than_pycocoevalcap_on_5000_captions(layout):
     # bench_cider.py (BENCHMARKS.md); on a loaded machine the ratio of CPU times drifts, so
     # the test keeps a margin there rather than fail CI on noise.
     assert theirs / min(ours) >= (20 if layout == "scst" else 15), (theirs, ours)
+
+
+def test_captions_sharing_no_ngram_with_their_references_score_zero():
+    refs = {0: ["a dog runs", "the dog is running"], 1: ["two cats sit", "cats on a mat"]}
+    preds = {0: "zebra", 1: "giraffe"}
+    expected = Cider().compute_score(refs, {k: [v] for k, v in preds.items()})[1]
+    scores = CiderD(refs).corpus_score(preds)[1]
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-12)
+    assert scores.tolist() == [0.0, 0.0]

@@ -54,6 +54,8 @@ def _sum_per_order(matrix: sparse.csr_matrix, values: np.ndarray, order: np.ndar
                    n: int) -> np.ndarray:  # fmt: skip
     """[rows of `matrix`, n] sums of `values` (one per stored entry of `matrix`) by row and
     n-gram order of the entry's column (`order`: [columns])."""
+    # float64 also when nothing matched: an empty product can come back as integers.
+    values = np.asarray(values, dtype=np.float64)
     by_order = sparse.csr_matrix((values, order[matrix.indices], matrix.indptr),
                                  shape=(matrix.shape[0], n))  # fmt: skip
     return by_order.toarray()  # adds up the entries of each (row, order)
