@@ -24,6 +24,7 @@ from captionkit.data.vocab import Vocabulary, tokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.evaluation.cider_d import CiderD
 from captionkit.training.config import ScstConfig
+from captionkit.training.datamodule import token_array
 from captionkit.training.module import CaptioningModule
 
 EOS_WORD = "<eos>"
@@ -48,10 +49,7 @@ class ScstReward:
     def __call__(self, captions: Sequence[str], keys: Sequence[Hashable]) -> np.ndarray:
         """[N] rewards of raw `captions[i]` (as the tokenizer decodes them) for image `keys[i]`."""
         texts = [reward_text(c) for c in captions]
-        # A reference of the first image scored too: `CiderD.score` fails (integer division
-        # output) when no caption shares an n-gram with its references, e.g. all "<eos>".
-        padded = self.cider.score([*texts, self.references[keys[0]][0]], [*keys, keys[0]])
-        rewards = padded[:-1]
+        rewards = self.cider.score(texts, keys)
         if self.bleu_weight > 0:
             from pycocoevalcap.bleu.bleu import Bleu
 
@@ -72,10 +70,7 @@ def sampled_tokens(results: list[list], device: torch.device) -> torch.Tensor:
     """Decoded samples (per image, K `DecodingResult`s) -> tokens [B*K, T]: `<bos> w1 .. wn
     <eos> <pad>..`, image by image."""
     seqs = [[Vocabulary.bos_id, *h.tokens, Vocabulary.eos_id] for hyps in results for h in hyps]
-    tokens = torch.full((len(seqs), max(map(len, seqs))), Vocabulary.pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        tokens[i, : len(s)] = torch.tensor(s)
-    return tokens.to(device)
+    return torch.from_numpy(token_array(seqs).astype(np.int64)).to(device)
 
 
 def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor,
