@@ -1,4 +1,4 @@
-"""Data: reading caption datasets, the built-in `shapes` generator, and the vocabulary."""
+"""Data: reading caption datasets, the built-in `shapes` generator, and the tokenizers."""
 
 from captionkit.data.formats import load_dataset
 from captionkit.data.ptb_tokenizer import tokenize
