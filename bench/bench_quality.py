@@ -32,13 +32,31 @@ from captionkit.evaluation.evaluate import evaluate_run
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "attention-old": (
         "Show-Attend-Tell as before #15: raw 1280-d grid, no input dropout, λ = 1 (sum)",
-        ["--model", "attention", "--epochs", "15", "--model-arg", "embed_features=false",
-         "--model-arg", "word_dropout=0", "--model-arg", "alpha_c=1.0"],
+        [
+            "--model",
+            "attention",
+            "--epochs",
+            "15",
+            "--model-arg",
+            "embed_features=false",
+            "--model-arg",
+            "word_dropout=0",
+            "--model-arg",
+            "alpha_c=1.0",
+        ],
     ),  # fmt: skip
     "attention-emb": (
         "+ grid embedded to 512-d (Linear, ReLU, dropout 0.5), word ReLU+dropout, λ = 0.02",
-        ["--model", "attention", "--epochs", "20", "--patience", "5",
-         "--model-arg", "alpha_c=0.02"],
+        [
+            "--model",
+            "attention",
+            "--epochs",
+            "20",
+            "--patience",
+            "5",
+            "--model-arg",
+            "alpha_c=0.02",
+        ],
     ),  # fmt: skip
     "updown": (
         "top-down attention decoder (two LSTMs), embedded features, no regulariser",

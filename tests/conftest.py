@@ -78,7 +78,7 @@ def tiny_attention_run(tmp_path_factory, lite0) -> Path:
 
     from captionkit.data.vocab import Vocabulary
     from captionkit.models import create_model
-    from captionkit.models.checkpoint import save_checkpoint
+    from captionkit.models.run_folder import save_checkpoint
     from captionkit.reporting.compare import save_run_evaluation
 
     torch.manual_seed(0)

@@ -55,7 +55,7 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, message):
 
 
 def test_unreadable_image_to_caption_is_one_line(tmp_path, capsys, monkeypatch):
-    from captionkit.serving import captioner
+    from captionkit.evaluation import captioner
 
     class Stub:
         def caption(self, images, **options):
@@ -204,7 +204,7 @@ def test_bad_decoding_options_are_one_line(tmp_path, capsys, monkeypatch, extra,
 
 
 def test_caption_n_best_options(tmp_path, capsys, monkeypatch):
-    from captionkit.serving import captioner
+    from captionkit.evaluation import captioner
 
     seen = []
 

@@ -7,9 +7,9 @@ import pytest
 from captionkit.cli import main
 from captionkit.data import load_dataset, tokenize
 from captionkit.data.shapes import make_shapes
-from captionkit.evaluation import METRIC_KEYS
-from captionkit.evaluation.cider_d import CiderD
 from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.metrics import METRIC_KEYS
+from captionkit.metrics.cider_d import CiderD
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 

@@ -9,15 +9,15 @@ from safetensors.torch import load_file
 
 from captionkit.cli import main
 from captionkit.data.images import load_image
+from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.data.shapes import make_shapes
-from captionkit.data.vocab import detokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders import create_encoder
 from captionkit.encoders.finetune import encoder_blocks, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation import evaluate as evaluate_module
 from captionkit.evaluation.evaluate import encoder_for, evaluate_run
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.models.run_folder import load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.image_data import CaptionedImages, collate_images

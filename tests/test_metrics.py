@@ -10,11 +10,11 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from test_tokenizers import CAPTIONS
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation import METRIC_KEYS, coco_metrics, quick_cider, quick_metrics
-from captionkit.evaluation.meteor import MeteorJar, meteor_score
-from captionkit.evaluation.metrics import python_ptb_tokenize, score_captions
-from captionkit.evaluation.ptb import ptb_tokenize
-from captionkit.evaluation.stats import caption_stats
+from captionkit.metrics import METRIC_KEYS, coco_metrics, quick_cider, quick_metrics
+from captionkit.metrics.caption_stats import caption_stats
+from captionkit.metrics.coco_metrics import python_ptb_tokenize, score_captions
+from captionkit.metrics.java_ptb_tokenizer import ptb_tokenize
+from captionkit.metrics.meteor import MeteorJar, meteor_score
 
 REFS = {
     "1": ["A dog runs across the grass.", "a brown dog running on a lawn", "Dog, running."],
@@ -88,7 +88,7 @@ def test_meteor_that_does_not_answer_is_stopped():
 
 
 def test_spice_says_in_one_line_why_it_cannot_run(tmp_path, monkeypatch):
-    import captionkit.evaluation.spice as spice
+    import captionkit.metrics.spice as spice
 
     assert "needs Java 8 or 11, and java is version 17" in spice.spice_problem(tmp_path) or (
         spice.java_major_version() in (8, 11)

@@ -8,7 +8,7 @@ from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.models import MODELS, create_model
 from captionkit.models.attention import attention_regularizer
-from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 
 TINY = {
     "show_tell": {"embed_dim": 16, "hidden_dim": 16},

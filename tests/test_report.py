@@ -18,12 +18,12 @@ from PIL import Image
 
 from captionkit.cli import main
 from captionkit.data import tokenize
+from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.data.shapes import make_shapes
-from captionkit.data.vocab import detokenize
 from captionkit.evaluation.evaluate import evaluate_run
-from captionkit.evaluation.metrics import METRIC_KEYS
+from captionkit.metrics.coco_metrics import METRIC_KEYS
 from captionkit.models import create_model
-from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 from captionkit.reporting.images import heat_overlay
 from captionkit.reporting.plots import draw_chart, nice_ticks, training_charts
 from captionkit.reporting.report import ReportSettings, build_report, per_image_cider

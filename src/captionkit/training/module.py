@@ -12,7 +12,7 @@ from torch import nn
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.factory import ImageEncoder
-from captionkit.evaluation.metrics import quick_metrics
+from captionkit.metrics.coco_metrics import quick_metrics
 from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import OptimConfig
 from captionkit.training.datamodule import derived_seed

@@ -29,11 +29,12 @@ from captionkit.encoders.features import features_for_dataset
 from captionkit.encoders.finetune import augmenting_transform, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, create_model, model_config_dict
-from captionkit.models.checkpoint import (
+from captionkit.models.run_folder import (
     CONFIG,
     ENCODER_WEIGHTS,
     WEIGHTS,
     TrainedModel,
+    encoder_for,
     load_checkpoint,
 )
 from captionkit.training.callbacks import (
@@ -45,7 +46,6 @@ from captionkit.training.callbacks import (
     captions_in,
     target_tokens_in,
 )
-from captionkit.training.checkpointing import CHECKPOINTS, LAST, SafetensorsCheckpointIO
 from captionkit.training.config import RunConfig
 from captionkit.training.datamodule import (
     CaptionDataModule,
@@ -54,7 +54,8 @@ from captionkit.training.datamodule import (
 )
 from captionkit.training.image_data import CaptionedImages, ImageDataModule
 from captionkit.training.module import CaptioningModule
-from captionkit.training.run_dir import start_run_dir
+from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
+from captionkit.training.run_preparation import start_run_dir
 from captionkit.training.scst import ScstModule, ScstReward
 
 
@@ -181,8 +182,6 @@ def _encoder(config: RunConfig, init: TrainedModel | None) -> ImageEncoder:
     """The `--init` run's encoder (fine-tuned or not) or a new one; when fine-tuning, with its last
     blocks trainable (checked before any feature is extracted)."""
     if init is not None:
-        from captionkit.evaluation.evaluate import encoder_for
-
         encoder = encoder_for(init)
     else:
         encoder = create_encoder(config.encoder.name, config.encoder.weights)
@@ -297,7 +296,7 @@ def _tokenizer(config: RunConfig, run_dir: Path, init: TrainedModel | None, trai
     path = run_dir / "tokenizer.json"
     if resume and path.exists():
         return tokenizer_from_dict(json.loads(path.read_text()))
-    vocab = init.vocab if init is not None else build_tokenizer(
+    vocab = init.tokenizer if init is not None else build_tokenizer(
         config.data.tokenizer, (c for r in train_records for c in r.captions),
         config.data.min_count, config.data.vocab_size)  # fmt: skip
     if rank_zero_only.rank == 0:

@@ -14,8 +14,8 @@ from torch import nn
 
 from captionkit.data.tokenizers import tokenizer_from_dict
 from captionkit.errors import CaptionkitError
-from captionkit.models.checkpoint import TrainedModel
-from captionkit.serving.captioner import Captioner
+from captionkit.evaluation.captioner import Captioner
+from captionkit.models.run_folder import TrainedModel
 
 
 class _Preprocess(nn.Module):

@@ -11,11 +11,19 @@ import torch
 from PIL import Image
 
 from captionkit.data.images import load_image
-from captionkit.data.vocab import detokenize
+from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.decoding import DecodingOptions, DecodingResult, decode
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.evaluate import encoder_for, run_options
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.models.run_folder import TrainedModel, encoder_for, load_checkpoint
+
+
+def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOptions:
+    """`options`, with the caption length limit the run was trained with unless they set one
+    (runs without one get the decoder's default)."""
+    max_length = trained.data_setting("max_length")
+    if options.max_length is not None or max_length is None:
+        return options
+    return dataclasses.replace(options, max_length=max_length)
 
 
 @dataclass
@@ -97,10 +105,10 @@ class Captioner:
         return out
 
     def _caption(self, hyp: DecodingResult, grid: torch.Tensor) -> Caption:
-        text = detokenize(self.trained.vocab.decode(hyp.tokens))
+        text = detokenize(self.trained.tokenizer.decode(hyp.tokens))
         if hyp.attention is None:
             return Caption(text, hyp.score)
-        tokens = [self.trained.vocab.decode([t]) for t in hyp.tokens]
+        tokens = [self.trained.tokenizer.decode([t]) for t in hyp.tokens]
         side = self._grid_side(grid)
         maps = np.asarray(hyp.attention, dtype=np.float32)[: len(tokens)]  # [T, L]
         return Caption(text, hyp.score, tokens, maps.reshape(-1, side, side))

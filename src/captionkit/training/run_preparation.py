@@ -7,8 +7,8 @@ from pathlib import Path
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from captionkit.errors import CaptionkitError
-from captionkit.training.checkpointing import CHECKPOINTS, LAST
 from captionkit.training.config import RunConfig
+from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST
 
 # Settings a resumed run may change: how long and on what it trains, not what it trains.
 RESUMABLE_CHANGES = ("train", "optim", "scst")
