@@ -36,6 +36,7 @@ from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.evaluate import caption_rows, encoder_for
 from captionkit.models.run_folder import TrainedModel, load_checkpoint
+from captionkit.models.step import StepOutput
 
 STRATEGIES = {"greedy": 1, "beam3": 3, "beam5": 5}
 BATCH = 64
@@ -47,6 +48,7 @@ class RecomputePrefix(nn.Module):
     tokens where the cached `step` does O(t)."""
 
     uses_grid = True
+    attends = False
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -58,11 +60,11 @@ class RecomputePrefix(nn.Module):
         state = {"pooled": pooled, "prefix": prefix}
         return state if grid is None else {**state, "grid": grid}
 
-    def step(self, tokens: torch.Tensor, state: dict):
-        """tokens [B] -> (logits [B, V] of the next position, state with the longer prefix)."""
+    def step(self, tokens: torch.Tensor, state: dict) -> StepOutput:
+        """tokens [B] -> logits [B, V] of the next position, state with the longer prefix."""
         prefix = torch.cat([state["prefix"], tokens[:, None]], dim=1)  # [B, t+1]
         logits = self.model(state["pooled"], state.get("grid"), prefix)[:, -1]  # [B, V]
-        return logits, {**state, "prefix": prefix}
+        return StepOutput(logits, {**state, "prefix": prefix})
 
 
 def batch1_latencies(trained: TrainedModel, store, rows: list[int], beam: int) -> list[float]:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from captionkit.data import load_dataset
+from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
@@ -52,7 +53,9 @@ def run_stage(name: str, config: RunConfig, args, data: str, images: str | None)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     out["epoch_s"] = round(rows[-1]["elapsed_s"] / len(rows), 2)
     start = time.perf_counter()
-    out["test_beam3"] = evaluate_run(run_dir, data, images, beam_size=3).metrics
+    out["test_beam3"] = evaluate_run(
+        run_dir, data, images, options=DecodingOptions(beam_size=3)
+    ).metrics
     out["evaluate_s"] = round(time.perf_counter() - start, 1)  # with the fine-tuned features
     print(f"{name}: {json.dumps(out)}")
     return out

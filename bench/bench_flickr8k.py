@@ -78,7 +78,7 @@ def speed(run_dir: Path, dataset) -> dict:
     captioner = Captioner.load(run_dir)
     paths = [dataset.path(r) for r in dataset.split("test")]
     start = time.perf_counter()
-    captioner.caption(paths, beam_size=3, batch_size=32)
+    captioner.caption(paths, DecodingOptions(beam_size=3), batch_size=32)
     out["pipeline_beam3_img_s"] = len(paths) / (time.perf_counter() - start)
     return out
 
@@ -103,7 +103,7 @@ def main() -> None:
                "train_total_s": train_s, "epoch_s": float(epoch_s),
                "best_val": max(rows, key=lambda r: r["val/CIDEr"])}  # fmt: skip
     for beam in (1, 3):
-        ev = evaluate_run(run_dir, args.data, split="test", beam_size=beam)
+        ev = evaluate_run(run_dir, args.data, split="test", options=DecodingOptions(beam_size=beam))
         results[f"test_beam{beam}"] = ev.metrics
     dataset = load_dataset(args.data)
     store, _ = features_for_dataset(dataset, encoder_for(load_checkpoint(run_dir)))

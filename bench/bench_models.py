@@ -23,6 +23,7 @@ from bench_flickr8k import retrieval_baseline
 
 from captionkit.cli import main as cli
 from captionkit.data import load_dataset, tokenize
+from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.evaluate import encoder_for, evaluate_run
 from captionkit.metrics import coco_metrics
@@ -46,7 +47,9 @@ def run_model(name: str, args) -> dict:
     out["epoch_s"] = rows[-1]["elapsed_s"] / len(rows)
     out["best_val"] = max(rows, key=lambda r: r["val/CIDEr"])
     for beam in (1, 3):
-        out[f"test_beam{beam}"] = evaluate_run(run_dir, args.data, beam_size=beam).metrics
+        out[f"test_beam{beam}"] = evaluate_run(
+            run_dir, args.data, options=DecodingOptions(beam_size=beam)
+        ).metrics
     return out
 
 
@@ -70,7 +73,9 @@ def intervals(args, names: list[str]) -> dict:
     difference to the first one: 75 test images make single figures noisy."""
     scores = {}
     for name in names:
-        ev = evaluate_run(Path(args.out) / name, args.data, beam_size=3, meteor=False)
+        ev = evaluate_run(
+            Path(args.out) / name, args.data, options=DecodingOptions(beam_size=3), meteor=False
+        )
         scores[name] = per_image_cider(ev.predictions, ev.references)
     out = {n: {"cider": float(s.mean()), "ci95": bootstrap(s)} for n, s in scores.items()}
     for name in names[1:]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from captionkit.cli import main as cli
+from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.evaluate import evaluate_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,9 @@ MODELS = ("show_tell", "attention", "transformer")
 
 
 def _cider(run: Path, data: str, split: str) -> float:
-    return evaluate_run(run, data, split=split, beam_size=3, meteor=False).metrics["CIDEr"]
+    return evaluate_run(
+        run, data, split=split, options=DecodingOptions(beam_size=3), meteor=False
+    ).metrics["CIDEr"]
 
 
 def _best_val(run: Path) -> float:

@@ -10,6 +10,7 @@ from PIL import Image
 from captionkit.cli import main
 from captionkit.data import images as images_module
 from captionkit.data.formats import load_dataset
+from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.training import DataConfig, RunConfig
@@ -81,7 +82,8 @@ def test_training_and_evaluation_complete_and_list_the_skipped_files(messy_datas
                if p["kind"].endswith("image")}  # fmt: skip
     assert skipped == {"truncated.jpg", "empty.jpg", "text.jpg", "huge.png", "missing.jpg"}
     splits = json.loads((run / "splits.json").read_text())
-    result = evaluate_run(run, messy_dataset, split="test", beam_size=2, meteor=False)
+    result = evaluate_run(run, messy_dataset, split="test", meteor=False,
+                          options=DecodingOptions(beam_size=2))  # fmt: skip
     assert set(result.predictions) == {k for k, v in splits.items() if v == "test"} - {
         "truncated.jpg",
         "empty.jpg",

@@ -59,9 +59,7 @@ def test_unreadable_image_to_caption_is_one_line(tmp_path, capsys, monkeypatch):
 
     class Stub:
         def caption(self, images, **options):
-            captioner.Captioner._pixels(self, images[0])
-
-        transform = None
+            captioner.Captioner._image(self, images[0])
 
     monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path: Stub()))
     (tmp_path / "fake.jpg").write_text("not an image")
@@ -160,12 +158,19 @@ def test_decoding_options_reach_evaluate(tmp_path, capsys, monkeypatch):
     assert code == 0 and seen["options"] == DecodingOptions(beam_size=3)
     assert "1 images, beam 3" in out
     argv = [*base, "--beam-size", "5", "--length-penalty", "0.6", "--no-repeat-ngram", "2",
-            "--forbid-unk"]  # fmt: skip
+            "--allow-unk", "--bad-endings"]  # fmt: skip
     code, out, _ = run(capsys, argv)
     assert code == 0 and seen["options"] == DecodingOptions(
-        beam_size=5, length_penalty=0.6, no_repeat_ngram_size=2, forbid_unk=True
+        beam_size=5, length_penalty=0.6, no_repeat_ngram_size=2, allow_unk=True, bad_endings=True
     )
-    assert "beam 5 (length penalty 0.6, no repeated 2-grams, no <unk>)" in out
+    assert "beam 5 (length penalty 0.6, no repeated 2-grams, no bad endings, <unk> allowed)" in out
+    code, _, _ = run(capsys, [*base, "--forbid-unk"])  # the default now: accepted, changes nothing
+    assert code == 0 and seen["options"] == DecodingOptions()
+    code, out, _ = run(capsys, [*base, "--beam-size", "4", "--beam-groups", "2"])
+    assert code == 0 and seen["options"] == DecodingOptions(beam_size=4, beam_groups=2)
+    assert "beam 4 (2 groups, diversity 0.5)" in out
+    code, _, _ = run(capsys, [*base, "--beam-size", "4", "--beam-groups", "2", "--diversity", "1"])
+    assert code == 0 and seen["options"].diversity == 1.0
     code, _, _ = run(capsys, [*base, "--length-penalty", "Average"])
     assert code == 0 and seen["options"].length_penalty == "average"
     code, _, _ = run(capsys, [*base, "--length-penalty", "none", "--beam-size", "1"])
@@ -189,11 +194,15 @@ def test_decoding_options_reach_evaluate(tmp_path, capsys, monkeypatch):
         (["--no-repeat-ngram", "-1"], "no_repeat_ngram_size must be 0 (off) or more"),
         (["--length-penalty", "long"], "--length-penalty must be none, average or a number"),
         (["--length-penalty", "inf"], "length_penalty must be None, 'average' or a number"),
-        (["--length-penalty", "0.6", "--beam-size", "1"], "--length-penalty ranks beams"),
-        (["--top-k", "5"], "--top-k: sampling options, used only with --sample"),
-        (["--seed", "1", "--temperature", "2"], "--temperature, --seed: sampling options"),
-        (["--sample", "--beam-size", "2"], "--beam-size: beam search options, not used with"),
-        (["--sample", "--length-penalty", "average"], "--length-penalty: beam search options"),
+        (["--length-penalty", "0.6", "--beam-size", "1"], "length_penalty ranks beams"),
+        (["--top-k", "5"], "top_k: sampling options, used only with sample"),
+        (["--seed", "1", "--temperature", "2"], "temperature, seed: sampling options"),
+        (["--sample", "--beam-size", "2"], "beam_size: beam search options, not used with"),
+        (["--sample", "--length-penalty", "average"], "length_penalty: beam search options"),
+        (["--beam-groups", "2"], "beam_groups 2 must divide beam_size 3"),
+        (["--diversity", "0.3"], "diversity penalises beam groups: it needs beam_groups 2"),
+        (["--forbid-unk", "--allow-unk"], "--forbid-unk and --allow-unk contradict each other"),
+        (["--ensemble-mean", "max"], "ensemble_mean must be 'probability' or 'log_probability'"),
     ],
 )
 def test_bad_decoding_options_are_one_line(tmp_path, capsys, monkeypatch, extra, message):
@@ -217,11 +226,14 @@ def test_caption_n_best_options(tmp_path, capsys, monkeypatch):
     base = ["caption", "--checkpoint", str(tmp_path), "x.jpg"]
     code, out, _ = run(capsys, [*base, "--n-best", "2"])
     assert code == 0 and seen[-1].n_best == 2 and seen[-1].beam_size == 3
+    assert seen[-1].bad_endings  # on by default for `caption`
+    code, out, _ = run(capsys, [*base, "--no-bad-endings"])
+    assert code == 0 and not seen[-1].bad_endings
     assert out.splitlines() == ["x.jpg:", "  1. a dog  (-1.50)", "  2. a cat  (-2.25)"]
     code, out, err = run(capsys, [*base, "--n-best", "4"])
-    assert code == 1 and "--n-best 4 is more than --beam-size 3" in err
+    assert code == 1 and "n_best 4 is more than beam_size 3" in err
     code, out, err = run(capsys, [*base, "--sample", "--n-best", "2"])
-    assert code == 1 and "--n-best: beam search options, not used with --sample" in err
+    assert code == 1 and "n_best: beam search options, not used with sample" in err
     code, out, _ = run(capsys, [*base, "--sample", "--num-samples", "2", "--json"])
     assert seen[-1].sample and seen[-1].num_samples == 2
     assert json.loads(out) == {"image": "x.jpg", "caption": "a dog", "score": -1.5,

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from captionkit.data.vocab import Vocabulary
-from captionkit.decoding import BeamSearchDecoder, DecodingOptions, decode
-from captionkit.decoding.decoding import SuppressTokens
+from captionkit.decoding import BeamSearch, DecodingOptions, decode
+from captionkit.decoding.filters import logit_filters
+from captionkit.decoding.search import run_search
 from captionkit.models import MODELS, create_model
 
 WORDS = [4, 5, 6]  # ids after the four specials
@@ -25,13 +26,16 @@ def tiny_model(seed: int, vocab_size: int = 7, sharp: float = 3.0):
     return model.eval()
 
 
-def sequence_logprob(model, pooled, seq: list[int]) -> float:
-    """log p(seq + <eos>) by stepping the model, with <pad>/<bos> suppressed as in decoding."""
+SUPPRESSED = [Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.unk_id]  # by default
+
+
+def sequence_logprob(model, pooled, seq: list[int], suppressed=SUPPRESSED) -> float:
+    """log p(seq + <eos>) by stepping the model, with `suppressed` tokens at -inf as in decoding."""
     state = model.init_state(pooled, None)
     tokens, total = torch.tensor([Vocabulary.bos_id]), 0.0
     for tok in [*seq, EOS]:
-        logits, state = model.step(tokens, state)
-        logits[:, [Vocabulary.pad_id, Vocabulary.bos_id]] = -math.inf
+        logits, state, _ = model.step(tokens, state)
+        logits[:, suppressed] = -math.inf
         logp = torch.log_softmax(logits, -1)[0]
         total += float(logp[tok])
         tokens = torch.tensor([tok])
@@ -41,27 +45,36 @@ def sequence_logprob(model, pooled, seq: list[int]) -> float:
 MAX_LEN = 3
 
 
-def brute_force_best(model, pooled):
+def beam_search(model, pooled, grid, options):
+    """The beam search strategy whatever the beam size (decode() picks greedy for 1)."""
+    with torch.no_grad():
+        return run_search(model, pooled, grid, options, logit_filters(options), BeamSearch(options))
+
+
+def brute_force_best(model, pooled, allow_unk: bool):
     best = None
+    words = [Vocabulary.unk_id, *WORDS] if allow_unk else WORDS  # <unk>: a legal word if allowed
+    suppressed = [Vocabulary.pad_id, Vocabulary.bos_id] if allow_unk else SUPPRESSED
     for n in range(MAX_LEN + 1):
-        for seq in itertools.product([3, *WORDS], repeat=n):  # <unk> (3) is a legal word
-            score = sequence_logprob(model, pooled, list(seq))
+        for seq in itertools.product(words, repeat=n):
+            score = sequence_logprob(model, pooled, list(seq), suppressed)
             if best is None or score > best[1]:
                 best = (list(seq), score)
     return best
 
 
+@pytest.mark.parametrize("allow_unk", [True, False])
 @pytest.mark.parametrize("seed", range(4))
-def test_beam_search_matches_brute_force(seed):
+def test_beam_search_matches_brute_force(seed, allow_unk):
     model = tiny_model(seed)
     pooled = torch.randn(2, 8, generator=torch.Generator().manual_seed(seed))
     # 4 real words, length <= 3: no step has more than 4**2 + 4**3 = 80 candidates, so a beam of
     # 128 keeps every one of them and the search is exhaustive.
-    options = DecodingOptions(beam_size=128, max_length=MAX_LEN)
+    options = DecodingOptions(beam_size=128, max_length=MAX_LEN, allow_unk=allow_unk)
     with torch.no_grad():
         results = decode(model, pooled, None, options)
         for i in range(2):
-            seq, score = brute_force_best(model, pooled[i : i + 1])
+            seq, score = brute_force_best(model, pooled[i : i + 1], allow_unk)
             assert results[i][0].tokens == seq
             assert results[i][0].score == pytest.approx(score, abs=1e-4)
 
@@ -71,11 +84,8 @@ def test_beam_size_one_equals_greedy(seed):
     model = tiny_model(seed, vocab_size=30)
     pooled = torch.randn(16, 8, generator=torch.Generator().manual_seed(seed))
     greedy = decode(model, pooled, None, DecodingOptions(beam_size=1, max_length=12))
-    # decode() picks the greedy strategy for beam_size=1: call the beam decoder directly.
-    beam = BeamSearchDecoder(DecodingOptions(beam_size=1, max_length=12),
-                             [SuppressTokens([Vocabulary.pad_id, Vocabulary.bos_id])])  # fmt: skip
-    with torch.no_grad():
-        beam1 = beam.decode(model, pooled, None)
+    # decode() picks the greedy strategy for beam_size=1: run the beam search directly.
+    beam1 = beam_search(model, pooled, None, DecodingOptions(beam_size=1, max_length=12))
     for g, b in zip(greedy, beam1):
         assert g[0].tokens == b[0].tokens
         assert g[0].score == pytest.approx(b[0].score, abs=1e-4)
@@ -102,12 +112,12 @@ def test_early_finish_and_no_eos():
     original_step, calls = model.step, []
 
     def step(tokens, state):
-        logits, state = original_step(tokens, state)
-        logits, half = logits.clone(), logits.shape[0] // 2  # image 0's beams come first
+        out = original_step(tokens, state)
+        logits, half = out.logits.clone(), out.logits.shape[0] // 2  # image 0's beams come first
         logits[:half, EOS] = 20.0
         logits[half:, EOS] = -30.0 if len(calls) < 5 else 0.0
         calls.append(1)
-        return logits, state
+        return out._replace(logits=logits)
 
     model.step = step
     for beam_size in (1, 4):
@@ -141,7 +151,7 @@ def test_every_model_decodes(name, beam_size):
 def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy():
     model = tiny_model(3, vocab_size=30)
     pooled = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
-    greedy = decode(model, pooled, None, DecodingOptions(max_length=10))
+    greedy = decode(model, pooled, None, DecodingOptions(beam_size=1, max_length=10))
     for options in (DecodingOptions(sample=True, top_k=1, max_length=10, seed=0),
                     DecodingOptions(sample=True, top_p=1e-6, max_length=10, seed=0)):  # fmt: skip
         sampled = decode(model, pooled, None, options)
@@ -203,11 +213,9 @@ def test_attention_weights_come_with_every_token():
     model = create_model("attention", vocab_size=20, feature_dim=8, embed_dim=8, hidden_dim=16,
                          attention_dim=8, dropout=0.0).eval()  # fmt: skip
     pooled, grid = torch.randn(2, 8), torch.randn(2, 5, 8)
-    greedy = decode(model, pooled, grid, DecodingOptions(max_length=6, attention=True))
-    beam1 = BeamSearchDecoder(DecodingOptions(beam_size=1, max_length=6, attention=True),
-                              [SuppressTokens([Vocabulary.pad_id, Vocabulary.bos_id])])  # fmt: skip
-    with torch.no_grad():
-        beam1 = beam1.decode(model, pooled, grid)
+    greedy = decode(model, pooled, grid, DecodingOptions(beam_size=1, max_length=6, attention=True))
+    beam1 = beam_search(model, pooled, grid,
+                        DecodingOptions(beam_size=1, max_length=6, attention=True))  # fmt: skip
     for g, b in zip(greedy, beam1):
         assert len(g[0].attention) == len(g[0].tokens) + 1
         assert all(len(row) == 5 and sum(row) == pytest.approx(1.0) for row in g[0].attention)
@@ -218,7 +226,7 @@ def test_attention_weights_come_with_every_token():
     plain = decode(model, pooled, grid, DecodingOptions(beam_size=3, max_length=6))
     assert [r[0].tokens for r in plain] == [r[0].tokens for r in beam3]
     assert all(r[0].attention is None for r in plain)  # not asked for: not collected
-    with_attention = DecodingOptions(max_length=6, attention=True)
+    with_attention = DecodingOptions(beam_size=1, max_length=6, attention=True)
     assert decode(tiny_model(0), torch.randn(1, 8), None, with_attention)[0][0].attention is None
 
 
@@ -262,9 +270,12 @@ def test_unset_max_length_decodes_up_to_20_tokens():
 
 
 def test_describe_names_the_strategy():
-    assert DecodingOptions().describe() == "greedy"
+    assert DecodingOptions().describe() == "beam 3"
+    assert DecodingOptions(beam_size=1).describe() == "greedy"
     assert DecodingOptions(beam_size=5, length_penalty="average").describe() == (
         "beam 5 (length penalty average)"
     )
-    sampling = DecodingOptions(sample=True, top_p=0.9, forbid_unk=True, no_repeat_ngram_size=3)
-    assert sampling.describe() == "sampling (top-p 0.9, no repeated 3-grams, no <unk>)"
+    sampling = DecodingOptions(sample=True, top_p=0.9, allow_unk=True, no_repeat_ngram_size=3)
+    assert sampling.describe() == "sampling (top-p 0.9, no repeated 3-grams, <unk> allowed)"
+    diverse = DecodingOptions(beam_size=6, beam_groups=3, bad_endings=True)
+    assert diverse.describe() == "beam 6 (3 groups, diversity 0.5, no bad endings)"

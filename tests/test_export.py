@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from captionkit.cli import main
+from captionkit.decoding import DecodingOptions
 from captionkit.models.run_folder import load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.serving.exported_captioner import load_exported
@@ -34,12 +35,16 @@ def test_exported_captions_equal_pytorch(tiny_attention_run, lite0, images, tmp_
         w for f in files for w in ("wrote", str(tmp_path / f))
     ]
     manifest = json.loads((tmp_path / "tiny.json").read_text())
-    assert manifest["state"] == ["h", "c", "grid", "grid_att", "attention"]
+    assert manifest["state"] == ["h", "c", "grid", "grid_att"] and manifest["attends"]
     exported = load_exported(tmp_path / "tiny.json")
     reference = Captioner(load_checkpoint(tiny_attention_run), lite0)
+    assert exported.attends
     for beam_size, n_best in [(1, 1), (3, 3)]:
-        want = reference.caption(images, beam_size=beam_size, n_best=n_best)
-        got = exported.caption(images, beam_size=beam_size, n_best=n_best)
+        options = DecodingOptions(beam_size=beam_size, n_best=n_best)
+        want = reference.caption(images, options, attention=True)
+        got = exported.caption(images, options, attention=True)
+        for w, g in zip(want, got):  # the exported step returns the attention too
+            np.testing.assert_allclose(g[0].attention, w[0].attention, atol=1e-4)
         assert [[h.text for h in hyps] for hyps in got] == [[h.text for h in hyps] for hyps in want]
         scores = [h.score for hyps in got for h in hyps]
         assert scores == pytest.approx([h.score for hyps in want for h in hyps], abs=1e-4)

@@ -108,7 +108,7 @@ def test_captioner_and_evaluate_use_the_finetuned_encoder(finetuned_run, shapes,
     assert not torch.allclose(pooled, base_pooled, atol=1e-3)
     results = decode(trained.model, pooled, grid, DecodingOptions(beam_size=2))
     expected = [detokenize(trained.vocab.decode(hyps[0].tokens)) for hyps in results]
-    got = Captioner.load(finetuned_run).caption(images, beam_size=2)
+    got = Captioner.load(finetuned_run).caption(images, DecodingOptions(beam_size=2))
     assert [hyps[0].text for hyps in got] == expected
 
     seen = []  # the feature rows that evaluation decodes
@@ -119,7 +119,8 @@ def test_captioner_and_evaluate_use_the_finetuned_encoder(finetuned_run, shapes,
         return real_caption_rows(trained, store, rows, *args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "caption_rows", spy)
-    result = evaluate_run(finetuned_run, shapes, split="test", beam_size=1, meteor=False)
+    result = evaluate_run(finetuned_run, shapes, split="test", meteor=False,
+                          options=DecodingOptions(beam_size=1))  # fmt: skip
     test_images = [shapes / "Images" / name for name in result.predictions]
     with torch.no_grad():
         tuned, _ = by_hand(torch.stack([by_hand.transform()(load_image(p)) for p in test_images]))

@@ -50,9 +50,13 @@ def test_forward_and_step_shapes(name):
     state = model.init_state(pooled, grid)
     assert all(v.shape[0] == 3 for v in state.values())  # batch-first, for beam reordering
     for t in range(2):
-        logits, state = model.step(tokens[:, t], state)
+        logits, state, attention = model.step(tokens[:, t], state)
         assert logits.shape == (3, V)
         assert all(v.shape[0] == 3 for v in state.values())
+        # The declared capability: attention [B, L] from the step exactly when the model attends.
+        assert model.attends == (name in ("attention", "updown"))
+        assert (attention is not None) == model.attends
+        assert attention is None or attention.shape == (3, L)
 
 
 @pytest.mark.parametrize("name", ["attention", "transformer", "updown"])
@@ -60,7 +64,7 @@ def test_no_grid_falls_back_to_pooled(name):
     model = tiny(name).eval()
     pooled, _, tokens = inputs()
     assert model(pooled, None, tokens).shape == (3, 5, V)
-    logits, _ = model.step(tokens[:, 0], model.init_state(pooled, None))
+    logits = model.step(tokens[:, 0], model.init_state(pooled, None)).logits
     assert logits.shape == (3, V)
 
 
@@ -94,7 +98,7 @@ def test_step_by_step_equals_teacher_forcing(name, overrides):
         full = model(pooled, grid, tokens)  # [B, T, V]
         state, steps = model.init_state(pooled, grid), []
         for t in range(tokens.shape[1]):
-            logits, state = model.step(tokens[:, t], state)
+            logits, state, _ = model.step(tokens[:, t], state)
             steps.append(logits)
     torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=0)
 
@@ -108,7 +112,7 @@ def test_transformer_cache_matches_full_forward(positions, tie_weights):
         full = model(pooled, grid, tokens)
         state, steps = model.init_state(pooled, grid), []
         for t in range(tokens.shape[1]):
-            logits, state = model.step(tokens[:, t], state)
+            logits, state, _ = model.step(tokens[:, t], state)
             steps.append(logits)
             assert state["self_k.0"].shape == (4, 4, t + 1, 8)  # [B, heads, t, head_dim]
             assert state["position"].tolist() == [t + 1] * 4
@@ -138,10 +142,10 @@ def test_attention_weights_are_distributions(name):
     assert alpha.shape == (3, 5, L)
     torch.testing.assert_close(alpha.sum(-1), torch.ones(3, 5))
     state = model.init_state(pooled, grid)
-    _, state = model.step(tokens[:, 0], state)
-    assert state["attention"].shape == (3, L)
-    torch.testing.assert_close(state["attention"].sum(-1), torch.ones(3))
-    torch.testing.assert_close(state["attention"], alpha[:, 0])
+    attention = model.step(tokens[:, 0], state).attention
+    assert attention.shape == (3, L)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3))
+    torch.testing.assert_close(attention, alpha[:, 0])
 
 
 def test_doubly_stochastic_regularizer_by_hand():

@@ -69,7 +69,8 @@ def _module(k: int, baseline: str) -> tuple[ScstModule, Vocabulary]:
     vocab = Vocabulary(["red", "circle", "blue", "square"])
     model = create_model("show_tell", vocab_size=len(vocab), feature_dim=4, embed_dim=8,
                          hidden_dim=8, dropout=0.0)  # fmt: skip
-    module = ScstModule(model, vocab, OptimConfig(objective="scst"), {}, DecodingOptions(),
+    greedy = DecodingOptions(beam_size=1)
+    module = ScstModule(model, vocab, OptimConfig(objective="scst"), {}, greedy,
                         scst=ScstConfig(samples=k, baseline=baseline), reward=ScstReward(REFS),
                         max_length=5)  # fmt: skip
     return module, vocab
@@ -148,7 +149,8 @@ def test_cli_objective_over_an_xe_config_takes_the_scst_lr_unless_given(tmp_path
 
 def _greedy_cider(run, data) -> float:
     """Mean greedy CIDEr over the val and test images."""
-    scores = [evaluate_run(run, data, split=s, beam_size=1, meteor=False).metrics["CIDEr"]
+    greedy = DecodingOptions(beam_size=1)
+    scores = [evaluate_run(run, data, split=s, options=greedy, meteor=False).metrics["CIDEr"]
               for s in ("val", "test")]  # fmt: skip
     return sum(scores) / 2
 
@@ -179,7 +181,8 @@ def test_a_step_of_every_decoder_gives_gradients(name, monkeypatch):
              "transformer": {"d_model": 8, "n_heads": 2, "n_layers": 1,
                              "d_ff": 16}}[name]  # fmt: skip
     model = create_model(name, vocab_size=len(vocab), feature_dim=4, **small)
-    module = ScstModule(model, vocab, OptimConfig(objective="scst"), {}, DecodingOptions(),
+    greedy = DecodingOptions(beam_size=1)
+    module = ScstModule(model, vocab, OptimConfig(objective="scst"), {}, greedy,
                         scst=ScstConfig(samples=4), reward=ScstReward(REFS),
                         max_length=5)  # fmt: skip
     logged = {}

@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
+from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
 from captionkit.models.run_folder import load_checkpoint
 from captionkit.serving import Captioner
@@ -25,6 +26,8 @@ from captionkit.serving.batcher import MicroBatcher
 from captionkit.serving.settings import ServeSettings
 
 from conftest import CHECKER, SHAPE_WORDS, find_chromium
+
+BEAM2 = DecodingOptions(beam_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_captioner_takes_paths_pil_images_and_arrays(captioner, tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(_png())
     image = Image.open(path)
-    by_path, by_pil, by_array = captioner.caption([path, image, np.asarray(image)], beam_size=2)
+    by_path, by_pil, by_array = captioner.caption([path, image, np.asarray(image)], BEAM2)
     assert by_path == by_pil == by_array and len(by_path) == 1
     assert by_path[0].text and by_path[0].score < 0
     with pytest.raises(CaptionkitError, match=r"uint8 \[H, W\].*not float64 \[4, 4, 3\]"):
@@ -70,17 +73,19 @@ def test_captioner_takes_paths_pil_images_and_arrays(captioner, tmp_path):
 
 def test_captioner_returns_n_best_and_attention(captioner):
     image = Image.open(io.BytesIO(_png(seed=1)))
-    (hyps,) = captioner.caption([image], beam_size=3, n_best=3, attention=True)
+    (hyps,) = captioner.caption([image], DecodingOptions(n_best=3), attention=True)
     assert len(hyps) == 3 and [h.score for h in hyps] == sorted([h.score for h in hyps])[::-1]
     for h in hyps:
         assert " ".join(h.tokens) == h.text
         assert h.attention.shape == (len(h.tokens), 7, 7)  # lite0's grid at 224 px
         np.testing.assert_allclose(h.attention.sum(axis=(1, 2)), 1.0, rtol=1e-5)
-    (plain,) = captioner.caption([image], beam_size=3, n_best=3)
+    (plain,) = captioner.caption([image], DecodingOptions(n_best=3))
     assert [(p.text, p.score) for p in plain] == [(h.text, pytest.approx(h.score)) for h in hyps]
     assert plain[0].attention is None and plain[0].tokens is None
     (attended,) = captioner.attend([image], options=None)
-    greedy = captioner.caption([image], beam_size=1)[0][0]
+    assert " ".join(attended.tokens) == hyps[0].text  # the default: beam 3
+    (attended,) = captioner.attend([image], options=DecodingOptions(beam_size=1))
+    greedy = captioner.caption([image], DecodingOptions(beam_size=1))[0][0]
     assert " ".join(attended.tokens) == greedy.text and attended.image.shape == (224, 224, 3)
 
 
@@ -92,8 +97,9 @@ def test_caption_endpoint_answers_each_image_as_the_api_does(client, captioner):
     response = client.post("/caption", files=_files(*pngs), data={"beam_size": 2, "n_best": 2})
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = captioner.caption([Image.open(io.BytesIO(p)) for p in pngs], beam_size=2, n_best=2)
-    assert body["decoding"] == "beam 2" and len(body["images"]) == 3
+    served = DecodingOptions(beam_size=2, n_best=2, bad_endings=True)  # serve's default
+    expected = captioner.caption([Image.open(io.BytesIO(p)) for p in pngs], served)
+    assert body["decoding"] == "beam 2 (no bad endings)" and len(body["images"]) == 3
     for i, (answer, hyps) in enumerate(zip(body["images"], expected)):
         assert answer["file"] == f"im{i}.png" and answer["caption"] == hyps[0].text
         assert answer["captions"] == [
@@ -250,7 +256,8 @@ def test_concurrent_requests_share_a_model_batch(captioner, batch_size, expected
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(post, pngs))
     assert counting.batches == expected
-    alone = captioner.caption([Image.open(io.BytesIO(p)) for p in pngs], beam_size=2)
+    alone = captioner.caption([Image.open(io.BytesIO(p)) for p in pngs],
+                              DecodingOptions(beam_size=2, bad_endings=True))  # fmt: skip
     assert [a["images"][0]["caption"] for a in answers] == [h[0].text for h in alone]
 
 
@@ -328,7 +335,7 @@ def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
     image = Image.new("RGB", (200, 160), "white")
     ImageDraw.Draw(image).ellipse((30, 20, 130, 120), fill="red")
     image.save(tmp_path / "red circle.png")
-    (expected,) = captioner.caption([image], beam_size=3, n_best=3)
+    (expected,) = captioner.caption([image], DecodingOptions(n_best=3, bad_endings=True))
     with _serving(create_app(captioner)) as url:
         driver = _chrome(browser)
         try:

@@ -35,6 +35,18 @@ ImagesOpt = Annotated[
     Path | None, typer.Option("--images", help="Image folder, if not beside the annotations.")
 ]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="A run folder from `train`.")]
+CheckpointsOpt = Annotated[
+    list[Path],
+    typer.Option("--checkpoint", help="A run folder from `train`; repeated: an ensemble of the "
+                 "runs (they must share the tokenizer; each keeps its own encoder)."),
+]  # fmt: skip
+
+
+def _runs(checkpoints: list[Path]) -> Path | list[Path]:
+    """One run folder, or the list of an ensemble's."""
+    return checkpoints[0] if len(checkpoints) == 1 else checkpoints
+
+
 EncoderOpt = Annotated[str, typer.Option("--encoder", help="timm model name (see `encoders`).")]
 EncoderWeightsOpt = Annotated[
     str, typer.Option("--encoder-weights", help="default | hub | none | PATH to a weights file.")
@@ -226,7 +238,7 @@ def train(
 @app.command()
 @with_decoding_options()
 def evaluate(
-    checkpoint: CheckpointOpt,
+    checkpoint: CheckpointsOpt,
     data: DataOpt,
     images: ImagesOpt = None,
     split: Annotated[str, typer.Option("--split")] = "test",
@@ -243,15 +255,22 @@ def evaluate(
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean
     caption length, vocabulary used, % novel captions; --output adds each image's CIDEr. The
-    metrics are also kept in the run folder as eval_SPLIT.json, for `captionkit compare`."""
+    metrics are also kept in the run folder as eval_SPLIT.json, for `captionkit compare` (not
+    those of an ensemble: several --checkpoint)."""
     from captionkit.evaluation.evaluate import evaluate_run
     from captionkit.reporting.compare import save_run_evaluation
 
-    result = evaluate_run(checkpoint, data, images, split, cache_dir=cache_dir and str(cache_dir),
+    if report and len(checkpoint) > 1:
+        raise CaptionkitError("--report describes one run: give one --checkpoint")
+    runs = _runs(checkpoint)
+    result = evaluate_run(runs, data, images, split, cache_dir=cache_dir and str(cache_dir),
                           options=decoding, spice=spice)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"{split} split, {len(result.predictions)} images, {decoding.describe()}")
+    what = decoding.describe()
+    if isinstance(runs, list):
+        what += f", ensemble of {len(runs)} runs"
+    typer.echo(f"{split} split, {len(result.predictions)} images, {what}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
     stats = result.stats
@@ -261,21 +280,23 @@ def evaluate(
     typer.echo(line)
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if isinstance(runs, list):  # an ensemble's metrics belong to no one run folder
+        return
     try:  # for `captionkit compare`; a read-only run folder only loses that
-        save_run_evaluation(checkpoint, split, result.metrics, len(result.predictions),
+        save_run_evaluation(runs, split, result.metrics, len(result.predictions),
                             decoding.describe(), data)  # fmt: skip
     except OSError as e:
         typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
     if report:
         from captionkit.reporting.report import write_report
 
-        typer.echo(f"report: {write_report(report, checkpoint, result, split, decoding)}")
+        typer.echo(f"report: {write_report(report, runs, result, split, decoding)}")
 
 
 @app.command()
-@with_decoding_options(n_best=True)
+@with_decoding_options(n_best=True, bad_endings=True)
 def caption(
-    checkpoint: CheckpointOpt,
+    checkpoint: CheckpointsOpt,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     attention_map: Annotated[
@@ -294,7 +315,7 @@ def caption(
 
     if attention_map and len(images) != 1:
         raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
-    captioner = Captioner.load(checkpoint)
+    captioner = Captioner.load(_runs(checkpoint))
     if attention_map:
         from captionkit.reporting.images import attention_strip
 
@@ -340,7 +361,7 @@ def compare(
 
 @app.command()
 def serve(
-    checkpoint: CheckpointOpt,
+    checkpoint: CheckpointsOpt,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N.")] = "cpu",
@@ -352,16 +373,28 @@ def serve(
     ] = 10.0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001)] = 10.0,
     max_files: Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")] = 16,
+    allow_unk: Annotated[
+        bool, typer.Option("--allow-unk", help="Let captions contain <unk>.")
+    ] = False,
+    bad_endings: Annotated[
+        bool,
+        typer.Option(
+            "--bad-endings/--no-bad-endings",
+            help="Never end a caption on an article, preposition or conjunction.",
+        ),
+    ] = True,
 ) -> None:
     """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
     the OpenAPI docs at /docs. Concurrent requests are captioned together (micro-batching)."""
+    from captionkit.decoding import DecodingOptions
     from captionkit.serving.server import serve as run_server
     from captionkit.serving.settings import ServeSettings
 
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              max_files=max_files, batch_size=batch_size,
                              max_wait_ms=max_wait_ms)  # fmt: skip
-    run_server(checkpoint, host, port, settings, device)
+    options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
+    run_server(_runs(checkpoint), host, port, settings, device, options)
 
 
 @app.command()

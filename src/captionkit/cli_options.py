@@ -73,7 +73,19 @@ DECODING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "no_repeat_ngram": (Annotated[int, _opt(
         "--no-repeat-ngram", "Never repeat an n-gram of N tokens in a caption (0 = off).",
         metavar="N")], 0),
-    "forbid_unk": (Annotated[bool, _opt("--forbid-unk", "Never generate <unk>.")], False),
+    "beam_groups": (Annotated[int | None, _opt(
+        "--beam-groups", "Diverse beam search: split the beams into G groups, each penalised "
+        "for the tokens earlier groups chose (it must divide --beam-size).", metavar="G")], None),
+    "diversity": (Annotated[float | None, _opt(
+        "--diversity", "Diverse beam search: the penalty per earlier group choosing the same "
+        "token (default 0.5).", metavar="LAMBDA")], None),
+    "allow_unk": (Annotated[bool, _opt("--allow-unk", "Let captions contain <unk> (never, by "
+                                       "default).")], False),
+    "forbid_unk": (Annotated[bool, _opt("--forbid-unk", "The default now (kept for old "
+                                        "scripts).", hidden=True)], False),
+    "ensemble_mean": (Annotated[str | None, _opt(
+        "--ensemble-mean", "Several --checkpoint: average the runs' probabilities (probability, "
+        "the default) or log-probabilities (log_probability) at each step.")], None),
     "sample": (Annotated[bool, _opt("--sample", "Sample captions instead of searching.")], False),
     "num_samples": (Annotated[int | None, _opt(
         "--num-samples", "Sampling: captions drawn per image (evaluate scores the most "
@@ -89,7 +101,6 @@ DECODING_OPTIONS: dict[str, tuple[Any, Any]] = {
 }  # fmt: skip
 N_BEST_OPTION = (Annotated[int, _opt("--n-best", "Captions per image from the beam, best first.")],
                  1)  # fmt: skip
-SAMPLING_ONLY = ("num_samples", "temperature", "top_k", "top_p", "seed")
 
 
 def _flag(name: str) -> str:
@@ -110,43 +121,33 @@ def parse_length_penalty(text: str | None) -> float | str | None:
         ) from None
 
 
-def decoding_options(beam_size: int | None = None, n_best: int = 1,
-                     length_penalty: str | None = None, no_repeat_ngram: int = 0,
-                     forbid_unk: bool = False, sample: bool = False,
-                     **sampling) -> Any:  # fmt: skip
-    """The command line's decoding options as `DecodingOptions`; options that the chosen
-    strategy would ignore are an error (`sampling`: the `SAMPLING_ONLY` options, None = unset)."""
+def bad_endings_option(default: bool) -> tuple[Any, bool]:
+    """`--bad-endings/--no-bad-endings`, on by default for `caption` and `serve`."""
+    return (Annotated[bool, _opt("--bad-endings/--no-bad-endings", "Never end a caption on an "
+                                 "article, preposition or conjunction (\"a man riding a\").")],
+            default)  # fmt: skip
+
+
+def decoding_options(length_penalty: str | None = None, no_repeat_ngram: int = 0,
+                     forbid_unk: bool = False, **given) -> Any:  # fmt: skip
+    """The command line's decoding options as one `DecodingOptions` (None = not given: its
+    default), which checks them; `--forbid-unk` is what happens anyway."""
     from captionkit.decoding import DecodingOptions
 
-    penalty = parse_length_penalty(length_penalty)
-    given = [_flag(k) for k in SAMPLING_ONLY if sampling.get(k) is not None]
-    if sample:
-        clash = [("--beam-size", beam_size is not None), ("--n-best", n_best != 1),
-                 ("--length-penalty", penalty is not None)]  # fmt: skip
-        if any(on for _, on in clash):
-            names = ", ".join(name for name, on in clash if on)
-            raise CaptionkitError(f"{names}: beam search options, not used with --sample")
-    elif given:
-        raise CaptionkitError(f"{', '.join(given)}: sampling options, used only with --sample")
-    set_sampling = {k: v for k, v in sampling.items() if v is not None}
-    options = DecodingOptions(beam_size=(1 if sample else 3) if beam_size is None else beam_size,
-                              n_best=n_best, forbid_unk=forbid_unk,
-                              length_penalty=penalty,
-                              no_repeat_ngram_size=no_repeat_ngram, sample=sample,
-                              **set_sampling)  # fmt: skip
-    if not sample and n_best > options.beam_size:
-        raise CaptionkitError(f"--n-best {n_best} is more than --beam-size {options.beam_size}")
-    if not sample and options.beam_size == 1 and penalty is not None:
-        raise CaptionkitError("--length-penalty ranks beams: it needs --beam-size 2 or more")
-    return options
+    if forbid_unk and given.get("allow_unk"):
+        raise CaptionkitError("--forbid-unk and --allow-unk contradict each other")
+    given = {k: v for k, v in given.items() if v is not None}
+    return DecodingOptions(length_penalty=parse_length_penalty(length_penalty),
+                           no_repeat_ngram_size=no_repeat_ngram, **given)  # fmt: skip
 
 
-def with_decoding_options(n_best: bool = False) -> Callable:
+def with_decoding_options(n_best: bool = False, bad_endings: bool = False) -> Callable:
     """Decorator: the command gets the decoding options as `decoding: DecodingOptions`
-    (`--n-best` too when `n_best`)."""
+    (`--n-best` too when `n_best`; `bad_endings`: the default of `--bad-endings`)."""
     options = dict(DECODING_OPTIONS)
     if n_best:  # listed right after --beam-size
         options = {"beam_size": options.pop("beam_size"), "n_best": N_BEST_OPTION, **options}
+    options["bad_endings"] = bad_endings_option(bad_endings)
     return option_group("decoding", options, lambda values, _: decoding_options(**values))
 
 

@@ -12,18 +12,36 @@ from PIL import Image
 
 from captionkit.data.images import load_image
 from captionkit.data.ptb_tokenizer import detokenize
-from captionkit.decoding import DecodingOptions, DecodingResult, decode
+from captionkit.decoding import DEFAULT_MAX_LENGTH, DecodingOptions, DecodingResult, decode
+from captionkit.decoding.ensemble import Ensemble, check_same_tokenizer
 from captionkit.errors import CaptionkitError
 from captionkit.models.run_folder import TrainedModel, encoder_for, load_checkpoint
 
 
 def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOptions:
-    """`options`, with the caption length limit the run was trained with unless they set one
-    (runs without one get the decoder's default)."""
-    max_length = trained.data_setting("max_length")
-    if options.max_length is not None or max_length is None:
+    """`options`, with the caption length limit the run was trained with unless they set one."""
+    if options.max_length is not None:
         return options
+    max_length = trained.data_setting("max_length", DEFAULT_MAX_LENGTH)
     return dataclasses.replace(options, max_length=max_length)
+
+
+def encoders_for(members: list[TrainedModel]) -> list:
+    """`encoder_for` of each run; runs trained on the same encoder weights share one object (so
+    an ensemble computes those features once)."""
+    built = {}
+    for trained in members:
+        key = (trained.encoder["name"], trained.encoder["fingerprint"])
+        if key not in built:
+            built[key] = encoder_for(trained)
+    return [built[(t.encoder["name"], t.encoder["fingerprint"])] for t in members]
+
+
+def load_members(run_dirs: list[str | Path], device: str = "cpu") -> list[TrainedModel]:
+    """The runs of an ensemble, refused unless they share their tokenizer."""
+    members = [load_checkpoint(run, device) for run in run_dirs]
+    check_same_tokenizer([(str(run), t.tokenizer) for run, t in zip(run_dirs, members)])
+    return members
 
 
 @dataclass
@@ -53,23 +71,51 @@ class AttendedCaption:
 
 
 class Captioner:
-    """Loads a run folder once, then captions images (paths, PIL images or HxWx3 arrays)."""
+    """Loads a run folder (or several, an ensemble) once, then captions images (paths, PIL
+    images or HxWx3 arrays).
 
-    def __init__(self, trained, encoder, device: str = "cpu"):
+    An ensemble (`members`, even an empty list) decodes as one `decoding.Ensemble` of the
+    first run and the members, each on its own encoder's features (an encoder object shared by
+    several members runs once). `trained` (its config, tokenizer and length limit) speaks for
+    the ensemble. Attention maps: see `Ensemble`; `seen` shows the image as the encoder of the
+    first member that attends saw it."""
+
+    def __init__(self, trained, encoder, device: str = "cpu", members: list | None = None):
         self.trained, self.encoder, self.device = trained, encoder.to(device), device
-        self.transform = encoder.transform()
+        self.ensemble = members is not None
+        pairs = [(trained, encoder), *(members or [])]
+        if self.ensemble:
+            check_same_tokenizer([(str(t.run_dir), t.tokenizer) for t, _ in pairs])
+        self.members = [t for t, _ in pairs]  # TrainedModel of each run
+        self.models = [t.model for t in self.members]
+        self.encoders = []  # distinct encoders, and each member's index among them
+        for _, e in pairs:
+            if not any(e is known for known in self.encoders):
+                self.encoders.append(e.to(device))
+        self._member_encoder = [next(i for i, k in enumerate(self.encoders) if k is e)
+                                for _, e in pairs]  # fmt: skip
+        self._transforms = [e.transform() for e in self.encoders]
+        attending = [i for i, m in enumerate(self.models) if m.attends] or [0]
+        seen = self._member_encoder[attending[0]]
+        self._seen_encoder, self._seen_transform = self.encoders[seen], self._transforms[seen]
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu") -> Captioner:
-        trained = load_checkpoint(run_dir, device)
-        return cls(trained, encoder_for(trained), device)
+    def load(cls, run_dir: str | Path | list, device: str = "cpu") -> Captioner:
+        """A run folder, or a list of them: an ensemble (they must share the tokenizer)."""
+        if not isinstance(run_dir, (list, tuple)):
+            trained = load_checkpoint(run_dir, device)
+            return cls(trained, encoder_for(trained), device)
+        members = load_members(list(run_dir), device)
+        pairs = list(zip(members, encoders_for(members)))
+        return cls(*pairs[0], device, members=pairs[1:])
 
     @property
     def attends(self) -> bool:
-        """Whether the model attends over the image grid (so `attend` can show where)."""
-        return hasattr(self.trained.model, "attention")
+        """Whether the model (a member of an ensemble) attends over the image grid (so `attend`
+        can show where)."""
+        return any(m.attends for m in self.models)
 
-    def _pixels(self, image) -> torch.Tensor:
+    def _image(self, image) -> Image.Image:
         if isinstance(image, (str, Path)):
             try:
                 image = load_image(Path(image))
@@ -83,41 +129,55 @@ class Captioner:
             raise CaptionkitError(
                 f"cannot caption a {type(image).__name__}: give a path, a PIL image or an array"
             )
-        return self.transform(image.convert("RGB"))
+        return image.convert("RGB")
 
     @torch.inference_mode()
-    def caption(self, images: list, beam_size: int = 3, n_best: int = 1,
-                options: DecodingOptions | None = None, batch_size: int = 32,
+    def caption(self, images: list, options: DecodingOptions | None = None, batch_size: int = 32,
                 attention: bool = False) -> list[list[Caption]]:  # fmt: skip
-        """Up to `n_best` captions per image, best first; or, with `options` (which then replace
-        `beam_size` and `n_best`), whatever they ask for: e.g. `num_samples` sampled captions in
+        """Captions of each image as `options` ask for them (default `DecodingOptions()`: the best
+        of a beam of 3): `n_best` captions best first, or `num_samples` sampled captions in
         drawing order. The length limit is the run's unless `options.max_length` is set.
         `attention=True` adds each caption's tokens and attention maps (models that attend; the
         others return captions without them)."""
-        options = options or DecodingOptions(beam_size=beam_size, n_best=n_best)
+        options = options or DecodingOptions()
         options = run_options(self.trained, dataclasses.replace(options, attention=attention))
+        model = self.trained.model
+        if self.ensemble:
+            model = Ensemble(self.models, options.ensemble_mean)
         out = []
         for start in range(0, len(images), batch_size):
-            pixels = torch.stack([self._pixels(im) for im in images[start : start + batch_size]])
-            pooled, grid = self.encoder(pixels.to(self.device))  # [B, D], [B, L, D]
-            for hyps in decode(self.trained.model, pooled, grid, options):
-                out.append([self._caption(h, grid) for h in hyps])
+            pooled, grid = self._features(
+                [self._image(im) for im in images[start : start + batch_size]]
+            )
+            for hyps in decode(model, pooled, grid, options, self.trained.tokenizer):
+                out.append([self._caption(h) for h in hyps])
         return out
 
-    def _caption(self, hyp: DecodingResult, grid: torch.Tensor) -> Caption:
+    def _features(self, images: list[Image.Image]):
+        """pooled [B, D] and grid [B, L, D]; an ensemble's: a list of each, one per member."""
+        features = []
+        for encoder, transform in zip(self.encoders, self._transforms):
+            pixels = torch.stack([transform(im) for im in images]).to(self.device)
+            features.append(encoder(pixels))  # [B, D], [B, L, D]
+        if not self.ensemble:
+            return features[0]
+        chosen = [features[i] for i in self._member_encoder]
+        return [f[0] for f in chosen], [f[1] for f in chosen]
+
+    def _caption(self, hyp: DecodingResult) -> Caption:
         text = detokenize(self.trained.tokenizer.decode(hyp.tokens))
         if hyp.attention is None:
             return Caption(text, hyp.score)
         tokens = [self.trained.tokenizer.decode([t]) for t in hyp.tokens]
-        side = self._grid_side(grid)
+        side = self._grid_side(len(hyp.attention[0]))
         maps = np.asarray(hyp.attention, dtype=np.float32)[: len(tokens)]  # [T, L]
         return Caption(text, hyp.score, tokens, maps.reshape(-1, side, side))
 
-    def _grid_side(self, grid: torch.Tensor) -> int:
-        side = round(grid.shape[1] ** 0.5)
-        if side * side != grid.shape[1]:
+    def _grid_side(self, positions: int) -> int:
+        side = round(positions**0.5)
+        if side * side != positions:
             raise CaptionkitError(
-                f"encoder {self.encoder.name}: its grid of {grid.shape[1]} positions is not "
+                f"encoder {self._seen_encoder.name}: its grid of {positions} positions is not "
                 "square, cannot draw attention maps"
             )
         return side
@@ -125,12 +185,12 @@ class Captioner:
     def seen(self, image) -> np.ndarray:
         """The image as the encoder sees it (resized and cropped), uint8 [H, W, 3]: what
         attention maps are drawn over."""
-        return self._unnormalize(self._pixels(image))
+        return self._unnormalize(self._seen_transform(self._image(image)))
 
     @torch.inference_mode()
     def attend(self, images: list, options: DecodingOptions | None = None) -> list[AttendedCaption]:
         """The best caption of each image with its per-token attention maps (attention models
-        only; default options: greedy)."""
+        only; default options: `DecodingOptions()`)."""
         if not self.attends:
             name = self.trained.config["model"]["name"]
             raise CaptionkitError(f"model '{name}' has no attention over the image to show "
@@ -144,8 +204,8 @@ class Captioner:
 
     def _unnormalize(self, pixels: torch.Tensor) -> np.ndarray:
         """Normalised pixels [3, H, W] -> the uint8 image [H, W, 3] they came from."""
-        mean = torch.tensor(self.encoder.data_config["mean"])[:, None, None]
-        std = torch.tensor(self.encoder.data_config["std"])[:, None, None]
+        mean = torch.tensor(self._seen_encoder.data_config["mean"])[:, None, None]
+        std = torch.tensor(self._seen_encoder.data_config["std"])[:, None, None]
         rgb = (pixels.cpu() * std + mean).clamp(0, 1) * 255
         return rgb.round().byte().permute(1, 2, 0).numpy()
 

@@ -11,12 +11,13 @@ import torch
 from captionkit.data import load_dataset
 from captionkit.data.formats import apply_splits
 from captionkit.decoding import DecodingOptions, decode
+from captionkit.decoding.ensemble import Ensemble
 from captionkit.encoders.features import FeatureStore, features_for_dataset
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.captioner import run_options
+from captionkit.evaluation.captioner import encoders_for, load_members, run_options
 from captionkit.metrics.caption_stats import caption_stats
 from captionkit.metrics.coco_metrics import score_captions
-from captionkit.models.run_folder import TrainedModel, encoder_for, load_checkpoint
+from captionkit.models.run_folder import TrainedModel, load_checkpoint
 
 
 @dataclass
@@ -45,23 +46,54 @@ class Evaluation:
     """Image file name -> its path (for reports)."""
 
 
-def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
-                 options: DecodingOptions, batch_size: int = 64) -> list[str]:  # fmt: skip
+def caption_rows(trained: TrainedModel | list[TrainedModel], store: FeatureStore | list,
+                 rows: list[int] | list[list[int]], options: DecodingOptions,
+                 batch_size: int = 64) -> list[str]:  # fmt: skip
     """Captions for rows of a feature store, decoded in batches: the best beam, or with sampling
-    the most probable of the `num_samples` drawn."""
-    options = run_options(trained, options)
-    uses_grid = trained.model.uses_grid
+    the most probable of the `num_samples` drawn. An ensemble: `trained`, `store` and `rows`
+    are lists, one per member (the same images in each member's store), decoded as one
+    `Ensemble` (the first member's length limit and tokenizer)."""
+    ensemble = isinstance(trained, list)
+    if ensemble:
+        members, stores, member_rows = trained, store, rows
+    else:
+        members, stores, member_rows = [trained], [store], [rows]
+    options = run_options(members[0], options)
+    model = trained.model if not ensemble else Ensemble([t.model for t in members],
+                                                        options.ensemble_mean)  # fmt: skip
     captions = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        pooled = torch.from_numpy(np.asarray(store.pooled[batch], dtype=np.float32))
-        grid = (
-            torch.from_numpy(np.asarray(store.grid[batch], dtype=np.float32)) if uses_grid else None
-        )
-        results = decode(trained.model, pooled, grid, options)
+    for start in range(0, len(member_rows[0]), batch_size):
+        features = [_features(s, r[start : start + batch_size], t.model.uses_grid)
+                    for t, s, r in zip(members, stores, member_rows)]  # fmt: skip
+        pooled, grid = [f[0] for f in features], [f[1] for f in features]
+        if not ensemble:
+            pooled, grid = pooled[0], grid[0]
+        results = decode(model, pooled, grid, options, members[0].tokenizer)
         best = [max(hyps, key=lambda h: h.score) if options.sample else hyps[0] for hyps in results]
-        captions += [trained.tokenizer.decode(hyp.tokens) for hyp in best]
+        captions += [members[0].tokenizer.decode(hyp.tokens) for hyp in best]
     return captions
+
+
+def _features(store: FeatureStore, rows: list[int], uses_grid: bool):
+    """pooled [B, D] and grid [B, L, D] (None unless the model reads it) of store rows."""
+    pooled = torch.from_numpy(np.asarray(store.pooled[rows], dtype=np.float32))
+    if not uses_grid:
+        return pooled, None
+    return pooled, torch.from_numpy(np.asarray(store.grid[rows], dtype=np.float32))
+
+
+def _member_stores(dataset, members: list[TrainedModel], cache_dir):
+    """Each member's feature store (one per distinct encoder) and the records every one has."""
+    encoders = encoders_for(members)
+    by_encoder, usable = {}, None
+    for encoder in encoders:
+        if id(encoder) not in by_encoder:
+            store, records = features_for_dataset(dataset, encoder, cache_dir)
+            by_encoder[id(encoder)] = store
+            kept = {dataset.path(r) for r in records}
+            usable = kept if usable is None else usable & kept
+    records = [r for r in dataset.records if dataset.path(r) in usable]
+    return [by_encoder[id(e)] for e in encoders], records
 
 
 def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> None:
@@ -77,24 +109,30 @@ def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> No
         apply_splits(dataset, splits)
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | None = None,
-                 split: str = "test", beam_size: int = 3, cache_dir: str | None = None,
-                 meteor: bool = True, options: DecodingOptions | None = None,
+def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Path | None = None,
+                 split: str = "test", cache_dir: str | None = None, meteor: bool = True,
+                 options: DecodingOptions | None = None,
                  spice: bool = False) -> Evaluation:  # fmt: skip
     """Caption every image of `split` with the run's model and score it against the references.
-    `options` (default: beam search of `beam_size`) say how to decode; the caption length limit
+    `options` (default: `DecodingOptions()`, beam 3) say how to decode; the caption length limit
     is the run's unless they set `max_length`. Novel captions are counted against the training
-    split of the same dataset (the run's own split when it is the run's dataset)."""
-    trained = load_checkpoint(run_dir)
+    split of the same dataset (the run's own split when it is the run's dataset). A list of run
+    folders is an ensemble (`decoding.Ensemble`; the first run's split and length limit)."""
+    ensemble = isinstance(run_dir, (list, tuple))
+    members = load_members(list(run_dir)) if ensemble else [load_checkpoint(run_dir)]
     dataset = load_dataset(data, images)
-    _pin_splits(dataset, Path(data), Path(run_dir), trained)
-    store, records = features_for_dataset(dataset, encoder_for(trained), cache_dir)
+    first_run = Path(run_dir[0] if ensemble else run_dir)
+    _pin_splits(dataset, Path(data), first_run, members[0])
+    stores, records = _member_stores(dataset, members, cache_dir)
     records = [r for r in records if r.split == split]
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
-    rows = store.rows([dataset.path(r) for r in records])
-    options = options or DecodingOptions(beam_size=beam_size)
-    captions = caption_rows(trained, store, rows, options)
+    rows = [store.rows([dataset.path(r) for r in records]) for store in stores]
+    options = options or DecodingOptions()
+    if ensemble:
+        captions = caption_rows(members, stores, rows, options)
+    else:
+        captions = caption_rows(members[0], stores[0], rows[0], options)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
     report = score_captions(predictions, references, meteor, spice)

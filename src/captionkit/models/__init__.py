@@ -3,9 +3,11 @@
 Every model has a config dataclass (stored in checkpoints) and implements:
 - `forward(pooled [B, D], grid [B, L, D] | None, tokens [B, T]) -> logits [B, T, V]`
   (teacher forcing);
-- `init_state(pooled, grid) -> state` and `step(tokens [B], state) -> (logits [B, V], state)`,
-  where `state` is a dict of batch-first tensors, so decoders can expand and reorder it on dim 0;
-- `uses_grid`: whether the model reads the spatial grid (else `grid` may be None).
+- `init_state(pooled, grid) -> state` and `step(tokens [B], state) -> StepOutput(logits [B, V],
+  state, attention [B, L] | None)`, where `state` is a dict of batch-first tensors, so decoders
+  can expand and reorder it on dim 0 (`models.step`);
+- `uses_grid`: whether the model reads the spatial grid (else `grid` may be None);
+- `attends`: whether `step` returns attention weights over the grid.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from captionkit.errors import CaptionkitError
 from captionkit.models.attention import AttentionConfig, ShowAttendTell
 from captionkit.models.show_tell import ShowTell, ShowTellConfig
+from captionkit.models.step import StepOutput
 from captionkit.models.transformer import TransformerConfig, TransformerDecoder
 from captionkit.models.updown import UpDown, UpDownConfig
 
@@ -61,6 +64,7 @@ __all__ = [
     "MODELS",
     "ShowTell",
     "ShowTellConfig",
+    "StepOutput",
     "create_model",
     "model_config_dict",
     "model_settings",

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
+from captionkit.models.step import StepOutput
 
 
 @dataclass
@@ -174,16 +175,16 @@ class ShowAttendTell(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Project the grid once; decoders expand these batch-first tensors with the beams."""
         grid, grid_att, h, c = self._encode(pooled, grid)
-        attention = grid.new_zeros(grid.shape[:2])  # [B, L]: no step taken yet
-        return {"h": h, "c": c, "grid": grid, "grid_att": grid_att, "attention": attention}
+        return {"h": h, "c": c, "grid": grid, "grid_att": grid_att}
 
-    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
-        """One decoding step: tokens [B] -> (logits [B, V], new state with "attention" [B, L])."""
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> StepOutput:
+        """One decoding step: tokens [B] -> logits [B, V], the new state and the attention
+        [B, L] over the grid that predicted them."""
         h, c, alpha = self._cell(
             self.embed(tokens), state["grid"], state["grid_att"], state["h"], state["c"]
         )
-        new_state = {**state, "h": h, "c": c, "attention": alpha}
-        return self.head(self.dropout(h)), new_state
+        new_state = {**state, "h": h, "c": c}
+        return StepOutput(self.head(self.dropout(h)), new_state, alpha)
 
 
 def attention_regularizer(alpha: torch.Tensor, tokens: torch.Tensor, alpha_c: float):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from captionkit.models.step import StepOutput
+
 
 @dataclass
 class ShowTellConfig:
@@ -103,12 +105,12 @@ class ShowTell(nn.Module):
         h = layers(self.init_h).contiguous()
         return (h, layers(self.init_c).contiguous()) if c.rnn == "lstm" else h
 
-    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
-        """One decoding step: tokens [B] -> (logits [B, V], new state)."""
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> StepOutput:
+        """One decoding step: tokens [B] -> logits [B, V] and the new state."""
         hidden = (state["h"], state["c"]) if self.config.rnn == "lstm" else state["h"]
         hidden = self._from_state(hidden)
         out, hidden = self.rnn(self.embed(tokens)[:, None], hidden)  # out [B, 1, H]
-        return self.head(out[:, 0]), self._to_state(hidden)
+        return StepOutput(self.head(out[:, 0]), self._to_state(hidden))
 
     def _to_state(self, hidden) -> dict[str, torch.Tensor]:
         # nn.LSTM keeps layers first ([N, B, H]); decoding reorders beams along dim 0.

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
+from captionkit.models.step import StepOutput
 
 
 @dataclass
@@ -119,7 +120,7 @@ class TransformerDecoder(nn.Module):
     """Grid features -> Transformer decoder; see the module docstring."""
 
     uses_grid = True
-    attends = False
+    attends = False  # cross-attention has heads and layers: no one map over the grid
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -192,9 +193,9 @@ class TransformerDecoder(nn.Module):
         state["position"] = torch.zeros(pooled.shape[0], dtype=torch.long, device=pooled.device)
         return state
 
-    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
-        """One decoding step: tokens [B] -> (logits [B, V], new state with the caches grown by
-        one position). Attends over the cache: no mask needed, the future is not there yet."""
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> StepOutput:
+        """One decoding step: tokens [B] -> logits [B, V] and the new state, the caches grown by
+        one position. Attends over the cache: no mask needed, the future is not there yet."""
         state = dict(state)
         x = self._embed(tokens[:, None], state["position"][:, None])  # [B, 1, M]
         for i, block in enumerate(self.blocks):
@@ -202,4 +203,4 @@ class TransformerDecoder(nn.Module):
             cache = state[f"self_k.{i}"], state[f"self_v.{i}"]  # [B, N, t, K] each
             x, (state[f"self_k.{i}"], state[f"self_v.{i}"]) = block(x, memory_kv, cache)
         state["position"] = state["position"] + 1
-        return self._logits(x[:, 0]), state
+        return StepOutput(self._logits(x[:, 0]), state)

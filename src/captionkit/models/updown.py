@@ -23,6 +23,7 @@ from captionkit.models.attention import (
     feature_embedding,
     word_embedding,
 )
+from captionkit.models.step import StepOutput
 
 
 @dataclass
@@ -135,18 +136,18 @@ class UpDown(nn.Module):
         grid, grid_att, mean = self._encode(pooled, grid)
         zeros = mean.new_zeros(mean.shape[0], self.config.hidden_dim)
         return {"h_att": zeros, "c_att": zeros, "h_lang": zeros, "c_lang": zeros,
-                "grid": grid, "grid_att": grid_att, "mean": mean,
-                "attention": grid.new_zeros(grid.shape[:2])}  # fmt: skip
+                "grid": grid, "grid_att": grid_att, "mean": mean}  # fmt: skip
 
-    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
-        """One decoding step: tokens [B] -> (logits [B, V], new state with "attention" [B, L])."""
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> StepOutput:
+        """One decoding step: tokens [B] -> logits [B, V], the new state and the attention
+        [B, L] over the grid that predicted them."""
         lstm_state = tuple(state[k] for k in ("h_att", "c_att", "h_lang", "c_lang"))
         (h_att, c_att, h_lang, c_lang), alpha = self._cell(
             self.embed(tokens), state["grid"], state["grid_att"], state["mean"], lstm_state
         )
         new_state = {**state, "h_att": h_att, "c_att": c_att, "h_lang": h_lang,
-                     "c_lang": c_lang, "attention": alpha}  # fmt: skip
-        return self.head(self.dropout(h_lang)), new_state
+                     "c_lang": c_lang}  # fmt: skip
+        return StepOutput(self.head(self.dropout(h_lang)), new_state, alpha)
 
 
 def _lstm_update(gates: torch.Tensor, c: torch.Tensor):

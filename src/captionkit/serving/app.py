@@ -8,6 +8,7 @@ Endpoints: `POST /caption` (images in the multipart field `file`, repeatable), `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.captioner import Caption, Captioner
 from captionkit.reporting.compare import summarize_run
@@ -44,12 +46,16 @@ class CaptionOptions(NamedTuple):
     attention: bool
 
 
-def create_app(captioner: Captioner, settings: ServeSettings | None = None) -> FastAPI:
-    """The service over one loaded `captioner`, with `settings`' limits and micro-batching."""
+def create_app(captioner: Captioner, settings: ServeSettings | None = None,
+               options: DecodingOptions | None = None) -> FastAPI:  # fmt: skip
+    """The service over one loaded `captioner`, with `settings`' limits and micro-batching;
+    `options` (default: no bad endings, else `DecodingOptions()`) are every request's decoding
+    options but `beam_size` and `n_best`, which a request sets."""
     settings = settings or ServeSettings()
+    base = options or DecodingOptions(bad_endings=True)
 
     def run(images: list, key: CaptionOptions) -> list[list[Caption]]:
-        return captioner.caption(images, beam_size=key.beam_size, n_best=key.n_best,
+        return captioner.caption(images, options=_request_options(base, key),
                                  attention=key.attention)  # fmt: skip
 
     batcher = MicroBatcher(run, settings.batch_size, settings.max_wait_ms, settings.max_queue)
@@ -65,12 +71,12 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None) -> F
     app.state.captioner, app.state.settings, app.state.batcher = captioner, settings, batcher
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     _add_error_handlers(app)
-    _add_routes(app, captioner, settings, batcher, model_info(captioner, settings))
+    _add_routes(app, captioner, settings, batcher, model_info(captioner, settings), base)
     return app
 
 
 def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
-                batcher: MicroBatcher, info: dict) -> None:  # fmt: skip
+                batcher: MicroBatcher, info: dict, base: DecodingOptions) -> None:  # fmt: skip
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return resources.files("captionkit.serving").joinpath("static/index.html").read_text()
@@ -110,8 +116,11 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
             raise ApiError(503, f"server busy: {e}, try again later") from None
         answers = [await run_in_threadpool(_answer, captioner, name, image, hyps)
                    for name, image, hyps in zip(names, images, results)]  # fmt: skip
-        return {"decoding": "greedy" if beam_size == 1 else f"beam {beam_size}",
-                "images": answers}  # fmt: skip
+        return {"decoding": _request_options(base, key).describe(), "images": answers}
+
+
+def _request_options(base: DecodingOptions, key: CaptionOptions) -> DecodingOptions:
+    return dataclasses.replace(base, beam_size=key.beam_size, n_best=key.n_best)
 
 
 def _options(
@@ -161,6 +170,7 @@ def model_info(captioner: Captioner, settings: ServeSettings) -> dict:
         "vocabulary_size": len(trained.tokenizer),
         "vocabulary_type": trained.config["vocabulary"].get("type", "word"),
         "attention": captioner.attends,
+        "runs": [str(t.run_dir) for t in captioner.members if t.run_dir],  # several: ensemble
         "max_length": trained.data_setting("max_length"),
         "metrics": metrics,
         "best_val": best_val,

@@ -3,7 +3,8 @@ them.
 
 - the encoder graph: pixels [B, 3, H, W] -> the decoder's initial state (the image encoder and
   the model's `init_state` in one graph);
-- the step graph: (tokens [B], *state) -> (logits [B, V], *new state), the model's `step`.
+- the step graph: (tokens [B], *state) -> (logits [B, V], *new state), the model's `step`;
+  for models that attend, (logits, attention [B, L], *new state).
 
 Beside them a JSON manifest (`STEM.json`) names the state tensors in order and keeps the
 vocabulary, the preprocessing and the length limit. `load_exported(manifest)` wraps the graphs in
@@ -44,8 +45,9 @@ class _StepGraph(nn.Module):
         self.model, self.names = model, names
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits, new = self.model.step(tokens, dict(zip(self.names, state)))
-        return (logits, *(new[n] for n in self.names))
+        out = self.model.step(tokens, dict(zip(self.names, state)))
+        attention = (out.attention,) if self.model.attends else ()
+        return (out.logits, *attention, *(out.state[n] for n in self.names))
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> list[Path]:
@@ -65,7 +67,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> list[Path]:
         state0 = model.init_state(pooled, grid)
         names = list(state0)
         tokens = torch.full((2,), 4, dtype=torch.long)  # the step after <bos>: caches not empty
-        state1 = model.step(tokens, state0)[1]
+        state1 = model.step(tokens, state0).state
     # Axes that grow from step to step (a Transformer's caches) are dynamic beside the batch.
     growing = {n: [d for d in range(state0[n].dim()) if state0[n].shape[d] != state1[n].shape[d]]
                for n in names}  # fmt: skip
@@ -77,6 +79,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> list[Path]:
         else:
             files = _export_torchscript(encode, step, stem, pixels, tokens, state1, names)
     manifest = {"format": fmt, "version": MANIFEST_VERSION, "state": names,
+                "attends": model.attends,
                 "files": {k: f.name for k, f in files.items()},
                 "config": captioner.trained.config, "source": str(run_dir),
                 "data_config": encoder.data_config}  # fmt: skip
@@ -91,12 +94,13 @@ def _export_onnx(encode, step, stem: Path, pixels, tokens, state, names, growing
     torch.onnx.export(encode, (pixels,), files["encoder"], dynamo=False, opset_version=17,
                       input_names=["pixels"], output_names=names,
                       dynamic_axes={"pixels": batch, **state_axes})  # fmt: skip
-    new_names = [f"new.{n}" for n in names]
+    attention = ["attention"] if step.model.attends else []  # [B, L] after the logits
+    outputs = {"logits": batch, **dict.fromkeys(attention, batch),
+               **{f"new.{n}": state_axes[n] for n in names}}  # fmt: skip
     torch.onnx.export(step, (tokens, *(state[n] for n in names)), files["step"], dynamo=False,
                       opset_version=17, input_names=["tokens", *names],
-                      output_names=["logits", *new_names],
-                      dynamic_axes={"tokens": batch, "logits": batch, **state_axes,
-                                    **{f"new.{n}": state_axes[n] for n in names}})  # fmt: skip
+                      output_names=list(outputs),
+                      dynamic_axes={"tokens": batch, **state_axes, **outputs})  # fmt: skip
     return files
 
 

@@ -16,6 +16,7 @@ from captionkit.data.tokenizers import tokenizer_from_dict
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.captioner import Captioner
 from captionkit.models.run_folder import TrainedModel
+from captionkit.models.step import StepOutput
 
 
 class _Preprocess(nn.Module):
@@ -40,8 +41,9 @@ class _ExportedModel:
 
     training = False
 
-    def __init__(self, encode, step, names: list[str]):
+    def __init__(self, encode, step, names: list[str], attends: bool):
         self.encode, self.step_graph, self.names = encode, step, names
+        self.attends = attends  # then the step graph returns the attention after the logits
 
     def eval(self):
         return self
@@ -52,9 +54,10 @@ class _ExportedModel:
     def init_state(self, pixels: torch.Tensor, grid=None) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.encode(pixels)))
 
-    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> StepOutput:
         logits, *new = self.step_graph(tokens, *(state[n] for n in self.names))
-        return logits, dict(zip(self.names, new))
+        attention = new.pop(0) if self.attends else None
+        return StepOutput(logits, dict(zip(self.names, new)), attention)
 
 
 def _onnx_graphs(folder: Path, files: dict, names: list[str]):
@@ -67,7 +70,7 @@ def _onnx_graphs(folder: Path, files: dict, names: list[str]):
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     encoder, step = session("encoder"), session("step")
-    # ONNX drops inputs a graph does not read (the step never reads the last attention).
+    # ONNX drops inputs a graph does not read.
     step_inputs = {i.name for i in step.get_inputs()}
 
     def encode(pixels: torch.Tensor):
@@ -97,7 +100,7 @@ def load_exported(manifest: str | Path) -> Captioner:
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(manifest.parent / spec["files"]["module"]), "cpu")
         encode, step = module.encode, module.step
-    model = _ExportedModel(encode, step, names)
+    model = _ExportedModel(encode, step, names, spec.get("attends", False))
     trained = TrainedModel(model, tokenizer_from_dict(config["vocabulary"]), config["encoder"],
                            config)  # fmt: skip
     return Captioner(trained, _Preprocess(spec["data_config"], config["encoder"]["name"]))

@@ -109,8 +109,9 @@ class ScstModule(CaptioningModule):
     def _sample(self, pooled, grid, keys: list[str]):
         """K samples per image (tokens [B*K, T]) and their rewards [B, K]."""
         s = self.scst
+        # <unk> allowed: the loss differentiates the model's own, unfiltered distribution.
         options = DecodingOptions(sample=True, num_samples=s.samples, temperature=s.temperature,
-                                  max_length=self.max_length)  # fmt: skip
+                                  max_length=self.max_length, allow_unk=True)  # fmt: skip
         # Detached: the samples are data; gradients come from the teacher-forced pass.
         results = decode(self.model, pooled.detach(), _detach(grid), options)
         captions = [self.vocab.decode(h.tokens) for hyps in results for h in hyps]
@@ -122,7 +123,7 @@ class ScstModule(CaptioningModule):
         """Baselines [B, K] of rewards [B, K]."""
         if self.scst.baseline == "mean":
             return mean_of_others(rewards)
-        options = DecodingOptions(max_length=self.max_length)
+        options = DecodingOptions(beam_size=1, max_length=self.max_length, allow_unk=True)
         greedy = decode(self.model, pooled.detach(), _detach(grid), options)
         captions = [self.vocab.decode(hyps[0].tokens) for hyps in greedy]
         scores = torch.tensor(self.reward(captions, keys), dtype=torch.float32)
