@@ -82,7 +82,7 @@ def train_run(name: str, seed: int, args) -> Path:
 
 def split_scores(run_dir: Path, data: str, split: str) -> dict[str, float]:
     """Per-image CIDEr-D of a run on `split`, beam 3, `<unk>` forbidden."""
-    options = DecodingOptions(beam_size=3, forbid_unk=True)
+    options = DecodingOptions(beam_size=3)
     ev = evaluate_run(run_dir, data, split=split, meteor=False, options=options)
     keys = sorted(ev.predictions)
     return dict(zip(keys, per_image_cider(ev.predictions, ev.references).tolist()))

@@ -16,8 +16,8 @@ from captionkit.encoders import create_encoder
 from captionkit.encoders.finetune import encoder_blocks, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation import evaluate as evaluate_module
-from captionkit.evaluation.evaluate import encoder_for, evaluate_run
-from captionkit.models.run_folder import load_checkpoint
+from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.image_data import CaptionedImages, collate_images
