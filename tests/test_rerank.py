@@ -243,3 +243,105 @@ def test_candidates_come_from_a_wider_beam_or_samples():
     sampled = options.decoding(DecodingOptions(sample=True, num_samples=2, top_p=0.9))
     assert (sampled.num_samples, sampled.top_p) == (5, 0.9)
     assert RerankOptions().decoding(DecodingOptions(beam_size=3)) == DecodingOptions(beam_size=3)
+
+
+# --- wiring: Captioner, POST /caption, the command line (a tiny untrained model) ---------------
+
+
+@pytest.fixture(scope="module")
+def indexed_run(tiny_attention_run, lite0, tmp_path_factory):
+    """The tiny attention run, copied, with a neighbour index of 30 images of shape captions."""
+    import shutil
+
+    from conftest import SHAPE_WORDS
+
+    run = tmp_path_factory.mktemp("indexed") / "run"
+    shutil.copytree(tiny_attention_run, run)
+    rng = random.Random(0)
+    words = [w for w in SHAPE_WORDS if w not in ("a", "the")]
+    captions = [[f"a {' '.join(rng.sample(words, 4))}" for _ in range(3)] for _ in range(30)]
+    pooled = np.random.default_rng(0).random((30, lite0.feature_dim), dtype=np.float32)
+    write_neighbour_index(run, pooled, [f"{i}.png" for i in range(30)], captions,
+                          lite0.fingerprint())  # fmt: skip
+    return run
+
+
+def _images(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_captioner_reranks_its_candidates(indexed_run, lite0):
+    from captionkit.models.checkpoint import load_checkpoint
+    from captionkit.serving import Captioner
+
+    captioner = Captioner(load_checkpoint(indexed_run), lite0)
+    images = _images(3)
+    beam = captioner.caption(images, beam_size=4, n_best=4)
+    for method in ("consensus", "mbr"):
+        rerank = RerankOptions(method, candidates=4, weight=0.0, k=5)
+        reranked = captioner.caption(images, n_best=4, rerank=rerank)
+        reranker = captioner.reranker(rerank)
+        pooled = lite0(torch.stack([captioner._pixels(im) for im in images]))[0]
+        scores = reranker.scores([[c.text for c in hyps] for hyps in beam], pooled)
+        for hyps, got, s in zip(beam, reranked, scores):
+            assert sorted((c.text, c.score) for c in got) == sorted((c.text, c.score) for c in hyps)
+            assert got[0].text == hyps[int(np.argmax(s))].text  # the highest CIDEr-D first
+        best = captioner.caption(images, rerank=rerank)
+        assert [len(h) for h in best] == [1, 1, 1] and [h[0].text for h in best] == [
+            h[0].text for h in reranked
+        ]
+    same = captioner.caption(images, beam_size=4, rerank=RerankOptions("mbr", 4, weight=1.0))
+    assert [h[0].text for h in same] == [h[0].text for h in beam]  # W = 1: the model's order
+
+
+def test_caption_endpoint_reranks(indexed_run, tiny_attention_run, lite0):
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from captionkit.models.checkpoint import load_checkpoint
+    from captionkit.serving import Captioner
+    from captionkit.serving.app import create_app
+
+    buffer = io.BytesIO()
+    Image.fromarray(_images(1)[0]).save(buffer, "PNG")
+    files = [("file", ("a.png", buffer.getvalue(), "image/png"))]
+    captioner = Captioner(load_checkpoint(indexed_run), lite0)
+    captioner.rerank = RerankOptions("none", candidates=3, k=4)
+    with TestClient(create_app(captioner)) as client:
+        answer = client.post("/caption", files=files, data={"rerank": "mbr", "n_best": "2"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["decoding"] == "beam 3, rerank mbr (3 candidates, weight 0.3)"
+        expected = captioner.caption([Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")],
+                                     n_best=2, rerank=RerankOptions("mbr", 3))  # fmt: skip
+        assert [c["caption"] for c in answer.json()["images"][0]["captions"]] == [
+            c.text for c in expected[0]
+        ]
+        bad = client.post("/caption", files=files, data={"rerank": "best"})
+        assert bad.status_code == 422 and "rerank must be one of none" in bad.json()["error"]
+    plain = Captioner(load_checkpoint(tiny_attention_run), lite0)
+    with TestClient(create_app(plain)) as client:
+        answer = client.post("/caption", files=files, data={"rerank": "consensus"})
+        assert answer.status_code == 400
+        assert f"{tiny_attention_run} has no neighbour index" in answer.json()["error"]
+
+
+def test_cli_rerank_options(indexed_run, tiny_attention_run, tmp_path, capsys):
+    from PIL import Image
+
+    from captionkit.cli import main
+
+    path = tmp_path / "a.png"
+    Image.fromarray(_images(1)[0]).save(path)
+    argv = ["caption", "--checkpoint", str(indexed_run), "--json", str(path), "--n-best", "2"]
+    assert main([*argv, "--rerank", "consensus", "--rerank-k", "3"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert len(line["captions"]) == 2
+    assert main(["caption", "--checkpoint", str(tiny_attention_run), str(path), "--rerank",
+                 "mbr"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --rerank mbr: {tiny_attention_run} has no neighbour index")
+    assert main([*argv, "--rerank", "consensus", "--rerank-weight", "2"]) == 1
+    assert "rerank_weight must be in [0, 1], not 2.0" in capsys.readouterr().err

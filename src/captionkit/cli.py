@@ -16,6 +16,7 @@ import typer
 from captionkit.cli_options import (
     with_decoding_options,
     with_model_options,
+    with_rerank_options,
     with_train_options,
 )
 from captionkit.errors import CaptionkitError
@@ -225,6 +226,7 @@ def train(
 
 @app.command()
 @with_decoding_options()
+@with_rerank_options()
 def evaluate(
     checkpoint: CheckpointOpt,
     data: DataOpt,
@@ -240,6 +242,7 @@ def evaluate(
         bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
     ] = False,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean
     caption length, vocabulary used, % novel captions; --output adds each image's CIDEr. The
@@ -248,10 +251,11 @@ def evaluate(
     from captionkit.reporting.compare import save_run_evaluation
 
     result = evaluate_run(checkpoint, data, images, split, cache_dir=cache_dir and str(cache_dir),
-                          options=decoding, spice=spice)  # fmt: skip
+                          options=decoding, spice=spice, rerank=rerank)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"{split} split, {len(result.predictions)} images, {decoding.describe()}")
+    described = decoding.describe() + (f", rerank {rerank.describe()}" if rerank.active else "")
+    typer.echo(f"{split} split, {len(result.predictions)} images, {described}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
     stats = result.stats
@@ -263,7 +267,7 @@ def evaluate(
         output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     try:  # for `captionkit compare`; a read-only run folder only loses that
         save_run_evaluation(checkpoint, split, result.metrics, len(result.predictions),
-                            decoding.describe(), data)  # fmt: skip
+                            described, data)  # fmt: skip
     except OSError as e:
         typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
     if report:
@@ -274,6 +278,7 @@ def evaluate(
 
 @app.command()
 @with_decoding_options(n_best=True)
+@with_rerank_options()
 def caption(
     checkpoint: CheckpointOpt,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
@@ -287,6 +292,7 @@ def caption(
         ),
     ] = None,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
     """Caption image files with a trained run: the best caption, or with --n-best or
     --num-samples several, each with its log-probability."""
@@ -294,7 +300,7 @@ def caption(
 
     if attention_map and len(images) != 1:
         raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
-    captioner = Captioner.load(checkpoint)
+    captioner = Captioner.load(checkpoint, rerank=rerank)
     if attention_map:
         from captionkit.reporting.images import attention_strip
 
@@ -339,6 +345,7 @@ def compare(
 
 
 @app.command()
+@with_rerank_options()
 def serve(
     checkpoint: CheckpointOpt,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -352,6 +359,7 @@ def serve(
     ] = 10.0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001)] = 10.0,
     max_files: Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")] = 16,
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options): the requests' default
 ) -> None:
     """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
     the OpenAPI docs at /docs. Concurrent requests are captioned together (micro-batching)."""
@@ -361,7 +369,7 @@ def serve(
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              max_files=max_files, batch_size=batch_size,
                              max_wait_ms=max_wait_ms)  # fmt: skip
-    run_server(checkpoint, host, port, settings, device)
+    run_server(checkpoint, host, port, settings, device, rerank)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from captionkit.errors import CaptionkitError
 from captionkit.evaluation.metrics import score_captions
 from captionkit.evaluation.stats import caption_stats
 from captionkit.models.checkpoint import ENCODER_WEIGHTS, TrainedModel, load_checkpoint
+from captionkit.reranking import Reranker, RerankOptions
 
 
 @dataclass
@@ -71,10 +72,13 @@ def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOpti
 
 
 def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
-                 options: DecodingOptions, batch_size: int = 64) -> list[str]:  # fmt: skip
+                 options: DecodingOptions, batch_size: int = 64,
+                 reranker: Reranker | None = None) -> list[str]:  # fmt: skip
     """Captions for rows of a feature store, decoded in batches: the best beam, or with sampling
-    the most probable of the `num_samples` drawn."""
-    options = run_options(trained, options)
+    the most probable of the `num_samples` drawn; with an active `reranker`, its choice among
+    the candidates it asks for."""
+    reranking = reranker is not None and reranker.options.active
+    options = run_options(trained, reranker.options.decoding(options) if reranking else options)
     uses_grid = trained.model.uses_grid
     captions = []
     for start in range(0, len(rows), batch_size):
@@ -84,7 +88,10 @@ def caption_rows(trained: TrainedModel, store: FeatureStore, rows: list[int],
             torch.from_numpy(np.asarray(store.grid[batch], dtype=np.float32)) if uses_grid else None
         )
         results = decode(trained.model, pooled, grid, options)
-        best = [max(hyps, key=lambda h: h.score) if options.sample else hyps[0] for hyps in results]
+        if reranking:
+            results = reranker.rerank(results, lambda h: trained.vocab.decode(h.tokens), pooled)
+        best = [max(hyps, key=lambda h: h.score) if options.sample and not reranking else hyps[0]
+                for hyps in results]  # fmt: skip
         captions += [trained.vocab.decode(hyp.tokens) for hyp in best]
     return captions
 
@@ -105,12 +112,19 @@ def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> No
 def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | None = None,
                  split: str = "test", beam_size: int = 3, cache_dir: str | None = None,
                  meteor: bool = True, options: DecodingOptions | None = None,
-                 spice: bool = False) -> Evaluation:  # fmt: skip
+                 spice: bool = False,
+                 rerank: RerankOptions | None = None) -> Evaluation:  # fmt: skip
     """Caption every image of `split` with the run's model and score it against the references.
     `options` (default: beam search of `beam_size`) say how to decode; the caption length limit
     is the run's unless they set `max_length`. Novel captions are counted against the training
-    split of the same dataset (the run's own split when it is the run's dataset)."""
+    split of the same dataset (the run's own split when it is the run's dataset). `rerank`:
+    re-rank each image's candidates (`captionkit.reranking`; the run needs its neighbour index)."""
     trained = load_checkpoint(run_dir)
+    reranker = None
+    if rerank is not None and rerank.active:  # before decoding: a run without an index fails now
+        from captionkit.evaluation.rerank import run_reranker
+
+        reranker = run_reranker(trained, rerank)
     dataset = load_dataset(data, images)
     _pin_splits(dataset, Path(data), Path(run_dir), trained)
     store, records = features_for_dataset(dataset, encoder_for(trained), cache_dir)
@@ -119,7 +133,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, images: str | Path | Non
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
     rows = store.rows([dataset.path(r) for r in records])
     options = options or DecodingOptions(beam_size=beam_size)
-    captions = caption_rows(trained, store, rows, options)
+    captions = caption_rows(trained, store, rows, options, reranker=reranker)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
     report = score_captions(predictions, references, meteor, spice)

@@ -32,10 +32,14 @@ def index_run(run_dir: str | Path, data: str | Path, images: str | Path | None =
     return NeighbourIndex.load(run_dir)
 
 
-def run_reranker(trained: TrainedModel, options: RerankOptions) -> Reranker:
+def run_reranker(trained: TrainedModel, options: RerankOptions,
+                 reuse: Reranker | None = None) -> Reranker:  # fmt: skip
     """The re-ranker of a loaded run: its neighbour index is read only when re-ranking, and must
-    come from the run's own encoder."""
+    come from the run's own encoder. `reuse`: an earlier re-ranker of the same run, whose index
+    and tokenized captions serve again."""
     run = str(trained.run_dir or "the run")
+    if reuse is not None and reuse.index is not None:
+        return Reranker(options, reuse.index, run, reuse.corpus)
     index = None
     if options.active and NeighbourIndex.exists(run):
         index = NeighbourIndex.load(run)

@@ -11,15 +11,17 @@ Both use CIDEr-D's document frequencies of the run's training captions (the neig
 them), on captions tokenized as the metrics tokenize them (the Python PTB tokenizer). The final
 rank mixes the re-ranking score with the model's own total log-probability, each min-max scaled
 to [0, 1] over the image's candidates: final = (1 - W) x rerank + W x log-probability, so W = 1
-keeps the model's order and W = 0 is pure re-ranking; ties keep the model's order.
+keeps the model's order (a beam without length penalty) and W = 0 is pure re-ranking; ties keep
+the order the candidates came in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from captionkit.evaluation.ngrams import NgramIndex
 from captionkit.reranking.neighbours import NeighbourIndex
 
 RERANKERS = ("none", "consensus", "mbr")
+T = TypeVar("T")
 
 
 @dataclass
@@ -190,7 +193,10 @@ class Reranker:
     """Re-ranks each image's candidate captions by `options.method`, over a run's training
     captions (its `NeighbourIndex`; None for a run without one, which then cannot re-rank)."""
 
-    def __init__(self, options: RerankOptions, index: NeighbourIndex | None, run: str = "the run"):
+    def __init__(self, options: RerankOptions, index: NeighbourIndex | None, run: str = "the run",
+                 corpus: CaptionCorpus | None = None):  # fmt: skip
+        """`corpus`: the `CaptionCorpus` of `index` when one was built already (it is slow to
+        build for a large index, and the same for any options)."""
         if options.active and index is None:
             raise CaptionkitError(
                 f"--rerank {options.method}: {run} has no neighbour index (neighbours.json, "
@@ -198,7 +204,9 @@ class Reranker:
                 "with captionkit.evaluation.rerank.index_run(run, data)"
             )
         self.options, self.index = options, index
-        self.corpus = CaptionCorpus(index) if index is not None else None
+        if corpus is None and index is not None:
+            corpus = CaptionCorpus(index)
+        self.corpus = corpus
 
     def scores(self, captions: Sequence[Sequence[str]], pooled=None) -> list[np.ndarray]:
         """Per image, [C] re-ranking scores of its raw candidate `captions`; `pooled` [B, D]:
@@ -222,3 +230,12 @@ class Reranker:
             final = mixed(rerank, np.asarray(lp, dtype=float), self.options.weight)
             out.append(np.argsort(-final, kind="stable").tolist())
         return out
+
+    def rerank(self, results: Sequence[Sequence[T]], text: Callable[[T], str],
+               pooled=None) -> list[list[T]]:  # fmt: skip
+        """Each image's hypotheses (`DecodingResult`s, or anything with a `score`, the total
+        log-probability), best first; `text` gives a hypothesis's raw caption."""
+        captions = [[text(h) for h in hyps] for hyps in results]
+        logprobs = [[h.score for h in hyps] for hyps in results]
+        order = self.order(captions, logprobs, pooled)
+        return [[hyps[i] for i in rank] for hyps, rank in zip(results, order)]

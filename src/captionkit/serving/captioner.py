@@ -15,7 +15,9 @@ from captionkit.data.vocab import detokenize
 from captionkit.decoding import DecodingOptions, DecodingResult, decode
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.evaluate import encoder_for, run_options
+from captionkit.evaluation.rerank import run_reranker
 from captionkit.models.checkpoint import load_checkpoint
+from captionkit.reranking import Reranker, RerankOptions
 
 
 @dataclass
@@ -50,11 +52,26 @@ class Captioner:
     def __init__(self, trained, encoder, device: str = "cpu"):
         self.trained, self.encoder, self.device = trained, encoder.to(device), device
         self.transform = encoder.transform()
+        self.rerank = RerankOptions()
+        """Re-ranking when `caption` is given none (`captionkit serve --rerank`)."""
+        self._reranker: Reranker | None = None  # keeps the index and its tokenized captions
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu") -> Captioner:
+    def load(cls, run_dir: str | Path, device: str = "cpu",
+             rerank: RerankOptions | None = None) -> Captioner:  # fmt: skip
+        """`rerank`: the default re-ranking of `caption` (the run's neighbour index is read
+        here, so a run without one fails now)."""
         trained = load_checkpoint(run_dir, device)
-        return cls(trained, encoder_for(trained), device)
+        captioner = cls(trained, encoder_for(trained), device)
+        if rerank is not None:
+            captioner.rerank = rerank
+            captioner.reranker(rerank)
+        return captioner
+
+    def reranker(self, options: RerankOptions) -> Reranker:
+        """A re-ranker with `options` over the run's neighbour index (read once)."""
+        self._reranker = run_reranker(self.trained, options, self._reranker)
+        return self._reranker
 
     @property
     def attends(self) -> bool:
@@ -80,20 +97,29 @@ class Captioner:
     @torch.inference_mode()
     def caption(self, images: list, beam_size: int = 3, n_best: int = 1,
                 options: DecodingOptions | None = None, batch_size: int = 32,
-                attention: bool = False) -> list[list[Caption]]:  # fmt: skip
+                attention: bool = False,
+                rerank: RerankOptions | None = None) -> list[list[Caption]]:  # fmt: skip
         """Up to `n_best` captions per image, best first; or, with `options` (which then replace
         `beam_size` and `n_best`), whatever they ask for: e.g. `num_samples` sampled captions in
         drawing order. The length limit is the run's unless `options.max_length` is set.
         `attention=True` adds each caption's tokens and attention maps (models that attend; the
-        others return captions without them)."""
+        others return captions without them). `rerank` (default: `self.rerank`): re-rank
+        `rerank.candidates` candidates per image and return the first `n_best` of them."""
         options = options or DecodingOptions(beam_size=beam_size, n_best=n_best)
+        rerank = rerank or self.rerank
+        keep = options.n_best  # re-ranking: how many of its candidates to return
+        if rerank.active:
+            reranker, options = self.reranker(rerank), rerank.decoding(options)
         options = run_options(self.trained, dataclasses.replace(options, attention=attention))
         out = []
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([self._pixels(im) for im in images[start : start + batch_size]])
             pooled, grid = self.encoder(pixels.to(self.device))  # [B, D], [B, L, D]
-            for hyps in decode(self.trained.model, pooled, grid, options):
-                out.append([self._caption(h, grid) for h in hyps])
+            results = decode(self.trained.model, pooled, grid, options)
+            if rerank.active:
+                text = lambda h: self.trained.vocab.decode(h.tokens)  # noqa: E731
+                results = [hyps[:keep] for hyps in reranker.rerank(results, text, pooled.cpu())]
+            out += [[self._caption(h, grid) for h in hyps] for hyps in results]
         return out
 
     def _caption(self, hyp: DecodingResult, grid: torch.Tensor) -> Caption:
