@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captionkit.data import load_dataset
-from captionkit.data.vocab import tokenize
+from captionkit.data import load_dataset, tokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.cider_d import CiderD

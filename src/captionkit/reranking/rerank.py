@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from captionkit.data.vocab import tokenize
+from captionkit.data import tokenize
 from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.cider_d import CiderD, DocumentFrequency, _sum_per_order
