@@ -116,3 +116,23 @@ def test_decoding_options_through_captioner_and_evaluate(trained, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{images[0]}:" and len(lines) == 3
     assert lines[1].startswith("  1. ") and lines[2].startswith("  2. ")
+
+
+def test_training_writes_the_neighbour_index_and_evaluate_reranks(trained, capsys):
+    from captionkit.decoding import DecodingOptions
+    from captionkit.reranking import NeighbourIndex, RerankOptions
+
+    root, _ = trained
+    index = NeighbourIndex.load(root / "run")
+    train_split = load_dataset(root / "shapes").split("train")
+    assert index.keys == [r.filename for r in train_split]
+    assert index.captions == [r.captions for r in train_split]
+    beam = evaluate_run(root / "run", root / "shapes", options=DecodingOptions(beam_size=3),
+                        meteor=False)  # fmt: skip
+    kept = evaluate_run(root / "run", root / "shapes", options=DecodingOptions(beam_size=3),
+                        meteor=False, rerank=RerankOptions("consensus", 3, weight=1.0))  # fmt: skip
+    assert kept.predictions == beam.predictions  # weight 1: the model's own order
+    argv = ["evaluate", "--checkpoint", str(root / "run"), "--data", str(root / "shapes"),
+            "--rerank", "mbr", "--rerank-candidates", "4", "--rerank-weight", "0"]  # fmt: skip
+    assert main(argv) == 0
+    assert "beam 3, rerank mbr (4 candidates, weight 0)" in capsys.readouterr().out

@@ -19,7 +19,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 
-LAYERS = ("errors", "data", "encoders", "models", "decoding", "metrics", "training",
+LAYERS = ("errors", "data", "encoders", "models", "decoding", "metrics", "reranking", "training",
           "evaluation", "reporting", "serving", "cli")  # fmt: skip
 """Lowest first; a module may import its own layer and the ones before it."""
 TOP_MODULES = {"captionkit", "captionkit.__main__", "captionkit.cli", "captionkit.cli_options"}

@@ -16,6 +16,7 @@ import typer
 from captionkit.cli_options import (
     with_decoding_options,
     with_model_options,
+    with_rerank_options,
     with_train_options,
 )
 from captionkit.errors import CaptionkitError
@@ -237,6 +238,7 @@ def train(
 
 @app.command()
 @with_decoding_options()
+@with_rerank_options()
 def evaluate(
     checkpoint: CheckpointsOpt,
     data: DataOpt,
@@ -252,6 +254,7 @@ def evaluate(
         bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
     ] = False,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean
     caption length, vocabulary used, % novel captions; --output adds each image's CIDEr. The
@@ -264,13 +267,13 @@ def evaluate(
         raise CaptionkitError("--report describes one run: give one --checkpoint")
     runs = _runs(checkpoint)
     result = evaluate_run(runs, data, images, split, cache_dir=cache_dir and str(cache_dir),
-                          options=decoding, spice=spice)  # fmt: skip
+                          options=decoding, spice=spice, rerank=rerank)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    what = decoding.describe()
+    described = decoding.describe() + (f", rerank {rerank.describe()}" if rerank.active else "")
     if isinstance(runs, list):
-        what += f", ensemble of {len(runs)} runs"
-    typer.echo(f"{split} split, {len(result.predictions)} images, {what}")
+        described += f", ensemble of {len(runs)} runs"
+    typer.echo(f"{split} split, {len(result.predictions)} images, {described}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
     stats = result.stats
@@ -284,7 +287,7 @@ def evaluate(
         return
     try:  # for `captionkit compare`; a read-only run folder only loses that
         save_run_evaluation(runs, split, result.metrics, len(result.predictions),
-                            decoding.describe(), data)  # fmt: skip
+                            described, data)  # fmt: skip
     except OSError as e:
         typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
     if report:
@@ -295,6 +298,7 @@ def evaluate(
 
 @app.command()
 @with_decoding_options(n_best=True, bad_endings=True)
+@with_rerank_options()
 def caption(
     checkpoint: CheckpointsOpt,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
@@ -308,6 +312,7 @@ def caption(
         ),
     ] = None,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
     """Caption image files with a trained run: the best caption, or with --n-best or
     --num-samples several, each with its log-probability."""
@@ -315,7 +320,7 @@ def caption(
 
     if attention_map and len(images) != 1:
         raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
-    captioner = Captioner.load(_runs(checkpoint))
+    captioner = Captioner.load(_runs(checkpoint), rerank=rerank)
     if attention_map:
         from captionkit.reporting.images import attention_strip
 
@@ -360,6 +365,7 @@ def compare(
 
 
 @app.command()
+@with_rerank_options()
 def serve(
     checkpoint: CheckpointsOpt,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -383,6 +389,7 @@ def serve(
             help="Never end a caption on an article, preposition or conjunction.",
         ),
     ] = True,
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options): the requests' default
 ) -> None:
     """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
     the OpenAPI docs at /docs. Concurrent requests are captioned together (micro-batching)."""
@@ -394,7 +401,7 @@ def serve(
                              max_files=max_files, batch_size=batch_size,
                              max_wait_ms=max_wait_ms)  # fmt: skip
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
-    run_server(_runs(checkpoint), host, port, settings, device, options)
+    run_server(_runs(checkpoint), host, port, settings, device, options, rerank)
 
 
 @app.command()

@@ -151,6 +151,38 @@ def with_decoding_options(n_best: bool = False, bad_endings: bool = False) -> Ca
     return option_group("decoding", options, lambda values, _: decoding_options(**values))
 
 
+def _ropt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=help, rich_help_panel="Re-ranking", **kwargs)
+
+
+RERANK_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "rerank": (Annotated[str, _ropt(
+        "--rerank", "Re-rank each image's candidates: none, consensus (CIDEr-D against the "
+        "captions of the nearest training images) or mbr (against the other candidates).")],
+        "none"),
+    "rerank_candidates": (Annotated[int, _ropt(
+        "--rerank-candidates", "Candidates per image: the beam's n-best (the beam is widened to "
+        "N) or, with --sample, N samples.", metavar="N")], 5),
+    "rerank_weight": (Annotated[float, _ropt(
+        "--rerank-weight", "Final score = (1 - W) x re-ranking score + W x log-probability, "
+        "each scaled to [0, 1] over the candidates.", metavar="W")], 0.3),
+    "rerank_k": (Annotated[int, _ropt(
+        "--rerank-k", "Consensus: how many nearest training images vote.", metavar="K")], 60),
+}  # fmt: skip
+
+
+def with_rerank_options() -> Callable:
+    """Decorator: the command gets `rerank: RerankOptions` from the --rerank options."""
+
+    def build(values: dict, _) -> Any:
+        from captionkit.reranking import RerankOptions
+
+        return RerankOptions(values["rerank"], values["rerank_candidates"],
+                             values["rerank_weight"], values["rerank_k"])  # fmt: skip
+
+    return option_group("rerank", RERANK_OPTIONS, build)
+
+
 # --- model settings -----------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from captionkit.models.run_folder import (
     encoder_for,
     load_checkpoint,
 )
+from captionkit.reranking.neighbours import index_training_images
 from captionkit.training.callbacks import (
     BestCheckpoint,
     DataPosition,
@@ -286,6 +287,10 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
         warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
         trainer = _trainer(config, run_dir, callbacks)
         trainer.fit(module, datamodule, ckpt_path=last if resume else None)
+    if rank_zero_only.rank == 0 and not finetune:  # re-ranking's neighbours; a fine-tuned
+        # encoder's features are not the cached ones: index such a run with rerank.index_run
+        index_training_images(run_dir, store, [dataset.path(r) for r in train_records],
+                              train_records, encoder.fingerprint())  # fmt: skip
     return best.best
 
 
