@@ -122,7 +122,7 @@ def test_early_finish_and_no_eos():
     model.step = step
     for beam_size in (1, 4):
         calls.clear()
-        options = DecodingOptions(beam_size=beam_size, max_length=5, n_best=2)
+        options = DecodingOptions(beam_size=beam_size, max_length=5, n_best=min(2, beam_size))
         res = decode(model, torch.zeros(2, 8), None, options)
         assert res[0][0].tokens == [] and res[0][0].score > -1e-3
         assert res[1][0].tokens == [4] * 5  # closed at the length limit
@@ -135,9 +135,8 @@ def test_early_finish_and_no_eos():
 def test_every_model_decodes(name, beam_size):
     model = create_model(name, vocab_size=20, feature_dim=8)
     pooled, grid = torch.randn(3, 8), torch.randn(3, 4, 8)
-    results = decode(
-        model, pooled, grid, DecodingOptions(beam_size=beam_size, max_length=7, n_best=2)
-    )
+    options = DecodingOptions(beam_size=beam_size, max_length=7, n_best=min(2, beam_size))
+    results = decode(model, pooled, grid, options)
     assert len(results) == 3
     for hyps in results:
         assert 1 <= len(hyps) <= 2

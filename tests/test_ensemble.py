@@ -64,6 +64,7 @@ def test_ensemble_of_one_or_of_a_model_with_itself_is_the_model(strategy, mean):
             torch.testing.assert_close(torch.tensor(a[0].attention), torch.tensor(b[0].attention))
 
 
+@torch.no_grad()
 def combined_sequence_logprob(models, pooled, seq: list[int], mean: str) -> float:
     """log p(seq + <eos>) under the members' per-step mean, stepping each model by hand."""
     states = [m.init_state(p, None) for m, p in zip(models, pooled)]
@@ -130,7 +131,8 @@ def other_vocabulary_run(tmp_path_factory, lite0):
                          hidden_dim=16, embed_dim=16)  # fmt: skip
     run = tmp_path_factory.mktemp("other-vocabulary")
     encoder = {"name": lite0.name, "weights": "default", "fingerprint": lite0.fingerprint()}
-    save_checkpoint(run, model.eval(), "show_tell", vocab, encoder, {"run": {}})
+    extra = {"run": {"model": "show_tell", "data": {"max_length": 8}}}
+    save_checkpoint(run, model.eval(), "show_tell", vocab, encoder, extra)
     return run
 
 

@@ -137,9 +137,9 @@ class DecodingOptions:
             extra += [f"seed {self.seed}"] * (self.seed is not None)
         else:
             name = "greedy" if self.beam_size == 1 else f"beam {self.beam_size}"
-            extra = [f"{self.beam_groups} groups, diversity {self.diversity:g}"] * (
-                self.beam_groups > 1
-            )
+            extra = []
+            if self.beam_groups > 1:
+                extra.append(f"{self.beam_groups} groups, diversity {self.diversity:g}")
             extra += [f"length penalty {self.length_penalty}"] * (self.length_penalty is not None)
         n = self.no_repeat_ngram_size
         extra += [f"no repeated {n}-grams"] * (n > 0)
