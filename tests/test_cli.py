@@ -61,7 +61,7 @@ def test_unreadable_image_to_caption_is_one_line(tmp_path, capsys, monkeypatch):
         def caption(self, images, **options):
             captioner.Captioner._image(self, images[0])
 
-    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path: Stub()))
+    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path, **kw: Stub()))
     (tmp_path / "fake.jpg").write_text("not an image")
     write_images(tmp_path, ["ok.png"])
     code, _, err = run(
@@ -141,7 +141,9 @@ def _decoding_seen(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_evaluate_run(run_dir, data, images, split, cache_dir=None, options=None, spice=False):
+    def fake_evaluate_run(
+        run_dir, data, images, split, cache_dir=None, options=None, spice=False, rerank=None
+    ):
         seen["options"], seen["spice"] = options, spice
         stats = {"length_mean": 2.0, "vocabulary": 2.0}
         return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {}, stats=stats)
@@ -218,11 +220,11 @@ def test_caption_n_best_options(tmp_path, capsys, monkeypatch):
     seen = []
 
     class Stub:
-        def caption(self, images, options=None):
+        def caption(self, images, options=None, **_):
             seen.append(options)
             return [[captioner.Caption("a dog", -1.5), captioner.Caption("a cat", -2.25)]]
 
-    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path: Stub()))
+    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path, **kw: Stub()))
     base = ["caption", "--checkpoint", str(tmp_path), "x.jpg"]
     code, out, _ = run(capsys, [*base, "--n-best", "2"])
     assert code == 0 and seen[-1].n_best == 2 and seen[-1].beam_size == 3

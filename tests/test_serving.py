@@ -381,8 +381,9 @@ def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     argv = ["serve", "--checkpoint", str(tiny_attention_run), "--port", "8123", "--batch-size",
             "4", "--max-wait-ms", "0", "--max-upload-mb", "0.5", "--max-files", "2"]  # fmt: skip
     assert main(argv) == 0
-    ((run_dir, host, port, settings, device, rerank),) = calls
+    ((run_dir, host, port, settings, device, options, rerank),) = calls
     assert (run_dir, host, port, device) == (tiny_attention_run, "127.0.0.1", 8123, "cpu")
+    assert options.bad_endings and not options.allow_unk
     assert rerank.method == "none"
     assert settings == ServeSettings(max_upload_bytes=512 * 1024, max_files=2, batch_size=4,
                                      max_wait_ms=0)  # fmt: skip
