@@ -27,10 +27,11 @@ import torch
 from captionkit.data import load_dataset, tokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.features import features_for_dataset
-from captionkit.evaluation.cider_d import CiderD
-from captionkit.evaluation.evaluate import _pin_splits, encoder_for, run_options
+from captionkit.evaluation.captioner import run_options
+from captionkit.evaluation.evaluate import _pin_splits
 from captionkit.evaluation.rerank import index_run
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.metrics.cider_d import CiderD
+from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.reranking import NeighbourIndex, RerankOptions, run_reranker
 
 BATCH = 64
