@@ -2,18 +2,20 @@
 
 import dataclasses
 import json
+import re
+import typing
 from pathlib import Path
 
 import pytest
-from typer.main import get_command
 
-from captionkit.cli import TRAIN_FIELDS, app, main
-from captionkit.cli_options import MODEL_OPTIONS
+from captionkit import cli_train
+from captionkit.cli import main
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
 from captionkit.training import RunConfig
-from captionkit.training.config import OptimConfig
+from captionkit.training.config import GROUPS, OptimConfig
+from captionkit.training.config_fields import field_docs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*/*.yaml"))
@@ -278,23 +280,124 @@ def test_config_precedence_errors(tmp_path, capsys, seen):
     assert code == 0 and seen["config"].data.tokenizer == "word"
 
 
-def test_every_train_field_is_a_train_option_defaulting_to_the_run_config(tmp_path, capsys, seen):
-    params = {p.name: p for p in get_command(app).commands["train"].params}
-    assert set(params) == {*TRAIN_FIELDS, *MODEL_OPTIONS, "out", "resume", "config"}
-    defaults = RunConfig().to_dict()
-    for name, field in TRAIN_FIELDS.items():
-        group, _, key = field.rpartition(".")
-        default = params[name].default
-        expected = (defaults[group] if group else defaults)[key]
-        # --data has no default: a config file or the command line names the dataset; --lr's
-        # (None) is the objective's (OptimConfig.lr).
-        assert (str(default) if isinstance(default, Path) else default) == (
-            None if name in ("data", "lr") else expected
-        ), name
-    # No option given but --data: every field reaches the config (through ctx.params) as default.
-    code, _, err = run(capsys, ["train", "--data", "d", "--out", tmp_path / "r"])
+# --- every config field is a train option -------------------------------------------------------
+
+
+def config_fields():
+    """("group.field", or a field of RunConfig, type, default, docstring) of every field the config
+    dataclasses have, but `cli_train.NOT_OPTIONS`: read from the dataclasses, so that a new field
+    is checked with no change here."""
+    for group, cls in {"": RunConfig, **GROUPS}.items():
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            path = f"{group}.{f.name}" if group else f.name
+            if path not in cli_train.NOT_OPTIONS and (group or f.name not in GROUPS):
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
+                kind = kinds[0] if len(kinds) == 1 else hints[f.name]  # `int | None` -> int
+                yield path, kind, default, docs.get(f.name, "")
+
+
+def other_values(kind, default, doc: str) -> list:
+    """Values of type `kind` other than `default`, the likeliest valid first: for text, a free
+    one, then each `choice` the docstring names in backquotes."""
+    if kind is bool:
+        return [not default]
+    if kind is str:
+        return [v for v in ["some-text", *re.findall(r"`([\w.-]+)`", doc)] if v != default]
+    base = default or 0
+    numbers = [base + 1, base * 2] if kind is int else [base / 2, (base + 1) / 2, 0.5, base * 2]
+    return list(dict.fromkeys(kind(v) for v in numbers if v != default))
+
+
+def set_fields(capsys, seen, out) -> dict:
+    """Give each config field's option alone on the command line: "group.field" -> the value it
+    set in the resolved config (the first of `other_values` the config accepts)."""
+    options = {o.path: o for o in cli_train.config_options()}
+    accepted = {}
+    for path, kind, default, doc in config_fields():
+        option, tried = options[path], []
+        for value in other_values(kind, default, doc):
+            if kind is bool:
+                argv = [option.flags[0] if value else option.flags[1]]
+            else:
+                argv = [option.flag, str(value)]
+            code, _, err = run(capsys, ["train", "--data", "d", *out, *argv])
+            tried.append(f"{' '.join(argv)}: {err.strip() or code}")
+            if code == 0:
+                group, _, key = path.rpartition(".")
+                config = seen.pop("config")
+                accepted[path] = getattr(getattr(config, group) if group else config, key)
+                assert accepted[path] == value and type(accepted[path]) is kind, (path, argv)
+                break
+        assert path in accepted, f"{path}: no value accepted ({'; '.join(tried)})"
+    return accepted
+
+
+def test_every_config_field_is_a_train_option_with_its_docstring(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, help_text, _ = run(capsys, ["train", "--help"])
+    assert code == 0
+    options = {o.path: o for o in cli_train.config_options()}
+    text = " ".join(help_text.split())  # a docstring's first words are on its option's row
+    for path, _, _, doc in config_fields():
+        assert path in options, f"config field {path} has no train option"
+        assert doc, f"config field {path} has no docstring: it is its option's --help"
+        flags = " ".join(options[path].flags)  # "--strict --no-strict": both ways for true/false
+        row = rf"│ {flags} \S+ {re.escape(' '.join(doc.split()[:4]))}"
+        assert re.search(row, text), (path, row)
+
+
+def test_every_train_option_sets_its_field_and_none_left_out_overrides_the_file(
+    tmp_path, capsys, seen
+):
+    out = ["--out", tmp_path / "r"]
+    values = set_fields(capsys, seen, out)  # each option alone sets its field, typed
+    nested = {group: {} for group in GROUPS}
+    for path, value in values.items():
+        group, _, key = path.rpartition(".")
+        (nested[group] if group else nested)[key] = value
+    cfg = tmp_path / "every.yaml"
+    RunConfig.from_dict(nested).to_yaml(cfg)
+    code, _, err = run(capsys, ["train", "--config", cfg, *out])
+    assert code == 0, err
+    assert seen["config"] == RunConfig.from_yaml(cfg)
+    assert all(getattr(seen["config"], g) != getattr(RunConfig(), g) for g in GROUPS)
+    # No option given but --data: the defaults, the objective's learning rate resolved.
+    code, _, err = run(capsys, ["train", "--data", "d", *out])
     assert code == 0, err
     assert seen["config"] == RunConfig.from_dict({"data": {"data": "d"}})
+
+
+@dataclasses.dataclass
+class _Extra:
+    """A config group that RunConfig does not have (yet)."""
+
+    width: int = 3
+    """How wide, in [1, 9] (`[x]` is no markup)."""
+    tags: dict = dataclasses.field(default_factory=dict)
+    """A mapping."""
+
+
+def test_a_new_group_or_field_becomes_options_and_clashes_are_errors(capsys, monkeypatch):
+    assert field_docs(_Extra) == {"width": "How wide, in [1, 9] (`[x]` is no markup).",
+                                  "tags": "A mapping."}  # fmt: skip
+    monkeypatch.setitem(GROUPS, "extra", _Extra)
+    with pytest.raises(TypeError, match=r"config field extra.tags \(<class 'dict'>\) cannot be a "
+                       r"train option: list it in captionkit.cli_train.NOT_OPTIONS"):  # fmt: skip
+        cli_train.config_options()
+    monkeypatch.setitem(cli_train.NOT_OPTIONS, "extra.tags", "a mapping")
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(capsys, ["train", "--help"])
+    assert code == 0
+    assert re.search(r"╭─ Extra ─+╮\n│ --width +\S+ +How wide, in \[1, 9\] \(`\[x\]` is no", out)
+    monkeypatch.setitem(cli_train.FLAGS, "extra.width", "--epochs")
+    with pytest.raises(ValueError, match="train option --epochs would set both train.epochs and "
+                       "extra.width: rename one in captionkit.cli_train.FLAGS"):  # fmt: skip
+        cli_train.config_options()
+    monkeypatch.setitem(cli_train.FLAGS, "extra.width", "--config")
+    with pytest.raises(ValueError, match="--config would set both another option of train and"):
+        run(capsys, ["train", "--help"])
 
 
 # --- a real run: config.yaml in the run folder ---------------------------------------------------
