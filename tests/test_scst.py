@@ -211,3 +211,34 @@ def test_scst_with_a_fine_tuned_encoder_saves_the_encoder(tmp_path):
     assert best["step"] > 0 and "train/reward" in best
     saved = json.loads((tmp_path / "scst" / "config.json").read_text())
     assert saved["encoder"]["finetuned"] and (tmp_path / "scst" / "encoder.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_scst_epochs_adds_an_scst_phase_and_keeps_the_better_model(tmp_path, capsys):
+    make_shapes(tmp_path / "shapes", n_images=60, seed=2, image_size=48)
+    tiny = {"embed_dim": 16, "hidden_dim": 32, "dropout": 0.0}
+    config = RunConfig(model="show_tell", model_args=tiny,
+                       data=DataConfig(str(tmp_path / "shapes"), min_count=1),
+                       optim=OptimConfig(lr=3e-3),
+                       train=TrainConfig(epochs=2, batch_size=16, scst_epochs=2),
+                       scst=ScstConfig(lr=2e-4, samples=3))  # fmt: skip
+    run = tmp_path / "run"
+    best = train(config, run)
+    xe_rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    scst_rows = [json.loads(x) for x in (run / "scst" / "metrics.jsonl").read_text().splitlines()]
+    assert len(xe_rows) == 2 and len(scst_rows) == 2
+    xe_best = max(r["val/CIDEr"] for r in xe_rows)
+    assert best["val/CIDEr"] == max(xe_best, *(r["val/CIDEr"] for r in scst_rows))
+    scst_won = best["val/CIDEr"] > xe_best
+    # The SCST phase exports a model only when it beats the cross-entropy one on val.
+    assert (run / "scst" / "model.safetensors").exists() == scst_won
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved.get("phase") == "scst") == scst_won
+    assert saved["run"]["train"]["scst_epochs"] == 2
+    if scst_won:
+        kept = (run / "model.safetensors").read_bytes()
+        assert kept == (run / "scst" / "model.safetensors").read_bytes()
+    scst_config = RunConfig.from_yaml(run / "scst" / "config.yaml")
+    assert scst_config.optim.objective == "scst" and scst_config.optim.lr == 2e-4
+    assert scst_config.train.init == str(run) and scst_config.train.epochs == 2
+    assert "kept the" in capsys.readouterr().out

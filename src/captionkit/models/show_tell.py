@@ -50,6 +50,7 @@ class ShowTell(nn.Module):
     """Pooled image feature -> recurrent decoder; see the module docstring."""
 
     uses_grid = False
+    attends = False
 
     def __init__(self, config: ShowTellConfig):
         super().__init__()

@@ -119,6 +119,7 @@ class TransformerDecoder(nn.Module):
     """Grid features -> Transformer decoder; see the module docstring."""
 
     uses_grid = True
+    attends = False
 
     def __init__(self, config: TransformerConfig):
         super().__init__()

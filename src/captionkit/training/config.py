@@ -185,6 +185,9 @@ class ScstConfig:
     """Reward = CIDEr-D + this x BLEU-4 of the sample (0 = CIDEr-D alone)."""
     temperature: float = 1.0
     """Sampling temperature (the log-probabilities trained are those of the tempered policy)."""
+    lr: float = 5e-5
+    """Learning rate of the SCST phase that `train.scst_epochs` adds after the cross-entropy
+    epochs (a run given `--objective scst` uses `optim.lr`)."""
     collapse_std: float = 0.01
     """Warn when the std of the rewards among an image's samples, averaged over an epoch, falls
     below this: the samples have become alike and the gradient vanishes."""
@@ -193,6 +196,7 @@ class ScstConfig:
         _check_choice("scst.baseline", self.baseline, SCST_BASELINES)
         _check_range("scst.samples", self.samples, 2 if self.baseline == "mean" else 1, None)
         _check_range("scst.temperature", self.temperature, 0, None, low_open=True)
+        _check_range("scst.lr", self.lr, 0, None, low_open=True)
         for name in ("bleu_weight", "collapse_std"):
             _check_range(f"scst.{name}", getattr(self, name), 0, None)
 
@@ -212,6 +216,10 @@ class TrainConfig:
     bucket_batches: int = 1
     """Sort pools of this many batches by caption length before batching: less padding, but
     less varied batches (1 = plain shuffled batches, the default; see BENCHMARKS.md)."""
+    scst_epochs: int = 0
+    """After the cross-entropy epochs, this many epochs of SCST (see `ScstConfig`) from the best
+    cross-entropy checkpoint, in `RUN/scst`; the run keeps whichever phase's model has the
+    better val CIDEr (0 = cross-entropy only)."""
     val_beam_size: int = 1
     """Beam size of the validation decode (1 = greedy)."""
     accelerator: str = "auto"
@@ -242,6 +250,8 @@ class TrainConfig:
     def __post_init__(self):
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        if self.scst_epochs < 0:
+            raise CaptionkitError(f"scst_epochs must be 0 or more, not {self.scst_epochs}")
         for name in ("devices", "num_nodes", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
