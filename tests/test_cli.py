@@ -147,7 +147,7 @@ def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
     )
     assert c.encoder.weights == "none"
     code, _, err = run(capsys, ["train", "--data", "d", "--out", "r", "--tokenizer", "chars"])
-    assert code == 1 and "--tokenizer must be one of word, bpe" in err
+    assert code == 1 and err == "error: unknown tokenizer 'chars' (word or bpe)\n"
 
 
 # --- decoding options (evaluate, caption) ------------------------------------------------------

@@ -14,7 +14,7 @@ from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
 from captionkit.training import RunConfig
-from captionkit.training.config import GROUPS, OptimConfig
+from captionkit.training.config import GROUPS, OptimConfig, run_config_from_mapping
 from captionkit.training.config_fields import field_docs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -275,9 +275,10 @@ def test_config_precedence_errors(tmp_path, capsys, seen):
     assert code == 0 and seen["config"].train.epochs == 2
     bad = write(tmp_path / "bad.yaml", "data: {data: d, tokenizer: chars}\n")
     code, _, err = run(capsys, ["train", "--config", bad, *out])
-    assert code == 1 and f"error: {bad}: data.tokenizer must be one of word, bpe" in err
+    assert code == 1 and err == f"error: {bad}: data: unknown tokenizer 'chars' (word or bpe)\n"
+    # A bad value is the file's error, as with every other key, even where an option replaces it.
     code, _, err = run(capsys, ["train", "--config", bad, *out, "--tokenizer", "word"])
-    assert code == 0 and seen["config"].data.tokenizer == "word"
+    assert code == 1 and err.startswith(f"error: {bad}: data: unknown tokenizer 'chars'")
 
 
 # --- every config field is a train option -------------------------------------------------------
@@ -310,28 +311,35 @@ def other_values(kind, default, doc: str) -> list:
     return list(dict.fromkeys(kind(v) for v in numbers if v != default))
 
 
-def set_fields(capsys, seen, out) -> dict:
-    """Give each config field's option alone on the command line: "group.field" -> the value it
-    set in the resolved config (the first of `other_values` the config accepts)."""
-    options = {o.path: o for o in cli_train.config_options()}
-    accepted = {}
+def accepted_values() -> dict:
+    """ "group.field" (or a field of RunConfig) -> a value of the field's type, not its default,
+    that a config takes (the first of `other_values` that `run_config_from_mapping` accepts)."""
+    values = {}
     for path, kind, default, doc in config_fields():
-        option, tried = options[path], []
+        group, _, key = path.rpartition(".")
         for value in other_values(kind, default, doc):
-            if kind is bool:
-                argv = [option.flags[0] if value else option.flags[1]]
-            else:
-                argv = [option.flag, str(value)]
-            code, _, err = run(capsys, ["train", "--data", "d", *out, *argv])
-            tried.append(f"{' '.join(argv)}: {err.strip() or code}")
-            if code == 0:
-                group, _, key = path.rpartition(".")
-                config = seen.pop("config")
-                accepted[path] = getattr(getattr(config, group) if group else config, key)
-                assert accepted[path] == value and type(accepted[path]) is kind, (path, argv)
-                break
-        assert path in accepted, f"{path}: no value accepted ({'; '.join(tried)})"
-    return accepted
+            try:
+                run_config_from_mapping({group: {key: value}} if group else {key: value}, "t")
+            except CaptionkitError:
+                continue
+            values[path] = value
+            break
+        assert path in values, f"{path}: none of {other_values(kind, default, doc)} is valid"
+    return values
+
+
+def command_line(values: dict) -> list[str]:
+    """The `train` options that set each "group.field" of `values` to its value."""
+    options, argv = {o.path: o for o in cli_train.config_options()}, []
+    for path, value in values.items():
+        flags = options[path].flags
+        argv += [flags[0] if value else flags[1]] if type(value) is bool else [flags[0], value]
+    return argv
+
+
+def field(config: RunConfig, path: str):
+    group, _, key = path.rpartition(".")
+    return getattr(getattr(config, group) if group else config, key)
 
 
 def test_every_config_field_is_a_train_option_with_its_docstring(capsys, monkeypatch):
@@ -348,11 +356,25 @@ def test_every_config_field_is_a_train_option_with_its_docstring(capsys, monkeyp
         assert re.search(row, text), (path, row)
 
 
-def test_every_train_option_sets_its_field_and_none_left_out_overrides_the_file(
+def test_the_model_option_names_every_model():
+    from captionkit.models import MODELS
+
+    doc = field_docs(RunConfig)["model"]  # --model's help: MODELS needs torch, --help does not
+    assert set(re.findall(r"`(\w+)`", doc)) == set(MODELS)
+
+
+def test_every_train_option_sets_its_field_over_the_file_and_none_left_out_does(
     tmp_path, capsys, seen
 ):
-    out = ["--out", tmp_path / "r"]
-    values = set_fields(capsys, seen, out)  # each option alone sets its field, typed
+    # Every option at once, each to a value other than its field's default: each field has it,
+    # typed as the field is (an option that set nothing, or another field, would show).
+    values, out = accepted_values(), ["--out", tmp_path / "r"]
+    code, _, err = run(capsys, ["train", *out, *command_line(values)])
+    assert code == 0, err
+    for path, value in values.items():
+        assert field(seen["config"], path) == value, path
+        assert type(field(seen["config"], path)) is type(value), path
+    # A file with those values: no option given, the file's values all stay ...
     nested = {group: {} for group in GROUPS}
     for path, value in values.items():
         group, _, key = path.rpartition(".")
@@ -362,7 +384,12 @@ def test_every_train_option_sets_its_field_and_none_left_out_overrides_the_file(
     code, _, err = run(capsys, ["train", "--config", cfg, *out])
     assert code == 0, err
     assert seen["config"] == RunConfig.from_yaml(cfg)
-    assert all(getattr(seen["config"], g) != getattr(RunConfig(), g) for g in GROUPS)
+    assert all(field(seen["config"], path) == value for path, value in values.items())
+    # ... and each option given wins over the file, even when it repeats the default.
+    defaults = {p: d for p, _, d, _ in config_fields() if d not in (None, "")}
+    code, _, err = run(capsys, ["train", "--config", cfg, *out, *command_line(defaults)])
+    assert code == 0, err
+    assert all(field(seen["config"], path) == value for path, value in defaults.items())
     # No option given but --data: the defaults, the objective's learning rate resolved.
     code, _, err = run(capsys, ["train", "--data", "d", *out])
     assert code == 0, err

@@ -23,7 +23,6 @@ import typer
 from typer.core import TyperCommand
 
 from captionkit.cli_options import option_group
-from captionkit.errors import CaptionkitError
 
 if TYPE_CHECKING:
     from captionkit.training import RunConfig
@@ -204,7 +203,6 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
     """The `train` command's config: `config_file` (or the defaults) with the options given on the
     command line over it (`ctx.meta[GIVEN]`, from `TrainCommand`); `model_args(model, base,
     base_source)` merges the Model panel's options into the file's `model_args`."""
-    from captionkit.data.tokenizers import TOKENIZER_KINDS
     from captionkit.training import RunConfig
 
     config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
@@ -214,9 +212,6 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
     for path, value in given.items():
         group, _, key = path.rpartition(".")
         (settings[group] if group else settings)[key] = value
-    if settings["data"]["tokenizer"] not in TOKENIZER_KINDS:  # checked before any extraction
-        subject = "--tokenizer" if "data.tokenizer" in given else f"{config_file}: data.tokenizer"
-        raise CaptionkitError(f"{subject} must be one of {', '.join(TOKENIZER_KINDS)}")
     if not settings["data"]["data"]:
         ctx.fail("Missing option '--data' (or data.data in the --config file).")
     settings["model_args"] = model_args(settings["model"], base=config.model_args,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from captionkit.data.tokenizers import TOKENIZER_KINDS
 from captionkit.encoders.factory import DEFAULT_ENCODER
 from captionkit.errors import CaptionkitError
 from captionkit.training.config_fields import check_model_args, check_value, known_keys
@@ -51,6 +52,7 @@ class DataConfig:
     """Stop at the first bad image or caption instead of skipping it."""
 
     def __post_init__(self):
+        _check_choice("tokenizer", self.tokenizer, TOKENIZER_KINDS)
         for name, low in (("min_count", 1), ("vocab_size", 8), ("max_length", 1)):
             _check_range(name, getattr(self, name), low, None)
 
@@ -268,7 +270,7 @@ class RunConfig:
     """Everything a training run needs."""
 
     model: str = "show_tell"
-    """Registered model name: `show_tell`, `attention` or `transformer`."""
+    """Registered model name: `show_tell`, `attention`, `transformer` or `updown`."""
     model_args: dict = field(default_factory=dict)
     """Overrides of the model's config dataclass (e.g. `{"hidden_dim": 256}`)."""
     data: DataConfig = field(default_factory=DataConfig)
