@@ -24,7 +24,7 @@ from captionkit.serving.app import create_app
 from captionkit.serving.batcher import MicroBatcher
 from captionkit.serving.settings import ServeSettings
 
-from conftest import CHECKER, SHAPE_WORDS, find_chromium
+from conftest import CHECKER, SHAPE_WORDS
 
 
 @pytest.fixture(scope="module")
@@ -299,13 +299,10 @@ def _serving(app):
         thread.join(timeout=10)
 
 
-def _chrome(browser: str):
+def _chrome(browser: str, driver_path: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None:
-        pytest.skip("chromedriver is not installed (Debian: apt-get install chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -317,11 +314,9 @@ def _chrome(browser: str):
     return driver
 
 
-def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
-    pytest.importorskip("selenium")
+@pytest.mark.slow
+def test_web_page_captions_an_upload_in_headless_chromium(captioner, chromium, chromedriver,
+                                                          tmp_path):  # fmt: skip
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -330,7 +325,7 @@ def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
     image.save(tmp_path / "red circle.png")
     (expected,) = captioner.caption([image], beam_size=3, n_best=3)
     with _serving(create_app(captioner)) as url:
-        driver = _chrome(browser)
+        driver = _chrome(chromium, chromedriver)
         try:
             wait = WebDriverWait(driver, 30)
             driver.get(url)
