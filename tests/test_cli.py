@@ -52,22 +52,17 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_unreadable_image_to_caption_is_one_line(tmp_path, capsys, monkeypatch):
-    from captionkit.evaluation import captioner
-
-    class Stub:
-        def caption(self, images, **options):
-            captioner.Captioner._image(self, images[0])
-
-    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path, **kw: Stub()))
+def test_unreadable_image_to_caption_is_one_line(tiny_attention_run, tmp_path, capsys):
     (tmp_path / "fake.jpg").write_text("not an image")
     write_images(tmp_path, ["ok.png"])
-    code, _, err = run(
-        capsys, ["caption", "--checkpoint", str(tmp_path), str(tmp_path / "fake.jpg")]
-    )
+    run_dir = str(tiny_attention_run)
+    code, _, err = run(capsys, ["caption", "--checkpoint", run_dir, str(tmp_path / "fake.jpg")])
     assert code == 1 and "fake.jpg: cannot read image" in err
-    code, _, err = run(capsys, ["caption", "--checkpoint", str(tmp_path), str(tmp_path / "no.jpg")])
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = run(capsys, ["caption", "--checkpoint", run_dir, str(tmp_path / "no.jpg")])
     assert code == 1 and "no.jpg: no such image file" in err
+    code, out, _ = run(capsys, ["caption", "--checkpoint", run_dir, str(tmp_path / "ok.png")])
+    assert code == 0 and out.startswith(f"{tmp_path / 'ok.png'}: ")
 
 
 def test_usage_errors_and_help(capsys):
@@ -230,33 +225,33 @@ def test_bad_decoding_options_are_one_line(tmp_path, capsys, monkeypatch, extra,
     assert len(err.strip().splitlines()) == 1 and "options" not in seen
 
 
-def test_caption_n_best_options(tmp_path, capsys, monkeypatch):
-    from captionkit.evaluation import captioner
-
-    seen = []
-
-    class Stub:
-        def caption(self, images, options=None, **_):
-            seen.append(options)
-            return [[captioner.Caption("a dog", -1.5), captioner.Caption("a cat", -2.25)]]
-
-    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path, **kw: Stub()))
-    base = ["caption", "--checkpoint", str(tmp_path), "x.jpg"]
+def test_caption_n_best_options(tiny_attention_run, tmp_path, capsys):
+    write_images(tmp_path, ["x.png"])
+    image = str(tmp_path / "x.png")
+    base = ["caption", "--checkpoint", str(tiny_attention_run), image]
+    code, out, _ = run(capsys, [*base, "--json"])
+    assert code == 0
+    best = json.loads(out)
     code, out, _ = run(capsys, [*base, "--n-best", "2"])
-    assert code == 0 and seen[-1].n_best == 2 and seen[-1].beam_size == 3
-    assert seen[-1].bad_endings  # on by default for `caption`
-    code, out, _ = run(capsys, [*base, "--no-bad-endings"])
-    assert code == 0 and not seen[-1].bad_endings
-    assert out.splitlines() == ["x.jpg:", "  1. a dog  (-1.50)", "  2. a cat  (-2.25)"]
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[0] == f"{image}:"
+    ranked = [re.fullmatch(r"  (\d)\. (.+)  \((-?\d+\.\d\d)\)", line) for line in lines[1:]]
+    assert all(ranked) and [m[1] for m in ranked] == ["1", "2"]
+    assert ranked[0][2] == best["caption"] and ranked[1][2] != best["caption"]
+    assert float(ranked[0][3]) == pytest.approx(best["score"], abs=0.005)
+    assert float(ranked[0][3]) >= float(ranked[1][3])  # best first
     code, out, err = run(capsys, [*base, "--n-best", "4"])
     assert code == 1 and "n_best 4 is more than beam_size 3" in err
     code, out, err = run(capsys, [*base, "--sample", "--n-best", "2"])
     assert code == 1 and "n_best: beam search options, not used with sample" in err
-    code, out, _ = run(capsys, [*base, "--sample", "--num-samples", "2", "--json"])
-    assert seen[-1].sample and seen[-1].num_samples == 2
-    assert json.loads(out) == {"image": "x.jpg", "caption": "a dog", "score": -1.5,
-                               "captions": [{"caption": "a dog", "score": -1.5},
-                                            {"caption": "a cat", "score": -2.25}]}  # fmt: skip
+    sampled = [*base, "--sample", "--num-samples", "2", "--seed", "1", "--json"]
+    code, out, _ = run(capsys, sampled)
+    assert code == 0
+    drawn = json.loads(out)
+    assert drawn["image"] == image and len(drawn["captions"]) == 2
+    assert drawn["captions"][0] == {"caption": drawn["caption"], "score": drawn["score"]}
+    assert run(capsys, sampled)[1] == out  # seeded
     code, _, err = run(capsys, ["evaluate", "--checkpoint", "r", "--data", "d", "--n-best", "2"])
     assert code == 2 and "No such option: --n-best" in err  # caption only
 

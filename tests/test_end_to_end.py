@@ -13,6 +13,8 @@ from captionkit.metrics.cider_d import CiderD
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 
+pytestmark = pytest.mark.slow  # a minute of training (make test-slow)
+
 # Measured when this test was written (seed 0, 600 images, 12 epochs, about a minute on 2 cores):
 # test CIDEr-D 2.17 (beam 3) against 0.84 for the best constant caption, a ratio of 2.6. The test
 # asks for at least double, which leaves room for run-to-run and platform noise.

@@ -30,6 +30,7 @@ def test_every_registered_model_has_tiny_settings():
     assert set(TINY) == set(MODELS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_trains_evaluates_and_captions(name, shapes, tmp_path, capsys):
     config = RunConfig(model=name, model_args=TINY[name],

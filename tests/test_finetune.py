@@ -61,6 +61,7 @@ def finetuned_run(shapes, base_run):
     return run
 
 
+@pytest.mark.slow
 def test_only_the_last_block_trains_and_frozen_batchnorm_stats_stay(finetuned_run):
     base = create_encoder().model.state_dict()
     tuned = load_file(finetuned_run / "encoder.safetensors")
@@ -78,6 +79,7 @@ def test_only_the_last_block_trains_and_frozen_batchnorm_stats_stay(finetuned_ru
     assert not torch.equal(tuned["bn2.running_mean"], base["bn2.running_mean"])  # BN trained
 
 
+@pytest.mark.slow
 def test_the_run_records_and_reloads_its_finetuned_encoder(finetuned_run, base_run):
     spec = json.loads((finetuned_run / "config.json").read_text())["encoder"]
     base_spec = json.loads((base_run / "config.json").read_text())["encoder"]
@@ -96,6 +98,7 @@ def test_the_run_records_and_reloads_its_finetuned_encoder(finetuned_run, base_r
         (finetuned_run / "moved").rename(finetuned_run / "encoder.safetensors")
 
 
+@pytest.mark.slow
 def test_captioner_and_evaluate_use_the_finetuned_encoder(finetuned_run, shapes, monkeypatch):
     images = sorted((shapes / "Images").iterdir())[:2]
     trained = load_checkpoint(finetuned_run)
@@ -127,6 +130,7 @@ def test_captioner_and_evaluate_use_the_finetuned_encoder(finetuned_run, shapes,
     np.testing.assert_allclose(seen[0], tuned.numpy(), atol=2e-2)  # float16 in the store
 
 
+@pytest.mark.slow
 def test_init_starts_from_the_runs_weights_and_refuses_another_model(shapes, base_run, tmp_path):
     config = _config(shapes, init=str(base_run))
     config.optim.lr = 0.0  # Adam moves nothing: the saved weights must be the init run's

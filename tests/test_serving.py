@@ -25,7 +25,7 @@ from captionkit.serving.app import create_app
 from captionkit.serving.batcher import MicroBatcher
 from captionkit.serving.settings import ServeSettings
 
-from conftest import CHECKER, SHAPE_WORDS, find_chromium
+from conftest import CHECKER, SHAPE_WORDS
 
 BEAM2 = DecodingOptions(beam_size=2)
 
@@ -306,13 +306,10 @@ def _serving(app):
         thread.join(timeout=10)
 
 
-def _chrome(browser: str):
+def _chrome(browser: str, driver_path: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None:
-        pytest.skip("chromedriver is not installed (Debian: apt-get install chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -324,11 +321,9 @@ def _chrome(browser: str):
     return driver
 
 
-def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
-    pytest.importorskip("selenium")
+@pytest.mark.slow
+def test_web_page_captions_an_upload_in_headless_chromium(captioner, chromium, chromedriver,
+                                                          tmp_path):  # fmt: skip
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -337,7 +332,7 @@ def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
     image.save(tmp_path / "red circle.png")
     (expected,) = captioner.caption([image], DecodingOptions(n_best=3, bad_endings=True))
     with _serving(create_app(captioner)) as url:
-        driver = _chrome(browser)
+        driver = _chrome(chromium, chromedriver)
         try:
             wait = WebDriverWait(driver, 30)
             driver.get(url)
