@@ -20,7 +20,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	@test -f $(DEMO_DATA)/captions.txt || $(BIN)/captionkit make-shapes $(DEMO_DATA) --n-images $(DEMO_IMAGES)
-	$(BIN)/captionkit train --data $(DEMO_DATA) --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) --min-count 1
+	$(BIN)/captionkit train --preset fast --data $(DEMO_DATA) --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) \
+		--min-count 1
 	$(BIN)/captionkit evaluate --checkpoint $(DEMO_RUN) --data $(DEMO_DATA) --split test \
 		--output $(DEMO_RUN)/test_metrics.json
 	$(BIN)/python -c "import json; d = json.load(open('$(DEMO_DATA)/dataset_shapes.json')); \
