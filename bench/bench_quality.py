@@ -27,12 +27,15 @@ from bench_models import bootstrap, per_image_cider
 from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.evaluate import evaluate_run
 
-# name -> (what it tests, extra `captionkit train` options). All read cached EfficientNet-Lite0
-# features; `--preset none` starts from the plain defaults so each line says all it changes.
+# name -> (what it tests, `captionkit train` options). All read cached EfficientNet-Lite0 features
+# unless they say otherwise; `--preset none` starts from the config defaults, so each line says
+# all it changes. "best" is the default recipe (`captionkit train` with no option).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "attention-old": (
-        "Show-Attend-Tell as before #15: raw 1280-d grid, no input dropout, λ = 1 (sum)",
+        "Show-Attend-Tell as before #15: raw 1280-d grid, no input dropout, λ = 1 (sum), 15 ep",
         [
+            "--preset",
+            "none",
             "--model",
             "attention",
             "--epochs",
@@ -46,21 +49,31 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ],
     ),  # fmt: skip
     "attention-emb": (
-        "+ grid embedded to 512-d (Linear, ReLU, dropout 0.5), word ReLU+dropout, λ = 0.02",
+        "grid embedded to 512-d (Linear, ReLU, dropout 0.5), word ReLU+dropout, λ = 0.02, 20 ep",
+        ["--preset", "none", "--model", "attention", "--epochs", "20", "--patience", "5"],
+    ),
+    "attention-emb-lite2": (
+        "the same on EfficientNet-Lite2 features (9x9 grid)",
         [
+            "--preset",
+            "none",
             "--model",
             "attention",
             "--epochs",
             "20",
             "--patience",
             "5",
-            "--model-arg",
-            "alpha_c=0.02",
+            "--encoder",
+            "tf_efficientnet_lite2",
         ],
     ),  # fmt: skip
     "updown": (
-        "top-down attention decoder (two LSTMs), embedded features, no regulariser",
-        ["--model", "updown", "--epochs", "20", "--patience", "5"],
+        "top-down attention decoder (two LSTMs), embedded features, no regulariser, 20 ep",
+        ["--preset", "none", "--model", "updown", "--epochs", "20", "--patience", "5"],
+    ),
+    "best": (
+        "default: attention-emb, ≤ 30 ep, early stop on beam-3 val, then 5 SCST epochs",
+        [],
     ),
 }
 
