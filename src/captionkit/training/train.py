@@ -226,6 +226,22 @@ def _load_data(config: RunConfig, run_dir: Path, init: TrainedModel | None):
     return dataset, encoder, store, train_records, val_records
 
 
+def _fit(config: RunConfig, run_dir: Path, module, datamodule, callbacks: list[L.Callback],
+         ckpt_path: Path | None) -> None:  # fmt: skip
+    """Lightning's fit, without the warnings that do not apply to our runs."""
+    with warnings.catch_warnings():
+        # Lightning warns about modules in eval mode: the frozen parts of a fine-tuned encoder;
+        # about the log folder a resumed run goes on writing into ...
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists")
+        # ... and about resuming mid-epoch without a stateful DataLoader: DataPosition does it.
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
+        # ... and about the FLOP counts the throughput monitor could log (bench/ measures them).
+        warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
+        trainer = _trainer(config, run_dir, callbacks)
+        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+
+
 def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 to_beat: dict | None = None) -> dict:  # fmt: skip
     """Train a model as `config` says, one objective; the best checkpoint (by val CIDEr) lands
@@ -276,17 +292,7 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
     best.best = dict(to_beat or {})
     every, accumulate = config.train.checkpoint_every, config.optim.accumulate
     callbacks = [DataPosition(datamodule), best, LastCheckpoint(last, every, accumulate)]
-    with warnings.catch_warnings():
-        # Lightning warns about modules in eval mode: the frozen parts of a fine-tuned encoder;
-        # about the log folder a resumed run goes on writing into ...
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists")
-        # ... and about resuming mid-epoch without a stateful DataLoader: DataPosition does it.
-        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
-        # ... and about the FLOP counts the throughput monitor could log (bench/ measures them).
-        warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
-        trainer = _trainer(config, run_dir, callbacks)
-        trainer.fit(module, datamodule, ckpt_path=last if resume else None)
+    _fit(config, run_dir, module, datamodule, callbacks, last if resume else None)
     if rank_zero_only.rank == 0 and not finetune:  # re-ranking's neighbours; a fine-tuned
         # encoder's features are not the cached ones: index such a run with rerank.index_run
         index_training_images(run_dir, store, [dataset.path(r) for r in train_records],
