@@ -8,7 +8,7 @@ DEMO_RUN ?= runs/shapes-demo
 DEMO_IMAGES ?= 2000
 DEMO_EPOCHS ?= 8
 
-.PHONY: install demo test lint format bench clean browser
+.PHONY: install demo test test-slow test-all lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,20 +20,37 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	@test -f $(DEMO_DATA)/captions.txt || $(BIN)/captionkit make-shapes $(DEMO_DATA) --n-images $(DEMO_IMAGES)
-	$(BIN)/captionkit train --data $(DEMO_DATA) --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) --min-count 1
+	$(BIN)/captionkit train --preset fast --data $(DEMO_DATA) --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) \
+		--min-count 1
 	$(BIN)/captionkit evaluate --checkpoint $(DEMO_RUN) --data $(DEMO_DATA) --split test \
 		--output $(DEMO_RUN)/test_metrics.json
 	$(BIN)/python -c "import json; d = json.load(open('$(DEMO_DATA)/dataset_shapes.json')); \
 		print('\n'.join(['$(DEMO_DATA)/Images/' + i['filename'] for i in d['images'] \
 		if i['split'] == 'test'][:5]))" | xargs $(BIN)/captionkit caption --checkpoint $(DEMO_RUN)
 
+# The fast tests (no real training runs); `test-slow` the ones marked slow (training, resume,
+# DDP, fine-tuning, SCST, browser sessions); `test-all` both. CI (.ci/run) runs them all.
 test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Optional, Debian/Ubuntu as root (~500 MB): headless Chromium for the test that renders the HTML
-# report (tests/test_report.py skips it when chromium is missing).
+# Debian/Ubuntu (~500 MB, as root or with sudo): headless Chromium and its WebDriver for the
+# browser tests (tests/test_report.py, tests/test_serving.py), which skip without them (and fail
+# under CI=true). Installs only what is missing.
 browser:
-	apt-get install -y chromium
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -1,4 +1,4 @@
-"""Benchmark: our CIDEr-D (captionkit.evaluation.cider_d) against pycocoevalcap's Cider, one run.
+"""Benchmark: our CIDEr-D (captionkit.metrics.cider_d) against pycocoevalcap's Cider, one run.
 
     .venv/bin/python bench/bench_cider.py --data ../shared/data/flickr8k-mini
 
@@ -23,7 +23,7 @@ import numpy as np
 from pycocoevalcap.cider.cider import Cider
 
 from captionkit.data import load_dataset, tokenize
-from captionkit.evaluation.cider_d import CiderD
+from captionkit.metrics.cider_d import CiderD
 
 
 def flickr_pairs(data: str, count: int) -> tuple[dict, dict]:

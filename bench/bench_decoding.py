@@ -34,8 +34,8 @@ from torch import nn
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
-from captionkit.evaluation.evaluate import caption_rows, encoder_for
-from captionkit.models.checkpoint import TrainedModel, load_checkpoint
+from captionkit.evaluation.evaluate import caption_rows
+from captionkit.models.run_folder import TrainedModel, encoder_for, load_checkpoint
 from captionkit.models.step import StepOutput
 
 STRATEGIES = {"greedy": 1, "beam3": 3, "beam5": 5}

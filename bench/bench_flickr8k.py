@@ -28,10 +28,10 @@ from captionkit.cli import main as cli
 from captionkit.data import load_dataset, tokenize
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
-from captionkit.evaluation import coco_metrics
-from captionkit.evaluation.cider_d import CiderD
-from captionkit.evaluation.evaluate import caption_rows, encoder_for, evaluate_run
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.evaluation.evaluate import caption_rows, evaluate_run
+from captionkit.metrics import coco_metrics
+from captionkit.metrics.cider_d import CiderD
+from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.serving import Captioner
 
 

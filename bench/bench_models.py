@@ -25,10 +25,10 @@ from captionkit.cli import main as cli
 from captionkit.data import load_dataset, tokenize
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
-from captionkit.evaluation import coco_metrics
-from captionkit.evaluation.cider_d import CiderD
-from captionkit.evaluation.evaluate import encoder_for, evaluate_run
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.metrics import coco_metrics
+from captionkit.metrics.cider_d import CiderD
+from captionkit.models.run_folder import encoder_for, load_checkpoint
 
 # The recipes the table in BENCHMARKS.md reports: `captionkit train --config` with these files
 # (the repository's configs/flickr8k-mini/NAME.yaml, named relative to the current folder).

@@ -109,7 +109,7 @@ def shapes_stand_in(folder: Path) -> tuple[Path, Path]:
     from captionkit.data.vocab import Vocabulary
     from captionkit.encoders import create_encoder
     from captionkit.models import create_model
-    from captionkit.models.checkpoint import save_checkpoint
+    from captionkit.models.run_folder import save_checkpoint
 
     make_shapes(folder / "shapes", n_images=64, seed=0)
     encoder = create_encoder()

@@ -14,8 +14,8 @@ import argparse
 import json
 
 from captionkit.data import load_dataset
-from captionkit.evaluation.metrics import python_ptb_tokenize
-from captionkit.evaluation.ptb import ptb_tokenize
+from captionkit.metrics.coco_metrics import python_ptb_tokenize
+from captionkit.metrics.java_ptb_tokenizer import ptb_tokenize
 
 
 def main() -> None:

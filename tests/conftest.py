@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,7 @@ def tiny_attention_run(tmp_path_factory, lite0) -> Path:
 
     from captionkit.data.vocab import Vocabulary
     from captionkit.models import create_model
-    from captionkit.models.checkpoint import save_checkpoint
+    from captionkit.models.run_folder import save_checkpoint
     from captionkit.reporting.compare import save_run_evaluation
 
     torch.manual_seed(0)
@@ -96,11 +98,43 @@ def tiny_attention_run(tmp_path_factory, lite0) -> Path:
     return run
 
 
-def find_chromium() -> str | None:
-    """The system's Chromium (Debian: apt-get install chromium), or None."""
-    import shutil
+# pycocoevalcap's PTB tokenizer, METEOR and SPICE are Java programs, found on PATH as the
+# evaluation code finds them. Every test that needs one skips for this one reason without it.
+requires_java = pytest.mark.skipif(
+    shutil.which("java") is None,
+    reason="java is not on PATH (pycocoevalcap's PTB tokenizer, METEOR and SPICE need it)",
+)
 
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+def _missing(what: str, install: str):
+    """Skip a browser test on a developer's machine; fail it in CI (CI=true), where `.ci/run`
+    installs the browser first: a broken install must not pass as a skip."""
+    message = f"{what} is not installed ({install}, or `make browser` as root)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The system's headless Chromium, for the tests that render pages."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        _missing("chromium", "Debian: apt-get install chromium")
+    return found
+
+
+@pytest.fixture(scope="session")
+def chromedriver(chromium) -> str:
+    """Chromium's WebDriver (and Selenium), for the tests that click through a page."""
+    found = shutil.which("chromedriver")
+    if found is None:
+        _missing("chromedriver", "Debian: apt-get install chromium-driver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _missing("selenium", "pip install -e '.[dev]'")
+    return found
 
 
 # Loaded before a page's own scripts: after loading, record every broken image and every error

@@ -8,7 +8,7 @@ import torch
 from captionkit.data import Vocabulary
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
-from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 
 ENCODER = {"name": "tf_efficientnet_lite0", "weights": "default", "fingerprint": "abc"}
 

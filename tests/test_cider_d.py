@@ -9,7 +9,7 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.cider_d import CiderD, DocumentFrequency
+from captionkit.metrics.cider_d import CiderD, DocumentFrequency
 
 WORDS = "a the dog dogs cat runs sits on in grass red blue man woman street water ball".split()
 

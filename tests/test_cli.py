@@ -1,19 +1,17 @@
 """The CLI: subcommands run through main(argv), and user errors are one line, not a traceback."""
 
+import dataclasses
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
 from captionkit.cli import main
-from captionkit.cli_options import (
-    MODEL_OPTIONS,
-    TRAIN_DATA_OPTIONS,
-    TRAIN_ENCODER_OPTIONS,
-    TRAIN_OPTIM_OPTIONS,
-    TRAIN_RUN_OPTIONS,
-    TRAIN_SCST_OPTIONS,
-)
+from captionkit.cli_options import MODEL_OPTIONS
+from captionkit.cli_train import NOT_OPTIONS
+from captionkit.training.config import GROUPS, RunConfig
 
 from conftest import write_images
 
@@ -54,22 +52,17 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_unreadable_image_to_caption_is_one_line(tmp_path, capsys, monkeypatch):
-    from captionkit.serving import captioner
-
-    class Stub:
-        def caption(self, images, **options):
-            captioner.Captioner._image(self, images[0])
-
-    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path: Stub()))
+def test_unreadable_image_to_caption_is_one_line(tiny_attention_run, tmp_path, capsys):
     (tmp_path / "fake.jpg").write_text("not an image")
     write_images(tmp_path, ["ok.png"])
-    code, _, err = run(
-        capsys, ["caption", "--checkpoint", str(tmp_path), str(tmp_path / "fake.jpg")]
-    )
+    run_dir = str(tiny_attention_run)
+    code, _, err = run(capsys, ["caption", "--checkpoint", run_dir, str(tmp_path / "fake.jpg")])
     assert code == 1 and "fake.jpg: cannot read image" in err
-    code, _, err = run(capsys, ["caption", "--checkpoint", str(tmp_path), str(tmp_path / "no.jpg")])
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = run(capsys, ["caption", "--checkpoint", run_dir, str(tmp_path / "no.jpg")])
     assert code == 1 and "no.jpg: no such image file" in err
+    code, out, _ = run(capsys, ["caption", "--checkpoint", run_dir, str(tmp_path / "ok.png")])
+    assert code == 0 and out.startswith(f"{tmp_path / 'ok.png'}: ")
 
 
 def test_usage_errors_and_help(capsys):
@@ -79,22 +72,40 @@ def test_usage_errors_and_help(capsys):
     assert code == 0 and "make-shapes" in out and "evaluate" in out
 
 
+def test_help_lists_the_commands_without_importing_torch():
+    # The train options come from the config dataclasses, which import torch: only `train`
+    # makes them, so that `captionkit --help` stays fast.
+    code = (
+        "import sys; from captionkit.cli import main; main(['--help']); "
+        "print(sorted(m for m in ('torch', 'captionkit.training.config') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "make-shapes" in done.stdout and done.stdout.strip().endswith("[]")
+
+
 def test_train_help_shows_its_options_in_panels(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # no wrapped or cut option names
     code, out, _ = run(capsys, ["train", "--help"])
     assert code == 0
-    groups = {"Options": {"out": None, "resume": None, "config": None, "model": None},
-              "Data": TRAIN_DATA_OPTIONS, "Encoder": TRAIN_ENCODER_OPTIONS,
-              "Optimization": TRAIN_OPTIM_OPTIONS, "SCST": TRAIN_SCST_OPTIONS,
-              "Run": TRAIN_RUN_OPTIONS,
-              "Model": MODEL_OPTIONS}  # fmt: skip
+    # The run's own options (and RunConfig's, --model), then a panel per config group in
+    # RunConfig's order with a row per field (test_config.py checks them field by field), then
+    # the model's options.
+    own = [f.name for f in dataclasses.fields(RunConfig) if f.name not in {*GROUPS, *NOT_OPTIONS}]
+    groups = {"Options": 4 + len(own)}  # --out, --resume, --config, --preset
+    for title, cls in zip(("Data", "Encoder", "Optimization", "Run", "SCST"), GROUPS.values()):
+        groups[title] = len(dataclasses.fields(cls))
+    groups["Model"] = len(MODEL_OPTIONS)
     # Each panel's text, from its title to the next: the panels come in this order.
     titles = [out.index(f"╭─ {title} ─") for title in groups]
     assert titles == sorted(titles)
-    panels = [out[start:end] for start, end in zip(titles, [*titles[1:], len(out)])]
-    for (title, options), text in zip(groups.items(), panels):
-        rows = set(re.findall(r"^│\s+(?:\*\s+)?(--[a-z-]+)", text, re.MULTILINE))  # a row's flag
-        assert rows - {"--help"} == {"--" + name.replace("_", "-") for name in options}, title
+    texts = [out[start:end] for start, end in zip(titles, [*titles[1:], len(out)])]
+    for (title, count), text in zip(groups.items(), texts):
+        rows = re.findall(r"^│\s+(--[a-z-]+)", text, re.MULTILINE)  # a row's (first) flag
+        assert len(set(rows) - {"--help"}) == count, (title, rows)
+    assert {"--out", "--resume", "--config", "--model"} < set(re.findall(r"--[a-z-]+", texts[0]))
+    model_flags = {"--" + name.replace("_", "-") for name in MODEL_OPTIONS}
+    assert model_flags == set(re.findall(r"^│\s+(--[a-z-]+)", texts[-1], re.MULTILINE))
+    assert re.search(r"--strict +--no-strict", texts[1])  # true/false fields go both ways
 
 
 def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
@@ -129,7 +140,7 @@ def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
     )
     assert c.encoder.weights == "none"
     code, _, err = run(capsys, ["train", "--data", "d", "--out", "r", "--tokenizer", "chars"])
-    assert code == 1 and "--tokenizer must be one of word, bpe" in err
+    assert code == 1 and err == "error: unknown tokenizer 'chars' (word or bpe)\n"
 
 
 # --- decoding options (evaluate, caption) ------------------------------------------------------
@@ -141,7 +152,9 @@ def _decoding_seen(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_evaluate_run(run_dir, data, images, split, cache_dir=None, options=None, spice=False):
+    def fake_evaluate_run(
+        run_dir, data, images, split, cache_dir=None, options=None, spice=False, rerank=None
+    ):
         seen["options"], seen["spice"] = options, spice
         stats = {"length_mean": 2.0, "vocabulary": 2.0}
         return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {}, stats=stats)
@@ -212,33 +225,33 @@ def test_bad_decoding_options_are_one_line(tmp_path, capsys, monkeypatch, extra,
     assert len(err.strip().splitlines()) == 1 and "options" not in seen
 
 
-def test_caption_n_best_options(tmp_path, capsys, monkeypatch):
-    from captionkit.serving import captioner
-
-    seen = []
-
-    class Stub:
-        def caption(self, images, options=None):
-            seen.append(options)
-            return [[captioner.Caption("a dog", -1.5), captioner.Caption("a cat", -2.25)]]
-
-    monkeypatch.setattr(captioner.Captioner, "load", classmethod(lambda cls, path: Stub()))
-    base = ["caption", "--checkpoint", str(tmp_path), "x.jpg"]
+def test_caption_n_best_options(tiny_attention_run, tmp_path, capsys):
+    write_images(tmp_path, ["x.png"])
+    image = str(tmp_path / "x.png")
+    base = ["caption", "--checkpoint", str(tiny_attention_run), image]
+    code, out, _ = run(capsys, [*base, "--json"])
+    assert code == 0
+    best = json.loads(out)
     code, out, _ = run(capsys, [*base, "--n-best", "2"])
-    assert code == 0 and seen[-1].n_best == 2 and seen[-1].beam_size == 3
-    assert seen[-1].bad_endings  # on by default for `caption`
-    code, out, _ = run(capsys, [*base, "--no-bad-endings"])
-    assert code == 0 and not seen[-1].bad_endings
-    assert out.splitlines() == ["x.jpg:", "  1. a dog  (-1.50)", "  2. a cat  (-2.25)"]
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[0] == f"{image}:"
+    ranked = [re.fullmatch(r"  (\d)\. (.+)  \((-?\d+\.\d\d)\)", line) for line in lines[1:]]
+    assert all(ranked) and [m[1] for m in ranked] == ["1", "2"]
+    assert ranked[0][2] == best["caption"] and ranked[1][2] != best["caption"]
+    assert float(ranked[0][3]) == pytest.approx(best["score"], abs=0.005)
+    assert float(ranked[0][3]) >= float(ranked[1][3])  # best first
     code, out, err = run(capsys, [*base, "--n-best", "4"])
     assert code == 1 and "n_best 4 is more than beam_size 3" in err
     code, out, err = run(capsys, [*base, "--sample", "--n-best", "2"])
     assert code == 1 and "n_best: beam search options, not used with sample" in err
-    code, out, _ = run(capsys, [*base, "--sample", "--num-samples", "2", "--json"])
-    assert seen[-1].sample and seen[-1].num_samples == 2
-    assert json.loads(out) == {"image": "x.jpg", "caption": "a dog", "score": -1.5,
-                               "captions": [{"caption": "a dog", "score": -1.5},
-                                            {"caption": "a cat", "score": -2.25}]}  # fmt: skip
+    sampled = [*base, "--sample", "--num-samples", "2", "--seed", "1", "--json"]
+    code, out, _ = run(capsys, sampled)
+    assert code == 0
+    drawn = json.loads(out)
+    assert drawn["image"] == image and len(drawn["captions"]) == 2
+    assert drawn["captions"][0] == {"caption": drawn["caption"], "score": drawn["score"]}
+    assert run(capsys, sampled)[1] == out  # seeded
     code, _, err = run(capsys, ["evaluate", "--checkpoint", "r", "--data", "d", "--n-best", "2"])
     assert code == 2 and "No such option: --n-best" in err  # caption only
 
@@ -252,7 +265,8 @@ def _train_seen(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False:
                         seen.update(config=config) or {"val/CIDEr": 0.5, "epoch": 1})  # fmt: skip
-    return ["train", "--data", "d", "--out", str(tmp_path / "r")], seen
+    # --preset none: the config defaults (Show-and-Tell), which these model options start from.
+    return ["train", "--data", "d", "--out", str(tmp_path / "r"), "--preset", "none"], seen
 
 
 @pytest.mark.parametrize(

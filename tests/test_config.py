@@ -2,18 +2,20 @@
 
 import dataclasses
 import json
+import re
+import typing
 from pathlib import Path
 
 import pytest
-from typer.main import get_command
 
-from captionkit.cli import TRAIN_FIELDS, app, main
-from captionkit.cli_options import MODEL_OPTIONS
+from captionkit import cli_train
+from captionkit.cli import main
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
 from captionkit.training import RunConfig
-from captionkit.training.config import OptimConfig
+from captionkit.training.config import GROUPS, OptimConfig, run_config_from_mapping
+from captionkit.training.config_fields import field_docs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*/*.yaml"))
@@ -61,13 +63,14 @@ def test_there_are_configs_for_three_models_on_three_datasets():
     names = {f"{p.parent.name}/{p.stem}" for p in CONFIG_FILES}
     datasets = ("flickr8k-mini", "coco-karpathy", "flickr30k-karpathy")
     models = ("show_tell", "attention", "transformer")
-    assert names == {f"{d}/{m}" for d in datasets for m in models}
+    extra = {"flickr8k-mini/best", "flickr8k-mini/updown"}  # the default recipe; the top-down
+    assert names == {f"{d}/{m}" for d in datasets for m in models} | extra
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_config_loads_and_builds_its_model(path):
     config = RunConfig.from_yaml(path)
-    assert config.model == path.stem and config.data.data
+    assert config.model == {"best": "attention"}.get(path.stem, path.stem) and config.data.data
     assert path.read_text().startswith("#")  # each file says what it is
     model = create_model(config.model, vocab_size=12, feature_dim=8, **config.model_args)
     assert {k: getattr(model.config, k) for k in config.model_args} == config.model_args
@@ -80,7 +83,8 @@ def test_flickr8k_mini_configs_are_the_benchmark_recipes(tmp_path, capsys, seen,
     assert code == 0, err
     from_file = seen["config"]
     code, _, err = run(capsys, ["train", "--data", "../shared/data/flickr8k-mini", "--out",
-                                tmp_path / "r", "--model", name, *RECIPES[name]])  # fmt: skip
+                                tmp_path / "r", "--preset", "none", "--model", name,
+                                *RECIPES[name]])  # fmt: skip
     assert code == 0, err
     assert from_file == seen["config"]
 
@@ -273,28 +277,156 @@ def test_config_precedence_errors(tmp_path, capsys, seen):
     assert code == 0 and seen["config"].train.epochs == 2
     bad = write(tmp_path / "bad.yaml", "data: {data: d, tokenizer: chars}\n")
     code, _, err = run(capsys, ["train", "--config", bad, *out])
-    assert code == 1 and f"error: {bad}: data.tokenizer must be one of word, bpe" in err
+    assert code == 1 and err == f"error: {bad}: data: unknown tokenizer 'chars' (word or bpe)\n"
+    # A bad value is the file's error, as with every other key, even where an option replaces it.
     code, _, err = run(capsys, ["train", "--config", bad, *out, "--tokenizer", "word"])
-    assert code == 0 and seen["config"].data.tokenizer == "word"
+    assert code == 1 and err.startswith(f"error: {bad}: data: unknown tokenizer 'chars'")
 
 
-def test_every_train_field_is_a_train_option_defaulting_to_the_run_config(tmp_path, capsys, seen):
-    params = {p.name: p for p in get_command(app).commands["train"].params}
-    assert set(params) == {*TRAIN_FIELDS, *MODEL_OPTIONS, "out", "resume", "config"}
-    defaults = RunConfig().to_dict()
-    for name, field in TRAIN_FIELDS.items():
-        group, _, key = field.rpartition(".")
-        default = params[name].default
-        expected = (defaults[group] if group else defaults)[key]
-        # --data has no default: a config file or the command line names the dataset; --lr's
-        # (None) is the objective's (OptimConfig.lr).
-        assert (str(default) if isinstance(default, Path) else default) == (
-            None if name in ("data", "lr") else expected
-        ), name
-    # No option given but --data: every field reaches the config (through ctx.params) as default.
-    code, _, err = run(capsys, ["train", "--data", "d", "--out", tmp_path / "r"])
+# --- every config field is a train option -------------------------------------------------------
+
+
+def config_fields():
+    """("group.field", or a field of RunConfig, type, default, docstring) of every field the config
+    dataclasses have, but `cli_train.NOT_OPTIONS`: read from the dataclasses, so that a new field
+    is checked with no change here."""
+    for group, cls in {"": RunConfig, **GROUPS}.items():
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            path = f"{group}.{f.name}" if group else f.name
+            if path not in cli_train.NOT_OPTIONS and (group or f.name not in GROUPS):
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
+                kind = kinds[0] if len(kinds) == 1 else hints[f.name]  # `int | None` -> int
+                yield path, kind, default, docs.get(f.name, "")
+
+
+def other_values(kind, default, doc: str) -> list:
+    """Values of type `kind` other than `default`, the likeliest valid first: for text, a free
+    one, then each `choice` the docstring names in backquotes."""
+    if kind is bool:
+        return [not default]
+    if kind is str:
+        return [v for v in ["some-text", *re.findall(r"`([\w.-]+)`", doc)] if v != default]
+    base = default or 0
+    numbers = [base + 1, base * 2] if kind is int else [base / 2, (base + 1) / 2, 0.5, base * 2]
+    return list(dict.fromkeys(kind(v) for v in numbers if v != default))
+
+
+def accepted_values() -> dict:
+    """ "group.field" (or a field of RunConfig) -> a value of the field's type, not its default,
+    that a config takes (the first of `other_values` that `run_config_from_mapping` accepts)."""
+    values = {}
+    for path, kind, default, doc in config_fields():
+        group, _, key = path.rpartition(".")
+        for value in other_values(kind, default, doc):
+            try:
+                run_config_from_mapping({group: {key: value}} if group else {key: value}, "t")
+            except CaptionkitError:
+                continue
+            values[path] = value
+            break
+        assert path in values, f"{path}: none of {other_values(kind, default, doc)} is valid"
+    return values
+
+
+def command_line(values: dict) -> list[str]:
+    """The `train` options that set each "group.field" of `values` to its value."""
+    options, argv = {o.path: o for o in cli_train.config_options()}, []
+    for path, value in values.items():
+        flags = options[path].flags
+        argv += [flags[0] if value else flags[1]] if type(value) is bool else [flags[0], value]
+    return argv
+
+
+def field(config: RunConfig, path: str):
+    group, _, key = path.rpartition(".")
+    return getattr(getattr(config, group) if group else config, key)
+
+
+def test_every_config_field_is_a_train_option_with_its_docstring(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, help_text, _ = run(capsys, ["train", "--help"])
+    assert code == 0
+    options = {o.path: o for o in cli_train.config_options()}
+    text = " ".join(help_text.split())  # a docstring's first words are on its option's row
+    for path, _, _, doc in config_fields():
+        assert path in options, f"config field {path} has no train option"
+        assert doc, f"config field {path} has no docstring: it is its option's --help"
+        flags = " ".join(options[path].flags)  # "--strict --no-strict": both ways for true/false
+        row = rf"│ {flags} \S+ {re.escape(' '.join(doc.split()[:4]))}"
+        assert re.search(row, text), (path, row)
+
+
+def test_the_model_option_names_every_model():
+    from captionkit.models import MODELS
+
+    doc = field_docs(RunConfig)["model"]  # --model's help: MODELS needs torch, --help does not
+    assert set(re.findall(r"`(\w+)`", doc)) == set(MODELS)
+
+
+def test_every_train_option_sets_its_field_over_the_file_and_none_left_out_does(
+    tmp_path, capsys, seen
+):
+    # Every option at once, each to a value other than its field's default: each field has it,
+    # typed as the field is (an option that set nothing, or another field, would show).
+    values, out = accepted_values(), ["--out", tmp_path / "r"]
+    code, _, err = run(capsys, ["train", *out, *command_line(values)])
+    assert code == 0, err
+    for path, value in values.items():
+        assert field(seen["config"], path) == value, path
+        assert type(field(seen["config"], path)) is type(value), path
+    # A file with those values: no option given, the file's values all stay ...
+    nested = {group: {} for group in GROUPS}
+    for path, value in values.items():
+        group, _, key = path.rpartition(".")
+        (nested[group] if group else nested)[key] = value
+    cfg = tmp_path / "every.yaml"
+    RunConfig.from_dict(nested).to_yaml(cfg)
+    code, _, err = run(capsys, ["train", "--config", cfg, *out])
+    assert code == 0, err
+    assert seen["config"] == RunConfig.from_yaml(cfg)
+    assert all(field(seen["config"], path) == value for path, value in values.items())
+    # ... and each option given wins over the file, even when it repeats the default.
+    defaults = {p: d for p, _, d, _ in config_fields() if d not in (None, "")}
+    code, _, err = run(capsys, ["train", "--config", cfg, *out, *command_line(defaults)])
+    assert code == 0, err
+    assert all(field(seen["config"], path) == value for path, value in defaults.items())
+    # No option given but --data (and --preset none): the defaults, the objective's lr resolved.
+    code, _, err = run(capsys, ["train", "--data", "d", *out, "--preset", "none"])
     assert code == 0, err
     assert seen["config"] == RunConfig.from_dict({"data": {"data": "d"}})
+
+
+@dataclasses.dataclass
+class _Extra:
+    """A config group that RunConfig does not have (yet)."""
+
+    width: int = 3
+    """How wide, in [1, 9] (`[x]` is no markup)."""
+    tags: dict = dataclasses.field(default_factory=dict)
+    """A mapping."""
+
+
+def test_a_new_group_or_field_becomes_options_and_clashes_are_errors(capsys, monkeypatch):
+    assert field_docs(_Extra) == {"width": "How wide, in [1, 9] (`[x]` is no markup).",
+                                  "tags": "A mapping."}  # fmt: skip
+    monkeypatch.setitem(GROUPS, "extra", _Extra)
+    with pytest.raises(TypeError, match=r"config field extra.tags \(<class 'dict'>\) cannot be a "
+                       r"train option: list it in captionkit.cli_train.NOT_OPTIONS"):  # fmt: skip
+        cli_train.config_options()
+    monkeypatch.setitem(cli_train.NOT_OPTIONS, "extra.tags", "a mapping")
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(capsys, ["train", "--help"])
+    assert code == 0
+    assert re.search(r"╭─ Extra ─+╮\n│ --width +\S+ +How wide, in \[1, 9\] \(`\[x\]` is no", out)
+    monkeypatch.setitem(cli_train.FLAGS, "extra.width", "--epochs")
+    with pytest.raises(ValueError, match="train option --epochs would set both train.epochs and "
+                       "extra.width: rename one in captionkit.cli_train.FLAGS"):  # fmt: skip
+        cli_train.config_options()
+    monkeypatch.setitem(cli_train.FLAGS, "extra.width", "--config")
+    with pytest.raises(ValueError, match="--config would set both another option of train and"):
+        run(capsys, ["train", "--help"])
 
 
 # --- a real run: config.yaml in the run folder ---------------------------------------------------
@@ -327,3 +459,34 @@ train: {{epochs: 1, batch_size: 16, accelerator: cpu}}
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
 
     assert metrics(tmp_path / "again") == metrics(tmp_path / "run")
+
+
+def test_the_best_preset_is_the_recipe_in_configs():
+    from captionkit.training.presets import PRESETS, preset_config
+
+    assert set(PRESETS) == {"best", "fast", "none"}
+    from_file = RunConfig.from_yaml(CONFIGS / "flickr8k-mini" / "best.yaml")
+    from_file.data.data = ""  # the preset names no dataset
+    assert from_file == preset_config("best")
+    assert preset_config("none") == RunConfig()
+
+
+def test_train_without_config_takes_the_best_preset_and_says_so(tmp_path, monkeypatch, capsys):
+    import captionkit.training.train as training
+
+    seen = []
+    monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False: seen.append(
+        config))  # fmt: skip
+    out = ["--data", "d", "--out", str(tmp_path / "r")]
+    assert main(["train", *out]) == 0
+    assert "recipe: preset 'best'" in capsys.readouterr().out
+    assert main(["train", *out, "--preset", "fast", "--epochs", "3"]) == 0
+    assert main(["train", *out, "--scst-epochs", "0", "--model", "updown"]) == 0
+    best, fast, custom = seen
+    assert (best.model, best.train.scst_epochs, best.train.epochs) == ("attention", 5, 30)
+    assert (fast.model, fast.train.epochs) == ("show_tell", 3)
+    assert (custom.model, custom.train.scst_epochs, custom.train.patience) == ("updown", 0, 5)
+    code = main(["train", *out, "--preset", "fast", "--config", str(CONFIGS / "x.yaml")])
+    assert code == 1 and "--preset and --config" in capsys.readouterr().err
+    assert main(["train", *out, "--preset", "nope"]) == 1
+    assert "unknown preset 'nope'" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from captionkit.data.shapes import make_shapes
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 
+pytestmark = pytest.mark.slow  # trains three times (make test-slow)
+
 
 def _train(config: Path, out: Path, *options: str) -> list[dict]:
     cmd = [sys.executable, "-m", "captionkit", "train", "--config", str(config), "--out", str(out),

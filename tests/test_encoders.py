@@ -19,11 +19,14 @@ from captionkit.errors import CaptionkitError
 from conftest import write_images
 
 
-def test_packaged_weights_classify_chelsea_as_a_cat(lite0):
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                                  "tf_efficientnet_lite2"])  # fmt: skip
+def test_packaged_weights_classify_chelsea_as_a_cat(name, lite0):
     skimage_data = pytest.importorskip("skimage.data")
     image = Image.fromarray(skimage_data.chelsea())
+    encoder = lite0 if name == lite0.name else create_encoder(name)
     with torch.no_grad():
-        logits = lite0.model(lite0.transform()(image)[None])
+        logits = encoder.model(encoder.transform()(image)[None])
     top5 = logits.topk(5).indices[0].tolist()
     assert set(top5[:3]) <= set(range(281, 286)), top5  # ImageNet's cat classes
     assert any(281 <= c <= 285 for c in top5)

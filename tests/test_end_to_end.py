@@ -7,11 +7,13 @@ import pytest
 from captionkit.cli import main
 from captionkit.data import load_dataset, tokenize
 from captionkit.data.shapes import make_shapes
-from captionkit.evaluation import METRIC_KEYS
-from captionkit.evaluation.cider_d import CiderD
 from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.metrics import METRIC_KEYS
+from captionkit.metrics.cider_d import CiderD
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
+
+pytestmark = pytest.mark.slow  # a minute of training (make test-slow)
 
 # Measured when this test was written (seed 0, 600 images, 12 epochs, about a minute on 2 cores):
 # test CIDEr-D 2.17 (beam 3) against 0.84 for the best constant caption, a ratio of 2.6. The test
@@ -116,3 +118,23 @@ def test_decoding_options_through_captioner_and_evaluate(trained, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{images[0]}:" and len(lines) == 3
     assert lines[1].startswith("  1. ") and lines[2].startswith("  2. ")
+
+
+def test_training_writes_the_neighbour_index_and_evaluate_reranks(trained, capsys):
+    from captionkit.decoding import DecodingOptions
+    from captionkit.reranking import NeighbourIndex, RerankOptions
+
+    root, _ = trained
+    index = NeighbourIndex.load(root / "run")
+    train_split = load_dataset(root / "shapes").split("train")
+    assert index.keys == [r.filename for r in train_split]
+    assert index.captions == [r.captions for r in train_split]
+    beam = evaluate_run(root / "run", root / "shapes", options=DecodingOptions(beam_size=3),
+                        meteor=False)  # fmt: skip
+    kept = evaluate_run(root / "run", root / "shapes", options=DecodingOptions(beam_size=3),
+                        meteor=False, rerank=RerankOptions("consensus", 3, weight=1.0))  # fmt: skip
+    assert kept.predictions == beam.predictions  # weight 1: the model's own order
+    argv = ["evaluate", "--checkpoint", str(root / "run"), "--data", str(root / "shapes"),
+            "--rerank", "mbr", "--rerank-candidates", "4", "--rerank-weight", "0"]  # fmt: skip
+    assert main(argv) == 0
+    assert "beam 3, rerank mbr (4 candidates, weight 0)" in capsys.readouterr().out

@@ -124,7 +124,7 @@ def test_members_of_every_kind_and_attention_grids():
 
 
 def other_vocabulary_run(tmp_path_factory, lite0):
-    from captionkit.models.checkpoint import save_checkpoint
+    from captionkit.models.run_folder import save_checkpoint
 
     vocab = Vocabulary([*SHAPE_WORDS, "hexagon"])
     model = create_model("show_tell", vocab_size=len(vocab), feature_dim=lite0.feature_dim,
@@ -137,7 +137,7 @@ def other_vocabulary_run(tmp_path_factory, lite0):
 
 
 def test_captioner_ensembles_equal_the_run(tiny_attention_run, lite0, tmp_path):
-    from captionkit.models.checkpoint import load_checkpoint
+    from captionkit.models.run_folder import load_checkpoint
     from captionkit.serving import Captioner
 
     write_images(tmp_path, ["a.png", "b.png"], size=64)

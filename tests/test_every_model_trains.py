@@ -15,6 +15,7 @@ from captionkit.training.train import train
 TINY = {
     "show_tell": {"hidden_dim": 16, "embed_dim": 16},
     "attention": {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16},
+    "updown": {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16},
     "transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
 }
 
@@ -30,6 +31,7 @@ def test_every_registered_model_has_tiny_settings():
     assert set(TINY) == set(MODELS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_trains_evaluates_and_captions(name, shapes, tmp_path, capsys):
     config = RunConfig(model=name, model_args=TINY[name],

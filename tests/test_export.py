@@ -9,9 +9,9 @@ from PIL import Image
 
 from captionkit.cli import main
 from captionkit.decoding import DecodingOptions
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.models.run_folder import load_checkpoint
 from captionkit.serving import Captioner
-from captionkit.serving.exported import load_exported
+from captionkit.serving.exported_captioner import load_exported
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,15 @@ from safetensors.torch import load_file
 
 from captionkit.cli import main
 from captionkit.data.images import load_image
+from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.data.shapes import make_shapes
-from captionkit.data.vocab import detokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders import create_encoder
 from captionkit.encoders.finetune import encoder_blocks, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation import evaluate as evaluate_module
-from captionkit.evaluation.evaluate import encoder_for, evaluate_run
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.image_data import CaptionedImages, collate_images
@@ -61,6 +61,7 @@ def finetuned_run(shapes, base_run):
     return run
 
 
+@pytest.mark.slow
 def test_only_the_last_block_trains_and_frozen_batchnorm_stats_stay(finetuned_run):
     base = create_encoder().model.state_dict()
     tuned = load_file(finetuned_run / "encoder.safetensors")
@@ -78,6 +79,7 @@ def test_only_the_last_block_trains_and_frozen_batchnorm_stats_stay(finetuned_ru
     assert not torch.equal(tuned["bn2.running_mean"], base["bn2.running_mean"])  # BN trained
 
 
+@pytest.mark.slow
 def test_the_run_records_and_reloads_its_finetuned_encoder(finetuned_run, base_run):
     spec = json.loads((finetuned_run / "config.json").read_text())["encoder"]
     base_spec = json.loads((base_run / "config.json").read_text())["encoder"]
@@ -96,6 +98,7 @@ def test_the_run_records_and_reloads_its_finetuned_encoder(finetuned_run, base_r
         (finetuned_run / "moved").rename(finetuned_run / "encoder.safetensors")
 
 
+@pytest.mark.slow
 def test_captioner_and_evaluate_use_the_finetuned_encoder(finetuned_run, shapes, monkeypatch):
     images = sorted((shapes / "Images").iterdir())[:2]
     trained = load_checkpoint(finetuned_run)
@@ -127,6 +130,7 @@ def test_captioner_and_evaluate_use_the_finetuned_encoder(finetuned_run, shapes,
     np.testing.assert_allclose(seen[0], tuned.numpy(), atol=2e-2)  # float16 in the store
 
 
+@pytest.mark.slow
 def test_init_starts_from_the_runs_weights_and_refuses_another_model(shapes, base_run, tmp_path):
     config = _config(shapes, init=str(base_run))
     config.optim.lr = 0.0  # Adam moves nothing: the saved weights must be the init run's

@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.models import MODELS, create_model
-from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.models.attention import attention_regularizer
+from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 
 TINY = {
     "show_tell": {"embed_dim": 16, "hidden_dim": 16},
     "attention": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16},
     "transformer": {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64},
+    "updown": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16},
 }
 V, D, L = 20, 8, 6
 
@@ -52,12 +54,12 @@ def test_forward_and_step_shapes(name):
         assert logits.shape == (3, V)
         assert all(v.shape[0] == 3 for v in state.values())
         # The declared capability: attention [B, L] from the step exactly when the model attends.
-        assert model.attends == (name == "attention")
+        assert model.attends == (name in ("attention", "updown"))
         assert (attention is not None) == model.attends
         assert attention is None or attention.shape == (3, L)
 
 
-@pytest.mark.parametrize("name", ["attention", "transformer"])
+@pytest.mark.parametrize("name", ["attention", "transformer", "updown"])
 def test_no_grid_falls_back_to_pooled(name):
     model = tiny(name).eval()
     pooled, _, tokens = inputs()
@@ -72,8 +74,18 @@ SHOW_TELL_VARIANTS = [
     for image_input in ("first_word", "init_state")
 ]
 # (model, config overrides): every model, and Show-and-Tell in each of its variants.
-VARIANTS = [("show_tell", v) for v in SHOW_TELL_VARIANTS] + [("attention", {}), ("transformer", {})]
-VARIANT_IDS = ["-".join([name, *overrides.values()]) for name, overrides in VARIANTS]
+NO_INPUT_DROPOUT = {"feature_dropout": 0.0, "word_dropout": 0.0}
+VARIANTS = [("show_tell", v) for v in SHOW_TELL_VARIANTS] + [
+    ("attention", NO_INPUT_DROPOUT),
+    ("attention", {**NO_INPUT_DROPOUT, "embed_features": False}),
+    ("transformer", {}),
+    ("updown", NO_INPUT_DROPOUT),
+]
+VARIANT_IDS = [
+    "-".join([name, *(v for v in o.values() if isinstance(v, str))])
+    + ("-raw_features" if o.get("embed_features") is False else "")
+    for name, o in VARIANTS
+]
 
 
 @pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=VARIANT_IDS)
@@ -120,11 +132,13 @@ def test_transformer_rejects_captions_past_max_length():
         model(pooled, grid, tokens)
 
 
-def test_attention_weights_are_distributions():
-    model = tiny("attention").eval()
+@pytest.mark.parametrize("name", ["attention", "updown"])
+def test_attention_weights_are_distributions(name):
+    model = tiny(name).eval()
+    assert model.attends
     pooled, grid, tokens = inputs()
-    model(pooled, grid, tokens)
-    alpha = model.last_attention
+    logits, alpha = model(pooled, grid, tokens, return_attention=True)
+    torch.testing.assert_close(logits, model(pooled, grid, tokens))
     assert alpha.shape == (3, 5, L)
     torch.testing.assert_close(alpha.sum(-1), torch.ones(3, 5))
     state = model.init_state(pooled, grid)
@@ -135,24 +149,23 @@ def test_attention_weights_are_distributions():
 
 
 def test_doubly_stochastic_regularizer_by_hand():
-    model = tiny("attention", alpha_c=0.5)
     # Two images, three input tokens, two positions; image 1's last input is <pad>, which
-    # predicts nothing and so does not count. Attention is set by hand through the attribute.
+    # predicts nothing and so does not count.
     tokens = torch.tensor([[1, 4, 5], [1, 4, 0]])
-    model(*inputs(batch=2, length=3)[:2], tokens)
-    model.last_attention = torch.tensor(
+    alpha = torch.tensor(
         [[[0.5, 0.5], [0.2, 0.8], [1.0, 0.0]], [[0.3, 0.7], [0.6, 0.4], [0.9, 0.1]]]
     )
     # Image 0: sums over t are (1.7, 1.3): (1-1.7)^2 + (1-1.3)^2 = 0.49 + 0.09 = 0.58.
     # Image 1 (two steps): (0.9, 1.1): 0.01 + 0.01 = 0.02.  0.5 * mean(0.58, 0.02) = 0.15.
-    assert float(model.regularization_loss()) == pytest.approx(0.15)
-    assert float(tiny("attention", alpha_c=0.0).regularization_loss()) == 0.0
+    assert float(attention_regularizer(alpha, tokens, 0.5)) == pytest.approx(0.15)
+    assert float(attention_regularizer(alpha, tokens, 0.0)) == 0.0
 
 
 def test_regularizer_has_gradients_for_the_attention():
     model = tiny("attention")
-    model(*inputs())
-    model.regularization_loss().backward()
+    pooled, grid, tokens = inputs()
+    _, alpha = model(pooled, grid, tokens, return_attention=True)
+    attention_regularizer(alpha, tokens, 1.0).backward()
     assert model.attention.hidden_proj.weight.grad.abs().sum() > 0
 
 
@@ -192,7 +205,7 @@ def test_overfits_four_examples(name, overrides):
         ce = F.cross_entropy(
             logits.reshape(-1, V), tokens[:, 1:].reshape(-1), ignore_index=Vocabulary.pad_id
         )
-        loss = ce + model.regularization_loss() if hasattr(model, "regularization_loss") else ce
+        loss = ce
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -260,23 +273,22 @@ def attention_stepped(model, pooled, grid, tokens):
 def test_attention_forward_equals_stepping_the_cell_with_gradients(gate):
     """The sorted, shrinking-batch forward against `_cell` stepped over the whole padded batch:
     same logits and attention wherever a caption still runs, same loss, same gradients."""
-    model = tiny("attention", dropout=0.0, gate=gate)
+    model = tiny("attention", dropout=0.0, gate=gate, **NO_INPUT_DROPOUT)
     pooled, grid, tokens = inputs(batch=5, length=8, seed=2)
     for row, length in enumerate([8, 3, 6, 1, 5]):  # <eos> then padding; unsorted lengths
         tokens[row, length:] = Vocabulary.pad_id
         if length < 8:
             tokens[row, length] = Vocabulary.eos_id
     targets = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
-    fast = model(pooled, grid, tokens)
-    fast_alpha, fast_reg = model.last_attention, model.regularization_loss()
+    fast, fast_alpha = model(pooled, grid, tokens, return_attention=True)
+    fast_reg = attention_regularizer(fast_alpha, tokens, model.config.alpha_c)
     fast_loss = F.cross_entropy(fast.flatten(0, 1), targets.flatten(), ignore_index=0) + fast_reg
     fast_grads = torch.autograd.grad(fast_loss, list(model.parameters()), allow_unused=True)
     slow, slow_alpha = attention_stepped(model, pooled, grid, tokens)
-    model.last_attention = slow_alpha
     slow_loss = F.cross_entropy(slow.flatten(0, 1), targets.flatten(), ignore_index=0)
-    slow_loss = slow_loss + model.regularization_loss()
+    slow_loss = slow_loss + attention_regularizer(slow_alpha, tokens, model.config.alpha_c)
     slow_grads = torch.autograd.grad(slow_loss, list(model.parameters()), allow_unused=True)
-    running = model._last_mask  # [B, T]: positions that read a word (or <bos>)
+    running = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)  # [B, T]
     assert running.sum(1).tolist() == [8, 3, 6, 1, 5]
     torch.testing.assert_close(fast[running], slow[running], atol=1e-5, rtol=0)
     torch.testing.assert_close(fast_alpha[running], slow_alpha[running], atol=1e-5, rtol=0)

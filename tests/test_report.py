@@ -1,5 +1,5 @@
 """The HTML evaluation report, attention maps and the run comparison, on a tiny attention model
-trained on generated shapes; the page is also rendered in headless Chromium when it is installed."""
+trained on generated shapes; the page is also rendered in headless Chromium."""
 
 import base64
 import csv
@@ -18,19 +18,19 @@ from PIL import Image
 
 from captionkit.cli import main
 from captionkit.data import tokenize
+from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.data.shapes import make_shapes
-from captionkit.data.vocab import detokenize
 from captionkit.evaluation.evaluate import evaluate_run
-from captionkit.evaluation.metrics import METRIC_KEYS
+from captionkit.metrics.coco_metrics import METRIC_KEYS
 from captionkit.models import create_model
-from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 from captionkit.reporting.images import heat_overlay
 from captionkit.reporting.plots import draw_chart, nice_ticks, training_charts
 from captionkit.reporting.report import ReportSettings, build_report, per_image_cider
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 
-from conftest import CHECKER, find_chromium
+from conftest import CHECKER
 
 
 @pytest.fixture(scope="module")
@@ -218,15 +218,13 @@ def test_compare_runs(run, show_tell_run, tmp_path, capsys):
     assert "unknown table format (use .md, .csv or .json)" in capsys.readouterr().err
 
 
-def test_report_renders_in_headless_chromium(run, tmp_path):
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(run, chromium, tmp_path):
     *_, report = run
     page = report.read_text()
     checked = tmp_path / "checked.html"
     checked.write_text(page.replace("<head>", "<head>" + CHECKER, 1))
-    argv = [browser, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
+    argv = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
             "--v=0", "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     title = re.search(r"<title>(CHECKED .*?)</title>", done.stdout)

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
-from captionkit.training.checkpointing import load_state, save_state
 from captionkit.training.config import DataConfig, RunConfig, TrainConfig
+from captionkit.training.resume_checkpoints import load_state, save_state
 from captionkit.training.train import train
 
 
@@ -71,7 +71,7 @@ def uninterrupted(config, tmp_path_factory) -> Path:
 DRIVER = """
 import os, signal, sys
 import safetensors.torch
-import captionkit.training.checkpointing as ck
+import captionkit.training.resume_checkpoints as ck
 from captionkit.training import RunConfig
 from captionkit.training.train import train
 from captionkit.training.module import CaptioningModule
@@ -121,6 +121,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "at"), [("step", 9), ("save", 4)])
 def test_killed_run_resumes_to_the_uninterrupted_result(config, uninterrupted, tmp_path, mode, at):
     """7 batches an epoch, `last` saved at steps 4, 7 (after validation, beside `best`) and 8.
@@ -148,6 +149,7 @@ def test_resume_refuses_other_model_settings_and_missing_checkpoints(config, tmp
         train(other, tmp_path, resume=True)
 
 
+@pytest.mark.slow
 def test_every_epoch_trains_on_a_new_batch_order(config, tmp_path, monkeypatch):
     """Lightning calls `set_epoch` on a DataLoader's sampler, not on its batch sampler: before
     `DataPosition` did it, every epoch repeated the first one's batches."""
@@ -168,6 +170,7 @@ def test_every_epoch_trains_on_a_new_batch_order(config, tmp_path, monkeypatch):
     assert seen[0] != seen[1]
 
 
+@pytest.mark.slow
 def test_cli_resume_extends_a_finished_run(config, tmp_path, capsys):
     from captionkit.cli import main
 

@@ -19,13 +19,13 @@ from PIL import Image, ImageDraw
 
 from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.models.run_folder import load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.serving.app import create_app
 from captionkit.serving.batcher import MicroBatcher
 from captionkit.serving.settings import ServeSettings
 
-from conftest import CHECKER, SHAPE_WORDS, find_chromium
+from conftest import CHECKER, SHAPE_WORDS
 
 BEAM2 = DecodingOptions(beam_size=2)
 
@@ -306,13 +306,10 @@ def _serving(app):
         thread.join(timeout=10)
 
 
-def _chrome(browser: str):
+def _chrome(browser: str, driver_path: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None:
-        pytest.skip("chromedriver is not installed (Debian: apt-get install chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -324,11 +321,9 @@ def _chrome(browser: str):
     return driver
 
 
-def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
-    pytest.importorskip("selenium")
+@pytest.mark.slow
+def test_web_page_captions_an_upload_in_headless_chromium(captioner, chromium, chromedriver,
+                                                          tmp_path):  # fmt: skip
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -337,7 +332,7 @@ def test_web_page_captions_an_upload_in_headless_chromium(captioner, tmp_path):
     image.save(tmp_path / "red circle.png")
     (expected,) = captioner.caption([image], DecodingOptions(n_best=3, bad_endings=True))
     with _serving(create_app(captioner)) as url:
-        driver = _chrome(browser)
+        driver = _chrome(chromium, chromedriver)
         try:
             wait = WebDriverWait(driver, 30)
             driver.get(url)
@@ -381,8 +376,10 @@ def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     argv = ["serve", "--checkpoint", str(tiny_attention_run), "--port", "8123", "--batch-size",
             "4", "--max-wait-ms", "0", "--max-upload-mb", "0.5", "--max-files", "2"]  # fmt: skip
     assert main(argv) == 0
-    ((run_dir, host, port, settings, device, options),) = calls
+    ((run_dir, host, port, settings, device, options, rerank),) = calls
     assert (run_dir, host, port, device) == (tiny_attention_run, "127.0.0.1", 8123, "cpu")
+    assert options.bad_endings and not options.allow_unk
+    assert rerank.method == "none"
     assert settings == ServeSettings(max_upload_bytes=512 * 1024, max_files=2, batch_size=4,
                                      max_wait_ms=0)  # fmt: skip
     assert options == DecodingOptions(bad_endings=True)  # serve's default
@@ -390,5 +387,5 @@ def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     argv = ["serve", "--checkpoint", str(tiny_attention_run), "--checkpoint",
             str(tiny_attention_run), "--allow-unk", "--no-bad-endings"]  # fmt: skip
     assert main(argv) == 0
-    ((run_dir, *_, options),) = calls
+    ((run_dir, *_, options, _),) = calls
     assert run_dir == [tiny_attention_run] * 2 and options == DecodingOptions(allow_unk=True)

@@ -1,11 +1,11 @@
 """Tokenizers: the word tokenizer against the real PTB tokenizer, BPE, and saving both."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
+from captionkit.data.ptb_tokenizer import tokenize
 from captionkit.data.tokenizers import (
     BpeTokenizer,
     Tokenizer,
@@ -13,11 +13,13 @@ from captionkit.data.tokenizers import (
     build_tokenizer,
     tokenizer_from_dict,
 )
-from captionkit.data.vocab import Vocabulary, tokenize
+from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
-from captionkit.models.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.models.run_folder import load_checkpoint, save_checkpoint
+
+from conftest import requires_java
 
 # Flickr-style captions with the things that make tokenizers disagree.
 CAPTIONS = [
@@ -91,7 +93,7 @@ CAPTIONS = [
 BRACKETS = {"-lrb-", "-rrb-", "-lsb-", "-rsb-", "-lcb-", "-rcb-"}
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+@requires_java
 def test_tokenize_equals_the_evaluation_ptb_tokenizer():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -188,20 +190,33 @@ def test_bad_tokenizer_kinds():
 def test_checkpoint_with_bpe_decodes_with_every_decoder(bpe, tmp_path):
     torch.manual_seed(0)
     model = create_model("show_tell", vocab_size=len(bpe), feature_dim=16, hidden_dim=32,
-                         rnn="gru")  # fmt: skip
+                         rnn="gru").eval()  # fmt: skip
     encoder = {"name": "tf_efficientnet_lite0", "weights": "default", "fingerprint": "abc"}
     save_checkpoint(tmp_path, model, "show_tell", bpe, encoder)
     loaded = load_checkpoint(tmp_path)
     assert isinstance(loaded.vocab, BpeTokenizer)
     assert [loaded.vocab.encode(c) for c in CAPTIONS] == [bpe.encode(c) for c in CAPTIONS]
     pooled = torch.randn(2, 16)
-    for beam in (1, 3):
-        for hyps in decode(loaded.model, pooled, None, DecodingOptions(beam_size=beam)):
-            assert isinstance(loaded.vocab.decode(hyps[0].tokens), str)
+    decoders = [DecodingOptions(beam_size=1), DecodingOptions(beam_size=3, n_best=2),
+                DecodingOptions(sample=True, num_samples=2, seed=3)]  # fmt: skip
+    for options in decoders:
+        # The reloaded model and tokenizer give the saved ones' hypotheses, piece for piece,
+        # and each one's text is its pieces rejoined ("\u2581" starts a word).
+        expected = decode(model, pooled, None, options)
+        got = decode(loaded.model, pooled, None, options)
+        assert [[h.tokens for h in hyps] for hyps in got] == [
+            [h.tokens for h in hyps] for hyps in expected
+        ]
+        for hyps in got:
+            for hyp in hyps:
+                assert bpe.eos_id not in hyp.tokens
+                text = loaded.vocab.decode(hyp.tokens)
+                pieces = [bpe.hf.id_to_token(t) for t in hyp.tokens]
+                assert text == "".join(pieces).replace("\u2581", " ").strip(), pieces
 
 
 def test_detokenize_reattaches_clitics_for_display():
-    from captionkit.data.vocab import detokenize
+    from captionkit.data.ptb_tokenizer import detokenize
 
     assert detokenize("a dog 's ball and they do n't play") == "a dog's ball and they don't play"
     assert detokenize("the 's-shaped road") == "the 's-shaped road"

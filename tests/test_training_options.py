@@ -4,16 +4,20 @@ import csv
 import json
 import math
 
+import lightning as L
 import pytest
 import torch
 
 from captionkit.cli import main
 from captionkit.data.shapes import make_shapes
+from captionkit.data.vocab import Vocabulary
+from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
+from captionkit.models import create_model
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from captionkit.training.module import caption_loss
+from captionkit.training.module import CaptioningModule, caption_loss
 from captionkit.training.schedules import lr_factor
-from captionkit.training.train import train
+from captionkit.training.train import _trainer, train
 
 
 def test_warmup_then_cosine_reaches_zero_at_the_last_step():
@@ -65,8 +69,9 @@ def shapes(tmp_path_factory):
     return folder
 
 
-def test_early_stopping_bf16_accumulation_and_value_clipping(shapes, tmp_path):
-    """With a learning rate of 0 val CIDEr never improves: patience 1 stops after 2 epochs."""
+def test_early_stopping_with_bf16_accumulation_and_clipping_through_train(shapes, tmp_path):
+    """With a learning rate of 0 val CIDEr never improves: patience 1 stops after 2 epochs. The
+    other options only have to run through `train` here: the tests below show what each does."""
     tiny = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}
     config = RunConfig(model="transformer", model_args=tiny,
                        data=DataConfig(str(shapes), min_count=1),
@@ -79,8 +84,96 @@ def test_early_stopping_bf16_accumulation_and_value_clipping(shapes, tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[0]["val/CIDEr"] == rows[1]["val/CIDEr"]
     assert all(0.0 <= r["val/BLEU-4"] <= 1.0 for r in rows)
+    # Two batches per optimizer step: half as many steps as the epoch has batches.
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    batches = math.ceil(5 * list(splits.values()).count("train") / 8)  # 5 captions an image
+    assert rows[0]["step"] == math.ceil(batches / 2) and rows[1]["step"] == 2 * rows[0]["step"]
 
 
+# --- what each option does, on one optimizer step of a tiny deterministic model --------------
+
+
+def _batch(captions: int) -> dict:
+    """`captions` captions of the same length (no padding: the token mean of two halves of the
+    batch is then the mean of the halves' token means) with random features."""
+    generator = torch.Generator().manual_seed(0)
+    words = torch.randint(4, 10, (captions, 3), generator=generator)  # ids of "a".."f"
+    bos, eos = torch.full((captions, 1), 1), torch.full((captions, 1), 2)
+    return {"pooled": torch.randn(captions, 4, generator=generator), "grid": None,
+            "tokens": torch.cat([bos, words, eos], dim=1)}  # fmt: skip
+
+
+def _halves(batch: dict) -> list[dict]:
+    half = len(batch["tokens"]) // 2
+    return [{k: v if v is None else v[part] for k, v in batch.items()}
+            for part in (slice(0, half), slice(half, None))]  # fmt: skip
+
+
+def _fit(tmp_path, batches: list[dict], precision: str = "32", **optim) -> dict:
+    """One epoch over `batches` with the Trainer that `train` builds from these settings:
+    the gradients of each optimizer step (as the optimizer used them: accumulated, clipped),
+    the dtypes of the logits and the weights after."""
+    torch.manual_seed(0)
+    # No dropout, and no BatchNorm (Show-and-Tell's): nothing depends on the batch it is in.
+    model = create_model("transformer", vocab_size=10, feature_dim=4, d_model=8, n_heads=2,
+                         n_layers=1, d_ff=16, dropout=0.0)  # fmt: skip
+    optim = OptimConfig(**{"lr": 0.01, "grad_clip": 0.0, **optim})
+    module = CaptioningModule(model, Vocabulary(list("abcdef")), optim, {}, DecodingOptions())
+    seen = {"grads": [], "dtypes": set()}
+    model.register_forward_hook(lambda _, args, logits: seen["dtypes"].add(logits.dtype))
+
+    def after_step(optimizer, *_):
+        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        seen["grads"].append(torch.cat(grads).clone())
+
+    class StepSpy(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.optimizers[0].register_step_post_hook(after_step)
+
+    config = RunConfig(optim=optim, train=TrainConfig(epochs=1, precision=precision,
+                                                      accelerator="cpu"))  # fmt: skip
+    trainer = _trainer(config, tmp_path / precision, [StepSpy()])
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    seen["weights"] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return seen
+
+
+def test_accumulating_two_half_batches_is_one_step_on_the_whole_batch(tmp_path):
+    batch = _batch(8)
+    whole = _fit(tmp_path, [batch])
+    accumulated = _fit(tmp_path, _halves(batch), accumulate=2)
+    assert len(whole["grads"]) == len(accumulated["grads"]) == 1
+    torch.testing.assert_close(accumulated["grads"][0], whole["grads"][0])
+    # Without accumulation the halves are two steps, each on its own half's gradient.
+    stepped = _fit(tmp_path, _halves(batch))
+    assert len(stepped["grads"]) == 2
+    assert not torch.allclose(stepped["grads"][0], whole["grads"][0])
+
+
+def test_clipping_by_value_clamps_and_by_norm_rescales_the_gradient(tmp_path):
+    batch = _batch(8)
+    free = _fit(tmp_path, [batch])["grads"][0]
+    limit = free.abs().max().item() / 2  # half the largest entry: some are clamped
+    clamped = _fit(tmp_path, [batch], grad_clip=limit, grad_clip_algorithm="value")["grads"][0]
+    torch.testing.assert_close(clamped, free.clamp(-limit, limit))
+    assert (free.abs() > limit).any()
+    limit = free.norm().item() / 2
+    rescaled = _fit(tmp_path, [batch], grad_clip=limit, grad_clip_algorithm="norm")["grads"][0]
+    torch.testing.assert_close(rescaled, free * (limit / free.norm()))
+
+
+def test_bf16_mixed_runs_the_model_under_bf16_autocast_and_keeps_float32_weights(tmp_path):
+    batch = _batch(8)
+    full = _fit(tmp_path, [batch])
+    mixed = _fit(tmp_path, [batch], precision="bf16-mixed")
+    assert full["dtypes"] == {torch.float32} and mixed["dtypes"] == {torch.bfloat16}
+    assert mixed["weights"].dtype == mixed["grads"][0].dtype == torch.float32
+    # The same gradient up to bf16 rounding (8 bits of mantissa), but not bit for bit.
+    torch.testing.assert_close(mixed["grads"][0], full["grads"][0], rtol=0.1, atol=0.02)
+    assert not torch.equal(mixed["grads"][0], full["grads"][0])
+
+
+@pytest.mark.slow
 def test_a_short_run_with_adamw_plateau_and_scheduled_sampling(shapes, tmp_path):
     """Features cached by the test above: same images, encoder and grid."""
     tiny = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}

@@ -9,19 +9,13 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from captionkit.cli_options import (
-    with_decoding_options,
-    with_model_options,
-    with_train_options,
-)
+from captionkit.cli_options import with_decoding_options, with_model_options, with_rerank_options
+from captionkit.cli_train import TrainCommand, run_config
 from captionkit.errors import CaptionkitError
-
-if TYPE_CHECKING:
-    from captionkit.training import RunConfig
 
 app = typer.Typer(
     help="Train, evaluate and use image-captioning models.",
@@ -132,68 +126,8 @@ def prepare(
         output.write_text(json.dumps(report, indent=2) + "\n")
 
 
-# `train`'s options -> the `RunConfig` field each sets ("group.field", or a field of RunConfig).
-TRAIN_FIELDS = {
-    "model": "model",
-    **{name: f"data.{name}" for name in ("data", "images", "tokenizer", "min_count",
-                                         "vocab_size", "max_length", "cache_dir", "strict")},
-    "encoder": "encoder.name",
-    "encoder_weights": "encoder.weights",
-    "finetune_encoder": "encoder.finetune",
-    "finetune_blocks": "encoder.finetune_blocks",
-    "encoder_lr": "encoder.lr",
-    **{name: f"optim.{name}" for name in ("objective", "optimizer", "lr", "weight_decay",
-                                          "schedule", "warmup_steps", "lr_gamma", "lr_step_epochs",
-                                          "plateau_factor", "plateau_patience", "min_lr",
-                                          "label_smoothing", "scheduled_sampling",
-                                          "ss_start_epoch", "ss_ramp_epochs")},
-    **{name: f"train.{name}" for name in ("epochs", "batch_size", "seed", "workers", "init",
-                                          "patience", "precision", "deterministic",
-                                          "checkpoint_every", "devices", "num_nodes", "strategy")},
-    **{f"scst_{name}": f"scst.{name}" for name in ("samples", "baseline", "bleu_weight",
-                                                   "temperature")},
-}  # fmt: skip
-
-
-def _run_config(ctx: typer.Context, config_file: Path | None, model_args: Callable) -> RunConfig:
-    """The `train` command's config: `config_file` (or the defaults) with the options given on the
-    command line over it; without a file, every option, as given or by default. `ctx` has the
-    options' values and knows which were given (not left at their defaults)."""
-    from captionkit.data.tokenizers import TOKENIZER_KINDS
-    from captionkit.training import RunConfig
-
-    config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
-    settings = config.to_dict()
-    # By name: Typer may bring its own copy of click, so its ParameterSource is not click's.
-    given = {n for n in TRAIN_FIELDS if ctx.get_parameter_source(n).name == "COMMANDLINE"}
-    objective, switched = ctx.params["objective"], {"objective"} == given & {"objective", "lr"}
-    if config_file and switched and objective != settings["optim"]["objective"]:
-        # The file's learning rate is for its own objective: --objective scst over an XE
-        # config takes SCST's lower default (OptimConfig.lr) unless --lr is given too.
-        typer.echo(f"--objective {objective}: its default learning rate, not "
-                   f"{settings['optim']['lr']:g} ({config_file}'s for "
-                   f"{settings['optim']['objective']}); --lr sets another", err=True)  # fmt: skip
-        settings["optim"]["lr"] = None
-    for name in given if config_file else TRAIN_FIELDS:
-        value = ctx.params[name]
-        if isinstance(value, Path):  # the config keeps paths as text, as a YAML file has them
-            value = str(value)
-        group, _, key = TRAIN_FIELDS[name].rpartition(".")
-        (settings[group] if group else settings)[key] = value
-    if settings["data"]["tokenizer"] not in TOKENIZER_KINDS:  # checked before any extraction
-        from_file = config_file and "tokenizer" not in given
-        subject = f"{config_file}: data.tokenizer" if from_file else "--tokenizer"
-        raise CaptionkitError(f"{subject} must be one of {', '.join(TOKENIZER_KINDS)}")
-    if not settings["data"]["data"]:
-        ctx.fail("Missing option '--data' (or data.data in the --config file).")
-    settings["model_args"] = model_args(settings["model"], base=config.model_args,
-                                        base_source=f"{config_file}: model_args")  # fmt: skip
-    return RunConfig.from_dict(settings)
-
-
-@app.command()
+@app.command(cls=TrainCommand)  # + an option per config field: --data, --epochs, ... (cli_train)
 @with_model_options
-@with_train_options  # --data, --epochs, ...: read from ctx.params by _run_config
 def train(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder to write.")] = None,
@@ -211,13 +145,19 @@ def train(
             "--config", help="YAML run config (see configs/); options given here override it."
         ),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", help="show_tell | attention | transformer.")
-    ] = "show_tell",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="Recipe when no --config: best (the default: the best recipe of BENCHMARKS.md), "
+            "fast (a quick Show-and-Tell) or none (the config defaults).",
+        ),
+    ] = None,
     model_args: Callable | None = None,  # from --rnn, ..., --model-arg (cli_options)
 ) -> None:
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out, with the
-    resolved config as config.yaml (a --config file for the same run)."""
+    resolved config as config.yaml (a --config file for the same run). With no --config, the
+    --preset recipe (default: best), which options given here override."""
     from captionkit.training.train import train as run_training
 
     if resume is not None:
@@ -229,7 +169,7 @@ def train(
             raise CaptionkitError(f"--resume {resume}: not a run folder (no config.yaml)")
     elif out is None:
         ctx.fail("Missing option '--out' (or --resume RUN_DIR).")
-    best = run_training(_run_config(ctx, config, model_args), out, resume=resume is not None)
+    best = run_training(run_config(ctx, config, model_args, preset), out, resume=resume is not None)
     if best:  # DDP: every process returns here, with the same best row
         typer.echo(f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {best['epoch']}; "
                    f"saved to {out}")  # fmt: skip
@@ -237,6 +177,7 @@ def train(
 
 @app.command()
 @with_decoding_options()
+@with_rerank_options()
 def evaluate(
     checkpoint: CheckpointsOpt,
     data: DataOpt,
@@ -252,6 +193,7 @@ def evaluate(
         bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
     ] = False,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
     """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean
     caption length, vocabulary used, % novel captions; --output adds each image's CIDEr. The
@@ -264,13 +206,13 @@ def evaluate(
         raise CaptionkitError("--report describes one run: give one --checkpoint")
     runs = _runs(checkpoint)
     result = evaluate_run(runs, data, images, split, cache_dir=cache_dir and str(cache_dir),
-                          options=decoding, spice=spice)  # fmt: skip
+                          options=decoding, spice=spice, rerank=rerank)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    what = decoding.describe()
+    described = decoding.describe() + (f", rerank {rerank.describe()}" if rerank.active else "")
     if isinstance(runs, list):
-        what += f", ensemble of {len(runs)} runs"
-    typer.echo(f"{split} split, {len(result.predictions)} images, {what}")
+        described += f", ensemble of {len(runs)} runs"
+    typer.echo(f"{split} split, {len(result.predictions)} images, {described}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
     stats = result.stats
@@ -284,7 +226,7 @@ def evaluate(
         return
     try:  # for `captionkit compare`; a read-only run folder only loses that
         save_run_evaluation(runs, split, result.metrics, len(result.predictions),
-                            decoding.describe(), data)  # fmt: skip
+                            described, data)  # fmt: skip
     except OSError as e:
         typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
     if report:
@@ -295,6 +237,7 @@ def evaluate(
 
 @app.command()
 @with_decoding_options(n_best=True, bad_endings=True)
+@with_rerank_options()
 def caption(
     checkpoint: CheckpointsOpt,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
@@ -308,6 +251,7 @@ def caption(
         ),
     ] = None,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
     """Caption image files with a trained run: the best caption, or with --n-best or
     --num-samples several, each with its log-probability."""
@@ -315,7 +259,7 @@ def caption(
 
     if attention_map and len(images) != 1:
         raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
-    captioner = Captioner.load(_runs(checkpoint))
+    captioner = Captioner.load(_runs(checkpoint), rerank=rerank)
     if attention_map:
         from captionkit.reporting.images import attention_strip
 
@@ -360,6 +304,7 @@ def compare(
 
 
 @app.command()
+@with_rerank_options()
 def serve(
     checkpoint: CheckpointsOpt,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -383,6 +328,7 @@ def serve(
             help="Never end a caption on an article, preposition or conjunction.",
         ),
     ] = True,
+    rerank=None,  # RerankOptions from --rerank, ... (cli_options): the requests' default
 ) -> None:
     """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
     the OpenAPI docs at /docs. Concurrent requests are captioned together (micro-batching)."""
@@ -394,7 +340,7 @@ def serve(
                              max_files=max_files, batch_size=batch_size,
                              max_wait_ms=max_wait_ms)  # fmt: skip
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
-    run_server(_runs(checkpoint), host, port, settings, device, options)
+    run_server(_runs(checkpoint), host, port, settings, device, options, rerank)
 
 
 @app.command()

@@ -1,10 +1,10 @@
-"""Option groups of `captionkit` commands: decoding (`evaluate`, `caption`), model settings and
-the data, encoder, optimization and run settings (`train`).
+"""Option groups of `captionkit` commands: decoding (`evaluate`, `caption`) and model settings
+(`train`; its config options are generated from the config dataclasses, see `cli_train`).
 
 Typer has no option groups, so `option_group` appends a group's options to a command's
 signature and hands the command one value built from them: each option is defined once, and
-each command takes one `DecodingOptions` or one `model_args` builder (or, for `train`'s
-settings, reads them from its context). Each group is a panel of the command's `--help`.
+each command takes one `DecodingOptions` or one `model_args` builder. Each group is a panel of
+the command's `--help`.
 Heavy imports (torch) stay inside the builders, as in `cli.py`, so `captionkit --help` starts
 fast.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -151,6 +150,38 @@ def with_decoding_options(n_best: bool = False, bad_endings: bool = False) -> Ca
     return option_group("decoding", options, lambda values, _: decoding_options(**values))
 
 
+def _ropt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=help, rich_help_panel="Re-ranking", **kwargs)
+
+
+RERANK_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "rerank": (Annotated[str, _ropt(
+        "--rerank", "Re-rank each image's candidates: none, consensus (CIDEr-D against the "
+        "captions of the nearest training images) or mbr (against the other candidates).")],
+        "none"),
+    "rerank_candidates": (Annotated[int, _ropt(
+        "--rerank-candidates", "Candidates per image: the beam's n-best (the beam is widened to "
+        "N) or, with --sample, N samples.", metavar="N")], 5),
+    "rerank_weight": (Annotated[float, _ropt(
+        "--rerank-weight", "Final score = (1 - W) x re-ranking score + W x log-probability, "
+        "each scaled to [0, 1] over the candidates.", metavar="W")], 0.3),
+    "rerank_k": (Annotated[int, _ropt(
+        "--rerank-k", "Consensus: how many nearest training images vote.", metavar="K")], 60),
+}  # fmt: skip
+
+
+def with_rerank_options() -> Callable:
+    """Decorator: the command gets `rerank: RerankOptions` from the --rerank options."""
+
+    def build(values: dict, _) -> Any:
+        from captionkit.reranking import RerankOptions
+
+        return RerankOptions(values["rerank"], values["rerank_candidates"],
+                             values["rerank_weight"], values["rerank_k"])  # fmt: skip
+
+    return option_group("rerank", RERANK_OPTIONS, build)
+
+
 # --- model settings -----------------------------------------------------------------------------
 
 
@@ -254,122 +285,3 @@ def with_model_options(command: Callable) -> Callable:
     return option_group(
         "model_args", MODEL_OPTIONS, lambda values, _: functools.partial(model_args, **values)
     )(command)
-
-
-# --- train: data, encoder, optimization and run settings ----------------------------------------
-
-
-def _panel(panel: str) -> Callable[..., typer.models.OptionInfo]:
-    return functools.partial(typer.Option, rich_help_panel=panel)
-
-
-_data, _encoder, _optim, _run, _scst = (
-    _panel(name) for name in ("Data", "Encoder", "Optimization", "Run", "SCST")
-)
-
-TRAIN_DATA_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "data": (Annotated[Path | None, _data(
-        "--data", help="Dataset folder or annotation file (or data.data in --config).")], None),
-    "images": (Annotated[Path | None, _data(
-        "--images", help="Image folder, if not beside the annotations.")], None),
-    "tokenizer": (Annotated[str, _data(
-        "--tokenizer", help="word (PTB words) or bpe (subword pieces).")], "word"),
-    "min_count": (Annotated[int, _data("--min-count", min=1)], 5),
-    "vocab_size": (Annotated[int, _data("--vocab-size", min=8, help="BPE vocabulary.")], 2000),
-    "max_length": (Annotated[int, _data("--max-length", min=1, help="Caption tokens.")], 20),
-    "strict": (Annotated[bool, _data("--strict", help="Stop at the first bad input.")], False),
-    "cache_dir": (Annotated[Path | None, _data(
-        "--cache-dir", help="Feature cache (default ~/.cache/captionkit).")], None),
-}  # fmt: skip
-
-TRAIN_ENCODER_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "encoder": (Annotated[str, _encoder(
-        "--encoder", help="timm model name (see `encoders`).")], "tf_efficientnet_lite0"),
-    "encoder_weights": (Annotated[str, _encoder(
-        "--encoder-weights", help="default | hub | none | PATH to a weights file.")], "default"),
-    "finetune_encoder": (Annotated[bool, _encoder(
-        "--finetune-encoder", help="Train the encoder's last blocks too.")], False),
-    "finetune_blocks": (Annotated[int, _encoder(
-        "--finetune-blocks", help="Encoder blocks to fine-tune.")], 2),
-    "encoder_lr": (Annotated[float, _encoder(
-        "--encoder-lr", help="Encoder learning rate (fine-tuning).")], 1e-4),
-    "workers": (Annotated[int, _encoder(
-        "--workers", min=0, help="Image decoding processes (fine-tuning).")], 2),
-    "init": (Annotated[Path | None, _encoder(
-        "--init", help="Start from this run's decoder and tokenizer.")], None),
-}  # fmt: skip
-
-TRAIN_OPTIM_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "objective": (Annotated[str, _optim(
-        "--objective", help="xe (cross-entropy) | scst (self-critical fine-tuning of an "
-        "--init run on CIDEr-D).")], "xe"),
-    "lr": (Annotated[float | None, _optim(
-        "--lr", help="Learning rate [default: 5e-4; 5e-5 with --objective scst].")], None),
-    "optimizer": (Annotated[str, _optim(
-        "--optimizer", help="adam | adamw (decoupled weight decay).")], "adam"),
-    "weight_decay": (Annotated[float, _optim("--weight-decay", min=0.0)], 0.0),
-    "schedule": (Annotated[str, _optim(
-        "--schedule", help="Learning rate after warmup: constant | cosine | step | plateau "
-        "(on val CIDEr) | noam (needs --warmup-steps).")], "constant"),
-    "warmup_steps": (Annotated[int, _optim("--warmup-steps", min=0)], 0),
-    "lr_gamma": (Annotated[float, _optim("--lr-gamma", help="step: factor, in (0, 1].")], 0.1),
-    "lr_step_epochs": (Annotated[int, _optim(
-        "--lr-step-epochs", min=1, help="step: epochs between cuts.")], 3),
-    "plateau_factor": (Annotated[float, _optim(
-        "--plateau-factor", help="plateau: factor of each cut, in (0, 1).")], 0.5),
-    "plateau_patience": (Annotated[int, _optim(
-        "--plateau-patience", min=0,
-        help="plateau: validations without a better val CIDEr before a cut.")], 2),
-    "min_lr": (Annotated[float, _optim(
-        "--min-lr", min=0.0, help="plateau: lowest learning rate.")], 0.0),
-    "label_smoothing": (Annotated[float, _optim("--label-smoothing", min=0.0, max=1.0)], 0.0),
-    "scheduled_sampling": (Annotated[float, _optim(
-        "--scheduled-sampling", min=0.0, max=1.0,
-        help="Largest probability of feeding the decoder its own tokens (0 = off).")], 0.0),
-    "ss_start_epoch": (Annotated[int, _optim(
-        "--ss-start-epoch", min=0, help="Scheduled sampling: first epoch.")], 0),
-    "ss_ramp_epochs": (Annotated[int, _optim(
-        "--ss-ramp-epochs", min=0,
-        help="Scheduled sampling: epochs to reach the largest probability.")], 5),
-}  # fmt: skip
-
-TRAIN_RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "epochs": (Annotated[int, _run("--epochs", min=1)], 10),
-    "batch_size": (Annotated[int, _run("--batch-size", min=1)], 64),
-    "seed": (Annotated[int, _run("--seed")], 0),
-    "patience": (Annotated[int, _run(
-        "--patience", min=0,
-        help="Stop after N validations without a better val CIDEr (0 = never).")], 0),
-    "precision": (Annotated[str, _run(
-        "--precision", help="32 | bf16-mixed | 16-mixed (GPU).")], "32"),
-    "deterministic": (Annotated[bool, _run(
-        "--deterministic", help="Deterministic kernels: same seed, same run.")], False),
-    "checkpoint_every": (Annotated[int, _run(
-        "--checkpoint-every", min=0, help="Save `last` every N steps too.")], 1000),
-    "devices": (Annotated[int, _run("--devices", min=1, help="Devices per node.")], 1),
-    "num_nodes": (Annotated[int, _run("--num-nodes", min=1, help="Machines (DDP).")], 1),
-    "strategy": (Annotated[str, _run(
-        "--strategy", help="auto (one process) | ddp (one per device).")], "auto"),
-}  # fmt: skip
-
-TRAIN_SCST_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "scst_samples": (Annotated[int, _scst(
-        "--scst-samples", min=1, help="Captions sampled per image.", metavar="K")], 5),
-    "scst_baseline": (Annotated[str, _scst(
-        "--scst-baseline", help="mean (of the other K-1 samples' rewards) | greedy (the "
-        "greedy caption's reward).")], "mean"),
-    "scst_bleu_weight": (Annotated[float, _scst(
-        "--scst-bleu-weight", min=0.0, help="Reward = CIDEr-D + W x BLEU-4.",
-        metavar="W")], 0.0),
-    "scst_temperature": (Annotated[float, _scst(
-        "--scst-temperature", help="Sampling temperature.", metavar="T")], 1.0),
-}  # fmt: skip
-
-TRAIN_OPTIONS = {**TRAIN_DATA_OPTIONS, **TRAIN_ENCODER_OPTIONS, **TRAIN_OPTIM_OPTIONS,
-                 **TRAIN_SCST_OPTIONS, **TRAIN_RUN_OPTIONS}  # fmt: skip
-
-
-def with_train_options(command: Callable) -> Callable:
-    """Decorator: add `train`'s Data, Encoder, Optimization, SCST and Run options; the command reads
-    them from `ctx.params`, with `ctx.get_parameter_source` telling which were given."""
-    return option_group(None, TRAIN_OPTIONS)(command)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from captionkit.data.formats.coco import SUB_FOLDER
+from captionkit.data.ptb_tokenizer import tokenize
 from captionkit.data.records import CaptionDataset, ImageRecord
-from captionkit.data.vocab import tokenize
 
 SPLIT_LIST_NAMES = {"train": "trainImages", "val": "devImages", "test": "testImages"}
 

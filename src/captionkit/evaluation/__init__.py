@@ -1,19 +1,3 @@
-"""Evaluation: the COCO caption metrics (pycocoevalcap) and evaluating a trained run."""
-
-from captionkit.evaluation.metrics import (
-    METRIC_KEYS,
-    MetricReport,
-    coco_metrics,
-    quick_cider,
-    quick_metrics,
-    score_captions,
-)
-
-__all__ = [
-    "METRIC_KEYS",
-    "MetricReport",
-    "coco_metrics",
-    "quick_cider",
-    "quick_metrics",
-    "score_captions",
-]
+"""Evaluation: using a trained run. `captioner.Captioner` captions images with it (the Python
+API); `evaluate.evaluate_run` captions a split of a dataset and scores it with
+`captionkit.metrics`."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,14 +10,15 @@ import torch
 
 from captionkit.data import load_dataset
 from captionkit.data.formats import apply_splits
-from captionkit.decoding import DEFAULT_MAX_LENGTH, DecodingOptions, decode
-from captionkit.decoding.ensemble import Ensemble, check_same_tokenizer
-from captionkit.encoders import create_encoder
+from captionkit.decoding import DecodingOptions, decode
+from captionkit.decoding.ensemble import Ensemble
 from captionkit.encoders.features import FeatureStore, features_for_dataset
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.metrics import score_captions
-from captionkit.evaluation.stats import caption_stats
-from captionkit.models.checkpoint import ENCODER_WEIGHTS, TrainedModel, load_checkpoint
+from captionkit.evaluation.captioner import encoders_for, load_members, run_options
+from captionkit.metrics.caption_stats import caption_stats
+from captionkit.metrics.coco_metrics import score_captions
+from captionkit.models.run_folder import TrainedModel, load_checkpoint
+from captionkit.reranking import Reranker, RerankOptions, run_reranker
 
 
 @dataclass
@@ -47,72 +47,33 @@ class Evaluation:
     """Image file name -> its path (for reports)."""
 
 
-def encoder_for(trained: TrainedModel):
-    """Rebuild the encoder a model was trained on (a fine-tuned one from the run's
-    `encoder.safetensors`), refusing one with other weights."""
-    spec = trained.encoder
-    weights = spec["weights"]
-    if spec.get("finetuned"):
-        weights = str(Path(trained.run_dir or ".") / ENCODER_WEIGHTS)
-    encoder = create_encoder(spec["name"], weights)
-    if encoder.fingerprint() != spec["fingerprint"]:
-        raise CaptionkitError(
-            f"encoder {spec['name']} ({weights}) has other weights than in training"
-        )
-    return encoder
-
-
-def encoders_for(members: list[TrainedModel]) -> list:
-    """`encoder_for` of each run; runs trained on the same encoder weights share one object (so
-    an ensemble computes those features once)."""
-    built = {}
-    for trained in members:
-        key = (trained.encoder["name"], trained.encoder["fingerprint"])
-        if key not in built:
-            built[key] = encoder_for(trained)
-    return [built[(t.encoder["name"], t.encoder["fingerprint"])] for t in members]
-
-
-def load_members(run_dirs: list[str | Path], device: str = "cpu") -> list[TrainedModel]:
-    """The runs of an ensemble, refused unless they share their tokenizer."""
-    members = [load_checkpoint(run, device) for run in run_dirs]
-    check_same_tokenizer([(str(run), t.vocab) for run, t in zip(run_dirs, members)])
-    return members
-
-
-def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOptions:
-    """`options`, with the caption length limit the run was trained with unless they set one."""
-    if options.max_length is not None:
-        return options
-    max_length = trained.data_setting("max_length", DEFAULT_MAX_LENGTH)
-    return dataclasses.replace(options, max_length=max_length)
-
-
 def caption_rows(trained: TrainedModel | list[TrainedModel], store: FeatureStore | list,
                  rows: list[int] | list[list[int]], options: DecodingOptions,
-                 batch_size: int = 64) -> list[str]:  # fmt: skip
+                 batch_size: int = 64, reranker: Reranker | None = None) -> list[str]:  # fmt: skip
     """Captions for rows of a feature store, decoded in batches: the best beam, or with sampling
-    the most probable of the `num_samples` drawn. An ensemble: `trained`, `store` and `rows`
-    are lists, one per member (the same images in each member's store), decoded as one
-    `Ensemble` (the first member's length limit and tokenizer)."""
+    the most probable of the `num_samples` drawn; with an active `reranker`, its choice among
+    the candidates it asks for. An ensemble: `trained`, `store` and `rows` are lists, one per
+    member (the same images in each member's store), decoded as one `Ensemble` (the first
+    member's length limit, tokenizer and, for re-ranking, pooled features)."""
     ensemble = isinstance(trained, list)
-    if ensemble:
-        members, stores, member_rows = trained, store, rows
-    else:
-        members, stores, member_rows = [trained], [store], [rows]
-    options = run_options(members[0], options)
-    model = trained.model if not ensemble else Ensemble([t.model for t in members],
-                                                        options.ensemble_mean)  # fmt: skip
-    captions = []
+    members, stores, member_rows = (trained, store, rows) if ensemble else ([trained], [store],
+                                                                            [rows])  # fmt: skip
+    reranking = reranker is not None and reranker.options.active
+    options = run_options(members[0], reranker.options.decoding(options) if reranking else options)
+    model = members[0].model if not ensemble else Ensemble([t.model for t in members],
+                                                           options.ensemble_mean)  # fmt: skip
+    tokenizer, captions = members[0].tokenizer, []
     for start in range(0, len(member_rows[0]), batch_size):
         features = [_features(s, r[start : start + batch_size], t.model.uses_grid)
                     for t, s, r in zip(members, stores, member_rows)]  # fmt: skip
         pooled, grid = [f[0] for f in features], [f[1] for f in features]
-        if not ensemble:
-            pooled, grid = pooled[0], grid[0]
-        results = decode(model, pooled, grid, options, members[0].vocab)
-        best = [max(hyps, key=lambda h: h.score) if options.sample else hyps[0] for hyps in results]
-        captions += [members[0].vocab.decode(hyp.tokens) for hyp in best]
+        results = decode(model, pooled if ensemble else pooled[0], grid if ensemble else grid[0],
+                         options, tokenizer)  # fmt: skip
+        if reranking:
+            results = reranker.rerank(results, lambda h: tokenizer.decode(h.tokens), pooled[0])
+        best = [max(hyps, key=lambda h: h.score) if options.sample and not reranking else hyps[0]
+                for hyps in results]  # fmt: skip
+        captions += [tokenizer.decode(hyp.tokens) for hyp in best]
     return captions
 
 
@@ -153,15 +114,20 @@ def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> No
 
 def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Path | None = None,
                  split: str = "test", cache_dir: str | None = None, meteor: bool = True,
-                 options: DecodingOptions | None = None,
-                 spice: bool = False) -> Evaluation:  # fmt: skip
+                 options: DecodingOptions | None = None, spice: bool = False,
+                 rerank: RerankOptions | None = None) -> Evaluation:  # fmt: skip
     """Caption every image of `split` with the run's model and score it against the references.
     `options` (default: `DecodingOptions()`, beam 3) say how to decode; the caption length limit
     is the run's unless they set `max_length`. Novel captions are counted against the training
     split of the same dataset (the run's own split when it is the run's dataset). A list of run
-    folders is an ensemble (`decoding.Ensemble`; the first run's split and length limit)."""
+    folders is an ensemble (`decoding.Ensemble`; the first run's split and length limit).
+    `rerank`: re-rank each image's candidates (`captionkit.reranking`; the first run needs its
+    neighbour index)."""
     ensemble = isinstance(run_dir, (list, tuple))
     members = load_members(list(run_dir)) if ensemble else [load_checkpoint(run_dir)]
+    reranker = None
+    if rerank is not None and rerank.active:  # before decoding: a run without an index fails now
+        reranker = run_reranker(members[0], rerank)
     dataset = load_dataset(data, images)
     first_run = Path(run_dir[0] if ensemble else run_dir)
     _pin_splits(dataset, Path(data), first_run, members[0])
@@ -172,9 +138,9 @@ def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Pat
     rows = [store.rows([dataset.path(r) for r in records]) for store in stores]
     options = options or DecodingOptions()
     if ensemble:
-        captions = caption_rows(members, stores, rows, options)
+        captions = caption_rows(members, stores, rows, options, reranker=reranker)
     else:
-        captions = caption_rows(members[0], stores[0], rows[0], options)
+        captions = caption_rows(members[0], stores[0], rows[0], options, reranker=reranker)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
     report = score_captions(predictions, references, meteor, spice)

@@ -22,11 +22,13 @@ from captionkit.models.attention import AttentionConfig, ShowAttendTell
 from captionkit.models.show_tell import ShowTell, ShowTellConfig
 from captionkit.models.step import StepOutput
 from captionkit.models.transformer import TransformerConfig, TransformerDecoder
+from captionkit.models.updown import UpDown, UpDownConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "show_tell": (ShowTellConfig, ShowTell),
     "attention": (AttentionConfig, ShowAttendTell),
     "transformer": (TransformerConfig, TransformerDecoder),
+    "updown": (UpDownConfig, UpDown),
 }
 
 # Set by training from the data and the encoder, never by the user.

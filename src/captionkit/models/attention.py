@@ -34,8 +34,18 @@ class AttentionConfig:
     """Size A of the additive attention's hidden layer."""
     dropout: float = 0.5
     """Dropout on the LSTM output before the vocabulary projection."""
-    alpha_c: float = 1.0
-    """Weight λ of the doubly stochastic regulariser λ·Σ_l (1 − Σ_t α_tl)²; 0 disables it."""
+    embed_features: bool = True
+    """Embed the grid to `hidden_dim` (Linear, ReLU, dropout) before attention and the LSTM read
+    it, as ruotianluo/ImageCaptioning.pytorch's `att_embed`: the model then sees H-d regularised
+    features instead of the raw D-d ones (and each step's attention is cheaper)."""
+    feature_dropout: float = 0.5
+    """Dropout on the embedded grid (with `embed_features`)."""
+    word_dropout: float = 0.5
+    """ReLU and dropout after the word embedding (as the reference's `embed`); 0 = plain."""
+    alpha_c: float = 0.02
+    """Weight λ of the doubly stochastic regulariser λ·Σ_l (1 − Σ_t α_tl)²; 0 disables it. The
+    paper's λ = 1 over a 7x7 grid makes the regulariser ~15x the cross-entropy; 0.02 is about
+    λ = 1 on the mean over the grid (the popular PyTorch tutorial's)."""
     gate: bool = True
     """Scale the context by β = sigmoid(f_beta(h)), the paper's gating scalar (per feature)."""
 
@@ -67,57 +77,58 @@ class ShowAttendTell(nn.Module):
     def __init__(self, config: AttentionConfig):
         super().__init__()
         self.config = c = config
-        self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=Vocabulary.pad_id)
-        self.attention = SoftAttention(c.feature_dim, c.hidden_dim, c.attention_dim)
+        self.embed = word_embedding(c.vocab_size, c.embed_dim, c.word_dropout)
+        # With the feature embedding everything downstream reads H-d features; else raw D-d.
+        self.grid_embed = feature_embedding(c.feature_dim, c.hidden_dim, c.feature_dropout,
+                                            c.embed_features)  # fmt: skip
+        d = c.hidden_dim if c.embed_features else c.feature_dim
+        self.attention = SoftAttention(d, c.hidden_dim, c.attention_dim)
         # The paper's f_init,h and f_init,c: the initial state summarises the whole image.
-        self.init_h = nn.Linear(c.feature_dim, c.hidden_dim)
-        self.init_c = nn.Linear(c.feature_dim, c.hidden_dim)
-        self.f_beta = nn.Linear(c.hidden_dim, c.feature_dim)
-        self.lstm = nn.LSTMCell(c.embed_dim + c.feature_dim, c.hidden_dim)
+        self.init_h = nn.Linear(d, c.hidden_dim)
+        self.init_c = nn.Linear(d, c.hidden_dim)
+        self.f_beta = nn.Linear(c.hidden_dim, d)
+        self.lstm = nn.LSTMCell(c.embed_dim + d, c.hidden_dim)
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
-        self.last_attention: torch.Tensor | None = None  # [B, T, L] of the last forward
-        self._last_mask: torch.Tensor | None = None  # [B, T]: steps that predict a real token
 
     def _encode(self, pooled: torch.Tensor, grid: torch.Tensor | None):
-        """Grid [B, L, D] (the pooled vector as a one-position grid if None), its attention
-        projection [B, L, A] and the initial (h, c) [B, H] each. Runs once per image."""
+        """Grid [B, L, D'] (embedded, D' = H, with `embed_features`; the pooled vector as a
+        one-position grid if None), its attention projection [B, L, A] and the initial (h, c)
+        [B, H] each. Runs once per image."""
         if grid is None:
             grid = pooled[:, None]  # [B, 1, D]: attention degenerates to the pooled vector
+        grid = self.grid_embed(grid)  # [B, L, D']
         grid_att = self.attention.grid_proj(grid)  # [B, L, A]
-        mean = grid.mean(dim=1)  # [B, D]
+        mean = grid.mean(dim=1)  # [B, D']
         return grid, grid_att, self.init_h(mean), self.init_c(mean)
 
     def _cell(self, emb, grid, grid_att, h, c):
         """One LSTM step: word embedding [B, E] and previous (h, c) -> new (h, c), α [B, L]."""
-        context, alpha = self.attention(grid, grid_att, h)  # [B, D], [B, L]
+        context, alpha = self.attention(grid, grid_att, h)  # [B, D'], [B, L]
         if self.config.gate:
             # β lets the model turn the image down for words that need no looking ("a", "of").
             context = torch.sigmoid(self.f_beta(h)) * context
         h, c = self.lstm(torch.cat([emb, context], dim=-1), (h, c))
         return h, c, alpha
 
-    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor):
-        """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V].
+    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor,
+                return_attention: bool = False):  # fmt: skip
+        """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V], and
+        with `return_attention` also the attention weights α [B, T, L] (for the regulariser).
 
         Each caption is run only up to its last token that is neither <pad> nor <eos>: later
         positions predict padding, which the loss ignores, and get the logits of a zero state
         (the head's bias) and zero attention. Elsewhere this equals stepping `step` (tested).
-        The attention weights [B, T, L] stay in `self.last_attention` for `regularization_loss`.
         """
-        # Steps reading <pad> or <eos> predict padding, which the loss ignores: so does the
-        # regulariser, or short captions would be pushed to attend where they never look.
-        self._last_mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)
-        positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
-        lengths = (self._last_mask * positions).amax(dim=1)  # [B]: steps each caption needs
+        lengths = _running_lengths(tokens)  # [B]: steps each caption needs
         # Longest first, so that the captions still running are always a prefix of the batch
         # (as in sgrvinod's Show-Attend-Tell tutorial): no work on padding, no gathers.
         order = lengths.argsort(descending=True, stable=True)  # [B]
         hs, alphas = self._run_sorted(pooled[order], None if grid is None else grid[order],
                                       tokens[order], lengths[order].tolist())  # fmt: skip
         restore = order.argsort()  # [B]
-        self.last_attention = alphas[restore]  # [B, T, L]
-        return self.head(self.dropout(hs[restore]))  # [B, T, V]
+        logits = self.head(self.dropout(hs[restore]))  # [B, T, V]
+        return (logits, alphas[restore]) if return_attention else logits
 
     def _run_sorted(self, pooled, grid, tokens, lengths: list[int]):
         """The recurrence over captions sorted longest first -> h [B, T, H], α [B, T, L], zero
@@ -161,16 +172,6 @@ class ShowAttendTell(nn.Module):
         return (_stack_padded(hs, (B, H), T, grid.device),
                 _stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
 
-    def regularization_loss(self) -> torch.Tensor:
-        """Doubly stochastic attention of the last `forward`: λ·Σ_l (1 − Σ_t α_tl)², averaged
-        over the batch (as the cross-entropy is); it asks every position to be looked at about
-        once over the caption. Zero when `alpha_c` is 0 or before any forward."""
-        if self.config.alpha_c == 0 or self.last_attention is None:
-            return torch.zeros((), device=self.head.weight.device)
-        alpha = self.last_attention * self._last_mask[..., None]  # [B, T, L]
-        per_image = ((1.0 - alpha.sum(dim=1)) ** 2).sum(dim=1)  # [B]
-        return self.config.alpha_c * per_image.mean()
-
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
@@ -186,6 +187,38 @@ class ShowAttendTell(nn.Module):
         )
         new_state = {**state, "h": h, "c": c}
         return StepOutput(self.head(self.dropout(h)), new_state, alpha)
+
+
+def attention_regularizer(alpha: torch.Tensor, tokens: torch.Tensor, alpha_c: float):
+    """Doubly stochastic attention: λ·Σ_l (1 − Σ_t α_tl)² for α [B, T, L] of the input tokens
+    [B, T], averaged over the batch (as the cross-entropy is); it asks every position to be
+    looked at about once over the caption. Steps reading <pad> or <eos> predict padding, which
+    the loss ignores: so does the regulariser, or short captions would be pushed to attend where
+    they never look."""
+    mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)  # [B, T]
+    per_image = ((1.0 - (alpha * mask[..., None]).sum(dim=1)) ** 2).sum(dim=1)  # [B]
+    return alpha_c * per_image.mean()
+
+
+def word_embedding(vocab_size: int, embed_dim: int, dropout: float) -> nn.Module:
+    """Word embedding, followed by ReLU and dropout when `dropout` > 0 (the reference's)."""
+    embed = nn.Embedding(vocab_size, embed_dim, padding_idx=Vocabulary.pad_id)
+    return nn.Sequential(embed, nn.ReLU(), nn.Dropout(dropout)) if dropout > 0 else embed
+
+
+def feature_embedding(feature_dim: int, hidden_dim: int, dropout: float, on: bool) -> nn.Module:
+    """Features [.., D] -> [.., H] through Linear, ReLU, dropout; identity when off."""
+    if not on:
+        return nn.Identity()
+    return nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+
+
+def _running_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """Steps each caption of tokens [B, T] needs: up to its last token that is neither <pad>
+    nor <eos> -> [B]."""
+    mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)
+    positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+    return (mask * positions).amax(dim=1)
 
 
 def _stack_padded(steps: list[torch.Tensor], shape, length: int, device) -> torch.Tensor:

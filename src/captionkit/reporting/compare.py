@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.metrics import METRIC_KEYS
+from captionkit.metrics.coco_metrics import METRIC_KEYS
 from captionkit.models import MODELS
-from captionkit.models.checkpoint import read_config
+from captionkit.models.run_folder import read_config
 from captionkit.training.config import RunConfig
 
 # Settings that never explain a difference in results: left out of the table.

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from captionkit.data.vocab import detokenize, tokenize
+from captionkit.data.ptb_tokenizer import detokenize, tokenize
 from captionkit.decoding import DecodingOptions
-from captionkit.evaluation.cider_d import CiderD
+from captionkit.evaluation.captioner import Captioner
 from captionkit.evaluation.evaluate import Evaluation
-from captionkit.models.checkpoint import read_config
+from captionkit.metrics.cider_d import CiderD
+from captionkit.models.run_folder import read_config
 from captionkit.reporting import images as pictures
 from captionkit.reporting.plots import draw_chart, training_charts
 from captionkit.reporting.style import CSS
@@ -116,8 +117,6 @@ def _attention_rows(
     run_dir: Path, evaluation: Evaluation, names: list[str], decoding: DecodingOptions, size: int
 ) -> str:
     """Per-token heat maps of `names` (empty for models without attention)."""
-    from captionkit.serving import Captioner
-
     if not names:
         return ""
     captioner = Captioner.load(run_dir)

@@ -25,9 +25,11 @@ from starlette.exceptions import HTTPException
 
 from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
+from captionkit.evaluation.captioner import Caption, Captioner
+from captionkit.reporting.compare import summarize_run
 from captionkit.reporting.images import data_uri, heat_overlay
+from captionkit.reranking import RERANKERS, RerankOptions
 from captionkit.serving.batcher import MicroBatcher, QueueFull
-from captionkit.serving.captioner import Caption, Captioner
 from captionkit.serving.settings import ServeSettings
 from captionkit.serving.uploads import ApiError, BodyLimit, decode_upload, read_uploads, upload_name
 
@@ -43,6 +45,7 @@ class CaptionOptions(NamedTuple):
     beam_size: int
     n_best: int
     attention: bool
+    rerank: str = "none"
 
 
 def create_app(captioner: Captioner, settings: ServeSettings | None = None,
@@ -55,7 +58,8 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None,
 
     def run(images: list, key: CaptionOptions) -> list[list[Caption]]:
         return captioner.caption(images, options=_request_options(base, key),
-                                 attention=key.attention)  # fmt: skip
+                                 attention=key.attention,
+                                 rerank=_rerank(captioner, key))  # fmt: skip
 
     batcher = MicroBatcher(run, settings.batch_size, settings.max_wait_ms, settings.max_queue)
 
@@ -100,11 +104,17 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
         attention: Annotated[
             bool, Form(description="Per-word attention overlays (attention models).")
         ] = False,
+        rerank: Annotated[
+            str | None, Form(description="none, consensus or mbr (default: serve --rerank).")
+        ] = None,
     ) -> dict:
         """Caption the uploaded images: for each, the best `caption` and its `score` (total
         log-probability), the `captions` n-best list, and with `attention` the tokens, each
         with a JPEG data URI of where the model looked."""
-        key = _options(beam_size, n_best, attention and captioner.attends, settings)
+        key = _options(beam_size, n_best, attention and captioner.attends, settings,
+                       rerank or captioner.rerank.method)  # fmt: skip
+        if key.rerank != "none":  # a run without a neighbour index: 400 before any decoding
+            await run_in_threadpool(captioner.reranker, _rerank(captioner, key))
         contents = await read_uploads(file, settings)
         names = [upload_name(f, i) for i, f in enumerate(file)]
         images = [await run_in_threadpool(decode_upload, name, data, settings.max_pixels)
@@ -115,21 +125,30 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
             raise ApiError(503, f"server busy: {e}, try again later") from None
         answers = [await run_in_threadpool(_answer, captioner, name, image, hyps)
                    for name, image, hyps in zip(names, images, results)]  # fmt: skip
-        return {"decoding": _request_options(base, key).describe(), "images": answers}
+        decoding = _request_options(base, key).describe()
+        if key.rerank != "none":
+            decoding += f", rerank {_rerank(captioner, key).describe()}"
+        return {"decoding": decoding, "images": answers}
 
 
 def _request_options(base: DecodingOptions, key: CaptionOptions) -> DecodingOptions:
     return dataclasses.replace(base, beam_size=key.beam_size, n_best=key.n_best)
 
 
-def _options(
-    beam_size: int, n_best: int, attention: bool, settings: ServeSettings
-) -> CaptionOptions:
+def _rerank(captioner: Captioner, key: CaptionOptions) -> RerankOptions:
+    """The server's re-ranking settings with the request's method."""
+    return dataclasses.replace(captioner.rerank, method=key.rerank)
+
+
+def _options(beam_size: int, n_best: int, attention: bool, settings: ServeSettings,
+             rerank: str = "none") -> CaptionOptions:  # fmt: skip
+    if rerank not in RERANKERS:
+        raise ApiError(422, f"rerank must be one of {', '.join(RERANKERS)}, not {rerank!r}")
     if beam_size > settings.max_beam_size:
         raise ApiError(422, f"beam_size {beam_size} is over the limit of {settings.max_beam_size}")
     if n_best > beam_size:
         raise ApiError(422, f"n_best {n_best} is more than beam_size {beam_size}")
-    return CaptionOptions(beam_size, n_best, attention)
+    return CaptionOptions(beam_size, n_best, attention, rerank)
 
 
 def _answer(captioner: Captioner, name: str, image, hyps: list[Caption]) -> dict:
@@ -156,8 +175,6 @@ def model_info(captioner: Captioner, settings: ServeSettings) -> dict:
     trained = captioner.trained
     metrics, best_val = None, trained.config.get("metrics") or None
     if trained.run_dir is not None:
-        from captionkit.reporting.compare import summarize_run
-
         try:
             summary = summarize_run(trained.run_dir)
             metrics = summary.evaluation and summary.evaluation.get("metrics")
@@ -168,7 +185,7 @@ def model_info(captioner: Captioner, settings: ServeSettings) -> dict:
         "model": trained.config["model"]["name"],
         "model_config": trained.config["model"]["config"],
         "encoder": {k: trained.encoder.get(k) for k in ("name", "weights", "finetuned")},
-        "vocabulary_size": len(trained.vocab),
+        "vocabulary_size": len(trained.tokenizer),
         "vocabulary_type": trained.config["vocabulary"].get("type", "word"),
         "attention": captioner.attends,
         "runs": [str(t.run_dir) for t in captioner.members if t.run_dir],  # several: ensemble

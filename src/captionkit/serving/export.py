@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import CaptionkitError
-from captionkit.serving.captioner import Captioner
+from captionkit.evaluation.captioner import Captioner
 
 EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 MANIFEST_VERSION = 1

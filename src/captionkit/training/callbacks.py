@@ -15,10 +15,10 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from captionkit.data.tokenizers import Tokenizer
 from captionkit.data.vocab import Vocabulary
 from captionkit.encoders import ImageEncoder
-from captionkit.models.checkpoint import save_checkpoint
-from captionkit.training.checkpointing import BEST, CHECKPOINTS
+from captionkit.models.run_folder import save_checkpoint
 from captionkit.training.datamodule import ResumableDataModule
 from captionkit.training.module import CaptioningModule
+from captionkit.training.resume_checkpoints import BEST, CHECKPOINTS
 
 
 class BestCheckpoint(L.Callback):
@@ -29,9 +29,9 @@ class BestCheckpoint(L.Callback):
     With `finetuned` (an encoder trained by this run or by its `--init` run), the encoder is
     saved too, and its spec says so, with the fingerprint of its current weights."""
 
-    def __init__(self, run_dir: Path, model_name: str, vocab: Tokenizer, encoder: dict,
+    def __init__(self, run_dir: Path, model_name: str, tokenizer: Tokenizer, encoder: dict,
                  extra: dict, finetuned: ImageEncoder | None = None):  # fmt: skip
-        self.run_dir, self.model_name, self.vocab = run_dir, model_name, vocab
+        self.run_dir, self.model_name, self.tokenizer = run_dir, model_name, tokenizer
         self.encoder, self.extra, self.finetuned = encoder, extra, finetuned
         self.best: dict = {}
         self.rows = 0  # lines of metrics.jsonl written, kept in checkpoints for resuming
@@ -74,7 +74,7 @@ class BestCheckpoint(L.Callback):
             spec = {**spec, "fingerprint": self.finetuned.fingerprint(), "finetuned": True,
                     "base_fingerprint": self.encoder["fingerprint"]}  # fmt: skip
             encoder_model = self.finetuned.model
-        save_checkpoint(self.run_dir, module.model, self.model_name, self.vocab, spec,
+        save_checkpoint(self.run_dir, module.model, self.model_name, self.tokenizer, spec,
                         {**self.extra, "metrics": self.best}, encoder_model)  # fmt: skip
 
 

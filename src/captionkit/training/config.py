@@ -16,8 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from captionkit.data.tokenizers import TOKENIZER_KINDS
 from captionkit.encoders.factory import DEFAULT_ENCODER
 from captionkit.errors import CaptionkitError
+from captionkit.training.config_fields import check_model_args, check_value, known_keys
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
@@ -48,6 +50,11 @@ class DataConfig:
     """Feature cache folder (default `$CAPTIONKIT_CACHE` or `~/.cache/captionkit`)."""
     strict: bool = False
     """Stop at the first bad image or caption instead of skipping it."""
+
+    def __post_init__(self):
+        _check_choice("tokenizer", self.tokenizer, TOKENIZER_KINDS)
+        for name, low in (("min_count", 1), ("vocab_size", 8), ("max_length", 1)):
+            _check_range(name, getattr(self, name), low, None)
 
 
 @dataclass
@@ -180,6 +187,9 @@ class ScstConfig:
     """Reward = CIDEr-D + this x BLEU-4 of the sample (0 = CIDEr-D alone)."""
     temperature: float = 1.0
     """Sampling temperature (the log-probabilities trained are those of the tempered policy)."""
+    lr: float = 5e-5
+    """Learning rate of the SCST phase that `train.scst_epochs` adds after the cross-entropy
+    epochs (a run given `--objective scst` uses `optim.lr`)."""
     collapse_std: float = 0.01
     """Warn when the std of the rewards among an image's samples, averaged over an epoch, falls
     below this: the samples have become alike and the gradient vanishes."""
@@ -188,6 +198,7 @@ class ScstConfig:
         _check_choice("scst.baseline", self.baseline, SCST_BASELINES)
         _check_range("scst.samples", self.samples, 2 if self.baseline == "mean" else 1, None)
         _check_range("scst.temperature", self.temperature, 0, None, low_open=True)
+        _check_range("scst.lr", self.lr, 0, None, low_open=True)
         for name in ("bleu_weight", "collapse_std"):
             _check_range(f"scst.{name}", getattr(self, name), 0, None)
 
@@ -207,6 +218,10 @@ class TrainConfig:
     bucket_batches: int = 1
     """Sort pools of this many batches by caption length before batching: less padding, but
     less varied batches (1 = plain shuffled batches, the default; see BENCHMARKS.md)."""
+    scst_epochs: int = 0
+    """After the cross-entropy epochs, this many epochs of SCST (see `ScstConfig`) from the best
+    cross-entropy checkpoint, in `RUN/scst`; the run keeps whichever phase's model has the
+    better val CIDEr (0 = cross-entropy only)."""
     val_beam_size: int = 1
     """Beam size of the validation decode (1 = greedy)."""
     accelerator: str = "auto"
@@ -237,6 +252,8 @@ class TrainConfig:
     def __post_init__(self):
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        if self.scst_epochs < 0:
+            raise CaptionkitError(f"scst_epochs must be 0 or more, not {self.scst_epochs}")
         for name in ("devices", "num_nodes", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -244,6 +261,8 @@ class TrainConfig:
             raise CaptionkitError(
                 f"checkpoint_every must be 0 or more, not {self.checkpoint_every}"
             )
+        for name in ("workers", "patience"):
+            _check_range(name, getattr(self, name), 0, None)
 
 
 @dataclass
@@ -251,7 +270,7 @@ class RunConfig:
     """Everything a training run needs."""
 
     model: str = "show_tell"
-    """Registered model name."""
+    """Registered model name: `show_tell`, `attention`, `transformer` or `updown`."""
     model_args: dict = field(default_factory=dict)
     """Overrides of the model's config dataclass (e.g. `{"hidden_dim": 256}`)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -320,86 +339,27 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def _expected(hint) -> str:
-    """A field type in words, for error messages."""
-    options = typing.get_args(hint)
-    if type(None) in options:
-        return " or ".join(_expected(o) for o in options if o is not type(None)) + " or null"
-    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    return words.get(hint, "a mapping" if hint is dict else str(hint))
-
-
-def _check_value(value, hint, where: str):
-    """`value` if it has the field type `hint` (an int is a float too, and becomes one)."""
-    options = typing.get_args(hint)
-    kind = next((o for o in options if o is not type(None)), hint) if options else hint
-    if value is None and type(None) in options:
-        return None
-    if kind is float and type(value) is int:
-        return float(value)
-    # bool is an int in Python, but `true` is no batch size.
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise CaptionkitError(f"{where} must be {_expected(hint)}, not {value!r}")
-
-
-def _known_keys(cls: type, values, source: str, prefix: str) -> dict:
-    """`values` (None = empty), refused unless it is a mapping of field names of dataclass `cls`
-    (`prefix`: where the mapping is in the file, "" at the top)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    if values is None:  # a group whose settings are all commented out, or an empty file
-        return {}
-    if not isinstance(values, dict):
-        raise CaptionkitError(f"{source}: {prefix or 'the file'} must be a mapping of settings "
-                              f"({', '.join(names)}), not {values!r}")  # fmt: skip
-    for key in values:
-        if key not in names:
-            dotted, where = (f"{prefix}.", f" in {prefix}") if prefix else ("", "")
-            raise CaptionkitError(f"{source}: unknown key '{dotted}{key}' "
-                                  f"(valid{where}: {', '.join(names)})")  # fmt: skip
-    return values
-
-
 def _group(cls: type, values, source: str, name: str):
     """The group `name` of the file as an instance of dataclass `cls`, every value checked."""
     hints = typing.get_type_hints(cls)
-    values = _known_keys(cls, values, source, name)
-    checked = {k: _check_value(v, hints[k], f"{source}: {name}.{k}") for k, v in values.items()}
+    values = known_keys(cls, values, source, name)
+    checked = {k: check_value(v, hints[k], f"{source}: {name}.{k}") for k, v in values.items()}
     try:
         return cls(**checked)
     except CaptionkitError as e:  # the group's own checks (e.g. OptimConfig.schedule)
         raise CaptionkitError(f"{source}: {name}: {e}") from None
 
 
-def check_model_args(model: str, args: dict, source: str) -> dict:
-    """`args` checked against the config dataclass of registered model `model`: known fields,
-    values of their types (ints become floats where the field is a float) and the config's own
-    checks. `source` (e.g. "cfg.yaml: model_args") begins every error."""
-    from captionkit.models import DERIVED_FIELDS, MODELS, model_settings  # torch, only now
-
-    settings = model_settings(model)
-    for key in args:
-        if key not in settings:
-            raise CaptionkitError(f"{source}: model '{model}' has no setting '{key}' "
-                                  f"(valid: {', '.join(settings)})")  # fmt: skip
-    checked = {k: _check_value(v, settings[k], f"{source}.{k}") for k, v in args.items()}
-    try:
-        MODELS[model][0](**dict.fromkeys(DERIVED_FIELDS, 1), **checked)
-    except (TypeError, ValueError) as e:
-        raise CaptionkitError(f"{source}: model '{model}': {e}") from None
-    return checked
-
-
 def run_config_from_mapping(values, source: str) -> RunConfig:
     """A `RunConfig` from a config file's contents (`source`: the file, for errors)."""
     from captionkit.models import MODELS
 
-    top = _known_keys(RunConfig, values, source, "")
-    model = _check_value(top.get("model", RunConfig.model), str, f"{source}: model")
+    top = known_keys(RunConfig, values, source, "")
+    model = check_value(top.get("model", RunConfig.model), str, f"{source}: model")
     if model not in MODELS:
         raise CaptionkitError(f"{source}: model must be one of {', '.join(MODELS)}, not {model!r}")
     model_args = top.get("model_args")  # None: all commented out
-    model_args = _check_value(
+    model_args = check_value(
         {} if model_args is None else model_args, dict, f"{source}: model_args"
     )
     model_args = check_model_args(model, model_args, f"{source}: model_args")

@@ -12,7 +12,8 @@ from torch import nn
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.factory import ImageEncoder
-from captionkit.evaluation.metrics import quick_metrics
+from captionkit.metrics.coco_metrics import quick_metrics
+from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import OptimConfig
 from captionkit.training.datamodule import derived_seed
 from captionkit.training.scheduled_sampling import scheduled_sampling_inputs, ss_probability
@@ -83,13 +84,15 @@ class CaptioningModule(L.LightningModule):
             p = ss_probability(self.optim, self.current_epoch)
             inputs = scheduled_sampling_inputs(self.model, *features, inputs, p)
             self.log("train/ss_prob", p, batch_size=tokens.shape[0])
-        logits = self.model(*features, inputs)  # [B, T-1, V]
+        regularized = self.model.attends and self.model.config.alpha_c > 0
+        out = self.model(*features, inputs, **({"return_attention": True} if regularized else {}))
+        logits = out[0] if regularized else out  # [B, T-1, V]
         loss = caption_loss(logits, tokens[:, 1:], self.optim.label_smoothing)
         loss = self._global_token_mean(loss, tokens[:, 1:])
-        if hasattr(self.model, "regularization_loss"):  # e.g. doubly stochastic attention
-            # The cross-entropy alone too: the regulariser can be ten times larger.
+        if regularized:  # doubly stochastic attention over the attention weights out[1]
+            # The cross-entropy alone too: the regulariser can be larger than it.
             self.log("train/xe", loss, batch_size=tokens.shape[0])
-            loss = loss + self.model.regularization_loss()
+            loss = loss + attention_regularizer(out[1], inputs, self.model.config.alpha_c)
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
         return loss
 

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from captionkit.data.vocab import Vocabulary, tokenize
+from captionkit.data.ptb_tokenizer import tokenize
+from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
-from captionkit.evaluation.cider_d import CiderD
+from captionkit.metrics.cider_d import CiderD
 from captionkit.training.config import ScstConfig
 from captionkit.training.datamodule import token_array
 from captionkit.training.module import CaptioningModule

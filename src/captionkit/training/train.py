@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -26,7 +29,15 @@ from captionkit.encoders.features import features_for_dataset
 from captionkit.encoders.finetune import augmenting_transform, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, create_model, model_config_dict
-from captionkit.models.checkpoint import TrainedModel, load_checkpoint
+from captionkit.models.run_folder import (
+    CONFIG,
+    ENCODER_WEIGHTS,
+    WEIGHTS,
+    TrainedModel,
+    encoder_for,
+    load_checkpoint,
+)
+from captionkit.reranking.neighbours import index_training_images
 from captionkit.training.callbacks import (
     BestCheckpoint,
     DataPosition,
@@ -36,7 +47,6 @@ from captionkit.training.callbacks import (
     captions_in,
     target_tokens_in,
 )
-from captionkit.training.checkpointing import CHECKPOINTS, LAST, SafetensorsCheckpointIO
 from captionkit.training.config import RunConfig
 from captionkit.training.datamodule import (
     CaptionDataModule,
@@ -45,6 +55,8 @@ from captionkit.training.datamodule import (
 )
 from captionkit.training.image_data import CaptionedImages, ImageDataModule
 from captionkit.training.module import CaptioningModule
+from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
+from captionkit.training.run_preparation import start_run_dir
 from captionkit.training.scst import ScstModule, ScstReward
 
 
@@ -171,8 +183,6 @@ def _encoder(config: RunConfig, init: TrainedModel | None) -> ImageEncoder:
     """The `--init` run's encoder (fine-tuned or not) or a new one; when fine-tuning, with its last
     blocks trainable (checked before any feature is extracted)."""
     if init is not None:
-        from captionkit.evaluation.evaluate import encoder_for
-
         encoder = encoder_for(init)
     else:
         encoder = create_encoder(config.encoder.name, config.encoder.weights)
@@ -216,67 +226,34 @@ def _load_data(config: RunConfig, run_dir: Path, init: TrainedModel | None):
     return dataset, encoder, store, train_records, val_records
 
 
-# Settings a resumed run may change: how long and on what it trains, not what it trains.
-RESUMABLE_CHANGES = ("train", "optim", "scst")
+def _fit(config: RunConfig, run_dir: Path, module, datamodule, callbacks: list[L.Callback],
+         ckpt_path: Path | None) -> None:  # fmt: skip
+    """Lightning's fit, without the warnings that do not apply to our runs."""
+    with warnings.catch_warnings():
+        # Lightning warns about modules in eval mode: the frozen parts of a fine-tuned encoder;
+        # about the log folder a resumed run goes on writing into ...
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists")
+        # ... and about resuming mid-epoch without a stateful DataLoader: DataPosition does it.
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
+        # ... and about the FLOP counts the throughput monitor could log (bench/ measures them).
+        warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
+        trainer = _trainer(config, run_dir, callbacks)
+        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
 
 
-def _flat(settings: dict, prefix: str = "") -> dict:
-    """`{"optim": {"lr": 1}}` -> `{"optim.lr": 1}` (model_args stays one setting)."""
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and key != "model_args":
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def _resumed_config(config: RunConfig, run_dir: Path) -> None:
-    """Check `config` against the run's own `config.yaml`: the model, data and encoder must be
-    the same; changed training settings (e.g. more epochs) are listed and kept."""
-    saved = _flat(RunConfig.from_yaml(run_dir / "config.yaml").to_dict())
-    ours = _flat(config.to_dict())
-    changed = [(name, saved[name], ours[name]) for name in saved if saved[name] != ours[name]]
-    fixed = [c for c in changed if c[0].split(".")[0] not in RESUMABLE_CHANGES]
-    if fixed:
-        listed = ", ".join(f"{name} {old!r} there, {new!r} here" for name, old, new in fixed)
-        raise CaptionkitError(f"--resume {run_dir}: other settings than the run's ({listed})")
-    for name, old, new in changed:
-        print(f"resuming with {name} {new!r} (was {old!r})")
-
-
-def _start_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> Path:
-    """The run folder made ready, and the checkpoint to resume from (checked to exist)."""
-    last = run_dir / CHECKPOINTS / LAST
-    if resume:
-        if not (run_dir / "config.yaml").exists():
-            raise CaptionkitError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-        if not last.exists():
-            raise CaptionkitError(f"--resume {run_dir}: no {CHECKPOINTS}/{LAST} (the run stopped "
-                                  "before its first checkpoint): train it again")  # fmt: skip
-        _resumed_config(config, run_dir)
-        if rank_zero_only.rank == 0:  # what a crash during a save left behind
-            for partial in last.parent.glob(".*.tmp-*"):
-                partial.unlink()
-    if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            last.unlink(missing_ok=True)  # a stale one must never be resumed into this run
-        config.to_yaml(run_dir / "config.yaml")  # `train --config` of this file trains the run
-    return last
-
-
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train a model as `config` says; the best checkpoint (by val CIDEr) lands in `run_dir`,
-    beside `config` itself as `config.yaml`. With `resume`, continue the run in `run_dir` from
-    `checkpoints/last.safetensors`. Returns the metrics row of the best validation."""
+def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
+                to_beat: dict | None = None) -> dict:  # fmt: skip
+    """Train a model as `config` says, one objective; the best checkpoint (by val CIDEr) lands
+    in `run_dir`, beside `config` itself as `config.yaml`. With `resume`, continue the run in
+    `run_dir` from `checkpoints/last.safetensors`. `to_beat`: a metrics row of an earlier phase;
+    no model is exported until val CIDEr is above its. Returns the best validation's row."""
     run_dir = Path(run_dir)
     scst = config.optim.objective == "scst"
     if scst and not config.train.init:
         raise CaptionkitError("--objective scst fine-tunes a trained model: give --init RUN_DIR "
                               "(a run trained with the default objective, xe)")  # fmt: skip
-    last = _start_run_dir(config, run_dir, resume)
+    last = start_run_dir(config, run_dir, resume)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     init = _load_init(config)
     dataset, encoder, store, train_records, val_records = _load_data(config, run_dir, init)
@@ -312,19 +289,14 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     # An encoder fine-tuned here or by the --init run is saved with the model.
     trained_encoder = encoder if finetune or base.get("finetuned") else None
     best = BestCheckpoint(run_dir, config.model, vocab, base, extra, trained_encoder)
+    best.best = dict(to_beat or {})
     every, accumulate = config.train.checkpoint_every, config.optim.accumulate
     callbacks = [DataPosition(datamodule), best, LastCheckpoint(last, every, accumulate)]
-    with warnings.catch_warnings():
-        # Lightning warns about modules in eval mode: the frozen parts of a fine-tuned encoder;
-        # about the log folder a resumed run goes on writing into ...
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists")
-        # ... and about resuming mid-epoch without a stateful DataLoader: DataPosition does it.
-        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
-        # ... and about the FLOP counts the throughput monitor could log (bench/ measures them).
-        warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
-        trainer = _trainer(config, run_dir, callbacks)
-        trainer.fit(module, datamodule, ckpt_path=last if resume else None)
+    _fit(config, run_dir, module, datamodule, callbacks, last if resume else None)
+    if rank_zero_only.rank == 0 and not finetune:  # re-ranking's neighbours; a fine-tuned
+        # encoder's features are not the cached ones: index such a run with rerank.index_run
+        index_training_images(run_dir, store, [dataset.path(r) for r in train_records],
+                              train_records, encoder.fingerprint())  # fmt: skip
     return best.best
 
 
@@ -335,9 +307,71 @@ def _tokenizer(config: RunConfig, run_dir: Path, init: TrainedModel | None, trai
     path = run_dir / "tokenizer.json"
     if resume and path.exists():
         return tokenizer_from_dict(json.loads(path.read_text()))
-    vocab = init.vocab if init is not None else build_tokenizer(
+    vocab = init.tokenizer if init is not None else build_tokenizer(
         config.data.tokenizer, (c for r in train_records for c in r.captions),
         config.data.min_count, config.data.vocab_size)  # fmt: skip
     if rank_zero_only.rank == 0:
         path.write_text(json.dumps(vocab.to_dict()))
     return vocab
+
+
+SCST_PHASE = "scst"  # the sub-folder of a run where its SCST phase trains
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train as `config` says (see `train_phase`). With `train.scst_epochs`, two phases: the
+    cross-entropy epochs in `run_dir`, then SCST from its best checkpoint in `run_dir/scst`;
+    when SCST raises val CIDEr, its model replaces the cross-entropy one in `run_dir`. Returns
+    the metrics row of the best validation of the model kept."""
+    run_dir = Path(run_dir)
+    if config.train.scst_epochs == 0 or config.optim.objective == "scst":
+        return train_phase(config, run_dir, resume)
+    scst_dir = run_dir / SCST_PHASE
+    if resume and (scst_dir / "config.yaml").exists():  # the cross-entropy phase had finished
+        xe_best = _best_row(run_dir / "metrics.jsonl")
+    else:
+        xe_best = train_phase(config, run_dir, resume)
+    resume_scst = resume and (scst_dir / CHECKPOINTS / LAST).exists()
+    best = train_phase(_scst_phase(config, run_dir), scst_dir, resume_scst, to_beat=xe_best)
+    won = best["val/CIDEr"] > xe_best["val/CIDEr"]
+    if rank_zero_only.rank == 0:
+        if won:
+            _adopt_scst_model(config, run_dir, scst_dir)
+        kept = "SCST" if won else "cross-entropy (SCST did not beat it)"
+        print(f"val CIDEr: cross-entropy {xe_best['val/CIDEr']:.3f}, SCST "
+              f"{best['val/CIDEr']:.3f}: kept the {kept} model in {run_dir}")  # fmt: skip
+    return best if won else xe_best
+
+
+def _scst_phase(config: RunConfig, run_dir: Path) -> RunConfig:
+    """The SCST phase of a two-phase run: from the run's best cross-entropy model, at the SCST
+    learning rate, constant (the cross-entropy schedule's warmup and decay were for that phase)."""
+    optim = dataclasses.replace(config.optim, objective="scst", lr=config.scst.lr,
+                                schedule="constant", warmup_steps=0, label_smoothing=0.0,
+                                scheduled_sampling=0.0)  # fmt: skip
+    train = dataclasses.replace(config.train, epochs=config.train.scst_epochs, scst_epochs=0,
+                                init=str(run_dir))  # fmt: skip
+    return dataclasses.replace(config, optim=optim, train=train)
+
+
+def _best_row(metrics: Path) -> dict:
+    """The validation row with the best val CIDEr of a `metrics.jsonl`."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise CaptionkitError(f"{metrics}: no validation recorded")
+    return max(rows, key=lambda row: row["val/CIDEr"])
+
+
+def _adopt_scst_model(config: RunConfig, run_dir: Path, scst_dir: Path) -> None:
+    """Copy the SCST phase's exported model over the run's own (each file atomically); its
+    `config.json` then describes the whole two-phase run."""
+    for name in (WEIGHTS, ENCODER_WEIGHTS):
+        if (scst_dir / name).exists():
+            tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+            shutil.copyfile(scst_dir / name, tmp)
+            os.replace(tmp, run_dir / name)
+    exported = json.loads((scst_dir / CONFIG).read_text())
+    exported["run"], exported["phase"] = config.to_dict(), SCST_PHASE
+    tmp = run_dir / f".{CONFIG}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(exported, indent=2))
+    os.replace(tmp, run_dir / CONFIG)

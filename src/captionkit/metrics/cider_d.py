@@ -24,7 +24,7 @@ import numpy as np
 from scipy import sparse
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.ngrams import Encoded, NgramIndex
+from captionkit.metrics.ngrams import Encoded, NgramIndex
 
 DF_FORMAT = "captionkit-cider-df"
 

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Hashable, Mapping, Sequence
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.java import (
+from captionkit.metrics.java import (
     java_command,
     java_environment,
     last_lines,

@@ -17,7 +17,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.java import (
+from captionkit.metrics.java import (
     java_command,
     java_environment,
     java_major_version,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from captionkit.data.vocab import tokenize
+from captionkit.data.ptb_tokenizer import tokenize
 
 
 def caption_stats(predictions: Mapping[str, str],

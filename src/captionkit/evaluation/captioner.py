@@ -11,12 +11,38 @@ import torch
 from PIL import Image
 
 from captionkit.data.images import load_image
-from captionkit.data.vocab import detokenize
-from captionkit.decoding import DecodingOptions, DecodingResult, decode
+from captionkit.data.ptb_tokenizer import detokenize
+from captionkit.decoding import DEFAULT_MAX_LENGTH, DecodingOptions, DecodingResult, decode
 from captionkit.decoding.ensemble import Ensemble, check_same_tokenizer
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.evaluate import encoder_for, encoders_for, load_members, run_options
-from captionkit.models.checkpoint import load_checkpoint
+from captionkit.models.run_folder import TrainedModel, encoder_for, load_checkpoint
+from captionkit.reranking import Reranker, RerankOptions, run_reranker
+
+
+def run_options(trained: TrainedModel, options: DecodingOptions) -> DecodingOptions:
+    """`options`, with the caption length limit the run was trained with unless they set one."""
+    if options.max_length is not None:
+        return options
+    max_length = trained.data_setting("max_length", DEFAULT_MAX_LENGTH)
+    return dataclasses.replace(options, max_length=max_length)
+
+
+def encoders_for(members: list[TrainedModel]) -> list:
+    """`encoder_for` of each run; runs trained on the same encoder weights share one object (so
+    an ensemble computes those features once)."""
+    built = {}
+    for trained in members:
+        key = (trained.encoder["name"], trained.encoder["fingerprint"])
+        if key not in built:
+            built[key] = encoder_for(trained)
+    return [built[(t.encoder["name"], t.encoder["fingerprint"])] for t in members]
+
+
+def load_members(run_dirs: list[str | Path], device: str = "cpu") -> list[TrainedModel]:
+    """The runs of an ensemble, refused unless they share their tokenizer."""
+    members = [load_checkpoint(run, device) for run in run_dirs]
+    check_same_tokenizer([(str(run), t.tokenizer) for run, t in zip(run_dirs, members)])
+    return members
 
 
 @dataclass
@@ -60,7 +86,7 @@ class Captioner:
         self.ensemble = members is not None
         pairs = [(trained, encoder), *(members or [])]
         if self.ensemble:
-            check_same_tokenizer([(str(t.run_dir), t.vocab) for t, _ in pairs])
+            check_same_tokenizer([(str(t.run_dir), t.tokenizer) for t, _ in pairs])
         self.members = [t for t, _ in pairs]  # TrainedModel of each run
         self.models = [t.model for t in self.members]
         self.encoders = []  # distinct encoders, and each member's index among them
@@ -70,19 +96,35 @@ class Captioner:
         self._member_encoder = [next(i for i, k in enumerate(self.encoders) if k is e)
                                 for _, e in pairs]  # fmt: skip
         self._transforms = [e.transform() for e in self.encoders]
+        self.rerank = RerankOptions()
+        """Re-ranking when `caption` is given none (`captionkit serve --rerank`)."""
+        self._reranker: Reranker | None = None  # keeps the index and its tokenized captions
         attending = [i for i, m in enumerate(self.models) if m.attends] or [0]
         seen = self._member_encoder[attending[0]]
         self._seen_encoder, self._seen_transform = self.encoders[seen], self._transforms[seen]
 
     @classmethod
-    def load(cls, run_dir: str | Path | list, device: str = "cpu") -> Captioner:
-        """A run folder, or a list of them: an ensemble (they must share the tokenizer)."""
+    def load(cls, run_dir: str | Path | list, device: str = "cpu",
+             rerank: RerankOptions | None = None) -> Captioner:  # fmt: skip
+        """A run folder, or a list of them: an ensemble (they must share the tokenizer).
+        `rerank`: the default re-ranking of `caption` (the neighbour index of the run, the first
+        of an ensemble, is read here, so a run without one fails now)."""
         if not isinstance(run_dir, (list, tuple)):
             trained = load_checkpoint(run_dir, device)
-            return cls(trained, encoder_for(trained), device)
-        members = load_members(list(run_dir), device)
-        pairs = list(zip(members, encoders_for(members)))
-        return cls(*pairs[0], device, members=pairs[1:])
+            captioner = cls(trained, encoder_for(trained), device)
+        else:
+            members = load_members(list(run_dir), device)
+            pairs = list(zip(members, encoders_for(members)))
+            captioner = cls(*pairs[0], device, members=pairs[1:])
+        if rerank is not None:
+            captioner.rerank = rerank
+            captioner.reranker(rerank)
+        return captioner
+
+    def reranker(self, options: RerankOptions) -> Reranker:
+        """A re-ranker with `options` over the run's neighbour index (read once)."""
+        self._reranker = run_reranker(self.trained, options, self._reranker)
+        return self._reranker
 
     @property
     def attends(self) -> bool:
@@ -108,24 +150,31 @@ class Captioner:
 
     @torch.inference_mode()
     def caption(self, images: list, options: DecodingOptions | None = None, batch_size: int = 32,
-                attention: bool = False) -> list[list[Caption]]:  # fmt: skip
+                attention: bool = False,
+                rerank: RerankOptions | None = None) -> list[list[Caption]]:  # fmt: skip
         """Captions of each image as `options` ask for them (default `DecodingOptions()`: the best
         of a beam of 3): `n_best` captions best first, or `num_samples` sampled captions in
         drawing order. The length limit is the run's unless `options.max_length` is set.
         `attention=True` adds each caption's tokens and attention maps (models that attend; the
-        others return captions without them)."""
-        options = options or DecodingOptions()
+        others return captions without them). `rerank` (default: `self.rerank`): re-rank
+        `rerank.candidates` candidates per image and return the first `n_best` of them."""
+        options, rerank = options or DecodingOptions(), rerank or self.rerank
+        keep = options.n_best  # re-ranking: how many of its candidates to return
+        if rerank.active:
+            reranker, options = self.reranker(rerank), rerank.decoding(options)
         options = run_options(self.trained, dataclasses.replace(options, attention=attention))
-        model = self.trained.model
-        if self.ensemble:
-            model = Ensemble(self.models, options.ensemble_mean)
+        model = Ensemble(self.models, options.ensemble_mean) if self.ensemble else self.models[0]
+        text = lambda h: self.trained.tokenizer.decode(h.tokens)  # noqa: E731
         out = []
         for start in range(0, len(images), batch_size):
             pooled, grid = self._features(
                 [self._image(im) for im in images[start : start + batch_size]]
             )
-            for hyps in decode(model, pooled, grid, options, self.trained.vocab):
-                out.append([self._caption(h) for h in hyps])
+            results = decode(model, pooled, grid, options, self.trained.tokenizer)
+            if rerank.active:  # neighbours by the first run's features
+                first = pooled[0] if self.ensemble else pooled
+                results = [hyps[:keep] for hyps in reranker.rerank(results, text, first.cpu())]
+            out += [[self._caption(h) for h in hyps] for hyps in results]
         return out
 
     def _features(self, images: list[Image.Image]):
@@ -140,10 +189,10 @@ class Captioner:
         return [f[0] for f in chosen], [f[1] for f in chosen]
 
     def _caption(self, hyp: DecodingResult) -> Caption:
-        text = detokenize(self.trained.vocab.decode(hyp.tokens))
+        text = detokenize(self.trained.tokenizer.decode(hyp.tokens))
         if hyp.attention is None:
             return Caption(text, hyp.score)
-        tokens = [self.trained.vocab.decode([t]) for t in hyp.tokens]
+        tokens = [self.trained.tokenizer.decode([t]) for t in hyp.tokens]
         side = self._grid_side(len(hyp.attention[0]))
         maps = np.asarray(hyp.attention, dtype=np.float32)[: len(tokens)]  # [T, L]
         return Caption(text, hyp.score, tokens, maps.reshape(-1, side, side))

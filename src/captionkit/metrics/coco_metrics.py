@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from captionkit.data.vocab import tokenize
+from captionkit.data.ptb_tokenizer import tokenize
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.java import java_path
+from captionkit.metrics.java import java_path
 
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 # A caption that decoded to nothing still needs a token for the scorers.
@@ -33,7 +33,8 @@ class MetricReport:
 
 
 def python_ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
-    """`ptb.ptb_tokenize` without Java: our Python port of the PTB tokenizer, brackets kept."""
+    """`java_ptb_tokenizer.ptb_tokenize` without Java: our Python port of the PTB tokenizer,
+    brackets kept."""
     return {
         k: [" ".join(tokenize(c, ptb_brackets=True)) for c in caps] for k, caps in captions.items()
     }
@@ -52,7 +53,7 @@ def score_captions(
     raw = {k: [predictions[k] if predictions[k].strip() else EMPTY_CAPTION] for k in keys}
     report = MetricReport({})
     if java_path() is not None:
-        from captionkit.evaluation.ptb import ptb_tokenize
+        from captionkit.metrics.java_ptb_tokenizer import ptb_tokenize
 
         res, gts = ptb_tokenize(raw), ptb_tokenize({k: references[k] for k in keys})
     else:
@@ -86,7 +87,7 @@ def _java_free_metrics(gts: dict, res: dict, report: MetricReport) -> None:
 
 
 def _meteor(gts: dict, res: dict, report: MetricReport) -> None:
-    from captionkit.evaluation.meteor import meteor_score
+    from captionkit.metrics.meteor import meteor_score
 
     report.scores["METEOR"], report.per_image["METEOR"] = meteor_score(
         gts, {k: v[0] for k, v in res.items()}
@@ -94,7 +95,7 @@ def _meteor(gts: dict, res: dict, report: MetricReport) -> None:
 
 
 def _spice(gts: dict, res: dict, report: MetricReport) -> None:
-    from captionkit.evaluation.spice import spice_score
+    from captionkit.metrics.spice import spice_score
 
     try:
         score, per_image = spice_score(gts, {k: v[0] for k, v in res.items()})

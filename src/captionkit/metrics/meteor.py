@@ -16,7 +16,7 @@ import threading
 from collections.abc import Hashable, Mapping, Sequence
 
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.java import (
+from captionkit.metrics.java import (
     java_command,
     java_environment,
     last_lines,

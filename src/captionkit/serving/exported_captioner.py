@@ -14,9 +14,9 @@ from torch import nn
 
 from captionkit.data.tokenizers import tokenizer_from_dict
 from captionkit.errors import CaptionkitError
-from captionkit.models.checkpoint import TrainedModel
+from captionkit.evaluation.captioner import Captioner
+from captionkit.models.run_folder import TrainedModel
 from captionkit.models.step import StepOutput
-from captionkit.serving.captioner import Captioner
 
 
 class _Preprocess(nn.Module):

@@ -1,4 +1,5 @@
-"""Run folders: a trained model as `model.safetensors` + `config.json`, never a pickle.
+"""Run folders: a trained model as `model.safetensors` + `config.json`, never a pickle; saving
+one, and rebuilding its model (`load_checkpoint`) and its encoder (`encoder_for`).
 
 `config.json` holds everything needed to rebuild and use the model: the model name and its config
 dataclass, the encoder (name, weights, fingerprint; `"finetuned": true` when the run trained it,
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from captionkit.data.tokenizers import Tokenizer, tokenizer_from_dict
+from captionkit.encoders import ImageEncoder, create_encoder
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model, model_config_dict
 
@@ -33,8 +35,8 @@ class TrainedModel:
     """A model loaded from a run folder, with what it needs to caption images."""
 
     model: nn.Module
-    vocab: Tokenizer
-    """The caption tokenizer, word or BPE (the name predates BPE)."""
+    tokenizer: Tokenizer
+    """The caption tokenizer, word or BPE (stored under `"vocabulary"` in `config.json`)."""
     encoder: dict
     """`{"name", "weights", "fingerprint"}` of the encoder the model was trained on, and
     `"finetuned": true` when its weights are the run's `encoder.safetensors`."""
@@ -43,12 +45,17 @@ class TrainedModel:
     run_dir: Path | None = None
     """The run folder it was loaded from."""
 
+    @property
+    def vocab(self) -> Tokenizer:
+        """The old name of `tokenizer`, from before BPE."""
+        return self.tokenizer
+
     def data_setting(self, name: str, default=None):
         """A data setting the model was trained with (`DataConfig` field), e.g. `max_length`."""
         return self.config.get("run", {}).get("data", {}).get(name, default)
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Tokenizer,
+def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, tokenizer: Tokenizer,
                     encoder: dict, extra: dict | None = None,
                     encoder_model: nn.Module | None = None) -> None:  # fmt: skip
     """Write the model's weights and config into `run_dir`, atomically; a fine-tuned
@@ -58,7 +65,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, vocab: Tok
         "format_version": FORMAT_VERSION,
         "model": {"name": model_name, "config": model_config_dict(model)},
         "encoder": encoder,
-        "vocabulary": vocab.to_dict(),
+        "vocabulary": tokenizer.to_dict(),  # the key predates BPE; kept for existing runs
         **(extra or {}),
     }
     if encoder_model is not None:
@@ -97,7 +104,7 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     config = read_config(run_dir)
     try:
         model = create_model(config["model"]["name"], **config["model"]["config"])
-        vocab = tokenizer_from_dict(config["vocabulary"])
+        tokenizer = tokenizer_from_dict(config["vocabulary"])
         state = load_file(run_dir / WEIGHTS, device=str(device))
         model.load_state_dict(state)
     except FileNotFoundError:
@@ -106,4 +113,19 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
         raise CaptionkitError(f"{run_dir / WEIGHTS}: unreadable weights ({e})") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CaptionkitError(f"{run_dir}: config and weights do not match ({e})") from None
-    return TrainedModel(model.to(device).eval(), vocab, config["encoder"], config, run_dir)
+    return TrainedModel(model.to(device).eval(), tokenizer, config["encoder"], config, run_dir)
+
+
+def encoder_for(trained: TrainedModel) -> ImageEncoder:
+    """Rebuild the encoder a model was trained on (a fine-tuned one from the run's
+    `encoder.safetensors`), refusing one with other weights."""
+    spec = trained.encoder
+    weights = spec["weights"]
+    if spec.get("finetuned"):
+        weights = str(Path(trained.run_dir or ".") / ENCODER_WEIGHTS)
+    encoder = create_encoder(spec["name"], weights)
+    if encoder.fingerprint() != spec["fingerprint"]:
+        raise CaptionkitError(
+            f"encoder {spec['name']} ({weights}) has other weights than in training"
+        )
+    return encoder

@@ -1,0 +1,75 @@
+"""Benchmark: decoding for quality (issue #16) — single runs, their ensemble, and re-ranking.
+
+    .venv/bin/python bench/bench_decoding_quality.py --runs R1,R2,R3 \
+        --data ../shared/data/flickr8k-mini [--splits val,test] [--output results.json]
+
+For each setting and split: CIDEr-D (pycocoevalcap's, through `evaluate_run` with Java for the
+PTB tokenizer and METEOR), BLEU-4, METEOR, a 95% bootstrap interval of CIDEr-D over images
+(captionkit's exact per-image CIDEr-D), and images/s (decoding and re-ranking from cached
+features, this machine; feature extraction is not timed: it is a cache hit). Settings: each run
+alone (beam 3), the mean over runs, the ensemble of all runs (beam 3), each re-ranker on the
+first run and on the ensemble. Runs without a neighbour index get one (`index_run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench_models import bootstrap, per_image_cider
+
+from captionkit.decoding import DecodingOptions
+from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.evaluation.rerank import index_run
+from captionkit.reranking import NeighbourIndex, RerankOptions
+
+RERANKS = {
+    "consensus": RerankOptions("consensus", candidates=5),
+    "mbr": RerankOptions("mbr", candidates=5),
+}
+
+
+def score(runs, data: str, split: str, rerank: RerankOptions | None = None) -> dict:
+    """Metrics, bootstrap interval and images/s of one setting on one split."""
+    start = time.perf_counter()
+    ev = evaluate_run(runs, data, split=split, options=DecodingOptions(beam_size=3),
+                      rerank=rerank)  # fmt: skip
+    seconds = time.perf_counter() - start
+    per_image = per_image_cider(ev.predictions, ev.references)
+    return {"CIDEr": ev.metrics["CIDEr"], "BLEU-4": ev.metrics["BLEU-4"],
+            "METEOR": ev.metrics.get("METEOR"), "ci95": bootstrap(per_image),
+            "img_per_s": len(ev.predictions) / seconds}  # fmt: skip
+
+
+def settings(runs: list[str]) -> dict:
+    """Setting name -> (runs argument of `evaluate_run`, re-ranking)."""
+    out = {f"single {Path(r).name}": (r, None) for r in runs}
+    out.update({f"single {Path(runs[0]).name} + {name}": (runs[0], rr)
+                for name, rr in RERANKS.items()})  # fmt: skip
+    out[f"ensemble of {len(runs)}"] = (runs, None)
+    out.update({f"ensemble of {len(runs)} + {name}": (runs, rr) for name, rr in RERANKS.items()})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", required=True, help="Comma-separated run folders.")
+    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser.add_argument("--splits", default="val,test")
+    parser.add_argument("--output", default="bench/results_decoding_quality.json")
+    args = parser.parse_args()
+    runs = args.runs.split(",")
+    for run in runs:
+        if not NeighbourIndex.exists(run):
+            index_run(run, args.data)
+    results = {}
+    for name, (which, rerank) in settings(runs).items():
+        results[name] = {s: score(which, args.data, s, rerank) for s in args.splits.split(",")}
+        print(name, json.dumps(results[name]), flush=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

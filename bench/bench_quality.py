@@ -1,0 +1,156 @@
+"""Benchmark: caption quality of each training recipe (issue #15's ablation table).
+
+    .venv/bin/python bench/bench_quality.py --data ../shared/data/flickr8k-mini --out runs/quality \
+        [--variants attention-emb,updown,...] [--seeds 0,1,2] [--table-only]
+
+Every variant is a `captionkit train` command line (below); each (variant, seed) trains into
+`OUT/VARIANT-sSEED` unless that run folder already holds a model (so a table can be rebuilt,
+and more seeds added, without training again). Each run is then decoded on val and test with
+beam 3, `<unk>` forbidden, and scored with our exact CIDEr-D per image (equal to pycocoevalcap's
+mean, tested); the table gives the mean over seeds, a 95% bootstrap interval over images of the
+seed-averaged per-image scores, and the training minutes (wall clock, this machine). Results go
+to `--output` (JSON) and the markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_models import bootstrap, per_image_cider
+
+from captionkit.decoding import DecodingOptions
+from captionkit.evaluation.evaluate import evaluate_run
+
+# name -> (what it tests, `captionkit train` options). All read cached EfficientNet-Lite0 features
+# unless they say otherwise; `--preset none` starts from the config defaults, so each line says
+# all it changes. "best" is the default recipe (`captionkit train` with no option).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "attention-old": (
+        "Show-Attend-Tell as before #15: raw 1280-d grid, no input dropout, λ = 1 (sum), 15 ep",
+        [
+            "--preset",
+            "none",
+            "--model",
+            "attention",
+            "--epochs",
+            "15",
+            "--model-arg",
+            "embed_features=false",
+            "--model-arg",
+            "word_dropout=0",
+            "--model-arg",
+            "alpha_c=1.0",
+        ],
+    ),  # fmt: skip
+    "attention-emb": (
+        "grid embedded to 512-d (Linear, ReLU, dropout 0.5), word ReLU+dropout, λ = 0.02, 20 ep",
+        ["--preset", "none", "--model", "attention", "--epochs", "20", "--patience", "5"],
+    ),
+    "attention-emb-lite2": (
+        "the same on EfficientNet-Lite2 features (9x9 grid)",
+        [
+            "--preset",
+            "none",
+            "--model",
+            "attention",
+            "--epochs",
+            "20",
+            "--patience",
+            "5",
+            "--encoder",
+            "tf_efficientnet_lite2",
+        ],
+    ),  # fmt: skip
+    "updown": (
+        "top-down attention decoder (two LSTMs), embedded features, no regulariser, 20 ep",
+        ["--preset", "none", "--model", "updown", "--epochs", "20", "--patience", "5"],
+    ),
+    "best": (
+        "default: attention-emb, ≤ 30 ep, early stop on beam-3 val, then 5 SCST epochs",
+        [],
+    ),
+}
+
+
+def train_run(name: str, seed: int, args) -> Path:
+    """Train one (variant, seed) unless its run folder already has a model; its wall time is kept
+    in `bench_time.json` beside it."""
+    run_dir = Path(args.out) / f"{name}-s{seed}"
+    if (run_dir / "model.safetensors").exists():
+        return run_dir
+    argv = ["train", "--data", args.data, "--out", str(run_dir), "--seed", str(seed),
+            *VARIANTS[name][1]]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "captionkit", *argv], check=True)
+    minutes = (time.perf_counter() - start) / 60
+    (run_dir / "bench_time.json").write_text(json.dumps({"minutes": minutes, "argv": argv}))
+    return run_dir
+
+
+def split_scores(run_dir: Path, data: str, split: str) -> dict[str, float]:
+    """Per-image CIDEr-D of a run on `split`, beam 3, `<unk>` forbidden."""
+    options = DecodingOptions(beam_size=3)
+    ev = evaluate_run(run_dir, data, split=split, meteor=False, options=options)
+    keys = sorted(ev.predictions)
+    return dict(zip(keys, per_image_cider(ev.predictions, ev.references).tolist()))
+
+
+def summarise(runs: list[Path], data: str) -> dict:
+    """Mean over seeds and bootstrap interval per split, training minutes and best epochs."""
+    out: dict = {"seeds": len(runs)}
+    for split in ("val", "test"):
+        per_run = [split_scores(r, data, split) for r in runs]
+        keys = sorted(per_run[0])
+        matrix = np.array([[p[k] for k in keys] for p in per_run])  # [seeds, images]
+        out[split] = {"mean": float(matrix.mean()), "ci95": bootstrap(matrix.mean(axis=0)),
+                      "per_seed": matrix.mean(axis=1).tolist()}  # fmt: skip
+    times = [json.loads((r / "bench_time.json").read_text())["minutes"] for r in runs
+             if (r / "bench_time.json").exists()]  # fmt: skip
+    out["train_minutes"] = float(np.mean(times)) if times else None
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| variant | what | seeds | val CIDEr (95% CI) | test CIDEr (95% CI) | train min |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, r in results.items():
+        cells = [f"{r[s]['mean']:.3f} ({r[s]['ci95'][0]:.3f}–{r[s]['ci95'][1]:.3f})"
+                 for s in ("val", "test")]  # fmt: skip
+        minutes = "" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
+        lines.append(f"| {name} | {VARIANTS[name][0]} | {r['seeds']} | {cells[0]} | {cells[1]} "
+                     f"| {minutes} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--output", default="bench/results_quality.json")
+    parser.add_argument("--table-only", action="store_true",
+                        help="Score the run folders already in --out; train nothing.")  # fmt: skip
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = {}
+    for name in args.variants.split(","):
+        if args.table_only:
+            runs = [Path(args.out) / f"{name}-s{s}" for s in seeds]
+            runs = [r for r in runs if (r / "model.safetensors").exists()]
+        else:
+            runs = [train_run(name, s, args) for s in seeds]
+        if runs:
+            results[name] = summarise(runs, args.data)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

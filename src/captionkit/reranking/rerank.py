@@ -1,0 +1,259 @@
+"""Re-ranking a model's candidate captions by CIDEr-D: consensus and minimum Bayes risk.
+
+- `consensus` (Devlin et al. 2015, "Exploring nearest neighbor approaches for image captioning"):
+  a candidate's score is its CIDEr-D against the captions of the k training images nearest to the
+  input image (cosine similarity of pooled encoder features, `NeighbourIndex`), i.e. the mean of
+  its CIDEr-D against each of those captions.
+- `mbr` (minimum Bayes risk): a candidate's score is its mean CIDEr-D against the image's other
+  candidates, the caption the candidates agree on most.
+
+Both use CIDEr-D's document frequencies of the run's training captions (the neighbour index holds
+them), on captions tokenized as the metrics tokenize them (the Python PTB tokenizer). The final
+rank mixes the re-ranking score with the model's own total log-probability, each min-max scaled
+to [0, 1] over the image's candidates: final = (1 - W) x rerank + W x log-probability, so W = 1
+keeps the model's order (a beam without length penalty) and W = 0 is pure re-ranking; ties keep
+the order the candidates came in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TypeVar
+
+import numpy as np
+
+from captionkit.data import tokenize
+from captionkit.decoding import DecodingOptions
+from captionkit.errors import CaptionkitError
+from captionkit.metrics.cider_d import CiderD, DocumentFrequency, _sum_per_order
+from captionkit.metrics.ngrams import NgramIndex
+from captionkit.reranking.neighbours import NeighbourIndex
+
+RERANKERS = ("none", "consensus", "mbr")
+T = TypeVar("T")
+
+
+@dataclass
+class RerankOptions:
+    """Whether and how to re-rank each image's candidate captions."""
+
+    method: str = "none"
+    """`none`, `consensus` or `mbr`."""
+    candidates: int = 5
+    """Candidates per image: the beam's n-best (the beam is widened to at least this), or the
+    samples drawn when decoding samples."""
+    weight: float = 0.3
+    """W of final = (1 - W) x re-ranking score + W x log-probability (both min-max scaled)."""
+    k: int = 60
+    """Consensus: nearest training images whose captions vote (Devlin et al. 2015 tuned k on
+    COCO: 60 is in the range they found best for CIDEr)."""
+
+    def __post_init__(self):
+        if self.method not in RERANKERS:
+            raise CaptionkitError(f"rerank must be one of {', '.join(RERANKERS)}, "
+                                  f"not {self.method!r}")  # fmt: skip
+        if self.candidates < 2 and self.method != "none":
+            raise CaptionkitError(f"rerank_candidates must be at least 2, not {self.candidates}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise CaptionkitError(f"rerank_weight must be in [0, 1], not {self.weight}")
+        if self.k < 1:
+            raise CaptionkitError(f"rerank k must be at least 1, not {self.k}")
+
+    @property
+    def active(self) -> bool:
+        return self.method != "none"
+
+    def decoding(self, options: DecodingOptions) -> DecodingOptions:
+        """The decoding options that give `candidates` hypotheses per image: as many samples,
+        or a beam at least that wide returning its `candidates` best."""
+        if not self.active:
+            return options
+        if options.sample:
+            return dataclasses.replace(options, num_samples=self.candidates)
+        beam = max(options.beam_size, self.candidates)
+        return dataclasses.replace(options, beam_size=beam, n_best=self.candidates)
+
+    def describe(self) -> str:
+        if not self.active:
+            return "none"
+        k = f", k={self.k}" if self.method == "consensus" else ""
+        return f"{self.method} ({self.candidates} candidates, weight {self.weight:g}{k})"
+
+
+def cider_text(caption: str) -> str:
+    """A caption as re-ranking scores it: its PTB words (the metrics' tokenization)."""
+    return " ".join(tokenize(caption))
+
+
+def min_max(values: np.ndarray) -> np.ndarray:
+    """`values` scaled to [0, 1]; all zeros when they are all equal."""
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values, dtype=float)
+
+
+def mixed(rerank: np.ndarray, logprob: np.ndarray, weight: float) -> np.ndarray:
+    """[C] final scores of one image's candidates (higher is better)."""
+    return (1.0 - weight) * min_max(np.asarray(rerank, float)) + weight * min_max(
+        np.asarray(logprob, float)
+    )
+
+
+def pair_cider(texts: Sequence[str], hyp: np.ndarray, ref: np.ndarray, df: DocumentFrequency,
+               sigma: float = 6.0) -> np.ndarray:  # fmt: skip
+    """[P] CIDEr-D (x10) of `texts[hyp[p]]` against the single reference `texts[ref[p]]`, with
+    document frequencies `df`. The n-gram index is of `texts` alone (a few hundred captions),
+    each n-gram's frequency looked up in `df`, so nothing of the corpus is rebuilt per call."""
+    n = df.index.n
+    index = NgramIndex(list(texts), n)
+    counts, order = index.corpus.counts, index.column_order()
+    idf = np.log(float(df.images)) - np.log(np.maximum(1.0, df.values_for(index)))
+    weight = counts.data * idf[counts.indices]
+    norm = np.sqrt(_sum_per_order(counts, weight**2, order, n))  # [texts, n]
+    vectors = counts.copy()
+    vectors.data = weight
+    h, r = vectors[hyp], vectors[ref]
+    clipped = h.minimum(r).multiply(r).tocsr()  # min(h, r) * r per n-gram
+    val = _sum_per_order(clipped, clipped.data, order, n)  # [P, n]
+    denom = norm[hyp] * norm[ref]
+    val = np.divide(val, denom, out=np.zeros_like(val), where=denom != 0)
+    length = np.maximum(index.corpus.lengths - 1, 0).astype(float)  # in bigrams, as pycocoevalcap
+    delta = length[hyp] - length[ref]
+    return val.mean(axis=1) * np.exp(-(delta**2) / (2 * sigma**2)) * 10.0
+
+
+class CaptionCorpus:
+    """The training captions of a run's neighbour index, tokenized once, with what CIDEr-D needs
+    of them built on first use."""
+
+    def __init__(self, index: NeighbourIndex):
+        self.index = index
+        self.texts = [[cider_text(c) for c in caps] for caps in index.captions]
+        self.sizes = np.array([len(caps) for caps in self.texts])
+
+    @cached_property
+    def cider(self) -> CiderD:
+        """CIDEr-D against each training image's captions (keyed by index row); its document
+        frequencies are those of the training corpus."""
+        return CiderD(dict(enumerate(self.texts)))
+
+    @cached_property
+    def df(self) -> DocumentFrequency:
+        return DocumentFrequency.from_references(dict(enumerate(self.texts)))
+
+    def consensus(self, candidates: Sequence[Sequence[str]], neighbours: np.ndarray) -> list:
+        """Per image, [C] mean CIDEr-D of its candidates (tokenized texts) against all captions of
+        its neighbour rows (`neighbours` [B, k])."""
+        hyps, keys, weights, groups = [], [], [], []
+        for cands, rows in zip(candidates, neighbours):
+            for c in cands:
+                hyps += [c] * len(rows)
+                keys += rows.tolist()
+                weights.append(self.sizes[rows])
+            groups.append(len(cands))
+        if not hyps:
+            return [np.zeros(0) for _ in candidates]
+        per_pair = self.cider.score(hyps, keys)  # against each neighbour's captions
+        weights = np.array(weights, dtype=float)  # [sum C, k] captions of each neighbour
+        pooled = (per_pair.reshape(weights.shape) * weights).sum(1) / weights.sum(1)
+        return np.split(pooled, np.cumsum(groups)[:-1])
+
+    def mbr(self, candidates: Sequence[Sequence[str]]) -> list:
+        """Per image, [C] mean CIDEr-D of each candidate against the image's other candidates."""
+        return mbr_scores(candidates, self.df)
+
+
+def mbr_scores(candidates: Sequence[Sequence[str]], df: DocumentFrequency) -> list[np.ndarray]:
+    """Per image, [C] each candidate's mean CIDEr-D against the other C-1 (tokenized texts)."""
+    texts = [c for cands in candidates for c in cands]
+    distinct = list(dict.fromkeys(texts))
+    if not distinct:
+        return [np.zeros(0) for _ in candidates]
+    row = {t: i for i, t in enumerate(distinct)}
+    hyp, ref, group = [], [], []
+    for cands in candidates:
+        for i, c in enumerate(cands):
+            others = [row[o] for j, o in enumerate(cands) if j != i]
+            hyp += [row[c]] * len(others)
+            ref += others
+            group.append(len(others))
+    per_pair = pair_cider(distinct, np.array(hyp, dtype=np.int64), np.array(ref, dtype=np.int64),
+                          df)  # fmt: skip
+    sizes = np.array(group)
+    starts = np.cumsum(sizes) - sizes
+    sums = np.add.reduceat(per_pair, starts[sizes > 0]) if len(per_pair) else np.zeros(0)
+    means = np.zeros(len(sizes))
+    means[sizes > 0] = sums / sizes[sizes > 0]
+    return np.split(means, np.cumsum([len(c) for c in candidates])[:-1])
+
+
+class Reranker:
+    """Re-ranks each image's candidate captions by `options.method`, over a run's training
+    captions (its `NeighbourIndex`; None for a run without one, which then cannot re-rank)."""
+
+    def __init__(self, options: RerankOptions, index: NeighbourIndex | None, run: str = "the run",
+                 corpus: CaptionCorpus | None = None):  # fmt: skip
+        """`corpus`: the `CaptionCorpus` of `index` when one was built already (it is slow to
+        build for a large index, and the same for any options)."""
+        if options.active and index is None:
+            raise CaptionkitError(
+                f"--rerank {options.method}: {run} has no neighbour index (neighbours.json, "
+                "written by training since re-ranking exists): train it again, or index it "
+                "with captionkit.evaluation.rerank.index_run(run, data)"
+            )
+        self.options, self.index = options, index
+        if corpus is None and index is not None:
+            corpus = CaptionCorpus(index)
+        self.corpus = corpus
+
+    def scores(self, captions: Sequence[Sequence[str]], pooled=None) -> list[np.ndarray]:
+        """Per image, [C] re-ranking scores of its raw candidate `captions`; `pooled` [B, D]:
+        the images' pooled features (consensus needs them)."""
+        texts = [[cider_text(c) for c in caps] for caps in captions]
+        if self.options.method == "mbr":
+            return self.corpus.mbr(texts)
+        if pooled is None:
+            raise CaptionkitError("consensus re-ranking needs the images' pooled features")
+        _, rows = self.index.nearest(pooled, self.options.k)
+        return self.corpus.consensus(texts, rows)
+
+    def order(self, captions: Sequence[Sequence[str]], logprobs: Sequence[Sequence[float]],
+              pooled=None) -> list[list[int]]:  # fmt: skip
+        """Per image, its candidates' positions, best first (the model's order when not
+        re-ranking)."""
+        if not self.options.active:
+            return [list(range(len(caps))) for caps in captions]
+        out = []
+        for rerank, lp in zip(self.scores(captions, pooled), logprobs):
+            final = mixed(rerank, np.asarray(lp, dtype=float), self.options.weight)
+            out.append(np.argsort(-final, kind="stable").tolist())
+        return out
+
+    def rerank(self, results: Sequence[Sequence[T]], text: Callable[[T], str],
+               pooled=None) -> list[list[T]]:  # fmt: skip
+        """Each image's hypotheses (`DecodingResult`s, or anything with a `score`, the total
+        log-probability), best first; `text` gives a hypothesis's raw caption."""
+        captions = [[text(h) for h in hyps] for hyps in results]
+        logprobs = [[h.score for h in hyps] for hyps in results]
+        order = self.order(captions, logprobs, pooled)
+        return [[hyps[i] for i in rank] for hyps, rank in zip(results, order)]
+
+
+def run_reranker(trained, options: RerankOptions,
+                 reuse: Reranker | None = None) -> Reranker:  # fmt: skip
+    """The re-ranker of a loaded run: its neighbour index is read only when re-ranking, and must
+    come from the run's own encoder. `reuse`: an earlier re-ranker of the same run, whose index
+    and tokenized captions serve again."""
+    run = str(trained.run_dir or "the run")
+    if reuse is not None and reuse.index is not None:
+        return Reranker(options, reuse.index, run, reuse.corpus)
+    index = None
+    if options.active and NeighbourIndex.exists(run):
+        index = NeighbourIndex.load(run)
+        fingerprint = trained.encoder.get("fingerprint")
+        if index.encoder is not None and index.encoder != fingerprint:
+            raise CaptionkitError(f"{run}: its neighbour index holds the features of another "
+                                  "encoder than the run's (rebuild it with index_run)")  # fmt: skip
+    return Reranker(options, index, run)
