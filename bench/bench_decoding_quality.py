@@ -7,8 +7,8 @@ For each setting and split: CIDEr-D (pycocoevalcap's, through `evaluate_run` wit
 PTB tokenizer and METEOR), BLEU-4, METEOR, a 95% bootstrap interval of CIDEr-D over images
 (captionkit's exact per-image CIDEr-D), and images/s (decoding and re-ranking from cached
 features, this machine; feature extraction is not timed: it is a cache hit). Settings: each run
-alone (beam 3), the mean over runs, the ensemble of all runs (beam 3), each re-ranker on the
-first run and on the ensemble. Runs without a neighbour index get one (`index_run`).
+alone (beam 3), with each re-ranker, with diverse beams (the first run), the ensemble of all
+runs (beam 3) and each re-ranker on the ensemble. Runs without a neighbour index get one (`index_run`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,15 @@ RERANKS = {
 }
 
 
-def score(runs, data: str, split: str, rerank: RerankOptions | None = None) -> dict:
+BEAM3 = DecodingOptions(beam_size=3)
+DIVERSE = DecodingOptions(beam_size=3, beam_groups=3, diversity=0.5)
+
+
+def score(runs, data: str, split: str, rerank: RerankOptions | None = None,
+          options: DecodingOptions = BEAM3) -> dict:  # fmt: skip
     """Metrics, bootstrap interval and images/s of one setting on one split."""
     start = time.perf_counter()
-    ev = evaluate_run(runs, data, split=split, options=DecodingOptions(beam_size=3),
-                      rerank=rerank)  # fmt: skip
+    ev = evaluate_run(runs, data, split=split, options=options, rerank=rerank)
     seconds = time.perf_counter() - start
     per_image = per_image_cider(ev.predictions, ev.references)
     return {"CIDEr": ev.metrics["CIDEr"], "BLEU-4": ev.metrics["BLEU-4"],
@@ -44,12 +48,14 @@ def score(runs, data: str, split: str, rerank: RerankOptions | None = None) -> d
 
 
 def settings(runs: list[str]) -> dict:
-    """Setting name -> (runs argument of `evaluate_run`, re-ranking)."""
-    out = {f"single {Path(r).name}": (r, None) for r in runs}
-    out.update({f"single {Path(runs[0]).name} + {name}": (runs[0], rr)
+    """Setting name -> (runs argument of `evaluate_run`, re-ranking, decoding options)."""
+    out = {f"single {Path(r).name}": (r, None, BEAM3) for r in runs}
+    out.update({f"single {Path(r).name} + {name}": (r, rr, BEAM3)
+                for r in runs for name, rr in RERANKS.items()})  # fmt: skip
+    out[f"single {Path(runs[0]).name}, diverse beams (3 groups, λ 0.5)"] = (runs[0], None, DIVERSE)
+    out[f"ensemble of {len(runs)}"] = (runs, None, BEAM3)
+    out.update({f"ensemble of {len(runs)} + {name}": (runs, rr, BEAM3)
                 for name, rr in RERANKS.items()})  # fmt: skip
-    out[f"ensemble of {len(runs)}"] = (runs, None)
-    out.update({f"ensemble of {len(runs)} + {name}": (runs, rr) for name, rr in RERANKS.items()})
     return out
 
 
@@ -65,8 +71,9 @@ def main() -> None:
         if not NeighbourIndex.exists(run):
             index_run(run, args.data)
     results = {}
-    for name, (which, rerank) in settings(runs).items():
-        results[name] = {s: score(which, args.data, s, rerank) for s in args.splits.split(",")}
+    for name, (which, rerank, options) in settings(runs).items():
+        results[name] = {s: score(which, args.data, s, rerank, options)
+                         for s in args.splits.split(",")}  # fmt: skip
         print(name, json.dumps(results[name]), flush=True)
     Path(args.output).write_text(json.dumps(results, indent=2))
 

@@ -118,7 +118,7 @@ def prepare(
     output: Annotated[Path | None, typer.Option("--output", help="Write the report JSON.")] = None,
 ) -> None:
     """Validate a dataset without training: counts, splits, vocabulary, problems."""
-    from captionkit.data.report import format_report, prepare_report
+    from captionkit.data.dataset_report import format_report, prepare_report
 
     report = prepare_report(data, images, min_count, max_length, strict, check_images=not quick)
     typer.echo(format_report(report))
