@@ -8,7 +8,8 @@ PTB tokenizer and METEOR), BLEU-4, METEOR, a 95% bootstrap interval of CIDEr-D o
 (captionkit's exact per-image CIDEr-D), and images/s (decoding and re-ranking from cached
 features, this machine; feature extraction is not timed: it is a cache hit). Settings: each run
 alone (beam 3), with each re-ranker, with diverse beams (the first run), the ensemble of all
-runs (beam 3) and each re-ranker on the ensemble. Runs without a neighbour index get one (`index_run`).
+runs (beam 3) and each re-ranker on the ensemble. Runs without a neighbour index get one
+(`index_run`).
 """
 
 from __future__ import annotations
