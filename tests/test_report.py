@@ -219,7 +219,7 @@ def test_compare_runs(run, show_tell_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_report_renders_in_headless_chromium(run, chromium, tmp_path):
+def test_report_renders_in_headless_chromium(chromium, run, tmp_path):  # no browser: no training
     *_, report = run
     page = report.read_text()
     checked = tmp_path / "checked.html"

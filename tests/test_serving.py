@@ -322,7 +322,7 @@ def _chrome(browser: str, driver_path: str):
 
 
 @pytest.mark.slow
-def test_web_page_captions_an_upload_in_headless_chromium(captioner, chromium, chromedriver,
+def test_web_page_captions_an_upload_in_headless_chromium(chromium, chromedriver, captioner,
                                                           tmp_path):  # fmt: skip
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
