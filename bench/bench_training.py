@@ -44,6 +44,7 @@ from captionkit.decoding import DecodingOptions
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import features_for_dataset
 from captionkit.models import MODELS, create_model
+from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import RunConfig
 from captionkit.training.module import CaptioningModule, caption_loss
 from captionkit.training.train import _datamodule
@@ -105,13 +106,23 @@ def to_device(batch: dict, device: torch.device) -> dict:
             for k, v in batch.items()}  # fmt: skip
 
 
+def training_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The engine's loss (`CaptioningModule.training_step`): cross-entropy, plus the doubly
+    stochastic regulariser over the attention weights for models that attend with α_c > 0."""
+    tokens = batch["tokens"]
+    inputs = tokens[:, :-1]  # [B, T-1]
+    regularized = getattr(model, "attends", False) and model.config.alpha_c > 0
+    out = model(batch["pooled"], batch["grid"], inputs,
+                **({"return_attention": True} if regularized else {}))  # fmt: skip
+    loss = caption_loss(out[0] if regularized else out, tokens[:, 1:])
+    if regularized:  # out[1]: α [B, T-1, L]
+        loss = loss + attention_regularizer(out[1], inputs, model.config.alpha_c)
+    return loss
+
+
 def train_step(model: nn.Module, batch: dict, optimizer, grad_clip: float) -> torch.Tensor:
     """The engine's step without the engine: loss, backward, clipping (norm), Adam."""
-    tokens = batch["tokens"]
-    logits = model(batch["pooled"], batch["grid"], tokens[:, :-1])
-    loss = caption_loss(logits, tokens[:, 1:])
-    if hasattr(model, "regularization_loss"):
-        loss = loss + model.regularization_loss()
+    loss = training_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -181,11 +192,7 @@ def step_flops(model: nn.Module, batch: dict) -> int:
     hooks = [m.register_forward_hook(lambda m, i, o: rnn_flops(m, i, rnn_calls))
              for m in model.modules() if isinstance(m, nn.RNNBase)]  # fmt: skip
     with FlopCounterMode(display=False) as counter:
-        tokens = batch["tokens"]
-        loss = caption_loss(model(batch["pooled"], batch["grid"], tokens[:, :-1]), tokens[:, 1:])
-        if hasattr(model, "regularization_loss"):
-            loss = loss + model.regularization_loss()
-        loss.backward()
+        training_loss(model, batch).backward()
     for hook in hooks:
         hook.remove()
     model.zero_grad(set_to_none=True)

@@ -41,9 +41,11 @@ class NaiveShowTell(nn.Module):
 class NaiveAttention(nn.Module):
     """Show-Attend-Tell as tutorials write it: every step projects the whole grid again."""
 
+    attends = True
+
     def __init__(self, c):
         super().__init__()
-        self.alpha_c = c.alpha_c
+        self.config = c  # its alpha_c weighs the regulariser, as for the library's model
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=Vocabulary.pad_id)
         self.encoder_att = nn.Linear(c.feature_dim, c.attention_dim)
         self.decoder_att = nn.Linear(c.hidden_dim, c.attention_dim)
@@ -54,14 +56,14 @@ class NaiveAttention(nn.Module):
         self.cell = nn.LSTMCell(c.embed_dim + c.feature_dim, c.hidden_dim)
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
-        self._alphas = None
 
     def attend(self, grid, h):
         att = self.full_att(torch.tanh(self.encoder_att(grid) + self.decoder_att(h)[:, None]))
         alpha = att.squeeze(-1).softmax(dim=1)  # [B, L]
         return (grid * alpha[..., None]).sum(dim=1), alpha
 
-    def forward(self, pooled, grid, tokens):
+    def forward(self, pooled, grid, tokens, return_attention=False):
+        """Logits [B, T, V], and the attention weights [B, T, L] with `return_attention`."""
         mean = grid.mean(dim=1)
         h, c = self.init_h(mean), self.init_c(mean)
         embs = self.embed(tokens)
@@ -72,11 +74,8 @@ class NaiveAttention(nn.Module):
             h, c = self.cell(torch.cat([embs[:, t], context], dim=1), (h, c))
             logits.append(self.head(self.dropout(h)))
             alphas.append(alpha)
-        self._alphas = torch.stack(alphas, dim=1)
-        return torch.stack(logits, dim=1)
-
-    def regularization_loss(self):
-        return self.alpha_c * ((1.0 - self._alphas.sum(dim=1)) ** 2).sum(dim=1).mean()
+        logits = torch.stack(logits, dim=1)
+        return (logits, torch.stack(alphas, dim=1)) if return_attention else logits
 
 
 def naive_model(name: str, model: nn.Module) -> nn.Module | None:

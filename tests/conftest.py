@@ -69,13 +69,20 @@ def karpathy_dataset(tmp_path) -> Path:
     return tmp_path
 
 
+# Tiny settings of every registered model, for tests that need one of each (their fast variants).
+TINY = {
+    "show_tell": {"hidden_dim": 16, "embed_dim": 16},
+    "attention": {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16},
+    "updown": {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16},
+    "transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
+}
+
 SHAPE_WORDS = "a red blue green circle square triangle on the left right of big small".split()
 
 
-@pytest.fixture(scope="session")
-def tiny_attention_run(tmp_path_factory, lite0) -> Path:
-    """An untrained Show-Attend-Tell run (tiny, random weights, on the default encoder) with a
-    test evaluation on record: for serving and export tests, which need a model, not a good one."""
+def _tiny_run(folder: Path, name: str, encoder) -> Path:
+    """An untrained run of model `name` (tiny, random weights, on `encoder`) with a test
+    evaluation on record: for serving and export tests, which need a model, not a good one."""
     import torch
 
     from captionkit.data.vocab import Vocabulary
@@ -86,16 +93,30 @@ def tiny_attention_run(tmp_path_factory, lite0) -> Path:
     torch.manual_seed(0)
     vocab = Vocabulary(SHAPE_WORDS)
     sizes = {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16}
-    model = create_model("attention", vocab_size=len(vocab), feature_dim=lite0.feature_dim,
-                         **sizes)  # fmt: skip
-    run = tmp_path_factory.mktemp("tiny-attention")
-    encoder = {"name": lite0.name, "weights": "default", "fingerprint": lite0.fingerprint()}
-    extra = {"run": {"model": "attention", "data": {"max_length": 8}}}
+    model = create_model(name, vocab_size=len(vocab), feature_dim=encoder.feature_dim, **sizes)
+    info = {"name": encoder.name, "weights": "default", "fingerprint": encoder.fingerprint()}
+    extra = {"run": {"model": name, "data": {"max_length": 8}}}
     with torch.no_grad():  # random weights often end at once: make <eos> unlikely, for words
         model.head.bias[Vocabulary.eos_id] = -3.0
-    save_checkpoint(run, model.eval(), "attention", vocab, encoder, extra)
-    save_run_evaluation(run, "test", {"BLEU-4": 0.125, "CIDEr": 0.5}, 3, "beam 3", "shapes")
-    return run
+    save_checkpoint(folder, model.eval(), name, vocab, info, extra)
+    save_run_evaluation(folder, "test", {"BLEU-4": 0.125, "CIDEr": 0.5}, 3, "beam 3", "shapes")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_run(tmp_path_factory, lite0) -> Path:
+    """A tiny untrained Show-Attend-Tell run (`_tiny_run`)."""
+    return _tiny_run(tmp_path_factory.mktemp("tiny-attention"), "attention", lite0)
+
+
+@pytest.fixture(scope="session")
+def tiny_updown_run(tmp_path_factory, lite0) -> Path:
+    """A tiny untrained top-down attention run (`_tiny_run`)."""
+    return _tiny_run(tmp_path_factory.mktemp("tiny-updown"), "updown", lite0)
+
+
+ATTENDING_RUNS = {"attention": "tiny_attention_run", "updown": "tiny_updown_run"}
+"""Registered models that attend (`attends = True`) -> the fixture of a tiny run of each."""
 
 
 # pycocoevalcap's PTB tokenizer, METEOR and SPICE are Java programs, found on PATH as the

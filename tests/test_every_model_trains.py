@@ -12,12 +12,7 @@ from captionkit.models import MODELS
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 
-TINY = {
-    "show_tell": {"hidden_dim": 16, "embed_dim": 16},
-    "attention": {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16},
-    "updown": {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16},
-    "transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
-}
+from conftest import TINY
 
 
 @pytest.fixture(scope="module")

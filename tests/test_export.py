@@ -9,9 +9,18 @@ from PIL import Image
 
 from captionkit.cli import main
 from captionkit.decoding import DecodingOptions
+from captionkit.models import MODELS
 from captionkit.models.run_folder import load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.serving.exported_captioner import load_exported
+
+from conftest import ATTENDING_RUNS
+
+# The state tensors each attending model's `init_state` returns, in order: the manifest's names.
+STATE = {
+    "attention": ["h", "c", "grid", "grid_att"],
+    "updown": ["h_att", "c_att", "h_lang", "c_lang", "grid", "grid_att", "mean"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,23 +30,29 @@ def images():
     return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
 
 
+def test_every_attending_model_has_a_tiny_run():
+    assert set(ATTENDING_RUNS) == set(STATE) == {n for n, (_, m) in MODELS.items() if m.attends}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENDING_RUNS))
 @pytest.mark.parametrize(("fmt", "files"), [
     ("onnx", ["tiny.encoder.onnx", "tiny.step.onnx", "tiny.json"]),
     ("torchscript", ["tiny.pt", "tiny.json"]),
 ])  # fmt: skip
-def test_exported_captions_equal_pytorch(tiny_attention_run, lite0, images, tmp_path, capsys,
-                                         fmt, files):  # fmt: skip
+def test_exported_captions_equal_pytorch(request, name, lite0, images, tmp_path, capsys, fmt,
+                                         files):  # fmt: skip
     pytest.importorskip("onnxruntime")
-    argv = ["export", "--checkpoint", str(tiny_attention_run), "--format", fmt,
+    run = request.getfixturevalue(ATTENDING_RUNS[name])
+    argv = ["export", "--checkpoint", str(run), "--format", fmt,
             "--out", str(tmp_path / "tiny.onnx")]  # fmt: skip
     assert main(argv) == 0
     assert capsys.readouterr().out.split() == [
         w for f in files for w in ("wrote", str(tmp_path / f))
     ]
     manifest = json.loads((tmp_path / "tiny.json").read_text())
-    assert manifest["state"] == ["h", "c", "grid", "grid_att"] and manifest["attends"]
+    assert manifest["state"] == STATE[name] and manifest["attends"]
     exported = load_exported(tmp_path / "tiny.json")
-    reference = Captioner(load_checkpoint(tiny_attention_run), lite0)
+    reference = Captioner(load_checkpoint(run), lite0)
     assert exported.attends
     for beam_size, n_best in [(1, 1), (3, 3)]:
         options = DecodingOptions(beam_size=beam_size, n_best=n_best)

@@ -15,7 +15,7 @@ from captionkit.data.shapes import make_shapes
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, DecodingResult
 from captionkit.evaluation.evaluate import evaluate_run
-from captionkit.models import create_model
+from captionkit.models import MODELS, create_model
 from captionkit.training.config import (
     DataConfig,
     EncoderConfig,
@@ -32,6 +32,8 @@ from captionkit.training.scst import (
     sequence_logprobs,
 )
 from captionkit.training.train import train
+
+from conftest import TINY
 
 REFS = {"a": ["Red circle."], "b": ["blue square"]}
 # By hand, with <eos> a word: two images, so idf = log 2 for an n-gram of one image's references
@@ -174,14 +176,10 @@ def test_a_short_scst_phase_improves_an_under_trained_model(tmp_path):
     assert after > before + 0.03, (before, after)
 
 
-@pytest.mark.parametrize("name", ["show_tell", "attention", "transformer"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_step_of_every_decoder_gives_gradients(name, monkeypatch):
     vocab = Vocabulary(["red", "circle", "blue", "square"])
-    small = {"show_tell": {"embed_dim": 8, "hidden_dim": 8},
-             "attention": {"embed_dim": 8, "hidden_dim": 8, "attention_dim": 8},
-             "transformer": {"d_model": 8, "n_heads": 2, "n_layers": 1,
-                             "d_ff": 16}}[name]  # fmt: skip
-    model = create_model(name, vocab_size=len(vocab), feature_dim=4, **small)
+    model = create_model(name, vocab_size=len(vocab), feature_dim=4, **TINY[name])
     greedy = DecodingOptions(beam_size=1)
     module = ScstModule(model, vocab, OptimConfig(objective="scst"), {}, greedy,
                         scst=ScstConfig(samples=4), reward=ScstReward(REFS),
