@@ -75,6 +75,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default: attention-emb, ≤ 30 ep, early stop on beam-3 val, then 5 SCST epochs",
         [],
     ),
+    "best-config": (
+        "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
+        ["--config", "configs/flickr8k-mini/best.yaml"],
+    ),
 }
 
 

@@ -481,11 +481,11 @@ def test_train_without_config_takes_the_best_preset_and_says_so(tmp_path, monkey
     assert main(["train", *out]) == 0
     assert "recipe: preset 'best'" in capsys.readouterr().out
     assert main(["train", *out, "--preset", "fast", "--epochs", "3"]) == 0
-    assert main(["train", *out, "--scst-epochs", "0", "--model", "updown"]) == 0
+    assert main(["train", *out, "--scst-epochs", "2", "--model", "updown"]) == 0
     best, fast, custom = seen
-    assert (best.model, best.train.scst_epochs, best.train.epochs) == ("attention", 5, 30)
+    assert (best.model, best.train.scst_epochs, best.train.epochs) == ("attention", 0, 30)
     assert (fast.model, fast.train.epochs) == ("show_tell", 3)
-    assert (custom.model, custom.train.scst_epochs, custom.train.patience) == ("updown", 0, 5)
+    assert (custom.model, custom.train.scst_epochs, custom.train.patience) == ("updown", 2, 5)
     code = main(["train", *out, "--preset", "fast", "--config", str(CONFIGS / "x.yaml")])
     assert code == 1 and "--preset and --config" in capsys.readouterr().err
     assert main(["train", *out, "--preset", "nope"]) == 1

@@ -14,7 +14,7 @@ from captionkit.training.config import RunConfig, run_config_from_mapping
 PRESETS: dict[str, dict] = {
     "best": {
         "model": "attention",
-        "train": {"epochs": 30, "patience": 5, "val_beam_size": 3, "scst_epochs": 5},
+        "train": {"epochs": 30, "patience": 5, "val_beam_size": 3},
     },
     "fast": {
         "model": "show_tell",
@@ -25,8 +25,8 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRESET = "best"
 
 SUMMARIES = {
-    "best": "Show-Attend-Tell over the embedded feature grid, up to 30 cross-entropy epochs "
-    "(early stopping on val CIDEr, beam 3), then 5 SCST epochs, keeping the better on val",
+    "best": "Show-Attend-Tell over the embedded feature grid, up to 30 epochs with early "
+    "stopping on val CIDEr (beam 3)",
     "fast": "a quick Show-and-Tell (10 epochs), for smoke runs and the demo",
     "none": "the plain defaults of the config dataclasses",
 }
