@@ -13,7 +13,7 @@ from captionkit.cli_options import MODEL_OPTIONS
 from captionkit.cli_train import NOT_OPTIONS
 from captionkit.training.config import GROUPS, RunConfig
 
-from conftest import write_images
+from conftest import ATTENDING_RUNS, write_images
 
 
 def run(capsys, argv):
@@ -223,6 +223,24 @@ def test_bad_decoding_options_are_one_line(tmp_path, capsys, monkeypatch, extra,
     code, _, err = run(capsys, [*base, *extra])
     assert code == 1 and err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1 and "options" not in seen
+
+
+@pytest.mark.parametrize("name", sorted(ATTENDING_RUNS))
+def test_caption_attention_map_of_every_attending_model(request, name, tmp_path, capsys):
+    from PIL import Image
+
+    run_dir = request.getfixturevalue(ATTENDING_RUNS[name])
+    write_images(tmp_path, ["a.png"], size=64)
+    out = tmp_path / "att.png"
+    argv = ["caption", "--checkpoint", str(run_dir), "--beam-size", "1",
+            "--attention-map", str(out), str(tmp_path / "a.png")]  # fmt: skip
+    code, stdout, _ = run(capsys, argv)
+    assert code == 0
+    tokens = stdout.split(": ", 1)[1].split(" -> ")[0].split()
+    assert tokens and stdout.strip().endswith(f"-> {out}")
+    tiles = 1 + len(tokens)  # the image, then one map per token, 6 to a row of 166 px
+    rows, cols = (tiles + 5) // 6, min(tiles, 6)
+    assert Image.open(out).size == (cols * 166 + 6, rows * (166 + 26) + 6)
 
 
 def test_caption_n_best_options(tiny_attention_run, tmp_path, capsys):

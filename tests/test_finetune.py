@@ -11,18 +11,23 @@ from captionkit.cli import main
 from captionkit.data.images import load_image
 from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.data.shapes import make_shapes
+from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders import create_encoder
 from captionkit.encoders.finetune import encoder_blocks, unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation import evaluate as evaluate_module
 from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.models import MODELS, create_model
 from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.serving import Captioner
 from captionkit.training import DataConfig, RunConfig
+from captionkit.training.config import OptimConfig
 from captionkit.training.image_data import CaptionedImages, collate_images
+from captionkit.training.module import CaptioningModule
 from captionkit.training.train import train
 
+from conftest import TINY as SETTINGS
 from conftest import write_images
 
 TINY = {"hidden_dim": 16, "embed_dim": 16}
@@ -191,3 +196,27 @@ def test_image_batches_repeat_each_image_for_its_captions(tmp_path, capsys):
     assert "missing.png: image file not found; skipped" in capsys.readouterr().err
     val = CaptionedImages(paths[:1], lambda image: torch.zeros(3, 4, 4), keys=["a.png"])
     assert collate_images([val[0]])["keys"] == ["a.png"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_finetuning_step_of_every_model_reaches_the_unfrozen_block(name, monkeypatch):
+    """The fast check, per model, of the fine-tuning path the slow tests run for Show-and-Tell:
+    images through Lite0 with its last block unfrozen, captions indexing their image."""
+    encoder = create_encoder()  # not the shared fixture: this test unfreezes a block
+    trainable = unfreeze_last_blocks(encoder, 1)
+    model = create_model(name, vocab_size=9, feature_dim=encoder.feature_dim, **SETTINGS[name])
+    module = CaptioningModule(model, Vocabulary(["red", "circle", "blue", "square", "big"]),
+                              OptimConfig(), {}, DecodingOptions(beam_size=1),
+                              encoder=encoder)  # fmt: skip
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    # No Trainer, one process: the DDP rescaling of the token mean does not apply.
+    monkeypatch.setattr(module, "_global_token_mean", lambda loss, targets: loss)
+    torch.manual_seed(0)
+    batch = {"images": torch.randn(2, 3, 96, 96), "image_index": torch.tensor([0, 0, 1]),
+             "tokens": torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0], [1, 7, 8, 2]])}  # fmt: skip
+    module.on_train_start()
+    module.training_step(batch, 0).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    frozen = [p for p in encoder.parameters() if not p.requires_grad]
+    assert frozen and all(p.grad is None for p in frozen)

@@ -89,6 +89,16 @@ VARIANT_IDS = [
 
 
 @pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=VARIANT_IDS)
+def test_every_parameter_gets_a_gradient(name, overrides):
+    """DDP (`--strategy ddp`, no unused-parameter search) fails on a parameter that a training
+    step leaves without a gradient: every model and variant must use all of its weights."""
+    model = tiny(name, **overrides).train()
+    pooled, grid, tokens = inputs()
+    model(pooled, grid, tokens).logsumexp(-1).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=VARIANT_IDS)
 def test_step_by_step_equals_teacher_forcing(name, overrides):
     if name == "show_tell":  # two layers: the image must reach the state of every layer
         overrides = {**overrides, "num_layers": 2}

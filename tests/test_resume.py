@@ -15,9 +15,13 @@ from safetensors.torch import load_file
 
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
+from captionkit.models import MODELS, create_model
 from captionkit.training.config import DataConfig, RunConfig, TrainConfig
+from captionkit.training.module import caption_loss
 from captionkit.training.resume_checkpoints import load_state, save_state
 from captionkit.training.train import train
+
+from conftest import TINY
 
 
 def test_training_state_round_trip_keeps_types(tmp_path):
@@ -187,3 +191,35 @@ def test_cli_resume_extends_a_finished_run(config, tmp_path, capsys):
     assert "give neither --config nor --out" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 1
     assert "not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_state_of_every_model_resumes_the_same_steps(name, tmp_path):
+    """The fast check, per model, of what the kill test checks for Show-and-Tell: weights and
+    Adam's state through the training-state file give the next step the uninterrupted run takes."""
+    tokens = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])  # <bos> .. <eos> <pad>
+
+    def fresh():
+        torch.manual_seed(0)
+        model = create_model(name, vocab_size=9, feature_dim=4, **TINY[name]).eval()
+        return model, torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def step(model, optimizer):
+        pooled, grid = torch.ones(2, 4), torch.linspace(-1, 1, 24).reshape(2, 3, 4)
+        loss = caption_loss(model(pooled, grid, tokens[:, :-1]), tokens[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model, optimizer = fresh()
+    step(model, optimizer)
+    save_state({"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()]},
+               tmp_path / "last.safetensors")  # fmt: skip
+    step(model, optimizer)  # the uninterrupted run's second step
+    resumed, resumed_optimizer = fresh()
+    state = load_state(tmp_path / "last.safetensors")
+    resumed.load_state_dict(state["state_dict"])
+    resumed_optimizer.load_state_dict(state["optimizer_states"][0])
+    step(resumed, resumed_optimizer)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)

@@ -25,7 +25,7 @@ from captionkit.serving.app import create_app
 from captionkit.serving.batcher import MicroBatcher
 from captionkit.serving.settings import ServeSettings
 
-from conftest import CHECKER, SHAPE_WORDS
+from conftest import ATTENDING_RUNS, CHECKER, SHAPE_WORDS
 
 BEAM2 = DecodingOptions(beam_size=2)
 
@@ -33,6 +33,12 @@ BEAM2 = DecodingOptions(beam_size=2)
 @pytest.fixture(scope="module")
 def captioner(tiny_attention_run, lite0):
     return Captioner(load_checkpoint(tiny_attention_run), lite0)
+
+
+@pytest.fixture(scope="module", params=sorted(ATTENDING_RUNS))
+def attending(request, lite0):
+    """A captioner of each registered model that attends (tiny, untrained)."""
+    return Captioner(load_checkpoint(request.getfixturevalue(ATTENDING_RUNS[request.param])), lite0)
 
 
 def _png(size=(64, 48), seed=0) -> bytes:
@@ -71,7 +77,8 @@ def test_captioner_takes_paths_pil_images_and_arrays(captioner, tmp_path):
         captioner.caption([tmp_path / "nope.png"])
 
 
-def test_captioner_returns_n_best_and_attention(captioner):
+def test_captioner_returns_n_best_and_attention(attending):
+    captioner = attending
     image = Image.open(io.BytesIO(_png(seed=1)))
     (hyps,) = captioner.caption([image], DecodingOptions(n_best=3), attention=True)
     assert len(hyps) == 3 and [h.score for h in hyps] == sorted([h.score for h in hyps])[::-1]
@@ -108,8 +115,9 @@ def test_caption_endpoint_answers_each_image_as_the_api_does(client, captioner):
         assert "attention" not in answer
 
 
-def test_caption_endpoint_draws_attention_overlays(client):
-    response = client.post("/caption", files=_files(_png()), data={"attention": "true"})
+def test_caption_endpoint_draws_attention_overlays(attending):
+    with TestClient(create_app(attending, ServeSettings(max_wait_ms=1))) as client:
+        response = client.post("/caption", files=_files(_png()), data={"attention": "true"})
     (answer,) = response.json()["images"]
     assert [a["token"] for a in answer["attention"]] == answer["caption"].split()
     for uri in [answer["image"]] + [a["overlay"] for a in answer["attention"]]:
