@@ -72,7 +72,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["--preset", "none", "--model", "updown", "--epochs", "20", "--patience", "5"],
     ),
     "best": (
-        "default: attention-emb, ≤ 30 ep, early stop on beam-3 val, then 5 SCST epochs",
+        "default: attention-emb, ≤ 30 ep, early stopping on beam-3 val CIDEr",
         [],
     ),
     "best-config": (
