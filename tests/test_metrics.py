@@ -29,21 +29,28 @@ PREDS = {"1": "a dog running on the grass", "2": "two kids play in snow",
 
 
 @pytest.fixture(scope="module")
-def expected():
-    """pycocoevalcap's scorers called directly, as the COCO toolkit does."""
+def tokenized():
+    """References and predictions through pycocoevalcap's (Java) PTB tokenizer."""
     tok = PTBTokenizer()
     gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
-    res = tok.tokenize({k: [{"caption": v}] for k, v in PREDS.items()})
-    bleu, _ = Bleu(4).compute_score(gts, res)
+    return gts, tok.tokenize({k: [{"caption": v}] for k, v in PREDS.items()})
+
+
+@pytest.fixture(scope="module")
+def expected(tokenized):
+    """pycocoevalcap's scorers called directly, as the COCO toolkit does (METEOR apart: its Java
+    start-up takes seconds)."""
+    bleu, _ = Bleu(4).compute_score(*tokenized)
     out = {f"BLEU-{i + 1}": b for i, b in enumerate(bleu)}
-    out["METEOR"] = Meteor().compute_score(gts, res)[0]
-    out["ROUGE-L"] = Rouge().compute_score(gts, res)[0]
-    out["CIDEr"], out["per_image_CIDEr"] = Cider().compute_score(gts, res)
+    out["ROUGE-L"] = Rouge().compute_score(*tokenized)[0]
+    out["CIDEr"], out["per_image_CIDEr"] = Cider().compute_score(*tokenized)
     return out
 
 
+@pytest.mark.slow  # METEOR starts Java twice
 @requires_java
-def test_metrics_equal_pycocoevalcap_under_a_german_locale(expected, monkeypatch):
+def test_metrics_equal_pycocoevalcap_under_a_german_locale(expected, tokenized, monkeypatch):
+    expected = {**expected, "METEOR": Meteor().compute_score(*tokenized)[0]}
     # pycocoevalcap's METEOR jar cannot read its own numbers under this locale (it waits forever)
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Duser.language=de -Duser.country=DE")
     monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
@@ -78,6 +85,7 @@ def test_python_ptb_tokenizer_equals_the_java_one():
     assert python_ptb_tokenize(captions) == ptb_tokenize(captions)
 
 
+@pytest.mark.slow  # METEOR's Java start-up
 @requires_java
 def test_meteor_survives_pipes_and_line_breaks():
     refs = {"1": ["a dog | runs", "a dog\nrunning ||| on grass"], "2": ["kids play", "|"]}

@@ -79,6 +79,7 @@ def _parse(page: str) -> _Images:
     return parser
 
 
+@pytest.mark.slow
 def test_per_image_cider_is_pycocoevalcaps(run):
     from pycocoevalcap.cider.cider import Cider
 
@@ -91,6 +92,7 @@ def test_per_image_cider_is_pycocoevalcaps(run):
     assert [scores[k] for k in keys] == pytest.approx(list(expected), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_report_shows_every_section_and_image(run):
     _, run_dir, evaluation, report = run
     page = report.read_text()
@@ -112,6 +114,7 @@ def test_report_shows_every_section_and_image(run):
         assert name in page and html.escape(detokenize(caption) or "(empty caption)") in page
 
 
+@pytest.mark.slow
 def test_report_escapes_text_and_needs_no_training_logs(run, tmp_path):
     _, run_dir, evaluation, _ = run
     bare = tmp_path / "bare-run"
@@ -132,6 +135,7 @@ def _options():
     return DecodingOptions(beam_size=2)
 
 
+@pytest.mark.slow
 def test_training_charts_from_the_run_logs(run):
     _, run_dir, *_ = run
     loss, val = training_charts(run_dir)
@@ -159,6 +163,7 @@ def test_heat_map_is_bright_where_the_model_looked():
     assert flat.std(axis=(0, 1)).max() < 1.0  # a uniform map is a uniform tint, not magnified noise
 
 
+@pytest.mark.slow
 def test_caption_attention_map(run, tmp_path, capsys):
     shapes, run_dir, *_ = run
     image = sorted((shapes / "Images").iterdir())[0]
@@ -187,6 +192,7 @@ def show_tell_run(run, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_attention_map_of_a_model_without_attention_is_an_error(run, show_tell_run, capsys):
     shapes, *_ = run
     image = sorted((shapes / "Images").iterdir())[0]
@@ -197,6 +203,7 @@ def test_attention_map_of_a_model_without_attention_is_an_error(run, show_tell_r
     )
 
 
+@pytest.mark.slow
 def test_compare_runs(run, show_tell_run, tmp_path, capsys):
     _, run_dir, *_ = run
     saved = json.loads((run_dir / "eval_test.json").read_text())
@@ -235,6 +242,7 @@ def test_report_renders_in_headless_chromium(chromium, run, tmp_path):  # no bro
     assert console == []
 
 
+@pytest.mark.slow
 def test_compare_fills_in_defaults_of_settings_older_runs_lack(show_tell_run, tmp_path, capsys):
     old = tmp_path / "old-run"
     shutil.copytree(show_tell_run, old)
