@@ -176,3 +176,15 @@ window.addEventListener("load", () => {
   document.title = "CHECKED " + images.length + " images; " + JSON.stringify(problems);
 });
 </script>"""
+
+
+class SizedCorpus(list):
+    """A list whose len() is the corpus size: pycocoevalcap takes log(len(crefs)) as log N, so a
+    reference scorer with document frequencies from another corpus needs this for its crefs."""
+
+    def __init__(self, items, size):
+        super().__init__(items)
+        self.size = size
+
+    def __len__(self):
+        return self.size

@@ -11,6 +11,8 @@ from pycocoevalcap.cider.cider import Cider
 from captionkit.errors import CaptionkitError
 from captionkit.metrics.cider_d import CiderD, DocumentFrequency
 
+from conftest import SizedCorpus
+
 WORDS = "a the dog dogs cat runs sits on in grass red blue man woman street water ball".split()
 
 
@@ -74,17 +76,6 @@ def realistic(rng, images, per_image=5):
     return {i: [caption() for _ in range(per_image)] for i in range(images)}, caption
 
 
-class _Sized(list):
-    """A list whose len() is the corpus size: pycocoevalcap takes log(len(crefs)) as log N."""
-
-    def __init__(self, items, size):
-        super().__init__(items)
-        self.size = size
-
-    def __len__(self):
-        return self.size
-
-
 def pycocoevalcap_with_df(refs, preds, corpus):
     """pycocoevalcap's own CIDEr-D code, with document frequencies from `corpus`."""
     from pycocoevalcap.cider.cider_scorer import CiderScorer
@@ -97,7 +88,7 @@ def pycocoevalcap_with_df(refs, preds, corpus):
     for key in refs:
         scorer += (preds[key], refs[key])
     scorer.document_frequency = counted.document_frequency
-    scorer.crefs = _Sized(scorer.crefs, len(corpus))
+    scorer.crefs = SizedCorpus(scorer.crefs, len(corpus))
     return np.array(scorer.compute_cider())
 
 

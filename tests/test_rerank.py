@@ -19,6 +19,8 @@ from captionkit.reranking.neighbours import (
 )
 from captionkit.reranking.rerank import cider_text, mixed
 
+from conftest import SizedCorpus
+
 SENTENCES = [
     "A black dog is running through the grass.", "Two children are playing in the snow",
     "a man in a red shirt rides a bike down the street", "A girl, in a pink dress, jumps.",
@@ -35,17 +37,6 @@ def spliced(rng: random.Random) -> str:
     return " ".join(a[: rng.randint(1, len(a) - 1)] + b[rng.randint(1, len(b) - 1) :])
 
 
-class _Sized(list):
-    """A list whose len() is the corpus size: pycocoevalcap takes log(len(crefs)) as log N."""
-
-    def __init__(self, items, size):
-        super().__init__(items)
-        self.size = size
-
-    def __len__(self):
-        return self.size
-
-
 def pycocoevalcap_cider(hyp: str, refs: list[str], corpus: list[list[str]]) -> float:
     """pycocoevalcap's CIDEr-D of `hyp` against `refs`, document frequencies from `corpus` (one
     list of captions per image), all tokenized texts."""
@@ -56,7 +47,7 @@ def pycocoevalcap_cider(hyp: str, refs: list[str], corpus: list[list[str]]) -> f
     scorer = CiderScorer(n=4, sigma=6.0)
     scorer += (hyp, refs)
     scorer.document_frequency = counted.document_frequency
-    scorer.crefs = _Sized(scorer.crefs, len(corpus))
+    scorer.crefs = SizedCorpus(scorer.crefs, len(corpus))
     return float(scorer.compute_cider()[0])
 
 

@@ -120,7 +120,7 @@ class ShowAttendTell(nn.Module):
         positions predict padding, which the loss ignores, and get the logits of a zero state
         (the head's bias) and zero attention. Elsewhere this equals stepping `step` (tested).
         """
-        lengths = _running_lengths(tokens)  # [B]: steps each caption needs
+        lengths = running_lengths(tokens)  # [B]: steps each caption needs
         # Longest first, so that the captions still running are always a prefix of the batch
         # (as in sgrvinod's Show-Attend-Tell tutorial): no work on padding, no gathers.
         order = lengths.argsort(descending=True, stable=True)  # [B]
@@ -169,8 +169,8 @@ class ShowAttendTell(nn.Module):
             h = torch.sigmoid(o) * torch.tanh(c)
             hs.append(F.pad(h, (0, 0, 0, B - n)))
             alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
-        return (_stack_padded(hs, (B, H), T, grid.device),
-                _stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
+        return (stack_padded(hs, (B, H), T, grid.device),
+                stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
 
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None
@@ -213,7 +213,7 @@ def feature_embedding(feature_dim: int, hidden_dim: int, dropout: float, on: boo
     return nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
 
 
-def _running_lengths(tokens: torch.Tensor) -> torch.Tensor:
+def running_lengths(tokens: torch.Tensor) -> torch.Tensor:
     """Steps each caption of tokens [B, T] needs: up to its last token that is neither <pad>
     nor <eos> -> [B]."""
     mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)
@@ -221,7 +221,7 @@ def _running_lengths(tokens: torch.Tensor) -> torch.Tensor:
     return (mask * positions).amax(dim=1)
 
 
-def _stack_padded(steps: list[torch.Tensor], shape, length: int, device) -> torch.Tensor:
+def stack_padded(steps: list[torch.Tensor], shape, length: int, device) -> torch.Tensor:
     """Per-step tensors [B, X] -> [B, length, X], zeros after the last step."""
     if not steps:
         return torch.zeros(shape[0], length, shape[1], device=device)

@@ -18,9 +18,9 @@ from torch import nn
 
 from captionkit.models.attention import (
     SoftAttention,
-    _running_lengths,
-    _stack_padded,
     feature_embedding,
+    running_lengths,
+    stack_padded,
     word_embedding,
 )
 from captionkit.models.step import StepOutput
@@ -93,7 +93,7 @@ class UpDown(nn.Module):
         """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V] (and
         α [B, T, L] with `return_attention`). As in `ShowAttendTell.forward`, captions run
         longest first only up to their last real token; later positions get the head's bias."""
-        lengths = _running_lengths(tokens)  # [B]
+        lengths = running_lengths(tokens)  # [B]
         order = lengths.argsort(descending=True, stable=True)  # [B]
         hs, alphas = self._run_sorted(pooled[order], None if grid is None else grid[order],
                                       tokens[order], lengths[order].tolist())  # fmt: skip
@@ -126,8 +126,8 @@ class UpDown(nn.Module):
             h_lang, c_lang = self.lang_lstm(torch.cat([context, h_att], dim=-1), (h_lang, c_lang))
             hs.append(F.pad(h_lang, (0, 0, 0, B - n)))
             alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
-        return (_stack_padded(hs, (B, H), T, grid.device),
-                _stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
+        return (stack_padded(hs, (B, H), T, grid.device),
+                stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
 
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None
