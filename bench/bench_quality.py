@@ -1,7 +1,7 @@
 """Benchmark: caption quality of each training recipe (issue #15's ablation table).
 
     .venv/bin/python bench/bench_quality.py --data ../shared/data/flickr8k-mini --out runs/quality \
-        [--variants attention-emb,updown,...] [--seeds 0,1,2] [--table-only]
+        [--variants attention-emb,updown,...] [--seeds 0,1,2] [--jobs N] [--table-only]
 
 Every variant is a `captionkit train` command line (below); each (variant, seed) trains into
 `OUT/VARIANT-sSEED` unless that run folder already holds a model (so a table can be rebuilt,
@@ -9,7 +9,9 @@ and more seeds added, without training again). Each run is then decoded on val a
 beam 3, `<unk>` forbidden, and scored with our exact CIDEr-D per image (equal to pycocoevalcap's
 mean, tested); the table gives the mean over seeds, a 95% bootstrap interval over images of the
 seed-averaged per-image scores, and the training minutes (wall clock, this machine). Results go
-to `--output` (JSON) and the markdown table is printed.
+to `--output` (JSON) and the markdown table is printed. `--jobs N` trains and scores N runs at a
+time, each in its own process (on a GPU machine; training minutes then are not those of 2 cores);
+every run's scores are kept in `RUN/bench_scores.json` as soon as it is done.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +78,25 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default: attention-emb, ≤ 30 ep, early stopping on beam-3 val CIDEr",
         [],
     ),
+    "best-views4": (
+        "default + features of 4 augmented views of each training image (crop, flip), one a epoch",
+        ["--feature-views", "4"],
+    ),
+    "best-views8": ("default + 8 augmented views", ["--feature-views", "8"]),
+    "best-ema": ("default + EMA of the weights (decay 0.99)", ["--ema", "0.99"]),
+    "best-ls": ("default + label smoothing 0.1", ["--label-smoothing", "0.1"]),
+    "best-scst": ("default + 5 SCST epochs, kept if better on val", ["--scst-epochs", "5"]),
+    "best-views4-ema": ("4 views + EMA 0.99", ["--feature-views", "4", "--ema", "0.99"]),
+    "best-views4-scst": ("4 views + 5 SCST epochs", ["--feature-views", "4", "--scst-epochs", "5"]),
+    "best-views4-ls": (
+        "4 views + label smoothing 0.1",
+        ["--feature-views", "4", "--label-smoothing", "0.1"],
+    ),  # fmt: skip
+    "best-updown": ("default recipe with the top-down decoder", ["--model", "updown"]),
+    "best-updown-views4": (
+        "top-down decoder + 4 views",
+        ["--model", "updown", "--feature-views", "4"],
+    ),
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
         ["--config", "configs/flickr8k-mini/best.yaml"],
@@ -105,11 +127,32 @@ def split_scores(run_dir: Path, data: str, split: str) -> dict[str, float]:
     return dict(zip(keys, per_image_cider(ev.predictions, ev.references).tolist()))
 
 
+def run_scores(run_dir: Path, data: str) -> dict[str, dict[str, float]]:
+    """Per-image val and test CIDEr-D of a run, computed once and kept in `bench_scores.json`."""
+    path = run_dir / "bench_scores.json"
+    if not path.exists():
+        scores = {split: split_scores(run_dir, data, split) for split in ("val", "test")}
+        path.write_text(json.dumps(scores))
+    return json.loads(path.read_text())
+
+
+def train_and_score(name: str, seed: int, args) -> Path:
+    """One run trained and scored, the scoring in a process of its own (see `--jobs`)."""
+    run_dir = train_run(name, seed, args)
+    if not (run_dir / "bench_scores.json").exists():
+        subprocess.run([sys.executable, __file__, "--data", args.data, "--score-run",
+                        str(run_dir)], check=True)  # fmt: skip
+    scores = json.loads((run_dir / "bench_scores.json").read_text())
+    means = {s: round(float(np.mean(list(v.values()))), 4) for s, v in scores.items()}
+    print(f"done {run_dir.name}: {means}", flush=True)
+    return run_dir
+
+
 def summarise(runs: list[Path], data: str) -> dict:
     """Mean over seeds and bootstrap interval per split, training minutes and best epochs."""
     out: dict = {"seeds": len(runs)}
     for split in ("val", "test"):
-        per_run = [split_scores(r, data, split) for r in runs]
+        per_run = [run_scores(r, data)[split] for r in runs]
         keys = sorted(per_run[0])
         matrix = np.array([[p[k] for k in keys] for p in per_run])  # [seeds, images]
         out[split] = {"mean": float(matrix.mean()), "ci95": bootstrap(matrix.mean(axis=0)),
@@ -141,15 +184,22 @@ def main() -> None:
     parser.add_argument("--output", default="bench/results_quality.json")
     parser.add_argument("--table-only", action="store_true",
                         help="Score the run folders already in --out; train nothing.")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1, help="Runs trained at a time.")
+    parser.add_argument("--score-run", help=argparse.SUPPRESS)  # a worker of --jobs
     args = parser.parse_args()
+    if args.score_run:
+        run_scores(Path(args.score_run), args.data)
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.variants.split(",")
+    if not args.table_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda ns: train_and_score(*ns, args),
+                          [(n, s) for s in seeds for n in names]))  # fmt: skip
     results = {}
-    for name in args.variants.split(","):
-        if args.table_only:
-            runs = [Path(args.out) / f"{name}-s{s}" for s in seeds]
-            runs = [r for r in runs if (r / "model.safetensors").exists()]
-        else:
-            runs = [train_run(name, s, args) for s in seeds]
+    for name in names:
+        runs = [Path(args.out) / f"{name}-s{s}" for s in seeds]
+        runs = [r for r in runs if (r / "model.safetensors").exists()]
         if runs:
             results[name] = summarise(runs, args.data)
     Path(args.output).write_text(json.dumps(results, indent=2))

@@ -16,7 +16,13 @@ from safetensors.torch import load_file
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, create_model
-from captionkit.training.config import DataConfig, RunConfig, TrainConfig
+from captionkit.training.config import (
+    DataConfig,
+    EncoderConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
 from captionkit.training.module import caption_loss
 from captionkit.training.resume_checkpoints import load_state, save_state
 from captionkit.training.train import train
@@ -56,9 +62,11 @@ def test_training_state_refuses_code_and_foreign_files(tmp_path):
 def config(tmp_path_factory) -> RunConfig:
     folder = tmp_path_factory.mktemp("shapes")
     make_shapes(folder, n_images=30, seed=3)
-    # Dropout on, so that a resume that lost the random state could not pass.
+    # Dropout on, so that a resume that lost the random state could not pass; so do the weight
+    # average (EMA) and the feature view of each image, drawn per epoch.
     tiny = {"embed_dim": 24, "hidden_dim": 32, "dropout": 0.5}
     return RunConfig(model="show_tell", model_args=tiny, data=DataConfig(str(folder), min_count=1),
+                     encoder=EncoderConfig(feature_views=2), optim=OptimConfig(ema=0.9),
                      train=TrainConfig(epochs=3, batch_size=16, checkpoint_every=4,
                                        deterministic=True))  # fmt: skip
 

@@ -14,10 +14,14 @@ from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
+from captionkit.models.run_folder import load_checkpoint
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from captionkit.training.module import CaptioningModule, caption_loss
+from captionkit.training.resume_checkpoints import load_state
 from captionkit.training.schedules import lr_factor
 from captionkit.training.train import _trainer, train
+
+from conftest import TINY
 
 
 def test_warmup_then_cosine_reaches_zero_at_the_last_step():
@@ -122,9 +126,12 @@ def _fit(tmp_path, batches: list[dict], precision: str = "32", **optim) -> dict:
     seen = {"grads": [], "dtypes": set()}
     model.register_forward_hook(lambda _, args, logits: seen["dtypes"].add(logits.dtype))
 
+    seen["initial"], seen["weights_after"] = _flat(model), []
+
     def after_step(optimizer, *_):
         grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
         seen["grads"].append(torch.cat(grads).clone())
+        seen["weights_after"].append(_flat(model))
 
     class StepSpy(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -134,8 +141,38 @@ def _fit(tmp_path, batches: list[dict], precision: str = "32", **optim) -> dict:
                                                       accelerator="cpu"))  # fmt: skip
     trainer = _trainer(config, tmp_path / precision, [StepSpy()])
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
-    seen["weights"] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    seen["weights"], seen["module"] = _flat(model), module
     return seen
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+def test_ema_is_the_warmed_up_running_average_of_the_weights_after_each_step(tmp_path):
+    seen = _fit(tmp_path, [_batch(4) for _ in range(6)], ema=0.2)
+    expected = seen["initial"]
+    for step, weights in enumerate(seen["weights_after"]):
+        decay = min(0.2, (1 + step) / (10 + step))  # 0.1, 0.18, then 0.2
+        expected = decay * expected + (1 - decay) * weights
+    module = seen["module"]
+    assert torch.allclose(_flat(module.ema_model), expected, atol=1e-6)
+    assert not torch.allclose(expected, seen["weights"])
+    assert module.kept_model is module.ema_model
+    assert _fit(tmp_path / "plain", [_batch(4)])["module"].ema_model is None
+
+
+@pytest.mark.slow
+def test_a_run_with_ema_exports_and_checkpoints_the_average(shapes, tmp_path):
+    config = RunConfig(model="attention", model_args=dict(TINY["attention"]),
+                       data=DataConfig(str(shapes), min_count=1), optim=OptimConfig(ema=0.9),
+                       train=TrainConfig(epochs=1, batch_size=8))  # fmt: skip
+    train(config, tmp_path / "run")
+    state = load_state(tmp_path / "run" / "checkpoints" / "best.safetensors")["state_dict"]
+    exported = load_checkpoint(tmp_path / "run").model.state_dict()
+    for name, value in exported.items():
+        assert torch.equal(value, state[f"ema_model.{name}"])
+    assert any(not torch.equal(v, state[f"model.{k}"]) for k, v in exported.items())
 
 
 def test_accumulating_two_half_batches_is_one_step_on_the_whole_batch(tmp_path):

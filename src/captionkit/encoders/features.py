@@ -32,6 +32,7 @@ from captionkit.data.problems import Problems
 from captionkit.encoders import reuse
 from captionkit.encoders.factory import ImageEncoder
 from captionkit.encoders.reuse import Stat, file_stat, write_json
+from captionkit.encoders.views import View
 from captionkit.errors import CaptionkitError
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ def default_cache_dir() -> Path:
 class ImageFiles(Dataset):
     """Decoded, preprocessed images; an unreadable file yields its error message instead."""
 
-    def __init__(self, paths: list[Path], transform):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths: list[Path], transform, seeded: bool = False):
+        self.paths, self.transform, self.seeded = paths, transform, seeded
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,7 +56,11 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, list[str] | None]:
         """(index, pixels, None) or (index, None, [problem kind, detail])."""
         image, problem = open_or_problem(self.paths[i])
-        return i, None if image is None else self.transform(image), problem
+        if image is None:
+            return i, None, problem
+        # A view's transform is seeded by the image (`views.SeededTransform`).
+        pixels = self.transform(image, self.paths[i]) if self.seeded else self.transform(image)
+        return i, pixels, None
 
 
 def _collate(items):
@@ -125,8 +130,8 @@ class FeatureStore:
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How images are run through the encoder. Only `amp` is part of the cache key (see
-    `store_variant`): batch size, workers and device do not change what is stored."""
+    """How images are run through the encoder. Only `amp` and `view` are part of the cache key
+    (see `store_variant`): batch size, workers and device do not change what is stored."""
 
     batch_size: int = 32
     """Images per forward pass."""
@@ -136,10 +141,13 @@ class ExtractionSettings:
     """Where the encoder runs; it is moved back to where it was afterwards."""
     amp: str | None = None
     """Autocast to "bf16" or "fp16"; None: float32 (also on CUDA, where TF32 is turned off)."""
+    view: View | None = None
+    """An augmented view of the images (`views.View`); None: the encoder's own preprocessing."""
 
 
 def extraction_settings(batch_size: int = 32, num_workers: int = 1, device: str = "auto",
-                        amp: str | None = None) -> ExtractionSettings:  # fmt: skip
+                        amp: str | None = None,
+                        view: View | None = None) -> ExtractionSettings:  # fmt: skip
     """Check the user's `device` (auto, cpu, cuda, cuda:N) and `amp` (None, bf16, fp16)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -151,23 +159,26 @@ def extraction_settings(batch_size: int = 32, num_workers: int = 1, device: str 
         raise CaptionkitError(f"--amp {amp}: expected none, bf16 or fp16")
     if amp == "fp16" and device == "cpu":
         raise CaptionkitError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
-    return ExtractionSettings(batch_size, num_workers, torch.device(device), amp)
+    return ExtractionSettings(batch_size, num_workers, torch.device(device), amp, view)
 
 
-def store_variant(encoder: ImageEncoder, grid: bool, amp: str | None = None) -> str:
+def store_variant(encoder: ImageEncoder, grid: bool, amp: str | None = None,
+                  view: View | None = None) -> str:  # fmt: skip
     """What makes rows of two stores interchangeable: the encoder fingerprint (name, weights,
-    preprocessing), the grid setting and autocast. Autocast changes features by more than the
-    float16 storage rounds (bf16: a few percent, see tests/test_feature_store.py), so its stores
-    are kept apart from float32 ones."""
+    preprocessing), the grid setting, autocast and the augmented view. Autocast changes features
+    by more than the float16 storage rounds (bf16: a few percent, see tests/test_feature_store.py),
+    so its stores are kept apart from float32 ones."""
     variant = f"{encoder.fingerprint()}|grid={grid}"
-    return variant if amp is None else f"{variant}|amp={amp}"
+    variant = variant if amp is None else f"{variant}|amp={amp}"
+    return variant if view is None else f"{variant}|{view.key()}"
 
 
 def store_key(encoder: ImageEncoder, paths: list[Path], grid: bool,
-              stats: list[Stat] | None = None, amp: str | None = None) -> str:  # fmt: skip
+              stats: list[Stat] | None = None, amp: str | None = None,
+              view: View | None = None) -> str:  # fmt: skip
     """Hash of the store variant and each image's path, size and mtime."""
     stats = stats if stats is not None else [file_stat(p) for p in paths]
-    h = hashlib.sha256(store_variant(encoder, grid, amp).encode())
+    h = hashlib.sha256(store_variant(encoder, grid, amp, view).encode())
     for p, stat in zip(paths, stats):
         h.update(
             f"{p}|missing\n".encode() if stat is None else f"{p}|{stat[0]}|{stat[1]}\n".encode()
@@ -185,6 +196,7 @@ def extract_features(
     *,
     device: str = "auto",
     amp: str | None = None,
+    view: View | None = None,
     prune: bool = True,
 ) -> FeatureStore:
     """Features of `paths`, from the cache when it holds them, else built and cached.
@@ -195,14 +207,15 @@ def extract_features(
     Float32 stores serve any device: CPU and CUDA agree far below the float16 storage rounding.
     Rows are written into `<store>.partial/` and marked done after every batch, so an
     interrupted build resumes where it stopped; the folder gets its final name only when complete.
+    With `view`, the features are those of that augmented view of each image (`views.View`).
     A lock file keeps two processes from building the same store at once. With `prune`, older
     stores that the new one supersedes are deleted. `store.report` says what was done."""
-    settings = extraction_settings(batch_size, num_workers, device, amp)
+    settings = extraction_settings(batch_size, num_workers, device, amp, view)
     paths = [Path(p).resolve() for p in paths]
     stats = [file_stat(p) for p in paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    variant = store_variant(encoder, grid, amp)
-    folder = cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid, stats, amp)}"
+    variant = store_variant(encoder, grid, amp, view)
+    folder = cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid, stats, amp, view)}"
     store = _open_complete(folder)
     if store is not None:
         return store
@@ -235,7 +248,7 @@ def _build(folder: Path, encoder: ImageEncoder, paths: list[Path], stats: list[S
            grid: bool, settings: ExtractionSettings) -> BuildReport:  # fmt: skip
     """Fill `<folder>.partial` (copy, then extract the rest), write its index, rename it."""
     partial = folder.with_name(f"{folder.name}.partial")
-    variant = store_variant(encoder, grid, settings.amp)
+    variant = store_variant(encoder, grid, settings.amp, settings.view)
     donors = reuse.complete_stores(folder.parent, encoder.name, variant)
     n_tokens = reuse.donor_grid_length(donors) or _grid_length(encoder)
     arrays = _open_arrays(partial, len(paths), n_tokens, encoder.feature_dim, grid)
@@ -292,8 +305,10 @@ def _extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageE
     # channels_last runs the depthwise convolutions of EfficientNet-style CNNs ~1.6x faster on CPU.
     encoder = encoder.to(settings.device, memory_format=torch.channels_last)
     cuda = settings.device.type == "cuda"
+    view = settings.view
+    transform = encoder.transform() if view is None else view.transform(encoder)
     loader = DataLoader(
-        ImageFiles([paths[i] for i in todo], encoder.transform()),
+        ImageFiles([paths[i] for i in todo], transform, seeded=view is not None),
         batch_size=settings.batch_size,
         num_workers=settings.num_workers if len(todo) > settings.batch_size else 0,
         collate_fn=_collate,

@@ -74,7 +74,7 @@ class BestCheckpoint(L.Callback):
             spec = {**spec, "fingerprint": self.finetuned.fingerprint(), "finetuned": True,
                     "base_fingerprint": self.encoder["fingerprint"]}  # fmt: skip
             encoder_model = self.finetuned.model
-        save_checkpoint(self.run_dir, module.model, self.model_name, self.tokenizer, spec,
+        save_checkpoint(self.run_dir, module.kept_model, self.model_name, self.tokenizer, spec,
                         {**self.extra, "metrics": self.best}, encoder_model)  # fmt: skip
 
 
@@ -89,6 +89,7 @@ class DataPosition(L.Callback):
         # Lightning calls `set_epoch` on a DataLoader's sampler, not on its batch sampler, which
         # is what shuffles here: without this every epoch would see the batches of the first.
         trainer.train_dataloader.batch_sampler.set_epoch(trainer.current_epoch)
+        self.datamodule.set_epoch(trainer.current_epoch)  # e.g. the epoch's feature views
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         done = args[-1] + 1  # batch_idx + 1, counted from the epoch's start also after a resume

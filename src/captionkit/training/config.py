@@ -72,11 +72,21 @@ class EncoderConfig:
     """Fine-tuning: how many of the last blocks train (see `captionkit.encoders.finetune`)."""
     lr: float = 1e-4
     """Fine-tuning: Adam learning rate of the encoder's weights (the decoder's is `optim.lr`)."""
+    feature_views: int = 0
+    """Without fine-tuning: also cache the features of this many augmented views of each
+    training image (a random crop and flip as below, the same every time), and each epoch train
+    every image on one of its views or on itself, drawn at random (0 = the image itself only)."""
     crop_scale_min: float = 0.5
-    """Fine-tuning: a training image is a random crop of this fraction to all of its area,
-    resized to the encoder's input size (validation uses the encoder's own preprocessing)."""
+    """Fine-tuning and feature views: a training image is a random crop of this fraction to all
+    of its area, resized to the encoder's input size (validation uses the encoder's own
+    preprocessing)."""
     hflip: float = 0.5
-    """Fine-tuning: probability of flipping a training image horizontally."""
+    """Fine-tuning and feature views: probability of flipping a training image horizontally."""
+
+    def __post_init__(self):
+        _check_range("feature_views", self.feature_views, 0, None)
+        _check_range("crop_scale_min", self.crop_scale_min, 0, 1, low_open=True)
+        _check_range("hflip", self.hflip, 0, 1)
 
 
 OPTIMIZERS = ("adam", "adamw")
@@ -141,6 +151,11 @@ class OptimConfig:
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing: this much of every target's probability is spread over
     the whole vocabulary (0 = plain cross-entropy)."""
+    ema: float = 0.0
+    """Weight averaging: validate, keep and export an exponential moving average of the
+    weights, updated after every optimizer step with this decay (e.g. 0.99: about the last
+    hundred steps; the first steps use less, (1 + step) / (10 + step)); 0 = the weights as
+    trained."""
     scheduled_sampling: float = 0.0
     """Scheduled sampling: the largest probability of replacing each caption word the decoder
     reads by one drawn from its own prediction (0 = always the true words, the default)."""
@@ -164,6 +179,7 @@ class OptimConfig:
             _check_range(name, getattr(self, name), 1, None)
         for name in ("label_smoothing", "scheduled_sampling"):
             _check_range(name, getattr(self, name), 0, 1)
+        _check_range("ema", self.ema, 0, 1, high_open=True)
         _check_range("lr_gamma", self.lr_gamma, 0, 1, low_open=True)
         _check_range("plateau_factor", self.plateau_factor, 0, 1, low_open=True, high_open=True)
         if self.schedule == "noam" and self.warmup_steps == 0:

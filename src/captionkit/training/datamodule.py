@@ -52,14 +52,30 @@ def token_array(tokens: list[list[int]], path: Path | None = None) -> np.ndarray
 
 
 class CaptionPairs(Dataset):
-    """One item per (image, caption): the image's features and the caption's token ids."""
+    """One item per (image, caption): the image's features and the caption's token ids.
+
+    With `views` (a feature store of augmented views and the row of each caption's image in it,
+    see `encoders.views`), every epoch reads each image's features from one of its views or from
+    `store`, drawn uniformly per image, seeded by (`seed`, epoch): all the captions of an image
+    see the same view in an epoch, and a resumed run draws what the uninterrupted one drew."""
 
     def __init__(self, store: FeatureStore, rows: list[int], tokens: list[list[int]],
-                 use_grid: bool, token_file: Path | None = None):  # fmt: skip
+                 use_grid: bool, token_file: Path | None = None,
+                 views: list[tuple[FeatureStore, list[int]]] = (), seed: int = 0):  # fmt: skip
         self.store, self.use_grid = store, use_grid
         self.rows = np.asarray(rows)
         self.tokens = token_array(tokens, token_file)
         self.lengths = np.array([len(t) for t in tokens])
+        self.sources = [(store, self.rows), *((s, np.asarray(r)) for s, r in views)]
+        self.seed, self.source = seed, np.zeros(len(self.rows), dtype=np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the epoch's view of every image (nothing to draw without views)."""
+        if len(self.sources) == 1:
+            return
+        images, image_of = np.unique(self.rows, return_inverse=True)
+        rng = np.random.default_rng([self.seed, epoch, 7])  # 7: apart from the batch order's
+        self.source = rng.integers(0, len(self.sources), len(images))[image_of]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,14 +83,27 @@ class CaptionPairs(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])
 
+    def _features(self, array_name: str, indices: np.ndarray) -> torch.Tensor:
+        """Features [B, ...] of the captions `indices`, each from its image's source this epoch."""
+        if len(self.sources) == 1:
+            return _rows_to_tensor(getattr(self.store, array_name), self.rows[indices])
+        out = None
+        for k, (store, rows) in enumerate(self.sources):
+            mine = np.flatnonzero(self.source[indices] == k)
+            if len(mine):
+                part = _rows_to_tensor(getattr(store, array_name), rows[indices[mine]])
+                if out is None:
+                    out = part.new_empty((len(indices), *part.shape[1:]))
+                out[mine] = part
+        return out
+
     def __getitems__(self, indices: list[int]) -> dict:
         """A whole batch at once: one read per array instead of one per caption."""
         indices = np.asarray(indices)
-        rows = self.rows[indices]
         width = int(self.lengths[indices].max())
         return {
-            "pooled": _rows_to_tensor(self.store.pooled, rows),
-            "grid": _rows_to_tensor(self.store.grid, rows) if self.use_grid else None,
+            "pooled": self._features("pooled", indices),
+            "grid": self._features("grid", indices) if self.use_grid else None,
             "tokens": torch.from_numpy(np.array(self.tokens[indices, :width], dtype=np.int64)),
         }
 
@@ -138,6 +167,9 @@ class ImageRows(Dataset):
         # Images have no caption length: the batch sampler makes plain shuffled batches of them.
         self.lengths = np.zeros(len(rows), dtype=np.int64)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Images are always read as they are (see `CaptionPairs.set_epoch`)."""
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -159,6 +191,9 @@ class ResumableDataModule(L.LightningDataModule):
 
     resume: tuple[int, int] | None = None
     """(epoch, batches already trained in it) of the run being resumed."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch (by `callbacks.DataPosition`)."""
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -200,9 +235,15 @@ class CaptionDataModule(ResumableDataModule):
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
         self.bucket_batches = bucket_batches
 
+    def set_epoch(self, epoch: int) -> None:
+        self.train.set_epoch(epoch)
+
     def train_dataloader(self) -> DataLoader:
         sampler = self._train_sampler(self.train.lengths, self.batch_size, self.seed,
                                       max(1, self.bucket_batches))  # fmt: skip
+        # A resumed run fetches its first batches before `set_epoch` is called: the sampler
+        # already knows the epoch (`resume_at`).
+        self.train.set_epoch(sampler.epoch)
         return DataLoader(self.train, batch_sampler=sampler, collate_fn=_whole_batch)
 
     def val_dataloader(self) -> DataLoader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import lightning as L
@@ -38,6 +39,24 @@ class CaptioningModule(L.LightningModule):
         self._val_predictions: dict[str, str] = {}
         self._last_batch_end: float | None = None
         self._rate: float | None = None
+        # The average is a submodule: checkpoints (and so resumed runs) carry it.
+        self.ema_model = copy.deepcopy(model).requires_grad_(False) if optim.ema > 0 else None
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The model that validation decodes and the run exports: the weights' moving average
+        (`optim.ema`), or the weights themselves."""
+        return self.model if self.ema_model is None else self.ema_model
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema_model is not None:
+            step = self.trainer.global_step  # optimizer steps before this one
+            decay = min(self.optim.ema, (1 + step) / (10 + step))
+            averaged, current = list(self.ema_model.parameters()), list(self.model.parameters())
+            torch._foreach_lerp_(averaged, current, 1 - decay)
+            for a, b in zip(self.ema_model.buffers(), self.model.buffers()):
+                a.copy_(b)  # e.g. BatchNorm statistics: the current ones
 
     def on_train_start(self) -> None:
         # Lightning keeps each module's mode, and the encoder comes in eval mode (it extracted
@@ -110,7 +129,7 @@ class CaptioningModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if "keys" not in batch:
             return
-        results = decode(self.model, *self._features(batch), self.val_options)
+        results = decode(self.kept_model, *self._features(batch), self.val_options)
         for key, hyps in zip(batch["keys"], results):
             self._val_predictions[key] = self.vocab.decode(hyps[0].tokens)
 

@@ -25,8 +25,9 @@ from captionkit.data.problems import Problems
 from captionkit.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders import ImageEncoder, create_encoder
-from captionkit.encoders.features import features_for_dataset
+from captionkit.encoders.features import extract_features, features_for_dataset
 from captionkit.encoders.finetune import augmenting_transform, unfreeze_last_blocks
+from captionkit.encoders.views import views
 from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, create_model, model_config_dict
 from captionkit.models.run_folder import (
@@ -72,15 +73,26 @@ def _train_tokens(config: RunConfig, vocab: Tokenizer, train_records):
     return tokens, truncated
 
 
-def _datamodule(config: RunConfig, store, dataset, train_records, val_records, vocab, use_grid,
-                run_dir: Path):  # fmt: skip
-    """Training pairs (one per caption) and validation images over the feature store, and how
-    many training captions were cut to `max_length` tokens."""
-    pairs = [(dataset.path(r), c) for r in train_records for c in r.captions]
+def _feature_views(config: RunConfig, encoder: ImageEncoder, paths: list[Path]) -> list:
+    """The feature stores of `encoder.feature_views` augmented views of the training images
+    (extracted once, then read from the cache)."""
+    e = config.encoder
+    return [extract_features(encoder, paths, config.data.cache_dir, view=view)
+            for view in views(e.feature_views, e.crop_scale_min, e.hflip)]  # fmt: skip
+
+
+def _datamodule(config: RunConfig, encoder: ImageEncoder, store, dataset, train_records,
+                val_records, vocab, use_grid, run_dir: Path):  # fmt: skip
+    """Training pairs (one per caption) over the feature store and its augmented views, and
+    validation images; and how many training captions were cut to `max_length` tokens."""
+    pairs = [dataset.path(r) for r in train_records for _ in r.captions]
     per_image, truncated = _train_tokens(config, vocab, train_records)
     tokens = [ids for image_tokens in per_image for ids in image_tokens]
-    train_set = CaptionPairs(store, store.rows([p for p, _ in pairs]), tokens, use_grid,
-                             token_file=run_dir / "train_tokens.npy")  # fmt: skip
+    view_stores = _feature_views(config, encoder, [dataset.path(r) for r in train_records])
+    train_set = CaptionPairs(store, store.rows(pairs), tokens, use_grid,
+                             token_file=run_dir / "train_tokens.npy",
+                             views=[(v, v.rows(pairs)) for v in view_stores],
+                             seed=config.train.seed)  # fmt: skip
     val_rows = store.rows([dataset.path(r) for r in val_records])
     val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
     datamodule = CaptionDataModule(train_set, val_set, config.train.batch_size, config.train.seed,
@@ -269,8 +281,8 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
     elif finetune:
         data = _image_datamodule(config, encoder, dataset, train_records, val_records, vocab)
     else:
-        data = _datamodule(config, store, dataset, train_records, val_records, vocab, use_grid,
-                           run_dir)  # fmt: skip
+        data = _datamodule(config, encoder, store, dataset, train_records, val_records, vocab,
+                           use_grid, run_dir)  # fmt: skip
     datamodule, truncated = data
     val_options = DecodingOptions(config.train.val_beam_size, max_length=config.data.max_length)
     val_references = {r.filename: r.captions for r in val_records}
