@@ -149,29 +149,80 @@ def train_and_score(name: str, seed: int, args) -> Path:
 
 
 def summarise(runs: list[Path], data: str) -> dict:
-    """Mean over seeds and bootstrap interval per split, training minutes and best epochs."""
-    out: dict = {"seeds": len(runs)}
-    for split in ("val", "test"):
-        per_run = [run_scores(r, data)[split] for r in runs]
-        keys = sorted(per_run[0])
-        matrix = np.array([[p[k] for k in keys] for p in per_run])  # [seeds, images]
-        out[split] = {"mean": float(matrix.mean()), "ci95": bootstrap(matrix.mean(axis=0)),
-                      "per_seed": matrix.mean(axis=1).tolist()}  # fmt: skip
+    """`summarise_scores` of run folders (scored here if they are not yet)."""
     times = [json.loads((r / "bench_time.json").read_text())["minutes"] for r in runs
              if (r / "bench_time.json").exists()]  # fmt: skip
-    out["train_minutes"] = float(np.mean(times)) if times else None
+    return summarise_scores([run_scores(r, data) for r in runs], times)
+
+
+def summarise_scores(per_run: list[dict], minutes: list[float]) -> dict:
+    """Mean over seeds, bootstrap interval (over images, of the seed-averaged per-image scores)
+    and per-seed means of each split, and the mean training minutes."""
+    out: dict = {"seeds": len(per_run)}
+    for split in ("val", "test"):
+        keys = sorted(per_run[0][split])
+        matrix = np.array([[p[split][k] for k in keys] for p in per_run])  # [seeds, images]
+        out[split] = {"mean": float(matrix.mean()), "ci95": bootstrap(matrix.mean(axis=0)),
+                      "per_seed": matrix.mean(axis=1).tolist()}  # fmt: skip
+    out["train_minutes"] = float(np.mean(minutes)) if minutes else None
     return out
 
 
+def paired_difference(runs: dict[int, dict], base: dict[int, dict], split: str) -> dict:
+    """Mean difference of two variants on the seeds both have (per image, seed-averaged), with
+    its paired bootstrap interval."""
+    seeds = sorted(set(runs) & set(base))
+    keys = sorted(runs[seeds[0]][split])
+    diff = np.array([[runs[s][split][k] - base[s][split][k] for k in keys] for s in seeds])
+    return {"seeds": seeds, "mean": float(diff.mean()), "ci95": bootstrap(diff.mean(axis=0))}
+
+
+def collect(out: Path) -> dict:
+    """Every finished run of `out` (trained to its end, scored): name -> scores and minutes, for
+    `--from-collected` on another machine."""
+    runs = {}
+    for run in sorted(out.iterdir()):
+        done = run / "bench_time.json"
+        if done.exists() and (run / "bench_scores.json").exists():
+            runs[run.name] = {"scores": json.loads((run / "bench_scores.json").read_text()),
+                              "minutes": json.loads(done.read_text())["minutes"]}  # fmt: skip
+    return runs
+
+
+def from_collected(runs: dict, base: str = "best") -> dict:
+    """The results of `collect`'s runs, grouped by variant, each with its paired difference to
+    `base` (when both have common seeds)."""
+    grouped: dict[str, dict[int, dict]] = {}
+    for name, run in runs.items():
+        variant, seed = name.rsplit("-s", 1)
+        grouped.setdefault(variant, {})[int(seed)] = run
+    results = {}
+    for variant, seeds in sorted(grouped.items(), key=lambda kv: (kv[0] != base, kv[0])):
+        ordered = [seeds[s] for s in sorted(seeds)]
+        r = summarise_scores([x["scores"] for x in ordered], [x["minutes"] for x in ordered])
+        if variant != base and base in grouped and set(seeds) & set(grouped[base]):
+            scores = {s: x["scores"] for s, x in seeds.items()}
+            base_scores = {s: x["scores"] for s, x in grouped[base].items()}
+            r["vs_" + base] = {split: paired_difference(scores, base_scores, split)
+                               for split in ("val", "test")}  # fmt: skip
+        results[variant] = r
+    return results
+
+
 def table(results: dict) -> str:
-    lines = ["| variant | what | seeds | val CIDEr (95% CI) | test CIDEr (95% CI) | train min |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| variant | what | seeds | val CIDEr (95% CI) | test CIDEr (95% CI) "
+             "| Δ val, Δ test vs best (paired, 95% CI) | train min |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, r in results.items():
         cells = [f"{r[s]['mean']:.3f} ({r[s]['ci95'][0]:.3f}–{r[s]['ci95'][1]:.3f})"
                  for s in ("val", "test")]  # fmt: skip
         minutes = "" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
+        paired = r.get("vs_best")
+        delta = "" if paired is None else ", ".join(
+            f"{paired[s]['mean']:+.3f} ({paired[s]['ci95'][0]:+.3f}…{paired[s]['ci95'][1]:+.3f})"
+            for s in ("val", "test"))  # fmt: skip
         lines.append(f"| {name} | {VARIANTS[name][0]} | {r['seeds']} | {cells[0]} | {cells[1]} "
-                     f"| {minutes} |")  # fmt: skip
+                     f"| {delta} | {minutes} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -186,9 +237,17 @@ def main() -> None:
                         help="Score the run folders already in --out; train nothing.")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="Runs trained at a time.")
     parser.add_argument("--score-run", help=argparse.SUPPRESS)  # a worker of --jobs
+    parser.add_argument("--collect", help="Also write every finished run's scores to this JSON.")
+    parser.add_argument("--from-collected", help="Print the table of a --collect file (e.g. "
+                        "made on a GPU machine); train nothing.")  # fmt: skip
     args = parser.parse_args()
     if args.score_run:
         run_scores(Path(args.score_run), args.data)
+        return
+    if args.from_collected:
+        results = from_collected(json.loads(Path(args.from_collected).read_text()))
+        Path(args.output).write_text(json.dumps(results, indent=2))
+        print(table(results))
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.variants.split(",")
@@ -203,6 +262,8 @@ def main() -> None:
         if runs:
             results[name] = summarise(runs, args.data)
     Path(args.output).write_text(json.dumps(results, indent=2))
+    if args.collect:
+        Path(args.collect).write_text(json.dumps(collect(Path(args.out))))
     print(table(results))
 
 
