@@ -291,6 +291,40 @@ def test_batcher_groups_by_options_and_keeps_requests_whole():
     assert calls == [("beam", [1, 2]), ("greedy", [3]), ("beam", [4, 5, 6])]
 
 
+def test_an_api_key_guards_every_route_but_the_page_and_health(captioner, monkeypatch):
+    decoded = []
+    monkeypatch.setattr("captionkit.serving.app.decode_upload",
+                        lambda *a: decoded.append(a) or Image.new("RGB", (8, 8)))  # fmt: skip
+    app = create_app(captioner, ServeSettings(max_wait_ms=1), api_key="s3cret")
+    good, bad = {"Authorization": "Bearer s3cret"}, {"Authorization": "Bearer s3cre"}
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        assert "captionkit" in client.get("/").text
+        for headers in ({}, bad, {"Authorization": "s3cret"}):
+            for method, path in (("get", "/model"), ("get", "/openapi.json"), ("get", "/docs")):
+                response = getattr(client, method)(path, headers=headers)
+                assert response.status_code == 401, (path, headers)
+                assert response.headers["www-authenticate"] == "Bearer"
+                assert "API key" in response.json()["error"]
+            refused = client.post("/caption", files=_files(_png()), headers=headers)
+            assert refused.status_code == 401 and decoded == []  # refused before decoding
+        assert client.get("/model", headers=good).json()["model"] == "attention"
+        answer = client.post("/caption", files=_files(_png()), headers=good)
+        assert answer.status_code == 200 and len(decoded) == 1
+        assert "s3cret" not in client.get("/model", headers=good).text  # never shown
+    with pytest.raises(CaptionkitError, match="the API key is empty"):
+        create_app(captioner, api_key="")
+
+
+def test_serving_beyond_loopback_without_a_key_is_warned_about():
+    from captionkit.serving.server import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None
+    assert exposure_warning("localhost", None) is None
+    assert exposure_warning("0.0.0.0", "k") is None
+    assert "listening on 0.0.0.0 without an API key" in exposure_warning("0.0.0.0", None)
+
+
 # --- the web page, in headless Chromium ---------------------------------------------------------
 
 
@@ -376,14 +410,59 @@ def test_web_page_captions_an_upload_in_headless_chromium(chromium, chromedriver
         shutil.copy(screenshot, Path(os.environ["CAPTIONKIT_SCREENSHOTS"]) / "serve_page.png")
 
 
+@pytest.mark.slow
+def test_web_page_asks_for_the_api_key_once(chromium, chromedriver, captioner, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    (tmp_path / "a.png").write_bytes(_png((96, 80)))
+    (expected,) = captioner.caption([Image.open(tmp_path / "a.png")],
+                                    DecodingOptions(bad_endings=True))  # fmt: skip
+    with _serving(create_app(captioner, api_key="s3cret")) as url:
+        driver = _chrome(chromium, chromedriver)
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(url)
+            wait.until(lambda d: d.find_element(By.ID, "key-box").is_displayed())
+            assert "API key needed" in driver.find_element(By.ID, "model").text
+            driver.find_element(By.ID, "key").send_keys("s3cret")
+            driver.find_element(By.CSS_SELECTOR, "#key-box button").click()
+            wait.until(lambda d: "tokens" in d.find_element(By.ID, "model").text)
+            assert not driver.find_element(By.ID, "key-box").is_displayed()
+            driver.find_element(By.ID, "file").send_keys(str(tmp_path / "a.png"))
+            wait.until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-captioned")
+            )
+            first = driver.find_element(By.CSS_SELECTOR, "#captions li").text
+            assert first == f"{expected[0].text} {expected[0].score:.2f}"
+            driver.refresh()  # the key is kept for the tab: no second question
+            wait.until(lambda d: "tokens" in d.find_element(By.ID, "model").text)
+            assert not driver.find_element(By.ID, "key-box").is_displayed()
+            assert driver.execute_script("return problems") == []
+        finally:
+            driver.quit()
+
+
 def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     from captionkit.cli import main
 
-    calls = []
-    monkeypatch.setattr("captionkit.serving.server.serve", lambda *args: calls.append(args))
+    calls, keys = [], []
+
+    def fake_serve(*args, api_key):
+        calls.append(args)
+        keys.append(api_key)
+
+    monkeypatch.setattr("captionkit.serving.server.serve", fake_serve)
     argv = ["serve", "--checkpoint", str(tiny_attention_run), "--port", "8123", "--batch-size",
             "4", "--max-wait-ms", "0", "--max-upload-mb", "0.5", "--max-files", "2"]  # fmt: skip
+    monkeypatch.delenv("CAPTIONKIT_API_KEY", raising=False)
     assert main(argv) == 0
+    assert main([*argv, "--api-key", "k1"]) == 0
+    monkeypatch.setenv("CAPTIONKIT_API_KEY", "k2")
+    assert main(argv) == 0
+    assert keys == [None, "k1", "k2"]
+    assert main([*argv, "--api-key", " "]) == 1
+    del calls[1:]
     ((run_dir, host, port, settings, device, options, rerank),) = calls
     assert (run_dir, host, port, device) == (tiny_attention_run, "127.0.0.1", 8123, "cpu")
     assert options.bad_endings and not options.allow_unk

@@ -328,6 +328,16 @@ def serve(
             help="Never end a caption on an article, preposition or conjunction.",
         ),
     ] = True,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="CAPTIONKIT_API_KEY",
+            show_envvar=True,
+            help="Requests to every route but / and /health must send 'Authorization: Bearer "
+            "KEY' (401 otherwise); the web page asks for the key.",
+        ),
+    ] = None,
     rerank=None,  # RerankOptions from --rerank, ... (cli_options): the requests' default
 ) -> None:
     """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
@@ -340,7 +350,9 @@ def serve(
                              max_files=max_files, batch_size=batch_size,
                              max_wait_ms=max_wait_ms)  # fmt: skip
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
-    run_server(_runs(checkpoint), host, port, settings, device, options, rerank)
+    if api_key is not None and not api_key.strip():
+        raise CaptionkitError("--api-key: the key is empty")
+    run_server(_runs(checkpoint), host, port, settings, device, options, rerank, api_key=api_key)
 
 
 @app.command()

@@ -2,13 +2,15 @@
 `captionkit serve` runs with uvicorn.
 
 Endpoints: `POST /caption` (images in the multipart field `file`, repeatable), `GET /health`,
-`GET /model`, the web page at `/`, and FastAPI's OpenAPI schema and docs. Every error is JSON
+`GET /model`, the web page at `/`, and FastAPI's OpenAPI schema and docs. With an API key, every
+route but the page and `/health` needs `Authorization: Bearer KEY`. Every error is JSON
 `{"error": "one line"}`; no request can stop the server.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -49,10 +51,12 @@ class CaptionOptions(NamedTuple):
 
 
 def create_app(captioner: Captioner, settings: ServeSettings | None = None,
-               options: DecodingOptions | None = None) -> FastAPI:  # fmt: skip
+               options: DecodingOptions | None = None,
+               api_key: str | None = None) -> FastAPI:  # fmt: skip
     """The service over one loaded `captioner`, with `settings`' limits and micro-batching;
     `options` (default: no bad endings, else `DecodingOptions()`) are every request's decoding
-    options but `beam_size` and `n_best`, which a request sets."""
+    options but `beam_size` and `n_best`, which a request sets. With `api_key`, requests to any
+    route but the page and `/health` must carry it (`Authorization: Bearer KEY`; else 401)."""
     settings = settings or ServeSettings()
     base = options or DecodingOptions(bad_endings=True)
 
@@ -73,9 +77,32 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None,
                   lifespan=lifespan)  # fmt: skip
     app.state.captioner, app.state.settings, app.state.batcher = captioner, settings, batcher
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    if api_key is not None:
+        _require_api_key(app, api_key)
     _add_error_handlers(app)
     _add_routes(app, captioner, settings, batcher, model_info(captioner, settings), base)
     return app
+
+
+OPEN_PATHS = frozenset({"/", "/health"})
+"""What answers without the API key: the web page (it asks for the key) and the health check."""
+
+
+def _require_api_key(app: FastAPI, api_key: str) -> None:
+    if not api_key:
+        raise CaptionkitError("the API key is empty")
+    expected = f"Bearer {api_key}".encode()
+
+    @app.middleware("http")  # runs before the body is read: a refused upload costs nothing
+    async def check_key(request: Request, call_next):
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        given = request.headers.get("authorization", "").encode("latin-1")
+        if not hmac.compare_digest(given, expected):  # constant time: no timing oracle
+            message = "missing or wrong API key (send the header 'Authorization: Bearer KEY')"
+            return JSONResponse({"error": message}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        return await call_next(request)
 
 
 def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
