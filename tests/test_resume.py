@@ -231,3 +231,18 @@ def test_training_state_of_every_model_resumes_the_same_steps(name, tmp_path):
     step(resumed, resumed_optimizer)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
+
+
+@pytest.mark.slow
+def test_a_second_train_into_the_same_folder_is_refused_naming_the_first(config, tmp_path):
+    from captionkit.training.run_preparation import run_folder_lock
+
+    run = tmp_path / "run"
+    with run_folder_lock(run):  # as a first `train` holds it
+        with pytest.raises(CaptionkitError, match=rf"another training run \(process {os.getpid()}"):
+            train(config, run)
+        assert not (run / "config.yaml").exists()  # refused before touching the folder
+    one_epoch = RunConfig.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"],
+                                                                   "epochs": 1}})  # fmt: skip
+    train(one_epoch, run)  # the lock went with its holder
+    assert (run / "model.safetensors").exists()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -9,6 +14,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from captionkit.errors import CaptionkitError
 from captionkit.training.config import RunConfig
 from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST
+
+LOCK = ".train.lock"  # held (flock) by the process training into the folder
 
 # Settings a resumed run may change: how long and on what it trains, not what it trains.
 RESUMABLE_CHANGES = ("train", "optim", "scst")
@@ -59,3 +66,32 @@ def start_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> Path:
             last.unlink(missing_ok=True)  # a stale one must never be resumed into this run
         config.to_yaml(run_dir / "config.yaml")  # `train --config` of this file trains the run
     return last
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this training process: a second `train` into the same folder fails at
+    once, naming the process that holds it, instead of mixing two runs' files. The lock is the
+    kernel's (flock): it goes with the process, also when the process is killed."""
+    if rank_zero_only.rank != 0:  # the other ranks of a DDP run belong to rank 0's run
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CaptionkitError(
+                f"{run_dir}: another training run ({holder}) is writing into this folder: "
+                "wait for it to end, or give another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

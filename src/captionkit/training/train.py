@@ -57,7 +57,7 @@ from captionkit.training.datamodule import (
 from captionkit.training.image_data import CaptionedImages, ImageDataModule
 from captionkit.training.module import CaptioningModule
 from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
-from captionkit.training.run_preparation import start_run_dir
+from captionkit.training.run_preparation import run_folder_lock, start_run_dir
 from captionkit.training.scst import ScstModule, ScstReward
 
 
@@ -336,8 +336,14 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     when SCST raises val CIDEr, its model replaces the cross-entropy one in `run_dir`. Returns
     the metrics row of the best validation of the model kept."""
     run_dir = Path(run_dir)
-    if config.train.scst_epochs == 0 or config.optim.objective == "scst":
-        return train_phase(config, run_dir, resume)
+    with run_folder_lock(run_dir):
+        if config.train.scst_epochs == 0 or config.optim.objective == "scst":
+            return train_phase(config, run_dir, resume)
+        return _two_phases(config, run_dir, resume)
+
+
+def _two_phases(config: RunConfig, run_dir: Path, resume: bool) -> dict:
+    """Cross-entropy in `run_dir`, then SCST in `run_dir/scst` (see `train`)."""
     scst_dir = run_dir / SCST_PHASE
     if resume and (scst_dir / "config.yaml").exists():  # the cross-entropy phase had finished
         xe_best = _best_row(run_dir / "metrics.jsonl")
