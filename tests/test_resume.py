@@ -2,6 +2,7 @@
 killed with SIGKILL in the middle of an epoch, or while writing a checkpoint, then resumed,
 ends with the metrics and weights of an uninterrupted run)."""
 
+import errno
 import json
 import os
 import signal
@@ -246,3 +247,49 @@ def test_a_second_train_into_the_same_folder_is_refused_naming_the_first(config,
                                                                    "epochs": 1}})  # fmt: skip
     train(one_epoch, run)  # the lock went with its holder
     assert (run / "model.safetensors").exists()
+
+
+def _full_disk_on_call(n: int, monkeypatch) -> None:
+    """From the `n`-th training-state save on, the write stops half-way on a full disk."""
+    from captionkit.training import resume_checkpoints
+
+    real, calls = resume_checkpoints.save_file, []
+
+    def failing(tensors, filename, metadata=None):
+        calls.append(filename)
+        real(tensors, filename, metadata=metadata)
+        if len(calls) >= n:
+            with open(filename, "r+b") as f:
+                f.truncate(os.path.getsize(filename) // 2)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(resume_checkpoints, "save_file", failing)
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.safetensors"
+    save_state({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+    _full_disk_on_call(1, monkeypatch)
+    with pytest.raises(CaptionkitError, match=r"last.safetensors: could not write it \(No space "
+                       r"left on device\); the previous one is intact"):  # fmt: skip
+        save_state({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    assert load_state(path)["epoch"] == 1
+    assert os.listdir(path.parent) == ["last.safetensors"]  # no partial file left
+
+
+@pytest.mark.slow
+def test_train_on_a_full_disk_stops_with_one_error_and_an_intact_checkpoint(
+    config, tmp_path, monkeypatch, capsys
+):
+    from captionkit.cli import main
+
+    config.to_yaml(tmp_path / "config.yaml")
+    _full_disk_on_call(3, monkeypatch)  # the first two saves (after step 4 and epoch 0) work
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "config.yaml"), "--out", str(run)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "No space left on device" in error
+    assert "the previous one is intact" in error
+    saved = load_state(run / "checkpoints" / "last.safetensors")
+    assert saved["global_step"] > 0
+    assert not list(run.rglob(".*.tmp-*"))

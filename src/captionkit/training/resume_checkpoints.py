@@ -12,7 +12,6 @@ a crash during a save leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from captionkit.errors import CaptionkitError
+from captionkit.models.run_folder import write_atomically
 
 STATE_KEY = "captionkit_training_state"
 CHECKPOINTS = "checkpoints"  # the folder in a run folder
@@ -79,14 +79,7 @@ def save_state(state: dict, path: str | Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     tree = json.dumps(_encode(state, tensors, ""))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={STATE_KEY: tree})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={STATE_KEY: tree}))
 
 
 def load_state(path: str | Path) -> dict:
