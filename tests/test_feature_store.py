@@ -1,5 +1,6 @@
 """The feature store: incremental builds, superseded stores, resume, device and autocast."""
 
+import json
 import os
 
 import numpy as np
@@ -228,3 +229,77 @@ def test_extract_command_reports_reused_and_extracted(kaggle_dataset, tmp_path, 
     assert "reused 3 unchanged images from older stores, extracted 1" in capsys.readouterr().out
     assert main([*argv, "--amp", "fp16"]) == 1
     assert "error: --amp fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+# --- integrity: checked on every open, verified and repaired on request ------------------------
+
+
+def _flip_byte(path, row_bytes_at):
+    with open(path, "r+b") as f:
+        f.seek(row_bytes_at)
+        byte = f.read(1)
+        f.seek(row_bytes_at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_truncated_or_foreign_store_is_built_again(tmp_path, lite0, calls, caplog):
+    paths = images(tmp_path / "img", 5)
+    first = extract(lite0, paths, tmp_path / "cache")
+    pooled, grid = np.array(first.pooled), np.array(first.grid)
+    grid_file = first.folder / "grid.npy"
+    with open(grid_file, "r+b") as f:
+        f.truncate(grid_file.stat().st_size // 2)
+    calls.clear()
+    again = extract(lite0, paths, tmp_path / "cache")
+    assert again.report == BuildReport(reused=0, extracted=5) and sum(calls) == 5 + 1
+    assert "grid.npy" in caplog.text and "instead of" in caplog.text
+    assert np.array_equal(again.pooled, pooled) and np.array_equal(again.grid, grid)
+    # A store of another format version (an older captionkit) is never read either.
+    index_file = again.folder / "index.json"
+    index = json.loads(index_file.read_text())
+    del index["format_version"]
+    index_file.write_text(json.dumps(index))
+    with pytest.raises(CaptionkitError, match="feature store of format 1, written by another"):
+        features.FeatureStore.open(again.folder)
+    assert extract(lite0, paths, tmp_path / "cache").report.extracted == 5
+
+
+def test_a_truncated_store_never_gives_rows_to_a_new_one(tmp_path, lite0):
+    paths = images(tmp_path / "img", 4)
+    old = extract(lite0, paths[:3], tmp_path / "cache")
+    with open(old.folder / "pooled.npy", "r+b") as f:
+        f.truncate(200)
+    assert extract(lite0, paths, tmp_path / "cache").report.reused == 0
+
+
+def test_verify_finds_flipped_bytes_and_extracts_only_their_block(tmp_path, lite0, calls,
+                                                                  monkeypatch):  # fmt: skip
+    from captionkit.encoders import integrity
+    from captionkit.encoders.verify import verify_store
+
+    monkeypatch.setattr(integrity, "BLOCK_ROWS", 2)  # 7 images: blocks of rows 0-1, 2-3, 4-5, 6
+    paths = images(tmp_path / "img", 7)
+    store = extract(lite0, paths, tmp_path / "cache")
+    pooled, grid = np.array(store.pooled), np.array(store.grid)
+    header = store.pooled.offset  # .npy header bytes before the data
+    _flip_byte(store.folder / "pooled.npy", header + 5 * store.pooled[0].nbytes + 3)  # row 5
+    _flip_byte(store.folder / "grid.npy", store.grid.offset + 10)  # row 0
+    damaged = features.FeatureStore.open(store.folder)  # same sizes: opens
+    assert not np.array_equal(damaged.pooled, pooled)
+    calls.clear()
+    report = verify_store(damaged, lite0, num_workers=0, device="cpu")
+    assert report.damaged_rows == [0, 1, 4, 5] and report.blocks == 4
+    assert calls == [4]  # only those rows went through the encoder
+    assert "2 damaged, 4 rows extracted again" in report.summary()
+    mended = features.FeatureStore.open(store.folder)
+    assert np.array_equal(mended.pooled, pooled) and np.array_equal(mended.grid, grid)
+    assert verify_store(mended, lite0, num_workers=0, device="cpu").damaged_rows == []
+    assert sorted(p.name for p in store.folder.iterdir()) == ["grid.npy", "index.json",
+                                                              "pooled.npy"]  # fmt: skip
+
+
+def test_extract_verify_command(kaggle_dataset, tmp_path, capsys):
+    argv = ["extract", "--data", str(kaggle_dataset), "--cache-dir", str(tmp_path / "cache"),
+            "--workers", "0", "--device", "cpu", "--verify"]  # fmt: skip
+    assert main(argv) == 0
+    assert "verified 1 blocks of 64 rows: all intact" in capsys.readouterr().out

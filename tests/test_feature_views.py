@@ -13,6 +13,7 @@ from captionkit.data.shapes import make_shapes
 from captionkit.encoders import extract_features
 from captionkit.encoders.features import FeatureStore
 from captionkit.encoders.finetune import augmenting_transform
+from captionkit.encoders.verify import verify_store
 from captionkit.encoders.views import View, views
 from captionkit.errors import CaptionkitError
 from captionkit.training.config import DataConfig, EncoderConfig, RunConfig, TrainConfig
@@ -64,6 +65,14 @@ def test_each_view_has_its_own_store_and_the_plain_one_is_untouched(photos, lite
     again = _extract(lite0, photos, cache, View(1))
     assert again.report is None and again.folder == first.folder  # a cache hit
     assert np.array_equal(_extract(lite0, photos, cache).pooled, plain_pooled)
+    # A damaged view is repaired as that view (the index keeps it), not as the plain image.
+    view_pooled = np.array(first.pooled)
+    with open(first.folder / "pooled.npy", "r+b") as f:
+        f.seek(first.pooled.offset + 7)
+        f.write(b"\xff\xff")
+    report = verify_store(FeatureStore.open(first.folder), lite0, num_workers=0, device="cpu")
+    assert report.damaged_rows == [0, 1, 2]
+    assert np.allclose(FeatureStore.open(first.folder).pooled, view_pooled, atol=1e-3)
 
 
 def test_bad_views_are_refused():

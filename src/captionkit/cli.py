@@ -90,9 +90,18 @@ def extract(
     amp: Annotated[
         str, typer.Option("--amp", help="Autocast: none | bf16 | fp16 (fp16 on CUDA only).")
     ] = "none",
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Check every block of the cached store against its "
+            "checksum and extract the rows of damaged blocks again.",
+        ),  # fmt: skip
+    ] = False,
 ) -> None:
     """Extract and cache encoder features for every image of a dataset; images unchanged since an
-    earlier extraction with the same encoder are copied from its store, not extracted again."""
+    earlier extraction with the same encoder are copied from its store, not extracted again. A
+    truncated store, or one of another captionkit version, is built again."""
     from captionkit.data import load_dataset
     from captionkit.encoders import create_encoder, extract_features
 
@@ -103,6 +112,12 @@ def extract(
                              device=device, amp=None if amp == "none" else amp)  # fmt: skip
     typer.echo(f"{len(paths) - len(store.failed)} images -> {store.folder}")
     typer.echo(store.report.summary() if store.report else "all images were already cached")
+    if verify:
+        from captionkit.encoders.verify import verify_store
+
+        report = verify_store(store, model, batch_size=batch_size, num_workers=workers,
+                              device=device)  # fmt: skip
+        typer.echo(report.summary())
     if store.failed:
         typer.echo(f"{len(store.failed)} images could not be read (listed in index.json)")
 

@@ -12,6 +12,8 @@ renamed when complete, so an interrupted extraction never leaves a store that is
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -31,6 +33,7 @@ from captionkit.data.images import open_or_problem
 from captionkit.data.problems import Problems
 from captionkit.encoders import reuse
 from captionkit.encoders.factory import ImageEncoder
+from captionkit.encoders.integrity import DamagedStore, check_store, integrity_record
 from captionkit.encoders.reuse import Stat, file_stat, write_json
 from captionkit.encoders.views import View
 from captionkit.errors import CaptionkitError
@@ -122,7 +125,10 @@ class FeatureStore:
 
     @classmethod
     def open(cls, folder: Path) -> FeatureStore:
+        """The complete store at `folder`; `DamagedStore` if it is truncated or of another
+        format (`integrity.check_store`), FileNotFoundError if there is none."""
         index = json.loads((folder / "index.json").read_text())
+        check_store(folder, index)
         grid = np.load(folder / "grid.npy", mmap_mode="r") if index["grid"] else None
         pooled = np.load(folder / "pooled.npy", mmap_mode="r")
         return cls(folder, index["paths"], pooled, grid, index["failed"])
@@ -238,9 +244,18 @@ def extract_features(
 
 
 def _open_complete(folder: Path) -> FeatureStore | None:
+    """The store at `folder`, or None when it must be built: missing, or damaged (then removed,
+    with a warning: it is never read as features)."""
     try:
         return FeatureStore.open(folder)
     except FileNotFoundError:  # not built yet, or just removed as superseded by another build
+        return None
+    except DamagedStore as e:
+        log.warning("%s: building the store again", e)
+        trash = folder.with_name(f"{folder.name}.damaged-{os.getpid()}")
+        with contextlib.suppress(OSError):  # another process may have moved it first
+            os.replace(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
         return None
 
 
@@ -256,9 +271,11 @@ def _build(folder: Path, encoder: ImageEncoder, paths: list[Path], stats: list[S
     failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
     resumed = int(arrays["progress"].sum())
     reused = reuse.copy_unchanged(arrays, failed, failed_file, paths, stats, donors)
-    extracted = _extract_into(arrays, failed, failed_file, encoder, paths, settings)
+    extracted = extract_into(arrays, failed, failed_file, encoder, paths, settings)
     index = {"paths": [str(p) for p in paths], "stats": stats, "grid": grid, "failed": failed}
     index |= {"encoder": encoder.spec(), "variant": variant, "amp": settings.amp}
+    index |= {"view": dataclasses.asdict(settings.view) if settings.view else None}
+    index |= integrity_record(partial, arrays)
     (partial / "index.json").write_text(json.dumps(index))
     (partial / "progress.npy").unlink()
     failed_file.unlink(missing_ok=True)
@@ -294,9 +311,10 @@ def _open_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: bool) -> d
 
 
 @torch.inference_mode()
-def _extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEncoder,
+def extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEncoder,
                   paths: list[Path], settings: ExtractionSettings) -> int:  # fmt: skip
-    """Run the images of the rows not yet done through the encoder; returns how many."""
+    """Run the images of the rows not yet done (`arrays["progress"]`) through the encoder into
+    `arrays`, recording unreadable ones in `failed` (and `failed_file`); returns how many."""
     done = arrays["progress"]
     todo = np.flatnonzero(~done)
     if not len(todo):

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from captionkit.encoders.integrity import check_store
+from captionkit.errors import CaptionkitError
+
 Stat = tuple[int, int] | None
 """(size, mtime_ns) of an image file; None when it could not be stat'ed (missing)."""
 
@@ -80,6 +83,10 @@ def complete_stores(cache_dir: Path, encoder_name: str, variant: str) -> list[St
         except (OSError, ValueError):  # removed meanwhile, or not a store
             continue
         if index.get("variant") != variant or "stats" not in index:
+            continue
+        try:
+            check_store(folder, index)  # never copy rows out of a truncated store
+        except CaptionkitError:
             continue
         stats = [tuple(s) if s is not None else None for s in index["stats"]]
         found.append((mtime, StoredIndex(folder, index["paths"], stats, index["failed"])))
