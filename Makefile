@@ -8,7 +8,7 @@ DEMO_RUN ?= runs/shapes-demo
 DEMO_IMAGES ?= 2000
 DEMO_EPOCHS ?= 8
 
-.PHONY: install demo test test-slow test-all lint format bench clean browser
+.PHONY: install demo test test-slow test-all fuzz lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The fuzz tests (tests/test_fuzz.py) with many more cases than the suite's quick profile
+# (1,500 per target instead of 25; minutes). `-s` shows Hypothesis' per-test statistics.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py --hypothesis-show-statistics
 
 # Debian/Ubuntu (~500 MB, as root or with sudo): headless Chromium and its WebDriver for the
 # browser tests (tests/test_report.py, tests/test_serving.py), which skip without them (and fail

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
+
+# Fuzzing profiles (tests/test_fuzz.py): `quick` in the suite, `fuzz` for `make fuzz`. No deadline
+# per example (a loaded machine must not fail them); a hang shows as the suite's own timeout.
+_FUZZ = {"deadline": None, "suppress_health_check": list(HealthCheck), "database": None}
+settings.register_profile("quick", max_examples=25, **_FUZZ)
+settings.register_profile("fuzz", max_examples=1500, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,6 +1,7 @@
 """Run folders: safetensors + JSON round trip, and clear errors for bad ones."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,15 @@ def test_weights_file_is_safetensors_not_a_pickle(run_dir):
     assert "image_proj.0.weight" in header and "embed.weight" in header
 
 
+def _edit_config(run: Path, *keys: str, value) -> None:
+    config = json.loads((run / "config.json").read_text())
+    node = config
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    (run / "config.json").write_text(json.dumps(config))
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -49,6 +59,18 @@ def test_weights_file_is_safetensors_not_a_pickle(run_dir):
         (lambda p: (p / "config.json").write_text("{oops"), "corrupt config"),
         (lambda p: (p / "model.safetensors").unlink(), "no model.safetensors"),
         (lambda p: (p / "model.safetensors").write_bytes(b"\x80\x04pickle"), "unreadable weights"),
+        # Hostile configs: refused before anything is allocated.
+        (
+            lambda p: _edit_config(p, "model", "config", "hidden_dim", value=10**6),
+            r"config and weights do not match \(.*1000000\) in the config's model",
+        ),
+        (
+            lambda p: _edit_config(p, "model", "config", "hidden_dim", value=10**12),
+            "model setting 'hidden_dim': 1000000000000 is not a setting",
+        ),
+        (lambda p: _edit_config(p, "model", "name", value={"x": 1}), "'model' must hold"),
+        (lambda p: _edit_config(p, "vocabulary", "itos", value=7), "a word tokenizer needs"),
+        (lambda p: _edit_config(p, "encoder", value=[]), "'encoder' must give its name"),
     ],
 )
 def test_damaged_run_folders(run_dir, damage, message):

@@ -181,10 +181,14 @@ def test_bpe_saves_and_restores_exactly(bpe):
 def test_bad_tokenizer_kinds():
     with pytest.raises(CaptionkitError, match="unknown tokenizer 'chars'"):
         build_tokenizer("chars", CAPTIONS)
-    with pytest.raises(ValueError, match="unknown tokenizer type"):
+    with pytest.raises(CaptionkitError, match="unknown tokenizer type 'chars'"):
         tokenizer_from_dict({"type": "chars"})
-    with pytest.raises(ValueError, match="unreadable BPE tokenizer"):
+    with pytest.raises(CaptionkitError, match="unreadable BPE tokenizer"):
         tokenizer_from_dict({"type": "bpe", "tokenizer": "{not json"})
+    with pytest.raises(CaptionkitError, match="a list of at most 1048576 words"):
+        tokenizer_from_dict({"itos": ["<pad>"] * ((1 << 20) + 1)})
+    with pytest.raises(CaptionkitError, match="does not start with the special tokens"):
+        tokenizer_from_dict({"itos": ["a", "b"]})
 
 
 def test_checkpoint_with_bpe_decodes_with_every_decoder(bpe, tmp_path):

@@ -25,6 +25,7 @@ DUPLICATE_CAPTION = "duplicate_caption"
 IMAGE_WITHOUT_CAPTION = "image_without_caption"
 MALFORMED_ROW = "malformed_row"
 TRUNCATED_CAPTION = "truncated_caption"
+UNSAFE_IMAGE_PATH = "unsafe_image_path"
 
 
 @dataclass

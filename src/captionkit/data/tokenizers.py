@@ -145,11 +145,38 @@ def build_tokenizer(kind: str, captions: Iterable[str], min_count: int = 5,
     raise CaptionkitError(f"unknown tokenizer '{kind}' (choose from {', '.join(TOKENIZER_KINDS)})")
 
 
+MAX_VOCABULARY = 1 << 20
+"""The most tokens a saved tokenizer may have: a bound on what a hostile file can allocate."""
+MAX_TOKEN_CHARS = 1000
+MAX_BPE_JSON_CHARS = 64 << 20
+
+
 def tokenizer_from_dict(d: dict) -> Tokenizer:
-    """Rebuild a tokenizer saved with `to_dict()`."""
+    """Rebuild a tokenizer saved with `to_dict()`; anything but such a dict, within the size
+    bounds above, is a `CaptionkitError` (run folders may come from anywhere)."""
+    if not isinstance(d, dict):
+        raise CaptionkitError(f"a tokenizer is saved as a mapping, not {type(d).__name__}")
     kind = d.get("type", "word")
     if kind == "word":
-        return WordTokenizer.from_dict(d)
+        itos = d.get("itos")
+        words_ok = isinstance(itos, list) and len(itos) <= MAX_VOCABULARY
+        if not (words_ok and all(isinstance(t, str) and len(t) <= MAX_TOKEN_CHARS for t in itos)):
+            raise CaptionkitError("a word tokenizer needs 'itos': a list of at most "
+                                  f"{MAX_VOCABULARY} words")  # fmt: skip
+        try:
+            return WordTokenizer.from_dict(d)
+        except ValueError as e:
+            raise CaptionkitError(f"unusable word tokenizer ({e})") from None
     if kind == "bpe":
-        return BpeTokenizer.from_dict(d)
-    raise ValueError(f"unknown tokenizer type '{kind}'")
+        text = d.get("tokenizer")
+        if not isinstance(text, str) or len(text) > MAX_BPE_JSON_CHARS:
+            raise CaptionkitError("a BPE tokenizer needs 'tokenizer': its JSON text")
+        try:
+            tokenizer = BpeTokenizer.from_dict(d)
+        except ValueError as e:
+            raise CaptionkitError(str(e)) from None
+        if len(tokenizer) > MAX_VOCABULARY:
+            raise CaptionkitError(f"a BPE tokenizer of {len(tokenizer)} tokens (most: "
+                                  f"{MAX_VOCABULARY})")  # fmt: skip
+        return tokenizer
+    raise CaptionkitError(f"unknown tokenizer type {kind!r} (word or bpe)")

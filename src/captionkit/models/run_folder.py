@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from captionkit.data.tokenizers import Tokenizer, tokenizer_from_dict
 from captionkit.encoders import ImageEncoder, create_encoder
 from captionkit.errors import CaptionkitError
-from captionkit.models import create_model, model_config_dict
+from captionkit.models import MODELS, create_model, model_config_dict
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 ENCODER_WEIGHTS = "encoder.safetensors"  # only in runs that fine-tuned their encoder
@@ -112,14 +112,22 @@ def read_config(run_dir: Path) -> dict:
 
 
 def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the model of a run folder from safetensors weights and its JSON config."""
+    """Rebuild the model of a run folder from safetensors weights and its JSON config. Run folders
+    may come from anywhere: the config is checked, and the model it describes is compared with the
+    weights file's tensor shapes, before anything is allocated."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
+    config = _checked_config(read_config(run_dir), run_dir / CONFIG)
     try:
-        model = create_model(config["model"]["name"], **config["model"]["config"])
         tokenizer = tokenizer_from_dict(config["vocabulary"])
+        name, settings = config["model"]["name"], config["model"]["config"]
+        with torch.device("meta"):
+            meta_model = create_model(name, **settings)
+        _check_shapes(run_dir, meta_model)
+        model = create_model(name, **settings)
         state = load_file(run_dir / WEIGHTS, device=str(device))
         model.load_state_dict(state)
+    except CaptionkitError as e:
+        raise CaptionkitError(f"{run_dir}: {e}") from None
     except FileNotFoundError:
         raise CaptionkitError(f"{run_dir}: no {WEIGHTS} in the run folder") from None
     except (SafetensorError, OSError) as e:
@@ -127,6 +135,46 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CaptionkitError(f"{run_dir}: config and weights do not match ({e})") from None
     return TrainedModel(model.to(device).eval(), tokenizer, config["encoder"], config, run_dir)
+
+
+MAX_SETTING = 1 << 24
+"""No integer setting of a real model is larger: a bound on what a hostile config can ask for."""
+
+
+def _checked_config(config, path: Path) -> dict:
+    """`config.json`'s structure and bounds, checked before anything is built from it."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CaptionkitError(f"{path}: {what}")
+
+    need(isinstance(config, dict), "not a run config (a JSON object)")
+    model = config.get("model")
+    need(isinstance(model, dict) and isinstance(model.get("config"), dict)
+         and str(model.get("name")) in MODELS, f"'model' must hold a 'config' and a 'name' of "
+         f"{', '.join(MODELS)}")  # fmt: skip
+    for key, value in model["config"].items():
+        need(isinstance(value, (bool, int, float, str)) and (
+            isinstance(value, bool) or not isinstance(value, int) or -1 <= value <= MAX_SETTING),
+            f"model setting {key!r}: {str(value)[:40]} is not a setting")  # fmt: skip
+    encoder = config.get("encoder")
+    need(isinstance(encoder, dict) and all(isinstance(encoder.get(k), str)
+                                           for k in ("name", "weights", "fingerprint")),
+         "'encoder' must give its name, weights and fingerprint")  # fmt: skip
+    need(isinstance(config.get("vocabulary"), dict), "'vocabulary' must be a mapping")
+    return config
+
+
+def _check_shapes(run_dir: Path, meta_model: nn.Module) -> None:
+    """The weights file holds exactly the tensors of the model the config describes (built on
+    the meta device: no memory): a config cannot make us allocate more than the file holds."""
+    with safe_open(str(run_dir / WEIGHTS), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    wanted = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
+    for key in sorted(found.keys() | wanted.keys()):
+        if found.get(key) != wanted.get(key):
+            shapes = f"{wanted.get(key)} in the config's model, {found.get(key)} in {WEIGHTS}"
+            raise CaptionkitError(f"config and weights do not match ({key}: {shapes})")
 
 
 def encoder_for(trained: TrainedModel) -> ImageEncoder:

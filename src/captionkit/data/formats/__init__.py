@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from captionkit.data.formats import coco, flickr8k_token, jsonl_captions, kaggle_csv, karpathy
 from captionkit.data.formats._common import load_json
-from captionkit.data.problems import Problems
+from captionkit.data.problems import UNSAFE_IMAGE_PATH, Problems
 from captionkit.data.records import SPLITS, CaptionDataset, ImageRecord
 from captionkit.errors import CaptionkitError
 
@@ -63,6 +63,27 @@ def detect_format(path: Path) -> tuple[str, Path]:
                 return name, candidate.parent if several else candidate
             return name, candidate
     raise CaptionkitError(f"{path}: unknown dataset format (expected {KNOWN_FILES})")
+
+
+def unsafe_name_reason(filename: str) -> str | None:
+    """Why an image file name from an annotation file may not be used (None: it may): it must
+    be a relative path inside the image folder, so that no annotation file can make captionkit
+    read a file elsewhere."""
+    if not filename or "\x00" in filename:
+        return "an empty name or a NUL byte"
+    path = PurePosixPath(filename.replace("\\", "/"))
+    if path.is_absolute() or PureWindowsPath(filename).drive:
+        return "an absolute path"
+    if ".." in path.parts:
+        return "a '..' that leaves the image folder"
+    return None
+
+
+def _safe_name(filename, annotation: Path, problems: Problems) -> bool:
+    reason = unsafe_name_reason(filename) if isinstance(filename, str) else "not a string"
+    if reason is not None:
+        problems.add(UNSAFE_IMAGE_PATH, annotation, f"image {filename!r}: {reason}: skipped")
+    return reason is None
 
 
 def find_image_root(annotation: Path, records: list[ImageRecord]) -> Path:
@@ -114,7 +135,8 @@ def load_dataset(
     """
     problems = problems if problems is not None else Problems()
     fmt, annotation = detect_format(Path(data))
-    records = [r for r in FORMATS[fmt].read(annotation, problems) if r.captions]
+    records = [r for r in FORMATS[fmt].read(annotation, problems)
+               if r.captions and _safe_name(r.filename, annotation, problems)]  # fmt: skip
     if not records:
         reason = f" ({problems.summary()})" if problems.items else ""
         raise CaptionkitError(f"{annotation}: no image with a caption found{reason}")
@@ -123,8 +145,12 @@ def load_dataset(
         raise CaptionkitError(f"{root}: image folder not found")
     if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in _first_files(root)):
         raise CaptionkitError(f"{root}: no images found in the image folder")
-    if fmt == "coco":
+    if fmt == "coco":  # file names change here (`train2014/` dropped): check them again
         coco.fit_to_root(records, root)
+        records = [r for r in records if _safe_name(r.filename, annotation, problems)]
+        if not records:
+            reason = problems.summary()
+            raise CaptionkitError(f"{annotation}: no image with a usable name ({reason})")
     fractions = coco.UNSPLIT_FRACTIONS if fmt == "coco" else split_fractions
     assign_splits(records, fractions, split_seed)
     assert all(r.split in SPLITS for r in records)

@@ -66,6 +66,8 @@ def load_json(path: Path) -> Any:
         return json.loads(path.read_bytes().decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CaptionkitError(f"{path}: not a valid JSON file ({e})") from None
+    except RecursionError:
+        raise CaptionkitError(f"{path}: not a usable JSON file (nested too deeply)") from None
     except OSError as e:
         raise CaptionkitError(f"{path}: cannot read the file ({e.strerror})") from None
 

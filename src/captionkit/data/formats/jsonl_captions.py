@@ -51,7 +51,7 @@ def read(path: Path, problems: Problems | None = None) -> list[ImageRecord]:
 def _parse(line: str) -> dict | None:
     try:
         entry = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
         return None
     return entry if isinstance(entry, dict) else None
 

@@ -79,7 +79,10 @@ def _fields(line: str, delimiter: str) -> list[str]:
     """Split one line; `|` files are never quoted, so quotes there are part of the text."""
     if delimiter == "|":
         return [field.strip() for field in line.split("|")]
-    return next(csv.reader([line], skipinitialspace=True), [])
+    try:
+        return next(csv.reader([line], skipinitialspace=True), [])
+    except csv.Error:  # e.g. a stray carriage return inside the line: no usable fields
+        return []
 
 
 def _missing_columns(header: list[str]) -> list[str]:
