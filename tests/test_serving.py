@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -138,7 +139,14 @@ def test_health_model_page_and_docs(client, tiny_attention_run):
     assert page.status_code == 200 and 'id="file"' in page.text and "http" not in page.text
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/caption", "/health", "/model"}
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    # Offline: every asset of the docs page comes from this server, and it is there.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text) + re.findall(r"url: '([^']+)'",
+                                                                          docs.text)  # fmt: skip
+    assert assets and not [a for a in assets if a.startswith(("http:", "https:", "//"))]
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -314,6 +322,19 @@ def test_an_api_key_guards_every_route_but_the_page_and_health(captioner, monkey
         assert "s3cret" not in client.get("/model", headers=good).text  # never shown
     with pytest.raises(CaptionkitError, match="the API key is empty"):
         create_app(captioner, api_key="")
+
+
+def test_a_request_over_the_time_limit_gets_504_and_the_server_goes_on(captioner, monkeypatch):
+    def slow(*args):
+        time.sleep(1.0)
+        return Image.new("RGB", (8, 8))
+
+    monkeypatch.setattr("captionkit.serving.app.decode_upload", slow)
+    with TestClient(create_app(captioner, ServeSettings(request_timeout_s=0.2))) as client:
+        response = client.post("/caption", files=_files(_png()))
+        assert response.status_code == 504
+        assert response.json()["error"] == "the request took longer than 0.2 s and was stopped"
+        assert client.get("/health").status_code == 200
 
 
 def test_serving_beyond_loopback_without_a_key_is_warned_about():

@@ -333,6 +333,10 @@ def serve(
     ] = 10.0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001)] = 10.0,
     max_files: Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")] = 16,
+    request_timeout: Annotated[
+        float,
+        typer.Option("--request-timeout", min=0, help="Seconds a request may take (0: no limit)."),
+    ] = 120.0,
     allow_unk: Annotated[
         bool, typer.Option("--allow-unk", help="Let captions contain <unk>.")
     ] = False,
@@ -362,8 +366,8 @@ def serve(
     from captionkit.serving.settings import ServeSettings
 
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             max_files=max_files, batch_size=batch_size,
-                             max_wait_ms=max_wait_ms)  # fmt: skip
+                             max_files=max_files, batch_size=batch_size, max_wait_ms=max_wait_ms,
+                             request_timeout_s=request_timeout)  # fmt: skip
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
     if api_key is not None and not api_key.strip():
         raise CaptionkitError("--api-key: the key is empty")

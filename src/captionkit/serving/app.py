@@ -9,6 +9,7 @@ route but the page and `/health` needs `Authorization: Bearer KEY`. Every error 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import logging
@@ -74,14 +75,50 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None,
         await batcher.stop()
 
     app = FastAPI(title="captionkit", summary="Caption images with a trained captionkit run.",
-                  lifespan=lifespan)  # fmt: skip
+                  lifespan=lifespan, docs_url=None)  # fmt: skip
+    _add_offline_docs(app)
     app.state.captioner, app.state.settings, app.state.batcher = captioner, settings, batcher
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    if settings.request_timeout_s:
+        _limit_time(app, settings.request_timeout_s)
     if api_key is not None:
         _require_api_key(app, api_key)
     _add_error_handlers(app)
     _add_routes(app, captioner, settings, batcher, model_info(captioner, settings), base)
     return app
+
+
+def _limit_time(app: FastAPI, seconds: float) -> None:
+    @app.middleware("http")  # the upload and the captioning both count: a slow client too
+    async def time_limit(request: Request, call_next):
+        try:
+            return await asyncio.wait_for(call_next(request), seconds)
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+            message = f"the request took longer than {seconds:g} s and was stopped"
+            return JSONResponse({"error": message}, status_code=504)
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """`/docs`: Swagger UI from the `swagger-ui-bundle` package, served here (FastAPI's own page
+    loads it from a CDN, which a machine without internet cannot reach)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="captionkit API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 OPEN_PATHS = frozenset({"/", "/health"})

@@ -25,14 +25,17 @@ class ServeSettings:
     """How long the first request of a batch waits for others to join it (0: no waiting)."""
     max_queue: int = 1024
     """Most requests waiting for the model; further ones get 503 instead of piling up."""
+    request_timeout_s: float = 120.0
+    """Longest a request may take, its upload included (504 after it; 0: no limit)."""
 
     def __post_init__(self):
         for name in ("max_upload_bytes", "max_pixels", "max_files", "max_beam_size",
                      "batch_size", "max_queue"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise CaptionkitError(f"max_wait_ms must be 0 or more, not {self.max_wait_ms}")
+        for name in ("max_wait_ms", "request_timeout_s"):
+            if getattr(self, name) < 0:
+                raise CaptionkitError(f"{name} must be 0 or more, not {getattr(self, name)}")
 
     @property
     def max_request_bytes(self) -> int:
