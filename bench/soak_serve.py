@@ -5,11 +5,12 @@
 
 Starts `captionkit serve --checkpoint RUN --api-key ...` on a free loopback port and sends, from
 `--clients` threads, a random mix of requests: valid ones (1-3 small photos, beam 1-5, sometimes
-attention overlays), and invalid ones (random bytes as an image, a truncated PNG, an upload over
+attention overlays), and invalid ones (random bytes as an image, a truncated JPEG, an upload over
 the size limit, too many files, a bad beam size, no API key, an unknown route). The server's
 resident memory (RSS, /proc) is sampled every second. Passes when every valid request got 200,
 every invalid one a 4xx, and RSS after the warm-up (the first fifth of the run) grew by less than
-5% to the end. Prints one JSON summary and writes it to `--output`.
+5% to the end (medians of the first and last fifths of the samples after the warm-up). Prints
+one JSON summary and writes it to `--output`.
 """
 
 from __future__ import annotations
@@ -139,15 +140,19 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # RSS after the warm-up (the first fifth of the run): the median of its first and of its last
+    # fifth, so that one sample taken mid-batch does not decide.
     warm = [rss for t, rss in samples if t >= args.minutes * 60 / 5]
-    growth = (warm[-1] - warm[0]) / warm[0] if len(warm) > 1 else float("nan")
+    fifth = max(1, len(warm) // 5)
+    first, last = float(np.median(warm[:fifth])), float(np.median(warm[-fifth:]))
+    growth = last / first - 1
     summary = {
         "minutes": args.minutes, "clients": args.clients, "server_alive_at_end": alive,
         "requests": sum(results.values()),
         "by_kind_and_status": {f"{k} {s}": n for (k, s), n in sorted(results.items(), key=str)},
         "failed": len(failures), "failures": [list(f) for f in failures[:20]],
-        "rss_mib": {"after_warmup": warm[0] if warm else None, "end": warm[-1] if warm else None,
-                    "max": max(r for _, r in samples), "growth": growth},
+        "rss_mib": {"after_warmup": first, "end": last, "max": max(r for _, r in samples),
+                    "growth": growth, "every_10_s": [round(r) for _, r in samples[::10]]},
         "passed": not failures and alive and growth < 0.05,
     }  # fmt: skip
     Path(args.output).write_text(json.dumps(summary, indent=2))

@@ -43,6 +43,11 @@ def test_weights_file_is_safetensors_not_a_pickle(run_dir):
     assert "image_proj.0.weight" in header and "embed.weight" in header
 
 
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
 def _edit_config(run: Path, *keys: str, value) -> None:
     config = json.loads((run / "config.json").read_text())
     node = config
@@ -59,6 +64,7 @@ def _edit_config(run: Path, *keys: str, value) -> None:
         (lambda p: (p / "config.json").write_text("{oops"), "corrupt config"),
         (lambda p: (p / "model.safetensors").unlink(), "no model.safetensors"),
         (lambda p: (p / "model.safetensors").write_bytes(b"\x80\x04pickle"), "unreadable weights"),
+        (lambda p: _truncate(p / "model.safetensors"), "model.safetensors: unreadable weights"),
         # Hostile configs: refused before anything is allocated.
         (
             lambda p: _edit_config(p, "model", "config", "hidden_dim", value=10**6),

@@ -3,6 +3,7 @@ global batches, and validation scores every rank's captions, not rank 0's share.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,39 +27,74 @@ def _train(config: Path, out: Path, *options: str) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(tmp_path):
-    make_shapes(tmp_path / "shapes", n_images=30, seed=4)
-    # No dropout (each rank draws its own masks) and LayerNorm, not BatchNorm (batch statistics
-    # of a half batch differ): then the two runs compute the same thing.
-    tiny = {"d_model": 32, "n_heads": 2, "n_layers": 1, "d_ff": 64, "dropout": 0.0}
-    config = RunConfig(model="transformer", model_args=tiny,
-                       data=DataConfig(str(tmp_path / "shapes"), min_count=1),
+# No dropout (each rank draws its own masks) and LayerNorm, not BatchNorm (batch statistics of a
+# half batch differ): then one process and two compute the same thing.
+TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1, "d_ff": 64, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A config, and the metrics of one process training it on batches of 16."""
+    folder = tmp_path_factory.mktemp("ddp")
+    make_shapes(folder / "shapes", n_images=30, seed=4)
+    config = RunConfig(model="transformer", model_args=TINY,
+                       data=DataConfig(str(folder / "shapes"), min_count=1),
                        optim=OptimConfig(lr=3e-3),
                        train=TrainConfig(epochs=2, accelerator="cpu",
                                          deterministic=True))  # fmt: skip
-    config.to_yaml(tmp_path / "cfg.yaml")
-    one = _train(tmp_path / "cfg.yaml", tmp_path / "one", "--batch-size", "16")
-    two = _train(tmp_path / "cfg.yaml", tmp_path / "two", "--batch-size", "8", "--devices", "2",
-                 "--strategy", "ddp")  # fmt: skip
+    config.to_yaml(folder / "cfg.yaml")
+    return folder, _train(folder / "cfg.yaml", folder / "one", "--batch-size", "16")
+
+
+def _assert_same_training(one: list[dict], two: list[dict], runs: tuple[Path, Path]) -> None:
     assert [r["step"] for r in two] == [r["step"] for r in one] == [7, 14]
     # 3 validation images: rank 0 decodes 2 of them, rank 1 the third (and one twice).
     assert [r["val/images"] for r in two] == [3.0, 3.0]
     for a, b in zip(one, two):
         assert b["val/CIDEr"] == pytest.approx(a["val/CIDEr"], abs=1e-6)
         assert b["val/BLEU-4"] == pytest.approx(a["val/BLEU-4"], abs=1e-6)
-    ours, theirs = (
-        load_file(tmp_path / "two" / "model.safetensors"),
-        load_file(tmp_path / "one" / "model.safetensors"),
-    )
+    theirs, ours = (load_file(run / "model.safetensors") for run in runs)
     for name, weight in theirs.items():
         mine = ours[name]
         if name.endswith("kv_proj.bias"):
             # The key bias adds the same number to every attention score of a query, so its true
             # gradient is 0: Adam turns the rounding noise left there into full-size steps.
             # Compare the value bias only.
-            mine, weight = mine[tiny["d_model"] :], weight[tiny["d_model"] :]
+            mine, weight = mine[TINY["d_model"] :], weight[TINY["d_model"] :]
         torch.testing.assert_close(mine, weight, atol=1e-5, rtol=1e-4, msg=name)
     # Both trained (equal weights would prove nothing if nothing had moved).
     assert (
         one[1]["train/loss"] < one[0]["train/loss"] and two[1]["train/loss"] < two[0]["train/loss"]
     )
+
+
+def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(reference):
+    folder, one = reference
+    two = _train(folder / "cfg.yaml", folder / "two", "--batch-size", "8", "--devices", "2",
+                 "--strategy", "ddp")  # fmt: skip
+    _assert_same_training(one, two, (folder / "one", folder / "two"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_under_torchrun_match_one_process(reference):
+    """2 "machines" on this one: `torchrun --nnodes 2` twice (node ranks 0 and 1, one process
+    each, loopback rendezvous, gloo), as on two hosts of a cluster."""
+    folder, one = reference
+    port, out = _free_port(), folder / "nodes"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+         "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "-m", "captionkit", "train", "--config", str(folder / "cfg.yaml"), "--out", str(out),
+         "--batch-size", "8", "--num-nodes", "2", "--devices", "1", "--strategy", "ddp"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) for rank in (0, 1)]  # fmt: skip
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    two = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    _assert_same_training(one, two, (folder / "one", out))
