@@ -87,14 +87,23 @@ def test_two_nodes_under_torchrun_match_one_process(reference):
     folder, one = reference
     port, out = _free_port(), folder / "nodes"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-         "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
-         "-m", "captionkit", "train", "--config", str(folder / "cfg.yaml"), "--out", str(out),
-         "--batch-size", "8", "--num-nodes", "2", "--devices", "1", "--strategy", "ddp"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    ) for rank in (0, 1)]  # fmt: skip
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    logs = [folder / f"node{rank}.log" for rank in (0, 1)]  # files, not pipes: a full pipe
+    nodes = []  # would stall its node, and with it the other at their next collective
+    for rank, log in enumerate(logs):
+        with open(log, "w") as f:
+            nodes.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                 "--nproc-per-node", "1", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+                 "--master-port", str(port), "-m", "captionkit", "train", "--config",
+                 str(folder / "cfg.yaml"), "--out", str(out), "--batch-size", "8",
+                 "--num-nodes", "2", "--devices", "1", "--strategy", "ddp"],
+                env=env, stdout=f, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+    try:
+        codes = [node.wait(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert codes == [0, 0], "".join(log.read_text()[-3000:] for log in logs)
     two = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     _assert_same_training(one, two, (folder / "one", out))
