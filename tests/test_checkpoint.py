@@ -89,3 +89,17 @@ def test_damaged_run_folders(run_dir, damage, message):
 def test_missing_folder(tmp_path):
     with pytest.raises(CaptionkitError, match="checkpoint folder not found"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_cli_names_a_truncated_weights_file_in_one_error_line(run_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from captionkit.cli import main
+
+    path, *_ = run_dir
+    _truncate(path / "model.safetensors")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    assert main(["caption", "--checkpoint", str(path), str(tmp_path / "red.png")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"{path / 'model.safetensors'}: unreadable weights" in lines[0]
