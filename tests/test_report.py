@@ -123,7 +123,9 @@ def test_report_escapes_text_and_needs_no_training_logs(run, tmp_path):
     hostile = {**evaluation.references, name: ["<script>alert('x')</script> & a square"]}
     evaluation = dataclasses.replace(evaluation, references=hostile)
     settings = ReportSettings(max_images=1, extremes=1, attention_images=0)
-    page = build_report(bare, evaluation, "test", _options(), settings)
+    page = build_report(bare, evaluation, "test", _options(), settings,
+                        described="beam 2, rerank consensus <k 5>")  # fmt: skip
+    assert "decoding: beam 2, rerank consensus &lt;k 5&gt;;" in page
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "No training logs in the run folder" in page and "Where the model looked" not in page
     assert len(_parse(page).sources) == 3  # best 1, worst 1, all images: the first 1

@@ -247,7 +247,8 @@ def evaluate(
     if report:
         from captionkit.reporting.report import write_report
 
-        typer.echo(f"report: {write_report(report, runs, result, split, decoding)}")
+        written = write_report(report, runs, result, split, decoding, described=described)
+        typer.echo(f"report: {written}")
 
 
 @app.command()

@@ -149,8 +149,10 @@ def build_report(
     split: str,
     decoding: DecodingOptions,
     settings: ReportSettings | None = None,
+    described: str | None = None,
 ) -> str:
-    """The report page as HTML text."""
+    """The report page as HTML text. `described`: how the captions were made, when there is
+    more to say than `decoding` (e.g. re-ranking)."""
     run_dir, s = Path(run_dir), settings or ReportSettings()
     config = read_config(run_dir)
     scores = per_image_cider(evaluation)
@@ -166,7 +168,7 @@ def build_report(
     parts = [
         f"<h1>{_e(run_dir.name)}</h1>",
         f'<p class="sub">model <b>{_e(model)}</b>, encoder {_e(encoder)}; {_e(split)} split, '
-        f"{len(scores)} images, decoding: {_e(decoding.describe())}; "
+        f"{len(scores)} images, decoding: {_e(described or decoding.describe())}; "
         f"{_e(datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))}</p>",
         "<h2>Metrics</h2>",
         _metrics_table(evaluation, config, mean),
@@ -205,9 +207,11 @@ def write_report(
     split: str,
     decoding: DecodingOptions,
     settings: ReportSettings | None = None,
+    described: str | None = None,
 ) -> Path:
-    """Write the report page to `path`; returns it."""
+    """Write the report page to `path` (see `build_report`); returns it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(run_dir, evaluation, split, decoding, settings), encoding="utf-8")
+    page = build_report(run_dir, evaluation, split, decoding, settings, described)
+    path.write_text(page, encoding="utf-8")
     return path
