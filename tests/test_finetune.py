@@ -94,6 +94,10 @@ def test_the_run_records_and_reloads_its_finetuned_encoder(finetuned_run, base_r
     assert encoder.fingerprint() == spec["fingerprint"]
     saved = load_file(finetuned_run / "encoder.safetensors")
     assert all(torch.equal(v, saved[k]) for k, v in encoder.model.state_dict().items())
+    # Re-ranking's neighbour index holds the features of that (exported) encoder.
+    from captionkit.reranking import NeighbourIndex
+
+    assert NeighbourIndex.load(finetuned_run).encoder == spec["fingerprint"]
 
     (finetuned_run / "encoder.safetensors").rename(finetuned_run / "moved")
     try:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -305,11 +306,24 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
     every, accumulate = config.train.checkpoint_every, config.optim.accumulate
     callbacks = [DataPosition(datamodule), best, LastCheckpoint(last, every, accumulate)]
     _fit(config, run_dir, module, datamodule, callbacks, last if resume else None)
-    if rank_zero_only.rank == 0 and not finetune:  # re-ranking's neighbours; a fine-tuned
-        # encoder's features are not the cached ones: index such a run with rerank.index_run
-        index_training_images(run_dir, store, [dataset.path(r) for r in train_records],
-                              train_records, encoder.fingerprint())  # fmt: skip
+    if rank_zero_only.rank == 0 and (run_dir / WEIGHTS).exists():
+        _index_neighbours(config, run_dir, store, [dataset.path(r) for r in train_records],
+                          train_records, encoder)  # fmt: skip
     return best.best
+
+
+def _index_neighbours(config: RunConfig, run_dir: Path, store, paths: list[Path], records,
+                      encoder: ImageEncoder) -> None:  # fmt: skip
+    """Re-ranking's neighbour index: the training images' pooled features by the encoder that
+    the run exports. A fine-tuned encoder's features are not the cached ones: the exported
+    (best) encoder extracts them again, into a cache folder that is then removed."""
+    if not config.encoder.finetune:
+        index_training_images(run_dir, store, paths, records, encoder.fingerprint())
+        return
+    exported = encoder_for(load_checkpoint(run_dir))
+    with tempfile.TemporaryDirectory() as cache:
+        store = extract_features(exported, paths, Path(cache), grid=False)
+        index_training_images(run_dir, store, paths, records, exported.fingerprint())
 
 
 def _tokenizer(config: RunConfig, run_dir: Path, init: TrainedModel | None, train_records,
