@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +304,29 @@ def test_extract_verify_command(kaggle_dataset, tmp_path, capsys):
             "--workers", "0", "--device", "cpu", "--verify"]  # fmt: skip
     assert main(argv) == 0
     assert "verified 1 blocks of 64 rows: all intact" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_extract_under_torchrun_shares_the_images_and_makes_one_process_store(
+    kaggle_dataset, tmp_path, lite0
+):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "captionkit", "extract", "--data", str(kaggle_dataset), "--cache-dir",
+           str(cache), "--workers", "0", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # Each rank extracted 2 of the 4 images; rank 0 copied them all into the one store and
+    # removed the two shard stores.
+    assert done.stdout.count("reused 4 unchanged images from older stores, extracted 0") == 1
+    assert "removed 2 superseded stores" in done.stdout
+    (folder,) = [f for f in cache.iterdir() if not f.name.endswith(".partial")]
+    shared = features.FeatureStore.open(folder)
+    alone = extract(lite0, [Path(p) for p in shared.paths], tmp_path / "alone")
+    # Equal up to float16 rounding (batches of 2 and of 4 take other convolution paths).
+    assert np.allclose(shared.pooled, alone.pooled, rtol=2e-3, atol=1e-3)
+    assert np.allclose(shared.grid, alone.grid, rtol=2e-3, atol=1e-3)

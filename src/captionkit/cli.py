@@ -101,15 +101,18 @@ def extract(
 ) -> None:
     """Extract and cache encoder features for every image of a dataset; images unchanged since an
     earlier extraction with the same encoder are copied from its store, not extracted again. A
-    truncated store, or one of another captionkit version, is built again."""
+    truncated store, or one of another captionkit version, is built again. Launched by torchrun
+    or SLURM, the processes share the images (one GPU each)."""
     from captionkit.data import load_dataset
-    from captionkit.encoders import create_encoder, extract_features
+    from captionkit.encoders import create_encoder
+    from captionkit.encoders.sharded import extract_sharded
 
     dataset = load_dataset(data, images)
     model = create_encoder(encoder, encoder_weights)
     paths = [dataset.path(r) for r in dataset.records]
-    store = extract_features(model, paths, cache_dir, grid, batch_size, workers,
-                             device=device, amp=None if amp == "none" else amp)  # fmt: skip
+    # Under torchrun or SLURM, every process extracts its share (encoders.sharded).
+    store = extract_sharded(model, paths, cache_dir, grid, device, batch_size=batch_size,
+                            num_workers=workers, amp=None if amp == "none" else amp)  # fmt: skip
     typer.echo(f"{len(paths) - len(store.failed)} images -> {store.folder}")
     typer.echo(store.report.summary() if store.report else "all images were already cached")
     if verify:
