@@ -23,7 +23,7 @@ import torch
 from captionkit.data import load_dataset
 from captionkit.data.images import load_image
 from captionkit.encoders import create_encoder, extract_features
-from captionkit.encoders.features import extraction_settings, precision
+from captionkit.encoders.extraction import extraction_settings, precision
 
 
 def forward_only(encoder, pixels: torch.Tensor, batch: int, channels_last: bool, device: str,

@@ -46,8 +46,8 @@ from captionkit.encoders.features import features_for_dataset
 from captionkit.models import MODELS, create_model
 from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import RunConfig
+from captionkit.training.data_setup import caption_datamodule
 from captionkit.training.module import CaptioningModule, caption_loss
-from captionkit.training.train import _datamodule
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "flickr8k-mini"
@@ -222,8 +222,10 @@ def bench_model(name: str, data: dict, args, device: torch.device) -> dict:
     config.train.bucket_batches = args.bucket_batches or config.train.bucket_batches
     use_grid = MODELS[name][1].uses_grid
     with tempfile.TemporaryDirectory() as tmp:
-        datamodule, _ = _datamodule(config, data["store"], data["dataset"], data["train"],
-                                    data["val"], data["vocab"], use_grid, Path(tmp))  # fmt: skip
+        # No encoder: the configs have no feature views, which are all it would extract.
+        datamodule, _ = caption_datamodule(config, None, data["store"], data["dataset"],
+                                           data["train"], data["val"], data["vocab"], use_grid,
+                                           Path(tmp))  # fmt: skip
     loader = datamodule.train_dataloader()
     torch.manual_seed(config.train.seed)
     model = create_model(name, vocab_size=len(data["vocab"]), feature_dim=data["feature_dim"],

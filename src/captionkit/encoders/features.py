@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from captionkit.data.images import open_or_problem
 from captionkit.data.problems import Problems
 from captionkit.encoders import reuse
+from captionkit.encoders.extraction import ExtractionSettings, extraction_settings, precision
 from captionkit.encoders.factory import ImageEncoder
 from captionkit.encoders.integrity import DamagedStore, check_store, integrity_record
 from captionkit.encoders.reuse import Stat, file_stat, write_json
@@ -39,7 +39,6 @@ from captionkit.encoders.views import View
 from captionkit.errors import CaptionkitError
 
 log = logging.getLogger(__name__)
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_cache_dir() -> Path:
@@ -132,40 +131,6 @@ class FeatureStore:
         grid = np.load(folder / "grid.npy", mmap_mode="r") if index["grid"] else None
         pooled = np.load(folder / "pooled.npy", mmap_mode="r")
         return cls(folder, index["paths"], pooled, grid, index["failed"])
-
-
-@dataclass(frozen=True)
-class ExtractionSettings:
-    """How images are run through the encoder. Only `amp` and `view` are part of the cache key
-    (see `store_variant`): batch size, workers and device do not change what is stored."""
-
-    batch_size: int = 32
-    """Images per forward pass."""
-    num_workers: int = 1
-    """Decoding processes (0: decode in the main process)."""
-    device: torch.device = torch.device("cpu")
-    """Where the encoder runs; it is moved back to where it was afterwards."""
-    amp: str | None = None
-    """Autocast to "bf16" or "fp16"; None: float32 (also on CUDA, where TF32 is turned off)."""
-    view: View | None = None
-    """An augmented view of the images (`views.View`); None: the encoder's own preprocessing."""
-
-
-def extraction_settings(batch_size: int = 32, num_workers: int = 1, device: str = "auto",
-                        amp: str | None = None,
-                        view: View | None = None) -> ExtractionSettings:  # fmt: skip
-    """Check the user's `device` (auto, cpu, cuda, cuda:N) and `amp` (None, bf16, fp16)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and device.split(":")[0] != "cuda":
-        raise CaptionkitError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
-    if device != "cpu" and not torch.cuda.is_available():
-        raise CaptionkitError(f"--device {device}: no CUDA device is available")
-    if amp not in (None, *AMP_DTYPES):
-        raise CaptionkitError(f"--amp {amp}: expected none, bf16 or fp16")
-    if amp == "fp16" and device == "cpu":
-        raise CaptionkitError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
-    return ExtractionSettings(batch_size, num_workers, torch.device(device), amp, view)
 
 
 def store_variant(encoder: ImageEncoder, grid: bool, amp: str | None = None,
@@ -357,27 +322,6 @@ def extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEn
     finally:
         encoder.to(home)
     return len(todo)
-
-
-@contextmanager
-def precision(settings: ExtractionSettings):
-    """Autocast when asked. Else true float32, also on CUDA, where cuDNN convolutions would use
-    TF32 (10-bit mantissa) by default: float32 stores then agree across devices."""
-    if settings.amp is not None:
-        with torch.autocast(settings.device.type, AMP_DTYPES[settings.amp]):
-            yield
-        return
-    if settings.device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved[0]
-        torch.set_float32_matmul_precision(saved[1])
 
 
 def _grid_length(encoder: ImageEncoder) -> int:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from captionkit.encoders.extraction import extraction_settings
 from captionkit.encoders.factory import ImageEncoder
-from captionkit.encoders.features import FeatureStore, extract_into, extraction_settings
+from captionkit.encoders.features import FeatureStore, extract_into
 from captionkit.encoders.integrity import damaged_rows, integrity_record
 from captionkit.encoders.reuse import write_json
 from captionkit.encoders.views import View

@@ -1,0 +1,69 @@
+"""How images are run through an encoder: batch size, workers, device, autocast and view
+(`ExtractionSettings`), and true float32 on CUDA (`precision`)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from captionkit.encoders.views import View
+from captionkit.errors import CaptionkitError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How images are run through the encoder. Only `amp` and `view` are part of the cache key
+    (see `store_variant`): batch size, workers and device do not change what is stored."""
+
+    batch_size: int = 32
+    """Images per forward pass."""
+    num_workers: int = 1
+    """Decoding processes (0: decode in the main process)."""
+    device: torch.device = torch.device("cpu")
+    """Where the encoder runs; it is moved back to where it was afterwards."""
+    amp: str | None = None
+    """Autocast to "bf16" or "fp16"; None: float32 (also on CUDA, where TF32 is turned off)."""
+    view: View | None = None
+    """An augmented view of the images (`views.View`); None: the encoder's own preprocessing."""
+
+
+def extraction_settings(batch_size: int = 32, num_workers: int = 1, device: str = "auto",
+                        amp: str | None = None,
+                        view: View | None = None) -> ExtractionSettings:  # fmt: skip
+    """Check the user's `device` (auto, cpu, cuda, cuda:N) and `amp` (None, bf16, fp16)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and device.split(":")[0] != "cuda":
+        raise CaptionkitError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise CaptionkitError(f"--device {device}: no CUDA device is available")
+    if amp not in (None, *AMP_DTYPES):
+        raise CaptionkitError(f"--amp {amp}: expected none, bf16 or fp16")
+    if amp == "fp16" and device == "cpu":
+        raise CaptionkitError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
+    return ExtractionSettings(batch_size, num_workers, torch.device(device), amp, view)
+
+
+@contextmanager
+def precision(settings: ExtractionSettings):
+    """Autocast when asked. Else true float32, also on CUDA, where cuDNN convolutions would use
+    TF32 (10-bit mantissa) by default: float32 stores then agree across devices."""
+    if settings.amp is not None:
+        with torch.autocast(settings.device.type, AMP_DTYPES[settings.amp]):
+            yield
+        return
+    if settings.device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])

@@ -1,0 +1,92 @@
+"""The data of a training run: caption batches over cached features (with their augmented views),
+augmented images for a fine-tuned encoder, or images for SCST; and the token ids of the captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captionkit.data.tokenizers import Tokenizer
+from captionkit.encoders import ImageEncoder
+from captionkit.encoders.features import extract_features
+from captionkit.encoders.finetune import augmenting_transform
+from captionkit.encoders.views import views
+from captionkit.training.config import RunConfig
+from captionkit.training.datamodule import CaptionDataModule, CaptionPairs, ImageRows
+from captionkit.training.image_data import CaptionedImages, ImageDataModule
+
+
+def train_tokens(config: RunConfig, vocab: Tokenizer, train_records):
+    """Token ids of each training image's captions, and how many were cut to `max_length`."""
+    tokens, truncated = [], 0
+    for r in train_records:
+        encoded = [vocab.encode_with_info(c, config.data.max_length) for c in r.captions]
+        tokens.append([ids for ids, _ in encoded])
+        truncated += sum(cut for _, cut in encoded)
+    limit = f"{config.data.max_length} {'words' if config.data.tokenizer == 'word' else 'tokens'}"
+    print(f"truncated {truncated} of {sum(map(len, tokens))} training captions to {limit}")
+    return tokens, truncated
+
+
+def feature_views(config: RunConfig, encoder: ImageEncoder, paths: list[Path]) -> list:
+    """The feature stores of `encoder.feature_views` augmented views of the training images
+    (extracted once, then read from the cache)."""
+    e = config.encoder
+    return [extract_features(encoder, paths, config.data.cache_dir, view=view)
+            for view in views(e.feature_views, e.crop_scale_min, e.hflip)]  # fmt: skip
+
+
+def caption_datamodule(config: RunConfig, encoder: ImageEncoder, store, dataset, train_records,
+                val_records, vocab, use_grid, run_dir: Path):  # fmt: skip
+    """Training pairs (one per caption) over the feature store and its augmented views, and
+    validation images; and how many training captions were cut to `max_length` tokens."""
+    pairs = [dataset.path(r) for r in train_records for _ in r.captions]
+    per_image, truncated = train_tokens(config, vocab, train_records)
+    tokens = [ids for image_tokens in per_image for ids in image_tokens]
+    view_stores = feature_views(config, encoder, [dataset.path(r) for r in train_records])
+    train_set = CaptionPairs(store, store.rows(pairs), tokens, use_grid,
+                             token_file=run_dir / "train_tokens.npy",
+                             views=[(v, v.rows(pairs)) for v in view_stores],
+                             seed=config.train.seed)  # fmt: skip
+    val_rows = store.rows([dataset.path(r) for r in val_records])
+    val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
+    datamodule = CaptionDataModule(train_set, val_set, config.train.batch_size, config.train.seed,
+                                   config.train.bucket_batches)  # fmt: skip
+    return datamodule, truncated
+
+
+def image_datamodule(config: RunConfig, encoder: ImageEncoder, dataset, train_records,
+                      val_records, vocab: Tokenizer):  # fmt: skip
+    """Fine-tuning: training images (augmented, each with all its captions) and validation images,
+    decoded on the fly; and how many training captions were cut to `max_length` tokens."""
+    tokens, truncated = train_tokens(config, vocab, train_records)
+    augment = augmenting_transform(encoder, config.encoder.crop_scale_min, config.encoder.hflip)
+    train_set = CaptionedImages([dataset.path(r) for r in train_records], augment, tokens=tokens,
+                                seed=config.train.seed)  # fmt: skip
+    val_set = CaptionedImages([dataset.path(r) for r in val_records], encoder.transform(),
+                              keys=[r.filename for r in val_records])  # fmt: skip
+    captions_per_image = sum(map(len, tokens)) / len(tokens)
+    images_per_batch = max(1, round(config.train.batch_size / captions_per_image))
+    datamodule = ImageDataModule(train_set, val_set, images_per_batch, config.train.seed,
+                                 config.train.workers)  # fmt: skip
+    return datamodule, truncated
+
+
+def scst_datamodule(config: RunConfig, encoder: ImageEncoder, store, dataset, train_records,
+                     val_records, use_grid: bool):  # fmt: skip
+    """SCST: batches of training images, each once per epoch with its key (its references give
+    the rewards): features, or augmented images when the encoder is fine-tuned."""
+    keys = [r.filename for r in train_records]
+    images_per_batch = max(1, config.train.batch_size // config.scst.samples)
+    seed = config.train.seed
+    if config.encoder.finetune:
+        augment = augmenting_transform(encoder, config.encoder.crop_scale_min, config.encoder.hflip)
+        train_set = CaptionedImages([dataset.path(r) for r in train_records], augment, keys=keys,
+                                    seed=seed)  # fmt: skip
+        val_set = CaptionedImages([dataset.path(r) for r in val_records], encoder.transform(),
+                                  keys=[r.filename for r in val_records])  # fmt: skip
+        return ImageDataModule(train_set, val_set, images_per_batch, seed, config.train.workers)
+    train_set = ImageRows(store, store.rows([dataset.path(r) for r in train_records]), keys,
+                          use_grid)  # fmt: skip
+    val_rows = store.rows([dataset.path(r) for r in val_records])
+    val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
+    return CaptionDataModule(train_set, val_set, images_per_batch, seed)
