@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from captionkit import cli_options as opts
 from captionkit.cli_options import with_decoding_options, with_model_options, with_rerank_options
 from captionkit.cli_train import TrainCommand, run_config
 from captionkit.errors import CaptionkitError
@@ -84,20 +85,9 @@ def extract(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 1,
     cache_dir: CacheOpt = None,
-    device: Annotated[
-        str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N.")
-    ] = "auto",
-    amp: Annotated[
-        str, typer.Option("--amp", help="Autocast: none | bf16 | fp16 (fp16 on CUDA only).")
-    ] = "none",
-    verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify",
-            help="Check every block of the cached store against its "
-            "checksum and extract the rows of damaged blocks again.",
-        ),  # fmt: skip
-    ] = False,
+    device: opts.ExtractDeviceOpt = "auto",
+    amp: opts.AmpOpt = "none",
+    verify: opts.VerifyOpt = False,
 ) -> None:
     """Extract and cache encoder features for every image of a dataset; images unchanged since an
     earlier extraction with the same encoder are copied from its store, not extracted again. A
@@ -326,21 +316,14 @@ def compare(
 @with_rerank_options()
 def serve(
     checkpoint: CheckpointsOpt,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N.")] = "cpu",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Most images per model batch (1: off).")
-    ] = 32,
-    max_wait_ms: Annotated[
-        float, typer.Option("--max-wait-ms", min=0, help="Wait for a batch to fill (ms).")
-    ] = 10.0,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001)] = 10.0,
-    max_files: Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")] = 16,
-    request_timeout: Annotated[
-        float,
-        typer.Option("--request-timeout", min=0, help="Seconds a request may take (0: no limit)."),
-    ] = 120.0,
+    host: opts.HostOpt = "127.0.0.1",
+    port: opts.PortOpt = 8000,
+    device: opts.ServeDeviceOpt = "cpu",
+    batch_size: opts.ServeBatchOpt = 32,
+    max_wait_ms: opts.MaxWaitOpt = 10.0,
+    max_upload_mb: opts.MaxUploadOpt = 10.0,
+    max_files: opts.MaxFilesOpt = 16,
+    request_timeout: opts.RequestTimeoutOpt = 120.0,
     allow_unk: Annotated[
         bool, typer.Option("--allow-unk", help="Let captions contain <unk>.")
     ] = False,
@@ -351,16 +334,7 @@ def serve(
             help="Never end a caption on an article, preposition or conjunction.",
         ),
     ] = True,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            envvar="CAPTIONKIT_API_KEY",
-            show_envvar=True,
-            help="Requests to every route but / and /health must send 'Authorization: Bearer "
-            "KEY' (401 otherwise); the web page asks for the key.",
-        ),
-    ] = None,
+    api_key: opts.ApiKeyOpt = None,
     rerank=None,  # RerankOptions from --rerank, ... (cli_options): the requests' default
 ) -> None:
     """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and

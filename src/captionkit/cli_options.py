@@ -285,3 +285,46 @@ def with_model_options(command: Callable) -> Callable:
     return option_group(
         "model_args", MODEL_OPTIONS, lambda values, _: functools.partial(model_args, **values)
     )(command)
+
+
+# `serve`'s options.
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535)]
+ServeDeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N.")]
+ServeBatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Most images per model batch (1: off).")
+]
+MaxWaitOpt = Annotated[
+    float, typer.Option("--max-wait-ms", min=0, help="Wait for a batch to fill (ms).")
+]
+MaxUploadOpt = Annotated[float, typer.Option("--max-upload-mb", min=0.001)]
+MaxFilesOpt = Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")]
+RequestTimeoutOpt = Annotated[
+    float, typer.Option("--request-timeout", min=0, help="Seconds a request may take (0: none).")
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="CAPTIONKIT_API_KEY",
+        show_envvar=True,
+        help="Requests to every route but / and /health must send 'Authorization: Bearer KEY' "
+        "(401 otherwise); the web page asks for the key.",
+    ),
+]
+
+# `extract`'s options.
+ExtractDeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N.")
+]
+AmpOpt = Annotated[
+    str, typer.Option("--amp", help="Autocast: none | bf16 | fp16 (fp16 on CUDA only).")
+]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Check every block of the cached store against its checksum "
+        "and extract the rows of damaged blocks again.",
+    ),  # fmt: skip
+]
