@@ -44,7 +44,10 @@ def token_array(tokens: list[list[int]], path: Path | None = None) -> np.ndarray
         array[i, : len(t)] = t
     if path is None:
         return array
-    # Written aside and renamed: another DDP process may have the old file memory-mapped.
+    # Written aside and renamed: another DDP process may have the old file memory-mapped. Every
+    # rank writes its own copy, and under torchrun or SLURM a rank may get here before rank 0 has
+    # made the run folder (or, on another machine, without it).
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
     np.save(tmp, array)
     os.replace(tmp, path)
