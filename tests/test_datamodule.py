@@ -37,6 +37,8 @@ def test_caption_pairs_batches_match_the_sources(tmp_path):
     assert batch["tokens"].tolist() == [[1, 2, 0], [1, 5, 2]]  # trimmed to the batch's longest
     assert batch["grid"] is None
     assert token_array(tokens).shape == (3, 5)
+    # A DDP rank may write its copy before rank 0 has made the run folder.
+    assert token_array(tokens, tmp_path / "not-yet" / "t.npy").shape == (3, 5)
 
 
 def test_ddp_shares_make_up_the_single_process_batches_and_resume_skips():
