@@ -28,17 +28,18 @@ def train_tokens(config: RunConfig, vocab: Tokenizer, train_records):
 
 
 def feature_views(config: RunConfig, encoder: ImageEncoder, paths: list[Path]) -> list:
-    """The feature stores of `encoder.feature_views` augmented views of the training images
-    (extracted once, then read from the cache)."""
+    """The feature stores of the `config.encoder.feature_views` augmented views of the training
+    images (extracted once, then read from the cache)."""
     e = config.encoder
     return [extract_features(encoder, paths, config.data.cache_dir, view=view)
             for view in views(e.feature_views, e.crop_scale_min, e.hflip)]  # fmt: skip
 
 
-def caption_datamodule(config: RunConfig, encoder: ImageEncoder, store, dataset, train_records,
-                val_records, vocab, use_grid, run_dir: Path):  # fmt: skip
+def caption_datamodule(config: RunConfig, encoder: ImageEncoder | None, store, dataset,
+                       train_records, val_records, vocab, use_grid, run_dir: Path):  # fmt: skip
     """Training pairs (one per caption) over the feature store and its augmented views, and
-    validation images; and how many training captions were cut to `max_length` tokens."""
+    validation images; and how many training captions were cut to `max_length` tokens.
+    `encoder` extracts the views (`encoder.feature_views`; None when there are none)."""
     pairs = [dataset.path(r) for r in train_records for _ in r.captions]
     per_image, truncated = train_tokens(config, vocab, train_records)
     tokens = [ids for image_tokens in per_image for ids in image_tokens]
@@ -55,7 +56,7 @@ def caption_datamodule(config: RunConfig, encoder: ImageEncoder, store, dataset,
 
 
 def image_datamodule(config: RunConfig, encoder: ImageEncoder, dataset, train_records,
-                      val_records, vocab: Tokenizer):  # fmt: skip
+                     val_records, vocab: Tokenizer):  # fmt: skip
     """Fine-tuning: training images (augmented, each with all its captions) and validation images,
     decoded on the fly; and how many training captions were cut to `max_length` tokens."""
     tokens, truncated = train_tokens(config, vocab, train_records)
@@ -72,7 +73,7 @@ def image_datamodule(config: RunConfig, encoder: ImageEncoder, dataset, train_re
 
 
 def scst_datamodule(config: RunConfig, encoder: ImageEncoder, store, dataset, train_records,
-                     val_records, use_grid: bool):  # fmt: skip
+                    val_records, use_grid: bool):  # fmt: skip
     """SCST: batches of training images, each once per epoch with its key (its references give
     the rewards): features, or augmented images when the encoder is fine-tuned."""
     keys = [r.filename for r in train_records]
