@@ -256,3 +256,13 @@ def test_compare_fills_in_defaults_of_settings_older_runs_lack(show_tell_run, tm
     assert main(["compare", str(show_tell_run), str(old), "--output", str(out)]) == 0
     assert list(json.loads(out.read_text())[0]) == ["run", "model", "encoder", "best val CIDEr",
                                                     "epoch", "decoding", *METRIC_KEYS]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_report_of_an_ensemble_shows_its_runs_and_its_attention(run):
+    _, run_dir, evaluation, _ = run
+    page = build_report([run_dir, run_dir], evaluation, "test", _options(),
+                        ReportSettings(max_images=2, extremes=2, attention_images=1))  # fmt: skip
+    assert "<h1>ensemble of 2 runs</h1>" in page and f"runs: {run_dir}, {run_dir}" in page
+    assert page.count("<h3>") == 2 and page.count('class="charts"') == 2  # each run's curves
+    assert "Where the model looked" in page and page.count('class="heatrow"') == 2

@@ -210,8 +210,6 @@ def evaluate(
     from captionkit.evaluation.evaluate import evaluate_run
     from captionkit.reporting.compare import save_run_evaluation
 
-    if report and len(checkpoint) > 1:
-        raise CaptionkitError("--report describes one run: give one --checkpoint")
     runs = _runs(checkpoint)
     result = evaluate_run(runs, data, images, split, cache_dir=cache_dir and str(cache_dir),
                           options=decoding, spice=spice, rerank=rerank)  # fmt: skip
@@ -230,13 +228,12 @@ def evaluate(
     typer.echo(line)
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    if isinstance(runs, list):  # an ensemble's metrics belong to no one run folder
-        return
-    try:  # for `captionkit compare`; a read-only run folder only loses that
-        save_run_evaluation(runs, split, result.metrics, len(result.predictions),
-                            described, data)  # fmt: skip
-    except OSError as e:
-        typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
+    if not isinstance(runs, list):  # an ensemble's metrics belong to no one run folder
+        try:  # for `captionkit compare`; a read-only run folder only loses that
+            save_run_evaluation(runs, split, result.metrics, len(result.predictions),
+                                described, data)  # fmt: skip
+        except OSError as e:
+            typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
     if report:
         from captionkit.reporting.report import write_report
 

@@ -114,8 +114,9 @@ def _curves(run_dir: Path) -> str:
 
 
 def _attention_rows(
-    run_dir: Path, evaluation: Evaluation, names: list[str], decoding: DecodingOptions, size: int
-) -> str:
+    run_dir: Path | list[Path], evaluation: Evaluation, names: list[str],
+    decoding: DecodingOptions, size: int,
+) -> str:  # fmt: skip
     """Per-token heat maps of `names` (empty for models without attention)."""
     if not names:
         return ""
@@ -144,36 +145,42 @@ def _attention_rows(
 
 
 def build_report(
-    run_dir: str | Path,
+    run_dir: str | Path | list,
     evaluation: Evaluation,
     split: str,
     decoding: DecodingOptions,
     settings: ReportSettings | None = None,
     described: str | None = None,
 ) -> str:
-    """The report page as HTML text. `described`: how the captions were made, when there is
-    more to say than `decoding` (e.g. re-ranking)."""
-    run_dir, s = Path(run_dir), settings or ReportSettings()
-    config = read_config(run_dir)
+    """The report page as HTML text. `run_dir`: a run folder, or a list of them (an ensemble:
+    its members' models and training curves, attention maps of the ensemble). `described`: how
+    the captions were made, when there is more to say than `decoding` (e.g. re-ranking)."""
+    s = settings or ReportSettings()
+    runs = [Path(r) for r in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
+    configs = [read_config(r) for r in runs]
     scores = per_image_cider(evaluation)
     ranked = sorted(scores, key=lambda n: (-scores[n], n))
     thumbs = _Thumbnails(evaluation.images, s.thumb_size)
     k, a = min(s.extremes, len(ranked)), min(s.attention_images, len(ranked) // 2)
     best, worst = ranked[:k], ranked[::-1][:k]
-    attention = _attention_rows(run_dir, evaluation, best[:a] + worst[:a], decoding, s.heat_size)
+    loaded = runs if len(runs) > 1 else runs[0]
+    attention = _attention_rows(loaded, evaluation, best[:a] + worst[:a], decoding, s.heat_size)
     shown = sorted(scores)[: s.max_images]
-    model = config.get("model", {}).get("name", "?")
-    encoder = config.get("encoder", {}).get("name", "?")
+    model = ", ".join(dict.fromkeys(c.get("model", {}).get("name", "?") for c in configs))
+    encoder = ", ".join(dict.fromkeys(c.get("encoder", {}).get("name", "?") for c in configs))
     mean = sum(scores.values()) / len(scores)
+    title = runs[0].name if len(runs) == 1 else f"ensemble of {len(runs)} runs"
+    members = "" if len(runs) == 1 else (
+        f'<p class="sub">runs: {", ".join(_e(str(r)) for r in runs)}</p>')  # fmt: skip
     parts = [
-        f"<h1>{_e(run_dir.name)}</h1>",
+        f"<h1>{_e(title)}</h1>{members}",
         f'<p class="sub">model <b>{_e(model)}</b>, encoder {_e(encoder)}; {_e(split)} split, '
         f"{len(scores)} images, decoding: {_e(described or decoding.describe())}; "
         f"{_e(datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))}</p>",
         "<h2>Metrics</h2>",
-        _metrics_table(evaluation, config, mean),
+        _metrics_table(evaluation, configs[0] if len(runs) == 1 else {}, mean),
         "<h2>Training curves</h2>",
-        _curves(run_dir),
+        *(_curves(r) if len(runs) == 1 else f"<h3>{_e(r.name)}</h3>{_curves(r)}" for r in runs),
         f"<h2>Best {k} by CIDEr-D</h2>",
         _grid(best, evaluation, scores, thumbs),
         f"<h2>Worst {k} by CIDEr-D</h2>",
@@ -195,14 +202,14 @@ def build_report(
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(run_dir.name)}: captionkit report</title><style>{CSS}</style></head>"
+        f"<title>{_e(title)}: captionkit report</title><style>{CSS}</style></head>"
         f"<body>\n{body}\n</body></html>\n"
     )
 
 
 def write_report(
     path: str | Path,
-    run_dir: str | Path,
+    run_dir: str | Path | list,
     evaluation: Evaluation,
     split: str,
     decoding: DecodingOptions,
