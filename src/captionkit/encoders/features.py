@@ -186,7 +186,7 @@ def extract_features(
     stats = [file_stat(p) for p in paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     variant = store_variant(encoder, grid, amp, view)
-    folder = cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid, stats, amp, view)}"
+    folder = _store_folder(encoder, paths, cache_dir, grid, stats, amp, view)
     store = _open_complete(folder)
     if store is not None:
         return store
@@ -206,6 +206,25 @@ def extract_features(
     store = FeatureStore.open(folder)
     store.report = report
     return store
+
+
+def _store_folder(encoder: ImageEncoder, paths: list[Path], cache_dir: Path, grid: bool,
+                  stats: list[Stat], amp: str | None, view: View | None) -> Path:  # fmt: skip
+    return cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid, stats, amp, view)}"
+
+
+def cached_store(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | None = None,
+                 grid: bool = True, amp: str | None = None) -> FeatureStore | None:  # fmt: skip
+    """The complete, intact store of `paths` that `extract_features` would return, when the
+    cache already has it (else None; nothing is built or removed)."""
+    paths = [Path(p).resolve() for p in paths]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = _store_folder(encoder, paths, cache_dir, grid, [file_stat(p) for p in paths], amp,
+                           None)  # fmt: skip
+    try:
+        return FeatureStore.open(folder)
+    except (FileNotFoundError, DamagedStore):  # none, or damaged: a build deals with it
+        return None
 
 
 def _open_complete(folder: Path) -> FeatureStore | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from captionkit.data.files import write_json_atomically
 from captionkit.encoders.integrity import check_store
 from captionkit.errors import CaptionkitError
 
@@ -63,9 +64,7 @@ def store_folder_pattern(encoder_name: str) -> re.Pattern:
 
 def write_json(path: Path, data) -> None:
     """Write a JSON file atomically: a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_json_atomically(path, data)
 
 
 def complete_stores(cache_dir: Path, encoder_name: str, variant: str) -> list[StoredIndex]:

@@ -15,13 +15,7 @@ from pathlib import Path
 import torch
 
 from captionkit.encoders.factory import ImageEncoder
-from captionkit.encoders.features import (
-    FeatureStore,
-    default_cache_dir,
-    extract_features,
-    store_key,
-)
-from captionkit.errors import CaptionkitError
+from captionkit.encoders.features import FeatureStore, cached_store, extract_features
 
 
 def launch_world() -> tuple[int, int, int]:
@@ -43,7 +37,7 @@ def extract_sharded(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | 
     rank, world, local = launch_world()
     if world == 1:
         return extract_features(encoder, paths, cache_dir, grid, device=device, **options)
-    cached = _cached(encoder, paths, cache_dir, grid, options.get("amp"))
+    cached = cached_store(encoder, paths, cache_dir, grid, options.get("amp"))
     if cached is not None:  # every rank finds it: nothing to share
         return cached
     if device == "auto" and torch.cuda.is_available():
@@ -65,15 +59,3 @@ def extract_sharded(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | 
     finally:
         dist.destroy_process_group()
     return store
-
-
-def _cached(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | None, grid: bool,
-            amp: str | None) -> FeatureStore | None:  # fmt: skip
-    """The complete, intact store of all `paths` when the cache has it."""
-    resolved = [Path(p).resolve() for p in paths]
-    folder = Path(cache_dir or default_cache_dir())
-    folder = folder / f"{encoder.name}-{store_key(encoder, resolved, grid, amp=amp)}"
-    try:
-        return FeatureStore.open(folder)
-    except (FileNotFoundError, CaptionkitError):  # none, or damaged: the build deals with it
-        return None

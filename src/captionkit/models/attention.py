@@ -195,7 +195,7 @@ def attention_regularizer(alpha: torch.Tensor, tokens: torch.Tensor, alpha_c: fl
     looked at about once over the caption. Steps reading <pad> or <eos> predict padding, which
     the loss ignores: so does the regulariser, or short captions would be pushed to attend where
     they never look."""
-    mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)  # [B, T]
+    mask = word_steps(tokens)  # [B, T]
     per_image = ((1.0 - (alpha * mask[..., None]).sum(dim=1)) ** 2).sum(dim=1)  # [B]
     return alpha_c * per_image.mean()
 
@@ -213,10 +213,14 @@ def feature_embedding(feature_dim: int, hidden_dim: int, dropout: float, on: boo
     return nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
 
 
+def word_steps(tokens: torch.Tensor) -> torch.Tensor:
+    """Which steps of input tokens [B, T] read a word (<bos> included), not <pad> or <eos>."""
+    return (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)
+
+
 def running_lengths(tokens: torch.Tensor) -> torch.Tensor:
-    """Steps each caption of tokens [B, T] needs: up to its last token that is neither <pad>
-    nor <eos> -> [B]."""
-    mask = (tokens != Vocabulary.pad_id) & (tokens != Vocabulary.eos_id)
+    """Steps each caption of tokens [B, T] needs: up to its last word step -> [B]."""
+    mask = word_steps(tokens)
     positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
     return (mask * positions).amax(dim=1)
 

@@ -11,7 +11,6 @@ and renamed, so a crash during a save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from captionkit.data.files import write_atomically, write_json_atomically
 from captionkit.data.tokenizers import Tokenizer, tokenizer_from_dict
 from captionkit.encoders import ImageEncoder, create_encoder
 from captionkit.errors import CaptionkitError
@@ -71,31 +71,12 @@ def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, tokenizer:
     if encoder_model is not None:
         _save_weights(run_dir / ENCODER_WEIGHTS, encoder_model)
     _save_weights(run_dir / WEIGHTS, model)
-    write_atomically(run_dir / CONFIG,
-                     lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))  # fmt: skip
+    write_json_atomically(run_dir / CONFIG, config, indent=2)
 
 
 def _save_weights(path: Path, model: nn.Module) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-
-
-def write_atomically(path: Path, write) -> None:
-    """`write(tmp)` a file beside `path`, flush it to disk, then rename it to `path`: readers
-    see the old file or the new one, never a part. A failed write (a full disk, say) removes the
-    partial file and is an error naming `path` that says the previous file is intact."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # on disk before the rename makes it the file
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as e:
-        problem = getattr(e, "strerror", None) or str(e)
-        kept = "the previous one is intact" if path.exists() else "there was none before"
-        raise CaptionkitError(f"{path}: could not write it ({problem}); {kept}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_config(run_dir: Path) -> dict:

@@ -12,7 +12,6 @@ and a top-k (timings for a COCO-sized index in `bench/bench_rerank.py --knn`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from captionkit.data.files import write_atomically, write_json_atomically
 from captionkit.errors import CaptionkitError
 
 INDEX_FEATURES, INDEX_CAPTIONS = "neighbours.safetensors", "neighbours.json"
@@ -49,12 +49,9 @@ def write_neighbour_index(run_dir: str | Path, pooled: np.ndarray | torch.Tensor
     doc = {"format": INDEX_FORMAT, "images": len(keys), "dim": features.shape[1],
            "encoder": encoder, "keys": list(map(str, keys)),
            "captions": [list(map(str, caps)) for caps in captions]}  # fmt: skip
-    tmp = run_dir / f".{INDEX_FEATURES}.tmp-{os.getpid()}"
-    save_file({"features": features.half().numpy()}, str(tmp))
-    os.replace(tmp, run_dir / INDEX_FEATURES)
-    tmp = run_dir / f".{INDEX_CAPTIONS}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(doc, ensure_ascii=False))
-    os.replace(tmp, run_dir / INDEX_CAPTIONS)
+    write_atomically(run_dir / INDEX_FEATURES,
+                     lambda tmp: save_file({"features": features.half().numpy()}, tmp))  # fmt: skip
+    write_json_atomically(run_dir / INDEX_CAPTIONS, doc, ensure_ascii=False)
 
 
 @dataclass

@@ -7,7 +7,6 @@ are batched together so that little time goes into padding.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from captionkit.data.files import write_atomically
 from captionkit.data.vocab import Vocabulary
 from captionkit.encoders.features import FeatureStore
 from captionkit.errors import CaptionkitError
@@ -48,9 +48,12 @@ def token_array(tokens: list[list[int]], path: Path | None = None) -> np.ndarray
     # rank writes its own copy, and under torchrun or SLURM a rank may get here before rank 0 has
     # made the run folder (or, on another machine, without it).
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, array)
+
+    write_atomically(path, save)
     return np.load(path, mmap_mode="r")
 
 

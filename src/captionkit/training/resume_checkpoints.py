@@ -21,8 +21,8 @@ from lightning.fabric.plugins import CheckpointIO
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from captionkit.data.files import write_atomically
 from captionkit.errors import CaptionkitError
-from captionkit.models.run_folder import write_atomically
 
 STATE_KEY = "captionkit_training_state"
 CHECKPOINTS = "checkpoints"  # the folder in a run folder

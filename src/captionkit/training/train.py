@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -21,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from captionkit.data import load_dataset
+from captionkit.data.files import write_atomically, write_json_atomically
 from captionkit.data.formats import write_splits
 from captionkit.data.problems import Problems
 from captionkit.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
@@ -320,11 +320,7 @@ def _adopt_scst_model(config: RunConfig, run_dir: Path, scst_dir: Path) -> None:
     `config.json` then describes the whole two-phase run."""
     for name in (WEIGHTS, ENCODER_WEIGHTS):
         if (scst_dir / name).exists():
-            tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-            shutil.copyfile(scst_dir / name, tmp)
-            os.replace(tmp, run_dir / name)
+            write_atomically(run_dir / name, lambda tmp, n=name: shutil.copyfile(scst_dir / n, tmp))
     exported = json.loads((scst_dir / CONFIG).read_text())
     exported["run"], exported["phase"] = config.to_dict(), SCST_PHASE
-    tmp = run_dir / f".{CONFIG}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(exported, indent=2))
-    os.replace(tmp, run_dir / CONFIG)
+    write_json_atomically(run_dir / CONFIG, exported, indent=2)
