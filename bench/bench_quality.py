@@ -92,6 +92,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "4 views + label smoothing 0.1",
         ["--feature-views", "4", "--label-smoothing", "0.1"],
     ),  # fmt: skip
+    "best-grouped": (
+        "default with batches of whole images (`--group-images`: 5 captions an image, the grid "
+        "embedded once per image)",
+        ["--group-images"],
+    ),
     "best-updown": ("default recipe with the top-down decoder", ["--model", "updown"]),
     "best-updown-views4": (
         "top-down decoder + 4 views",

@@ -109,11 +109,16 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def training_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """The engine's loss (`CaptioningModule.training_step`): cross-entropy, plus the doubly
     stochastic regulariser over the attention weights for models that attend with α_c > 0."""
-    tokens = batch["tokens"]
+    tokens, pooled, grid = batch["tokens"], batch["pooled"], batch["grid"]
     inputs = tokens[:, :-1]  # [B, T-1]
     regularized = getattr(model, "attends", False) and model.config.alpha_c > 0
-    out = model(batch["pooled"], batch["grid"], inputs,
-                **({"return_attention": True} if regularized else {}))  # fmt: skip
+    options = {"return_attention": True} if regularized else {}
+    index = batch.get("image_index")  # grouped batches: features per image
+    if index is not None and getattr(model, "shares_images", False):
+        options["image_index"] = index
+    elif index is not None:
+        pooled, grid = pooled[index], None if grid is None else grid[index]
+    out = model(pooled, grid, inputs, **options)
     loss = caption_loss(out[0] if regularized else out, tokens[:, 1:])
     if regularized:  # out[1]: α [B, T-1, L]
         loss = loss + attention_regularizer(out[1], inputs, model.config.alpha_c)
@@ -220,6 +225,7 @@ def bench_model(name: str, data: dict, args, device: torch.device) -> dict:
     config = RunConfig.from_yaml(CONFIGS / f"{name}.yaml")
     config.train.precision = args.precision or config.train.precision
     config.train.bucket_batches = args.bucket_batches or config.train.bucket_batches
+    config.train.group_images = args.group_images
     use_grid = MODELS[name][1].uses_grid
     with tempfile.TemporaryDirectory() as tmp:
         # No encoder: the configs have no feature views, which are all it would extract.
@@ -244,7 +250,7 @@ def bench_model(name: str, data: dict, args, device: torch.device) -> dict:
     ratio = out["plain"]["captions_s"] / out["engine"]["captions_s"]
     out["engine_overhead_pct"] = 100 * (ratio - 1)
     naive = naive_model(name, fresh())
-    if naive is not None and not args.no_naive:
+    if naive is not None and not args.no_naive and not args.group_images:
         out["naive"] = plain_loop(naive, loader, config, args, device)
         out["speedup_over_naive"] = out["engine"]["captions_s"] / out["naive"]["captions_s"]
     batch = to_device(next(iter(loader)), device)
@@ -316,6 +322,11 @@ def main() -> None:
         type=int,
         default=None,
         help="Override train.bucket_batches (length bucketing; configs: 1).",
+    )
+    parser.add_argument(
+        "--group-images",
+        action="store_true",
+        help="train.group_images: batches of whole images (naive loops skipped).",
     )
     parser.add_argument("--no-naive", action="store_true", help="Skip the naive reference loops.")
     parser.add_argument("--quick", action="store_true", help="Smoke test: 2+2 batches.")

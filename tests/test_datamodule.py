@@ -4,7 +4,12 @@ import numpy as np
 import torch
 
 from captionkit.encoders.features import FeatureStore
-from captionkit.training.datamodule import BucketBatchSampler, CaptionPairs, token_array
+from captionkit.training.datamodule import (
+    BucketBatchSampler,
+    CaptionPairs,
+    ImageBatchSampler,
+    token_array,
+)
 
 
 def test_bucket_sampler_covers_every_caption_once_with_similar_lengths():
@@ -84,3 +89,44 @@ def test_seeded_augmentation_depends_on_epoch_and_image_only(tmp_path):
     sampler = BucketBatchSampler(np.zeros(2), 2, seed=0, pool_batches=1)
     sampler.set_epoch(3)
     assert sorted(next(iter(EpochIndices(sampler, 2)))) == [6, 7]
+
+
+def test_image_batches_hold_whole_images_once_per_epoch_and_share_under_ddp():
+    image_of = np.repeat(np.random.default_rng(1).permutation(40), 5)  # 5 captions an image
+    image_of[:3] = 99  # and one image of 3
+    whole = ImageBatchSampler(image_of, 8, seed=2, drop_last=True)
+    shares = [ImageBatchSampler(image_of, 4, seed=2, drop_last=True, rank=r, world=2)
+              for r in range(2)]  # fmt: skip
+    for epoch in (0, 1):
+        for s in (whole, *shares):
+            s.set_epoch(epoch)
+        batches = list(whole)
+        assert len(batches) == len(whole) == 41 // 8
+        for b in batches:
+            images = set(image_of[b])
+            assert len(images) == 8  # whole images: every caption of each
+            assert sorted(b) == sorted(np.flatnonzero(np.isin(image_of, list(images))))
+        assert len({i for b in batches for i in b}) == sum(map(len, batches))
+        assert [sorted(a + b) for a, b in zip(*shares)] == [sorted(b) for b in batches]
+    assert list(whole) != list(ImageBatchSampler(image_of, 8, seed=2, drop_last=True))
+    everything = ImageBatchSampler(image_of, 8, seed=2)
+    assert sorted(i for b in everything for i in b) == list(range(len(image_of)))
+    first = list(everything)
+    everything.resume_at(0, 2)
+    assert list(everything) == first[2:]
+
+
+def test_grouped_caption_pairs_read_each_image_once(tmp_path):
+    pooled = np.arange(20, dtype=np.float16).reshape(5, 4)
+    grid = np.arange(60, dtype=np.float16).reshape(5, 3, 4)
+    store = FeatureStore(tmp_path, [f"{i}.jpg" for i in range(5)], pooled, grid)
+    tokens = [[1, 5, 2], [1, 6, 7, 8, 2], [1, 2], [1, 9, 2]]
+    rows = [4, 0, 4, 0]
+    pairs = CaptionPairs(store, rows, tokens, use_grid=True, group_images=True)
+    batch = pairs.__getitems__([2, 1, 0, 3])
+    index = batch["image_index"]
+    assert batch["pooled"].shape == (2, 4) and batch["grid"].shape == (2, 3, 4)
+    expected = CaptionPairs(store, rows, tokens, use_grid=True).__getitems__([2, 1, 0, 3])
+    assert torch.equal(batch["pooled"][index], expected["pooled"])
+    assert torch.equal(batch["grid"][index], expected["grid"])
+    assert torch.equal(batch["tokens"], expected["tokens"])

@@ -176,6 +176,47 @@ def test_an_unchanged_unreadable_image_is_not_retried(tmp_path, lite0, monkeypat
     assert second.has(tmp_path / "new.png") and second.has(paths[0])
 
 
+def test_failures_recorded_before_a_crash_survive_the_resume(tmp_path, lite0, monkeypatch):
+    write_images(tmp_path, ["0.png", "2.png", "3.png"])
+    (tmp_path / "1.jpg").write_text("this is not an image")
+    paths = [tmp_path / n for n in ("0.png", "1.jpg", "2.png", "3.png")]
+    forward, calls = ImageEncoder.forward, []
+
+    def failing_forward(self, images):
+        calls.append(len(images))
+        if len(calls) == 3:  # the grid-size probe, the first batch, then the second: a crash
+            raise SimulatedCrash
+        return forward(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "forward", failing_forward)
+    with pytest.raises(SimulatedCrash):
+        extract(lite0, paths, tmp_path / "cache", batch_size=2)
+    decoded = []
+    open_or_problem = features.open_or_problem
+    monkeypatch.setattr(
+        features, "open_or_problem", lambda p: decoded.append(p.name) or open_or_problem(p)
+    )
+    store = extract(lite0, paths, tmp_path / "cache", batch_size=2)
+    assert decoded == ["2.png", "3.png"]  # the first batch, with its failure, is not redone
+    assert list(store.failed) == [str(paths[1].resolve())]
+    assert store.has(paths[0]) and store.has(paths[3]) and not store.has(paths[1])
+
+
+def test_the_failure_log_appends_and_skips_a_line_cut_short(tmp_path):
+    log = tmp_path / "failed.json"
+    log.write_text(json.dumps({"a.jpg": ["missing_image", "no file"]}))  # as earlier versions
+    reuse.append_failures(log, {"b.jpg": ["unreadable_image", "broken"]})
+    with open(log, "a") as f:
+        f.write('{"c.jpg": ["missing_im')  # a crash in the middle of an append
+    reuse.append_failures(log, {"d.jpg": ["missing_image", "no file"]})
+    assert reuse.read_failures(log) == {
+        "a.jpg": ["missing_image", "no file"],
+        "b.jpg": ["unreadable_image", "broken"],
+        "d.jpg": ["missing_image", "no file"],
+    }
+    assert reuse.read_failures(tmp_path / "none.json") == {}
+
+
 def test_bf16_autocast_on_cpu_is_close_to_float32(tmp_path, lite0):
     paths = images(tmp_path / "img", 4)
     fp32 = extract(lite0, paths, tmp_path / "cache")

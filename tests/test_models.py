@@ -309,3 +309,29 @@ def test_attention_forward_equals_stepping_the_cell_with_gradients(gate):
             assert a is None or float(a.abs().sum()) == 0.0, name
             continue
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+SHARING = sorted(n for n, (_, cls) in MODELS.items() if getattr(cls, "shares_images", False))
+
+
+@pytest.mark.parametrize("name", SHARING)
+def test_features_per_image_with_image_index_equal_features_per_caption(name):
+    """Grouped batches (`train.group_images`): each image's features once and `image_index`
+    give the logits, attention and gradients of the same features repeated for every caption."""
+    assert SHARING == ["attention", "updown"]
+    model = tiny(name, dropout=0.0, **NO_INPUT_DROPOUT)
+    pooled, grid, tokens = inputs(batch=7, length=6, seed=3)
+    tokens[2, 4:] = Vocabulary.pad_id  # captions of different lengths
+    index = torch.tensor([2, 0, 0, 1, 2, 2, 1])  # caption -> image, unsorted
+    images = slice(0, 3)
+    grouped = model(pooled[images], grid[images], tokens, return_attention=True,
+                    image_index=index)  # fmt: skip
+    repeated = model(pooled[index], grid[index], tokens, return_attention=True)
+    for a, b in zip(grouped, repeated):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    params = list(model.parameters())
+    ga = torch.autograd.grad(grouped[0].logsumexp(-1).sum(), params, allow_unused=True)
+    gb = torch.autograd.grad(repeated[0].logsumexp(-1).sum(), params, allow_unused=True)
+    for (n, _), a, b in zip(model.named_parameters(), ga, gb):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=n)

@@ -255,3 +255,38 @@ def test_bad_training_choices_are_one_line(tmp_path, capsys, option, value, mess
 def test_bad_clip_algorithm_is_an_error():
     with pytest.raises(CaptionkitError, match="unknown grad_clip_algorithm 'max'"):
         OptimConfig(grad_clip_algorithm="max")
+
+
+def test_grouped_batches_give_the_loss_of_the_same_captions_batched_per_caption():
+    """`train.group_images`: a batch of each image's features once with `image_index` has the
+    loss (cross-entropy and attention regulariser) of its features repeated per caption."""
+    torch.manual_seed(0)
+    model = create_model("attention", vocab_size=10, feature_dim=4, dropout=0.0,
+                         feature_dropout=0.0, word_dropout=0.0, **TINY["attention"])  # fmt: skip
+    module = CaptioningModule(model, Vocabulary(list("abcdef")), OptimConfig(), {},
+                              DecodingOptions())  # fmt: skip
+    module.log = lambda *args, **kwargs: None  # no trainer to log to
+    module.trainer = type("T", (), {"world_size": 1})()
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(4, 10, (5, 6), generator=generator)
+    tokens[:, 0], tokens[:, -1], tokens[3, 3:] = 1, 2, 0  # <bos> .. <eos>; one caption shorter
+    tokens[3, 3] = 2
+    index = torch.tensor([1, 0, 1, 1, 0])
+    pooled, grid = torch.randn(2, 4, generator=generator), torch.randn(2, 3, 4, generator=generator)
+    grouped = {"pooled": pooled, "grid": grid, "tokens": tokens, "image_index": index}
+    per_caption = {"pooled": pooled[index], "grid": grid[index], "tokens": tokens}
+    torch.testing.assert_close(module.training_step(grouped, 0),
+                               module.training_step(per_caption, 0), atol=1e-6, rtol=0)  # fmt: skip
+
+
+def test_group_images_trains_on_whole_images_and_says_buckets_do_not_apply(shapes, tmp_path):
+    config = RunConfig(model="attention", model_args=TINY["attention"],
+                       data=DataConfig(str(shapes), min_count=1),
+                       train=TrainConfig(epochs=1, batch_size=10, group_images=True,
+                                         bucket_batches=5))  # fmt: skip
+    with pytest.warns(UserWarning, match="bucket_batches 5 does not apply"):
+        train(config, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    images = list(splits.values()).count("train")
+    assert rows[0]["step"] == images // 2  # 2 whole images (10 captions) a batch, last dropped

@@ -34,7 +34,7 @@ from captionkit.encoders import reuse
 from captionkit.encoders.extraction import ExtractionSettings, extraction_settings, precision
 from captionkit.encoders.factory import ImageEncoder
 from captionkit.encoders.integrity import DamagedStore, check_store, integrity_record
-from captionkit.encoders.reuse import Stat, file_stat, write_json
+from captionkit.encoders.reuse import Stat, append_failures, file_stat
 from captionkit.encoders.views import View
 from captionkit.errors import CaptionkitError
 
@@ -252,7 +252,7 @@ def _build(folder: Path, encoder: ImageEncoder, paths: list[Path], stats: list[S
     n_tokens = reuse.donor_grid_length(donors) or _grid_length(encoder)
     arrays = _open_arrays(partial, len(paths), n_tokens, encoder.feature_dim, grid)
     failed_file = partial / "failed.json"
-    failed = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
+    failed = reuse.read_failures(failed_file)
     resumed = int(arrays["progress"].sum())
     reused = reuse.copy_unchanged(arrays, failed, failed_file, paths, stats, donors)
     extracted = extract_into(arrays, failed, failed_file, encoder, paths, settings)
@@ -319,8 +319,8 @@ def extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEn
     try:
         for local_rows, images, errors in tqdm(loader, desc=f"features ({encoder.name})",
                                                unit="batch"):  # fmt: skip
-            for i, err in errors:
-                failed[str(paths[todo[i]])] = err
+            new_failures = {str(paths[todo[i]]): err for i, err in errors}
+            failed.update(new_failures)
             rows = todo[local_rows]
             if images is not None:
                 images = images.to(settings.device, non_blocking=cuda)  # [B, 3, H, W]
@@ -334,7 +334,7 @@ def extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEn
             # writes only makes the next attempt redo this batch.
             arrays["pooled"].flush(), arrays["grid"].flush()
             if errors:
-                write_json(failed_file, failed)
+                append_failures(failed_file, new_failures)
             done[rows] = True
             done[[todo[i] for i, _ in errors]] = True
             done.flush()

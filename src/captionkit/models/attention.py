@@ -73,6 +73,7 @@ class ShowAttendTell(nn.Module):
 
     uses_grid = True
     attends = True
+    shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
 
     def __init__(self, config: AttentionConfig):
         super().__init__()
@@ -112,31 +113,37 @@ class ShowAttendTell(nn.Module):
         return h, c, alpha
 
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor,
-                return_attention: bool = False):  # fmt: skip
+                return_attention: bool = False, image_index: torch.Tensor | None = None
+                ):  # fmt: skip
         """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V], and
         with `return_attention` also the attention weights α [B, T, L] (for the regulariser).
 
         Each caption is run only up to its last token that is neither <pad> nor <eos>: later
         positions predict padding, which the loss ignores, and get the logits of a zero state
         (the head's bias) and zero attention. Elsewhere this equals stepping `step` (tested).
+        With `image_index` [B], pooled [I, D] and grid [I, L, D] are per image and caption b
+        reads image `image_index[b]`: the grid is embedded and projected once per image.
         """
         lengths = running_lengths(tokens)  # [B]: steps each caption needs
         # Longest first, so that the captions still running are always a prefix of the batch
         # (as in sgrvinod's Show-Attend-Tell tutorial): no work on padding, no gathers.
         order = lengths.argsort(descending=True, stable=True)  # [B]
-        hs, alphas = self._run_sorted(pooled[order], None if grid is None else grid[order],
-                                      tokens[order], lengths[order].tolist())  # fmt: skip
+        if image_index is None:
+            encoded = self._encode(pooled[order], None if grid is None else grid[order])
+        else:  # pooled [I, D], grid [I, L, D]: each image's work once, shared by its captions
+            encoded = [x[image_index[order]] for x in self._encode(pooled, grid)]
+        hs, alphas = self._run_sorted(encoded, tokens[order], lengths[order].tolist())
         restore = order.argsort()  # [B]
         logits = self.head(self.dropout(hs[restore]))  # [B, T, V]
         return (logits, alphas[restore]) if return_attention else logits
 
-    def _run_sorted(self, pooled, grid, tokens, lengths: list[int]):
+    def _run_sorted(self, encoded, tokens, lengths: list[int]):
         """The recurrence over captions sorted longest first -> h [B, T, H], α [B, T, L], zero
         after each caption's length. Same arithmetic as `_cell`, rearranged: the words' share
         of the LSTM input product is computed for all steps at once, and the three products of
         h (LSTM, attention query, β gate) are one matrix product per step."""
         cfg = self.config
-        grid, grid_att, h, c = self._encode(pooled, grid)  # [B, L, D], [B, L, A], [B, H] x2
+        grid, grid_att, h, c = encoded  # [B, L, D], [B, L, A], [B, H] x2 (from `_encode`)
         (B, T), H = tokens.shape, cfg.hidden_dim
         w_ih, att = self.lstm.weight_ih, self.attention
         bias = self.lstm.bias_ih + self.lstm.bias_hh  # [4H]

@@ -56,6 +56,7 @@ class UpDown(nn.Module):
 
     uses_grid = True
     attends = True
+    shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
 
     def __init__(self, config: UpDownConfig):
         super().__init__()
@@ -89,24 +90,29 @@ class UpDown(nn.Module):
         return (h_att, c_att, h_lang, c_lang), alpha
 
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor,
-                return_attention: bool = False):  # fmt: skip
+                return_attention: bool = False, image_index: torch.Tensor | None = None
+                ):  # fmt: skip
         """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V] (and
         α [B, T, L] with `return_attention`). As in `ShowAttendTell.forward`, captions run
-        longest first only up to their last real token; later positions get the head's bias."""
+        longest first only up to their last real token; later positions get the head's bias.
+        `image_index` as in `ShowAttendTell.forward` (features per image)."""
         lengths = running_lengths(tokens)  # [B]
         order = lengths.argsort(descending=True, stable=True)  # [B]
-        hs, alphas = self._run_sorted(pooled[order], None if grid is None else grid[order],
-                                      tokens[order], lengths[order].tolist())  # fmt: skip
+        if image_index is None:
+            encoded = self._encode(pooled[order], None if grid is None else grid[order])
+        else:  # pooled [I, D], grid [I, L, D]: each image's work once, shared by its captions
+            encoded = [x[image_index[order]] for x in self._encode(pooled, grid)]
+        hs, alphas = self._run_sorted(encoded, tokens[order], lengths[order].tolist())
         restore = order.argsort()
         logits = self.head(self.dropout(hs[restore]))  # [B, T, V]
         return (logits, alphas[restore]) if return_attention else logits
 
-    def _run_sorted(self, pooled, grid, tokens, lengths: list[int]):
+    def _run_sorted(self, encoded, tokens, lengths: list[int]):
         """The recurrence over captions sorted longest first -> language h [B, T, H] and
         α [B, T, L], zero after each caption's length. The words' and the mean feature's share
         of the attention LSTM's input product is one matrix product for all steps."""
         c = self.config
-        grid, grid_att, mean = self._encode(pooled, grid)  # [B, L, H], [B, L, A], [B, H]
+        grid, grid_att, mean = encoded  # [B, L, H], [B, L, A], [B, H] (from `_encode`)
         (B, T), H = tokens.shape, c.hidden_dim
         w_ih = self.att_lstm.weight_ih  # [4H, H + H + E]
         bias = self.att_lstm.bias_ih + self.att_lstm.bias_hh

@@ -234,6 +234,12 @@ class TrainConfig:
     bucket_batches: int = 1
     """Sort pools of this many batches by caption length before batching: less padding, but
     less varied batches (1 = plain shuffled batches, the default; see BENCHMARKS.md)."""
+    group_images: bool = False
+    """Batches of whole images, each with all its captions (as many images as make about
+    `batch_size` captions; the reference implementation's `seq_per_img`): the attention
+    decoders then embed and project each image's grid once for all its captions instead of once
+    per caption (fewer FLOPs a step), but the batches hold fewer images. `bucket_batches` does
+    not apply (a warning says so)."""
     scst_epochs: int = 0
     """After the cross-entropy epochs, this many epochs of SCST (see `ScstConfig`) from the best
     cross-entropy checkpoint, in `RUN/scst`; the run keeps whichever phase's model has the

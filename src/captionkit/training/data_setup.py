@@ -47,7 +47,8 @@ def caption_datamodule(config: RunConfig, encoder: ImageEncoder | None, store, d
     train_set = CaptionPairs(store, store.rows(pairs), tokens, use_grid,
                              token_file=run_dir / "train_tokens.npy",
                              views=[(v, v.rows(pairs)) for v in view_stores],
-                             seed=config.train.seed)  # fmt: skip
+                             seed=config.train.seed,
+                             group_images=config.train.group_images)  # fmt: skip
     val_rows = store.rows([dataset.path(r) for r in val_records])
     val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
     datamodule = CaptionDataModule(train_set, val_set, config.train.batch_size, config.train.seed,

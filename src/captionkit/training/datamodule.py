@@ -7,6 +7,7 @@ are batched together so that little time goes into padding.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -63,12 +64,16 @@ class CaptionPairs(Dataset):
     With `views` (a feature store of augmented views and the row of each caption's image in it,
     see `encoders.views`), every epoch reads each image's features from one of its views or from
     `store`, drawn uniformly per image, seeded by (`seed`, epoch): all the captions of an image
-    see the same view in an epoch, and a resumed run draws what the uninterrupted one drew."""
+    see the same view in an epoch, and a resumed run draws what the uninterrupted one drew.
+
+    With `group_images` (batches of whole images, `ImageBatchSampler`), a batch holds the
+    features of each of its images once and `image_index` [B], the image of each caption."""
 
     def __init__(self, store: FeatureStore, rows: list[int], tokens: list[list[int]],
                  use_grid: bool, token_file: Path | None = None,
-                 views: list[tuple[FeatureStore, list[int]]] = (), seed: int = 0):  # fmt: skip
-        self.store, self.use_grid = store, use_grid
+                 views: list[tuple[FeatureStore, list[int]]] = (), seed: int = 0,
+                 group_images: bool = False):  # fmt: skip
+        self.store, self.use_grid, self.group_images = store, use_grid, group_images
         self.rows = np.asarray(rows)
         self.tokens = token_array(tokens, token_file)
         self.lengths = np.array([len(t) for t in tokens])
@@ -107,11 +112,15 @@ class CaptionPairs(Dataset):
         """A whole batch at once: one read per array instead of one per caption."""
         indices = np.asarray(indices)
         width = int(self.lengths[indices].max())
-        return {
-            "pooled": self._features("pooled", indices),
-            "grid": self._features("grid", indices) if self.use_grid else None,
-            "tokens": torch.from_numpy(np.array(self.tokens[indices, :width], dtype=np.int64)),
-        }
+        batch = {"tokens": torch.from_numpy(np.array(self.tokens[indices, :width], dtype=np.int64))}
+        read = indices  # the captions whose image's features are read
+        if self.group_images:
+            _, first, image_index = np.unique(self.rows[indices], return_index=True,
+                                              return_inverse=True)  # fmt: skip
+            read, batch["image_index"] = indices[first], torch.from_numpy(image_index.ravel())
+        batch["pooled"] = self._features("pooled", read)
+        batch["grid"] = self._features("grid", read) if self.use_grid else None
+        return batch
 
 
 def _whole_batch(batch: dict) -> dict:
@@ -164,6 +173,29 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
+class ImageBatchSampler(BucketBatchSampler):
+    """Shuffled batches of whole images: all the captions of an image in one batch, `batch_size`
+    images a batch (under DDP, `batch_size x world` images a global batch, each rank its share
+    of them). Seeded, different every epoch and resumable, as `BucketBatchSampler`."""
+
+    def __init__(self, image_of: np.ndarray, batch_size: int, seed: int,
+                 drop_last: bool = False, rank: int = 0, world: int = 1):  # fmt: skip
+        image_of = np.asarray(image_of)
+        super().__init__(np.zeros(len(image_of)), batch_size, seed, 1, drop_last, rank, world)
+        order = np.argsort(image_of, kind="stable")
+        _, starts = np.unique(image_of[order], return_index=True)
+        self.members = np.split(order, starts[1:])  # the item indices of each image
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        images, size = rng.permutation(len(self.members)), self.batch_size * self.world
+        batches = [images[i : i + size] for i in range(0, len(images), size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == size]
+        shares = [np.array_split(b, self.world)[self.rank] for b in batches]
+        return [np.concatenate([self.members[i] for i in share]) for share in shares]
+
+
 class ImageRows(Dataset):
     """One item per image: its features and its key (for matching references). Also SCST's
     training set, whose batches are images."""
@@ -206,17 +238,24 @@ class ResumableDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
     def _train_sampler(self, lengths: np.ndarray, batch_size: int, seed: int,
-                       pool_batches: int) -> BucketBatchSampler:  # fmt: skip
+                       pool_batches: int, image_of: np.ndarray | None = None
+                       ) -> BucketBatchSampler:  # fmt: skip
+        """Batches of `batch_size` items, or with `image_of` (each item's image) of `batch_size`
+        whole images."""
         rank, world = self._rank_world()
-        n = len(lengths)
+        n = len(lengths) if image_of is None else len(np.unique(image_of))
+        what = "training items" if image_of is None else "training images"
         if world > 1 and n < batch_size * world:
-            raise CaptionkitError(f"{n} training items make no batch of {batch_size} for each "
+            raise CaptionkitError(f"{n} {what} make no batch of {batch_size} for each "
                                   f"of {world} processes: use a smaller --batch-size")  # fmt: skip
         # drop_last: a final batch of one caption would break BatchNorm in the image projection,
         # and under DDP every rank needs a share of every batch.
         drop_last = n > batch_size * world
-        sampler = BucketBatchSampler(lengths, batch_size, seed, pool_batches, drop_last, rank,
-                                     world)  # fmt: skip
+        if image_of is None:
+            sampler = BucketBatchSampler(lengths, batch_size, seed, pool_batches, drop_last,
+                                         rank, world)  # fmt: skip
+        else:
+            sampler = ImageBatchSampler(image_of, batch_size, seed, drop_last, rank, world)
         if self.resume is not None:
             sampler.resume_at(*self.resume)
             self.resume = None
@@ -245,8 +284,18 @@ class CaptionDataModule(ResumableDataModule):
         self.train.set_epoch(epoch)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self._train_sampler(self.train.lengths, self.batch_size, self.seed,
-                                      max(1, self.bucket_batches))  # fmt: skip
+        if getattr(self.train, "group_images", False):
+            if self.bucket_batches > 1:
+                warnings.warn("train.group_images batches whole images, whatever their captions' "
+                              f"lengths: bucket_batches {self.bucket_batches} does not apply",
+                              stacklevel=1)  # fmt: skip
+            rows = self.train.rows  # a caption's store row identifies its image
+            images_per_batch = max(1, round(self.batch_size * len(np.unique(rows)) / len(rows)))
+            sampler = self._train_sampler(self.train.lengths, images_per_batch, self.seed, 1,
+                                          image_of=rows)  # fmt: skip
+        else:
+            sampler = self._train_sampler(self.train.lengths, self.batch_size, self.seed,
+                                          max(1, self.bucket_batches))  # fmt: skip
         # A resumed run fetches its first batches before `set_epoch` is called: the sampler
         # already knows the epoch (`resume_at`).
         self.train.set_epoch(sampler.epoch)

@@ -81,30 +81,42 @@ class CaptioningModule(L.LightningModule):
         self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
         self.log("cap/s", self._rate, prog_bar=True, logger=False)
 
-    def _features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(pooled [B, D], grid [B, L, D] | None)`, one row per caption (training) or image."""
+    def _features(self, batch: dict, per_caption: bool = True):
+        """`(pooled [B, D], grid [B, L, D] | None)`, one row per caption (training) or image;
+        with `per_caption=False`, a batch of whole images keeps one row per image [I, ...]."""
         if self.encoder is None:
-            return batch["pooled"], batch["grid"]
-        # channels_last: the layout the depthwise convolutions of EfficientNets run fastest in.
-        images = batch["images"].contiguous(memory_format=torch.channels_last)
-        pooled, grid = self.encoder(images)  # [I, D], [I, L, D]
-        grid = grid if self.model.uses_grid else None
+            pooled, grid = batch["pooled"], batch["grid"]
+        else:
+            # channels_last: the layout EfficientNets' depthwise convolutions run fastest in.
+            images = batch["images"].contiguous(memory_format=torch.channels_last)
+            pooled, grid = self.encoder(images)  # [I, D], [I, L, D]
+            grid = grid if self.model.uses_grid else None
         index = batch.get("image_index")  # [B]: each caption's image
-        if index is not None:
+        if index is not None and per_caption:
             pooled, grid = pooled[index], None if grid is None else grid[index]
         return pooled, grid
+
+    def _training_features(self, batch: dict) -> tuple[tuple, dict]:
+        """The model's feature arguments and keywords for a training batch: features per image
+        and `image_index` for models that share an image's work among its captions."""
+        index = batch.get("image_index")
+        shared = (index is not None and getattr(self.model, "shares_images", False)
+                  and self.optim.scheduled_sampling == 0)  # fmt: skip
+        features = self._features(batch, per_caption=not shared)
+        return features, ({"image_index": index} if shared else {})
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if "tokens" not in batch:  # every image of the batch became unreadable during the run
             return None
         tokens = batch["tokens"]  # [B, T]: <bos> w1 .. wn <eos> <pad>..
-        features, inputs = self._features(batch), tokens[:, :-1]  # inputs [B, T-1]
+        (features, shared), inputs = self._training_features(batch), tokens[:, :-1]  # [B, T-1]
         if self.optim.scheduled_sampling > 0:
             p = ss_probability(self.optim, self.current_epoch)
             inputs = scheduled_sampling_inputs(self.model, *features, inputs, p)
             self.log("train/ss_prob", p, batch_size=tokens.shape[0])
         regularized = self.model.attends and self.model.config.alpha_c > 0
-        out = self.model(*features, inputs, **({"return_attention": True} if regularized else {}))
+        out = self.model(*features, inputs, **shared,
+                         **({"return_attention": True} if regularized else {}))  # fmt: skip
         logits = out[0] if regularized else out  # [B, T-1, V]
         loss = caption_loss(logits, tokens[:, 1:], self.optim.label_smoothing)
         loss = self._global_token_mean(loss, tokens[:, 1:])
