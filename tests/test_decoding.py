@@ -144,6 +144,25 @@ def test_every_model_decodes(name, beam_size):
         assert all(t >= 3 for h in hyps for t in h.tokens)  # no pad/bos/eos inside a caption
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_state_kept_per_image_decodes_as_reordering_every_tensor(name, monkeypatch):
+    """Beam search leaves a model's `image_state` (grid, its projection, a Transformer's memory)
+    unreordered: the n-best lists and scores equal those of reordering the whole state."""
+    from captionkit.decoding import search
+
+    torch.manual_seed(1)
+    model = create_model(name, vocab_size=20, feature_dim=8, dropout=0.0).eval()
+    pooled, grid = torch.randn(4, 8), torch.randn(4, 5, 8)
+    options = DecodingOptions(beam_size=3, max_length=8, n_best=3)
+    kept = decode(model, pooled, grid, options)
+    assert search.image_state_keys(model) == set(getattr(model, "image_state", ()))
+    monkeypatch.setattr(search, "image_state_keys", lambda model: frozenset())
+    reordered = decode(model, pooled, grid, options)
+    assert [[h.tokens for h in r] for r in kept] == [[h.tokens for h in r] for r in reordered]
+    for a, b in zip(kept, reordered):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+
+
 # --- sampling, length penalty, n-gram blocking, attention --------------------------------------
 
 

@@ -23,15 +23,17 @@ from captionkit.decoding.beam import BeamSearch
 from captionkit.decoding.filters import logit_filters
 from captionkit.decoding.options import DEFAULT_MAX_LENGTH, DecodingOptions
 from captionkit.decoding.strategies import Greedy, Sampling, SearchStep, Strategy
+from captionkit.models.step import image_state_keys
 
 
-def map_state(state, fn):
+def map_state(state, fn, keep: frozenset[str] = frozenset()):
     """`fn` applied to every tensor of a state (a dict of tensors, or an ensemble's list of
-    them), keeping its structure."""
+    them), keeping its structure; the tensors named in `keep` are left as they are."""
     if isinstance(state, dict):
-        return {name: map_state(value, fn) for name, value in state.items()}
+        return {name: value if name in keep else map_state(value, fn, keep)
+                for name, value in state.items()}  # fmt: skip
     if isinstance(state, (list, tuple)):
-        return type(state)(map_state(value, fn) for value in state)
+        return type(state)(map_state(value, fn, keep) for value in state)
     return fn(state)
 
 
@@ -70,6 +72,7 @@ def run_search(model, pooled, grid, options: DecodingOptions, filters: list, str
     tokens = torch.full((n,), Vocabulary.bos_id, dtype=torch.long, device=first.device)
     seqs = torch.zeros(n, 0, dtype=torch.long, device=first.device)
     attention = None  # [N, t, L] when asked for, for models that attend
+    per_image = image_state_keys(model)  # the same in all of an image's rows: never reordered
     for t in range(options.max_length + 1):
         out = model.step(tokens, state)
         logprobs = _logprobs(out.logits, filters, seqs, last=t == options.max_length)
@@ -83,7 +86,7 @@ def run_search(model, pooled, grid, options: DecodingOptions, filters: list, str
         seqs = torch.cat([seqs, tokens[:, None]], dim=1)
         if strategy.done:
             break
-        state = out.state if source is None else map_state(out.state, _rows(source))
+        state = out.state if source is None else map_state(out.state, _rows(source), per_image)
     return strategy.finalize(seqs, attention)
 
 

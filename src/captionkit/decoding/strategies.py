@@ -35,7 +35,8 @@ class Strategy(Protocol):
         ...
 
     def update(self, step: SearchStep) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Next tokens [N], and the row [N] each row continues (None: itself)."""
+        """Next tokens [N], and the row [N] each row continues (None: itself), always one of
+        the same image's rows (the model's `image_state` is not reordered)."""
         ...
 
     @property

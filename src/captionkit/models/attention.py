@@ -62,7 +62,8 @@ class SoftAttention(nn.Module):
     def forward(self, grid: torch.Tensor, grid_att: torch.Tensor, h: torch.Tensor):
         """grid [B, L, D], its projection W_enc grid [B, L, A] and h [B, H]
         -> (context [B, D], α [B, L])."""
-        e = self.score(torch.tanh(grid_att + self.hidden_proj(h)[:, None])).squeeze(-1)  # [B, L]
+        # tanh in place on the sum: one [B, L, A] tensor a step instead of two.
+        e = self.score((grid_att + self.hidden_proj(h)[:, None]).tanh_()).squeeze(-1)  # [B, L]
         alpha = e.softmax(dim=-1)  # [B, L]
         context = torch.bmm(alpha[:, None], grid).squeeze(1)  # [B, D]
         return context, alpha
@@ -74,6 +75,7 @@ class ShowAttendTell(nn.Module):
     uses_grid = True
     attends = True
     shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
+    image_state = ("grid", "grid_att")  # the same for all of an image's rows (`models.step`)
 
     def __init__(self, config: AttentionConfig):
         super().__init__()
@@ -164,7 +166,7 @@ class ShowAttendTell(nn.Module):
         for n in running:  # recurrent: h_t needs h_{t-1}; n: captions still running, a prefix
             h, c = h[:n], c[:n]
             from_h = F.linear(h, w_h, b_h).split(sizes, dim=1)  # [n, 4H], [n, A] (, [n, D])
-            e = att.score(torch.tanh(grid_att_views[n] + from_h[1][:, None])).squeeze(-1)
+            e = att.score((grid_att_views[n] + from_h[1][:, None]).tanh_()).squeeze(-1)
             alpha = e.softmax(dim=-1)
             context = torch.bmm(alpha[:, None], grid[:n]).squeeze(1)  # [n, D]
             if cfg.gate:

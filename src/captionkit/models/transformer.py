@@ -181,6 +181,11 @@ class TransformerDecoder(nn.Module):
             x, _ = block(x, mem)
         return self._logits(x)  # [B, T, V]
 
+    @property
+    def image_state(self) -> tuple[str, ...]:
+        """Each layer's memory keys and values: the same for all of an image's rows."""
+        return tuple(f"memory_{kv}.{i}" for i in range(self.config.n_layers) for kv in "kv")
+
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:

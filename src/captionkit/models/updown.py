@@ -57,6 +57,11 @@ class UpDown(nn.Module):
     uses_grid = True
     attends = True
     shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
+    image_state = (
+        "grid",
+        "grid_att",
+        "mean",
+    )  # the same for all of an image's rows (`models.step`)
 
     def __init__(self, config: UpDownConfig):
         super().__init__()
