@@ -113,10 +113,12 @@ def test_early_finish_and_no_eos():
 
     def step(tokens, state):
         out = original_step(tokens, state)
-        logits, half = out.logits.clone(), out.logits.shape[0] // 2  # image 0's beams come first
-        logits[:half, EOS] = 20.0
-        logits[half:, EOS] = -30.0 if len(calls) < 5 else 0.0
-        calls.append(1)
+        logits, rows = out.logits.clone(), out.logits.shape[0]
+        # Image 0's beams come first while it is in the batch; finished images leave it.
+        image0 = rows // 2 if rows == 2 * beam_size else 0
+        logits[:image0, EOS] = 20.0
+        logits[image0:, EOS] = -30.0 if len(calls) < 5 else 0.0
+        calls.append(rows)
         return out._replace(logits=logits)
 
     model.step = step
@@ -128,6 +130,8 @@ def test_early_finish_and_no_eos():
         assert res[1][0].tokens == [4] * 5  # closed at the length limit
         assert all(len(h) == min(2, beam_size) for h in res)
         assert all(h[0].score >= h[-1].score for h in res)
+        if beam_size == 4:  # image 0 ended at the first step: then only image 1's rows ran
+            assert calls == [8, 8, 4, 4, 4, 4]
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -34,6 +34,7 @@ class BeamSearch:
         self.true = self.search.clone()  # [B, G, S]: the model's log-probabilities
         # Per image and group: the finished hypotheses, as (penalised total, result).
         self.finished = [[[] for _ in range(self.groups)] for _ in range(batch)]
+        self.alive = list(range(batch))  # the images still searching, in the order of their rows
         self._done = False
         return self.k
 
@@ -69,8 +70,16 @@ class BeamSearch:
                 live = torch.isfinite(self.search[:, g]).float()  # [B, S]
                 chosen = torch.zeros(b, vocab, device=lp.device) if chosen is None else chosen
                 chosen.scatter_add_(1, tokens[-1], live)
-        self._done = self._all_done()
-        return torch.stack(tokens, dim=1).view(-1), torch.stack(sources, dim=1).view(-1)
+        tokens, sources = torch.stack(tokens, dim=1), torch.stack(sources, dim=1)  # [B, K] each
+        running = self._running()
+        self._done = not running.any()
+        if self._done or running.all():
+            return tokens.view(-1), sources.view(-1)
+        # Finished images leave the batch: no more steps over their rows.
+        keep = running.nonzero().squeeze(1)
+        self.search, self.true = self.search[keep], self.true[keep]
+        self.alive = [self.alive[i] for i in keep.tolist()]
+        return tokens[keep].view(-1), sources[keep].view(-1)
 
     def _collect(self, g: int, step: SearchStep, top, true, rows, words) -> None:
         """Candidates among the group's S best that end with <eos> become finished hypotheses
@@ -83,24 +92,28 @@ class BeamSearch:
             row = int(rows[i, j])
             attention = None if step.attention is None else step.attention[row].tolist()
             result = DecodingResult(step.seqs[row].tolist(), float(true[i, j]), attention)
-            self.finished[i][g].append((float(top[i, j]), result))
-        for i in {i for i, _ in hits}:
+            self.finished[self.alive[i]][g].append((float(top[i, j]), result))
+        for i in {self.alive[i] for i, _ in hits}:
             ranked = sorted(self.finished[i][g], key=lambda e: self.rank(*e), reverse=True)
             self.finished[i][g] = ranked[: self.size]
 
-    def _all_done(self) -> bool:
-        """A group is done when S hypotheses ended and none of its live beams can beat the worst
-        of them: totals only fall as words are added (log-probabilities are <= 0, penalties
-        >= 0). A length penalty can raise a longer hypothesis above a shorter one, so then only
+    def _running(self) -> torch.Tensor:
+        """[B] whether each image's search goes on. A group is done when S hypotheses ended and
+        none of its live beams can beat the worst of them: totals only fall as words are added
+        (log-probabilities are <= 0, penalties >= 0), so later hypotheses could not enter its
+        S best. A length penalty can raise a longer hypothesis above a shorter one, so then only
         dead beams stop early."""
         best_live = self.search.max(dim=2).values.tolist()  # [B][G]
+        dead = -float("inf")
         if self.options.length_penalty is not None:
-            return all(live == -float("inf") for lives in best_live for live in lives)
-        return all(
-            live == -float("inf") or len(hyps) >= self.size and hyps[-1][0] >= live
-            for groups, lives in zip(self.finished, best_live)
-            for hyps, live in zip(groups, lives)
-        )
+            running = [any(live != dead for live in lives) for lives in best_live]
+        else:
+            running = [
+                not all(live == dead or len(hyps) >= self.size and hyps[-1][0] >= live
+                        for hyps, live in zip(self.finished[image], lives))
+                for image, lives in zip(self.alive, best_live)
+            ]  # fmt: skip
+        return torch.tensor(running, dtype=torch.bool)
 
     @property
     def done(self) -> bool:

@@ -86,7 +86,9 @@ def run_search(model, pooled, grid, options: DecodingOptions, filters: list, str
         seqs = torch.cat([seqs, tokens[:, None]], dim=1)
         if strategy.done:
             break
-        state = out.state if source is None else map_state(out.state, _rows(source), per_image)
+        # The per-image state stays as it is unless images left the batch (fewer rows).
+        keep = per_image if source is not None and len(source) == len(logprobs) else frozenset()
+        state = out.state if source is None else map_state(out.state, _rows(source), keep)
     return strategy.finalize(seqs, attention)
 
 
