@@ -113,7 +113,7 @@ class BeamSearch:
                         for hyps, live in zip(self.finished[image], lives))
                 for image, lives in zip(self.alive, best_live)
             ]  # fmt: skip
-        return torch.tensor(running, dtype=torch.bool)
+        return torch.tensor(running, dtype=torch.bool, device=self.search.device)
 
     @property
     def done(self) -> bool:
