@@ -20,7 +20,7 @@ unless `--keep`):
 - a feature store of EfficientNet-Lite0's shapes (pooled [N, 1280], grid [N, 49, 1280], float16:
   15.5 GB at COCO size) of random features (ReLU'd normal; pooled = the grid's mean), written
   memory-mapped 512 images at a time into the folder and layout `extract_features` reads
-  (`features._open_arrays`, `integrity.integrity_record`, index.json), so the run opens it as a
+  (`features.open_partial_arrays`, `store_index`, `finish_store`), so the run opens it as a
   cache hit, exactly as `captionkit train` does.
 
 Stages (one JSON line each on stdout; the library's own prints go to stderr):
@@ -87,12 +87,12 @@ from captionkit.data.tokenizers import build_tokenizer
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import (
-    _open_arrays,
-    _store_folder,
     features_for_dataset,
-    store_variant,
+    finish_store,
+    open_partial_arrays,
+    store_folder,
+    store_index,
 )
-from captionkit.encoders.integrity import integrity_record
 from captionkit.encoders.reuse import file_stat
 from captionkit.metrics.coco_metrics import coco_metrics
 from captionkit.models import MODELS, create_model
@@ -291,13 +291,14 @@ def write_karpathy(folder: Path, n: int, seed: int) -> dict:
 
 def write_store(dataset, encoder, cache_dir: Path, rng: np.random.Generator) -> dict:
     """Random features of every image of `dataset`, written where `extract_features` would
-    find them for `encoder` (the layout of `features._build`, without the encoder pass)."""
+    find them for `encoder` (its store folder, arrays, index and completion, without the
+    encoder pass)."""
     paths = [Path(dataset.path(r)).resolve() for r in dataset.records]
     stats = [file_stat(p) for p in paths]
-    folder = _store_folder(encoder, paths, cache_dir, True, stats, None, None)
+    folder = store_folder(encoder, paths, cache_dir, True, stats, None, None)
     partial = folder.with_name(f"{folder.name}.partial")
     partial.mkdir(parents=True)
-    arrays = _open_arrays(partial, len(paths), GRID_TOKENS, FEATURE_DIM, True)
+    arrays = open_partial_arrays(partial, len(paths), GRID_TOKENS, FEATURE_DIM, True)
     for start in range(0, len(paths), WRITE_CHUNK):
         end = min(start + WRITE_CHUNK, len(paths))
         grid = rng.standard_normal((end - start, GRID_TOKENS, FEATURE_DIM), dtype=np.float32)
@@ -306,14 +307,7 @@ def write_store(dataset, encoder, cache_dir: Path, rng: np.random.Generator) -> 
         arrays["pooled"][start:end] = grid.mean(axis=1)
         arrays["progress"][start:end] = True
     arrays["grid"].flush(), arrays["pooled"].flush()
-    index = {"paths": [str(p) for p in paths], "stats": stats, "grid": True, "failed": {},
-             "encoder": encoder.spec(), "variant": store_variant(encoder, True), "amp": None,
-             "view": None}  # fmt: skip
-    index |= integrity_record(partial, arrays)
-    (partial / "index.json").write_text(json.dumps(index))
-    del arrays  # unmapped before the rename
-    (partial / "progress.npy").unlink()
-    os.replace(partial, folder)
+    finish_store(folder, arrays, store_index(encoder, paths, stats, True, {}))
     size = sum(f.stat().st_size for f in folder.iterdir())
     return {"store_gib": round(size / (1 << 30), 2)}
 

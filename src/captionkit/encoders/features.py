@@ -186,7 +186,7 @@ def extract_features(
     stats = [file_stat(p) for p in paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     variant = store_variant(encoder, grid, amp, view)
-    folder = _store_folder(encoder, paths, cache_dir, grid, stats, amp, view)
+    folder = store_folder(encoder, paths, cache_dir, grid, stats, amp, view)
     store = _open_complete(folder)
     if store is not None:
         return store
@@ -208,8 +208,9 @@ def extract_features(
     return store
 
 
-def _store_folder(encoder: ImageEncoder, paths: list[Path], cache_dir: Path, grid: bool,
-                  stats: list[Stat], amp: str | None, view: View | None) -> Path:  # fmt: skip
+def store_folder(encoder: ImageEncoder, paths: list[Path], cache_dir: Path, grid: bool,
+                 stats: list[Stat], amp: str | None, view: View | None) -> Path:  # fmt: skip
+    """Where the store of these images (their `stats`) and settings lies in `cache_dir`."""
     return cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid, stats, amp, view)}"
 
 
@@ -219,7 +220,7 @@ def cached_store(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | Non
     cache already has it (else None; nothing is built or removed)."""
     paths = [Path(p).resolve() for p in paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = _store_folder(encoder, paths, cache_dir, grid, [file_stat(p) for p in paths], amp,
+    folder = store_folder(encoder, paths, cache_dir, grid, [file_stat(p) for p in paths], amp,
                            None)  # fmt: skip
     try:
         return FeatureStore.open(folder)
@@ -250,22 +251,38 @@ def _build(folder: Path, encoder: ImageEncoder, paths: list[Path], stats: list[S
     variant = store_variant(encoder, grid, settings.amp, settings.view)
     donors = reuse.complete_stores(folder.parent, encoder.name, variant)
     n_tokens = reuse.donor_grid_length(donors) or _grid_length(encoder)
-    arrays = _open_arrays(partial, len(paths), n_tokens, encoder.feature_dim, grid)
+    arrays = open_partial_arrays(partial, len(paths), n_tokens, encoder.feature_dim, grid)
     failed_file = partial / "failed.json"
     failed = reuse.read_failures(failed_file)
     resumed = int(arrays["progress"].sum())
     reused = reuse.copy_unchanged(arrays, failed, failed_file, paths, stats, donors)
     extracted = extract_into(arrays, failed, failed_file, encoder, paths, settings)
+    index = store_index(encoder, paths, stats, grid, failed, settings.amp, settings.view)
+    finish_store(folder, arrays, index)
+    return BuildReport(reused, extracted, resumed)
+
+
+def store_index(
+    encoder: ImageEncoder, paths: list[Path], stats: list[Stat], grid: bool, failed: dict,
+    amp: str | None = None, view: View | None = None,
+) -> dict:  # fmt: skip
+    """What a store's index.json says of it, less the integrity record (`finish_store`)."""
     index = {"paths": [str(p) for p in paths], "stats": stats, "grid": grid, "failed": failed}
-    index |= {"encoder": encoder.spec(), "variant": variant, "amp": settings.amp}
-    index |= {"view": dataclasses.asdict(settings.view) if settings.view else None}
-    index |= integrity_record(partial, arrays)
+    index |= {"encoder": encoder.spec(), "variant": store_variant(encoder, grid, amp, view)}
+    return index | {"amp": amp, "view": dataclasses.asdict(view) if view else None}
+
+
+def finish_store(folder: Path, arrays: dict, index: dict) -> None:
+    """Complete the store built in `<folder>.partial` (its `open_partial_arrays`, all rows
+    filled): the index with its integrity record written, the build's own files removed, the
+    folder renamed to `folder`, which readers then find whole."""
+    partial = folder.with_name(f"{folder.name}.partial")
+    index = index | integrity_record(partial, arrays)
     (partial / "index.json").write_text(json.dumps(index))
     (partial / "progress.npy").unlink()
-    failed_file.unlink(missing_ok=True)
+    (partial / "failed.json").unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete store left by hand
     os.replace(partial, folder)
-    return BuildReport(reused, extracted, resumed)
 
 
 def _reopen(path: Path, shape: tuple, dtype) -> tuple[np.ndarray, bool]:
@@ -279,8 +296,10 @@ def _reopen(path: Path, shape: tuple, dtype) -> tuple[np.ndarray, bool]:
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape), False
 
 
-def _open_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: bool) -> dict:
-    """The output arrays and the done-mask; everything restarts if any of them is unusable."""
+def open_partial_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: bool) -> dict:
+    """The arrays of a store being built in `folder` (`<store folder>.partial`): pooled, grid
+    and the done-mask `progress`, reopened when a previous attempt left them usable, else new
+    (then everything restarts)."""
     specs = {
         "pooled": ((n, dim), np.float16),
         "grid": ((n if grid else 0, n_tokens, dim), np.float16),
