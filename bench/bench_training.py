@@ -47,7 +47,7 @@ from captionkit.models import MODELS, create_model
 from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import RunConfig
 from captionkit.training.data_setup import caption_datamodule
-from captionkit.training.module import CaptioningModule, caption_loss
+from captionkit.training.module import CaptioningModule, caption_loss, feature_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "flickr8k-mini"
@@ -109,16 +109,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def training_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """The engine's loss (`CaptioningModule.training_step`): cross-entropy, plus the doubly
     stochastic regulariser over the attention weights for models that attend with α_c > 0."""
-    tokens, pooled, grid = batch["tokens"], batch["pooled"], batch["grid"]
+    tokens = batch["tokens"]
     inputs = tokens[:, :-1]  # [B, T-1]
     regularized = getattr(model, "attends", False) and model.config.alpha_c > 0
-    options = {"return_attention": True} if regularized else {}
-    index = batch.get("image_index")  # grouped batches: features per image
-    if index is not None and getattr(model, "shares_images", False):
-        options["image_index"] = index
-    elif index is not None:
-        pooled, grid = pooled[index], None if grid is None else grid[index]
-    out = model(pooled, grid, inputs, **options)
+    features, options = feature_arguments(model, batch["pooled"], batch["grid"],
+                                          batch.get("image_index"))  # fmt: skip
+    out = model(*features, inputs, **options, **({"return_attention": True} if regularized else {}))
     loss = caption_loss(out[0] if regularized else out, tokens[:, 1:])
     if regularized:  # out[1]: α [B, T-1, L]
         loss = loss + attention_regularizer(out[1], inputs, model.config.alpha_c)

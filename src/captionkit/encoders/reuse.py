@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from captionkit.data.files import write_json_atomically
 from captionkit.encoders.integrity import check_store
 from captionkit.errors import CaptionkitError
 
@@ -60,11 +59,6 @@ class StoredIndex:
 def store_folder_pattern(encoder_name: str) -> re.Pattern:
     """Names of complete stores of an encoder (not `.partial` or superseded folders)."""
     return re.compile(re.escape(encoder_name) + r"-[0-9a-f]{16}")
-
-
-def write_json(path: Path, data) -> None:
-    """Write a JSON file atomically: a crash leaves the old file or the new one, never half."""
-    write_json_atomically(path, data)
 
 
 def append_failures(path: Path, failures: dict[str, list[str]]) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from captionkit.data.files import write_json_atomically
 from captionkit.encoders.extraction import extraction_settings
 from captionkit.encoders.factory import ImageEncoder
 from captionkit.encoders.features import FeatureStore, extract_into
 from captionkit.encoders.integrity import damaged_rows, integrity_record
-from captionkit.encoders.reuse import write_json
 from captionkit.encoders.views import View
 
 
@@ -60,7 +60,7 @@ def verify_store(store: FeatureStore, encoder: ImageEncoder, **options) -> Verif
     extract_into(arrays, failed, folder / "failed.json", encoder, paths, settings)
     index["failed"] = failed
     index |= integrity_record(folder, arrays)
-    write_json(folder / "index.json", index)
+    write_json_atomically(folder / "index.json", index)
     (folder / "progress.npy").unlink()
     (folder / "failed.json").unlink(missing_ok=True)
     return report

@@ -21,6 +21,20 @@ from captionkit.training.scheduled_sampling import scheduled_sampling_inputs, ss
 from captionkit.training.schedules import configure_optimization, needs_run_length
 
 
+def feature_arguments(model: nn.Module, pooled: torch.Tensor, grid: torch.Tensor | None,
+                      image_index: torch.Tensor | None = None, share: bool = True
+                      ) -> tuple[tuple, dict]:  # fmt: skip
+    """A training batch's features as `model`'s forward takes them: `((pooled, grid), keywords)`.
+    With `image_index` [B] (a batch of whole images, features [I, ...] per image), models that
+    share an image's work among its captions (`shares_images`) get it as a keyword when `share`;
+    other models, or `share=False`, get the features repeated per caption [B, ...]."""
+    if image_index is None:
+        return (pooled, grid), {}
+    if share and getattr(model, "shares_images", False):
+        return (pooled, grid), {"image_index": image_index}
+    return (pooled[image_index], None if grid is None else grid[image_index]), {}
+
+
 class CaptioningModule(L.LightningModule):
     """Trains any registered caption model; validation decodes and scores CIDEr.
 
@@ -91,19 +105,16 @@ class CaptioningModule(L.LightningModule):
             images = batch["images"].contiguous(memory_format=torch.channels_last)
             pooled, grid = self.encoder(images)  # [I, D], [I, L, D]
             grid = grid if self.model.uses_grid else None
-        index = batch.get("image_index")  # [B]: each caption's image
-        if index is not None and per_caption:
-            pooled, grid = pooled[index], None if grid is None else grid[index]
-        return pooled, grid
+        if not per_caption:
+            return pooled, grid
+        return feature_arguments(self.model, pooled, grid, batch.get("image_index"), False)[0]
 
     def _training_features(self, batch: dict) -> tuple[tuple, dict]:
-        """The model's feature arguments and keywords for a training batch: features per image
-        and `image_index` for models that share an image's work among its captions."""
-        index = batch.get("image_index")
-        shared = (index is not None and getattr(self.model, "shares_images", False)
-                  and self.optim.scheduled_sampling == 0)  # fmt: skip
-        features = self._features(batch, per_caption=not shared)
-        return features, ({"image_index": index} if shared else {})
+        """The model's feature arguments and keywords for a training batch (`feature_arguments`;
+        scheduled sampling's extra pass takes features per caption)."""
+        share = self.optim.scheduled_sampling == 0
+        pooled, grid = self._features(batch, per_caption=False)
+        return feature_arguments(self.model, pooled, grid, batch.get("image_index"), share)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if "tokens" not in batch:  # every image of the batch became unreadable during the run
