@@ -33,6 +33,9 @@ from captionkit.evaluation.evaluate import evaluate_run
 # name -> (what it tests, `captionkit train` options). All read cached EfficientNet-Lite0 features
 # unless they say otherwise; `--preset none` starts from the config defaults, so each line says
 # all it changes. "best" is the default recipe (`captionkit train` with no option).
+STEP = ["--schedule", "step", "--lr-gamma", "0.8", "--lr-step-epochs", "3"]
+LR5E4 = ["--lr", "5e-4", "--schedule", "constant"]
+STEP5E4 = [*STEP, "--lr", "5e-4"]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "attention-old": (
         "Show-Attend-Tell as before #15: raw 1280-d grid, no input dropout, λ = 1 (sum), 15 ep",
@@ -102,6 +105,38 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "top-down decoder + 4 views",
         ["--model", "updown", "--feature-views", "4"],
     ),
+    # The learning-rate sweep (issue 15, later session): each names its rate and schedule, since
+    # "best" changed with it (it was lr5e4-constant, it is now lr2e3-step).
+    "lr5e4-constant": ("the earlier default: Adam at 5e-4, constant", LR5E4),
+    "lr5e4-step": ("5e-4, x 0.8 every 3 epochs (the reference implementation's decay)", STEP5E4),
+    "lr1e3-step": ("1e-3, x 0.8 every 3 epochs", [*STEP, "--lr", "1e-3"]),
+    "lr2e3-step": ("2e-3, x 0.8 every 3 epochs (the default now)", [*STEP, "--lr", "2e-3"]),
+    "lr5e4-cosine": ("5e-4, cosine decay", [*LR5E4, "--schedule", "cosine"]),
+    "lr1e3-cosine": ("1e-3, cosine decay", ["--lr", "1e-3", "--schedule", "cosine"]),
+    "lr5e4-plateau": (
+        "5e-4, halved when val CIDEr stalls for 2 epochs",
+        [*LR5E4, "--schedule", "plateau"],
+    ),
+    "lr1e3-plateau": (
+        "1e-3, halved when val CIDEr stalls for 2 epochs",
+        ["--lr", "1e-3", "--schedule", "plateau"],
+    ),
+    "lr5e4-mc3": (
+        "5e-4 constant, words seen 3 times in the vocabulary (not 5)",
+        [*LR5E4, "--min-count", "3"],
+    ),  # fmt: skip
+    "lr5e4-adamw": (
+        "5e-4 constant, AdamW with weight decay 0.01",
+        [*LR5E4, "--optimizer", "adamw", "--weight-decay", "0.01"],
+    ),  # fmt: skip
+    "lr1e3-step-adamw": (
+        "1e-3 x 0.8 every 3 epochs, AdamW with weight decay 0.01",
+        [*STEP, "--lr", "1e-3", "--optimizer", "adamw", "--weight-decay", "0.01"],
+    ),  # fmt: skip
+    "lr1e3-step-mc3": (
+        "1e-3 x 0.8 every 3 epochs, words seen 3 times",
+        [*STEP, "--lr", "1e-3", "--min-count", "3"],
+    ),  # fmt: skip
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
         ["--config", "configs/flickr8k-mini/best.yaml"],
@@ -214,15 +249,15 @@ def from_collected(runs: dict, base: str = "best") -> dict:
     return results
 
 
-def table(results: dict) -> str:
+def table(results: dict, base: str = "best") -> str:
     lines = ["| variant | what | seeds | val CIDEr (95% CI) | test CIDEr (95% CI) "
-             "| Δ val, Δ test vs best (paired, 95% CI) | train min |",
+             f"| Δ val, Δ test vs {base} (paired, 95% CI) | train min |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, r in results.items():
         cells = [f"{r[s]['mean']:.3f} ({r[s]['ci95'][0]:.3f}–{r[s]['ci95'][1]:.3f})"
                  for s in ("val", "test")]  # fmt: skip
         minutes = "" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
-        paired = r.get("vs_best")
+        paired = r.get("vs_" + base)
         delta = "" if paired is None else ", ".join(
             f"{paired[s]['mean']:+.3f} ({paired[s]['ci95'][0]:+.3f}…{paired[s]['ci95'][1]:+.3f})"
             for s in ("val", "test"))  # fmt: skip
@@ -245,14 +280,15 @@ def main() -> None:
     parser.add_argument("--collect", help="Also write every finished run's scores to this JSON.")
     parser.add_argument("--from-collected", help="Print the table of a --collect file (e.g. "
                         "made on a GPU machine); train nothing.")  # fmt: skip
+    parser.add_argument("--base", default="best", help="The variant others are compared with.")
     args = parser.parse_args()
     if args.score_run:
         run_scores(Path(args.score_run), args.data)
         return
     if args.from_collected:
-        results = from_collected(json.loads(Path(args.from_collected).read_text()))
+        results = from_collected(json.loads(Path(args.from_collected).read_text()), args.base)
         Path(args.output).write_text(json.dumps(results, indent=2))
-        print(table(results))
+        print(table(results, args.base))
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.variants.split(",")

@@ -486,6 +486,11 @@ def test_train_without_config_takes_the_best_preset_and_says_so(tmp_path, monkey
     assert (best.model, best.train.scst_epochs, best.train.epochs) == ("attention", 0, 30)
     assert (fast.model, fast.train.epochs) == ("show_tell", 3)
     assert (custom.model, custom.train.scst_epochs, custom.train.patience) == ("updown", 2, 5)
+    # The preset's learning rate and decay are its decoder's; another model gets the defaults.
+    assert (best.optim.lr, best.optim.schedule, best.optim.lr_gamma) == (2e-3, "step", 0.8)
+    assert (custom.optim.lr, custom.optim.schedule) == (5e-4, "constant")
+    assert main(["train", *out, "--model", "transformer", "--lr", "1e-4"]) == 0
+    assert (seen[-1].optim.lr, seen[-1].optim.schedule) == (1e-4, "constant")
     code = main(["train", *out, "--preset", "fast", "--config", str(CONFIGS / "x.yaml")])
     assert code == 1 and "--preset and --config" in capsys.readouterr().err
     assert main(["train", *out, "--preset", "nope"]) == 1

@@ -142,10 +142,14 @@ def test_cli_objective_over_an_xe_config_takes_the_scst_lr_unless_given(tmp_path
                  ["--config", str(xe), "--objective", "scst", "--lr", "1e-4"],
                  ["--data", "d", "--objective", "scst", "--scst-baseline", "greedy"],
                  ["--config", str(sc)], ["--config", str(own)],
-                 ["--config", str(own), "--objective", "scst"]):  # fmt: skip
+                 ["--config", str(own), "--objective", "scst"],
+                 ["--data", "d", "--objective", "scst", "--schedule", "cosine"]):  # fmt: skip
         assert main(["train", *argv, *out]) == 0
-    assert [c.optim.lr for c in seen] == [5e-5, 1e-4, 5e-5, 5e-5, 2e-5, 2e-5]
-    assert [c.optim.objective for c in seen] == ["scst"] * 6
+    assert [c.optim.lr for c in seen] == [5e-5, 1e-4, 5e-5, 5e-5, 2e-5, 2e-5, 5e-5]
+    assert [c.optim.objective for c in seen] == ["scst"] * 7
+    # The best preset's step decay is for its cross-entropy epochs: SCST runs at a constant rate
+    # unless the command line gives a schedule.
+    assert [c.optim.schedule for c in seen[2:]] == ["constant"] * 4 + ["cosine"]
     assert (seen[2].scst.baseline, seen[3].scst.samples) == ("greedy", 3)
 
 

@@ -189,14 +189,25 @@ class TrainCommand(TyperCommand):
 
 
 def _objective_lr(settings: dict, objective: str, config_file: Path | None) -> None:
-    """--objective without --lr: the new objective's default learning rate (`OptimConfig.lr`),
-    not the file's, which is for the file's own objective (SCST's is a tenth of XE's)."""
+    """--objective without --lr: the new objective's default learning rate (`OptimConfig.lr`)
+    and schedule, not the file's or preset's, which are for its own objective (SCST's rate is a
+    tenth of XE's, and the best preset's decay was tuned for cross-entropy epochs)."""
     if objective == settings["optim"]["objective"]:
         return
     if config_file:
         typer.echo(f"--objective {objective}: its default learning rate, not "
                    f"{settings['optim']['lr']:g} ({config_file}'s for "
                    f"{settings['optim']['objective']}); --lr sets another", err=True)  # fmt: skip
+    _default_rate(settings)
+
+
+def _default_rate(settings: dict) -> None:
+    """The config defaults' learning rate (None: the objective's) and schedule in `settings`."""
+    from captionkit.training.config import OptimConfig
+
+    defaults = OptimConfig()
+    for name in ("schedule", "warmup_steps", "lr_gamma", "lr_step_epochs"):
+        settings["optim"][name] = getattr(defaults, name)
     settings["optim"]["lr"] = None
 
 
@@ -219,6 +230,13 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
     settings, given = config.to_dict(), ctx.meta[GIVEN]
     if "optim.objective" in given and "optim.lr" not in given:
         _objective_lr(settings, given["optim.objective"], config_file)
+    if not config_file and given.get("model", settings["model"]) != settings["model"]:
+        # The preset's learning rate and decay were tuned for its own decoder alone.
+        typer.echo(
+            f"--model {given['model']}: the default learning rate and schedule, not "
+            f"the preset's (tuned for {settings['model']}); --lr, --schedule set others"
+        )
+        _default_rate(settings)
     for path, value in given.items():
         group, _, key = path.rpartition(".")
         (settings[group] if group else settings)[key] = value
