@@ -236,7 +236,8 @@ def test_file_values_stay_unless_an_option_is_given(tmp_path, capsys, seen):
 
 def test_optim_options_go_to_optim_config_over_the_file(tmp_path, capsys, seen):
     out = ["--out", tmp_path / "r"]
-    code, _, err = run(capsys, ["train", "--data", "d", *out])
+    # --preset none: the options over the config defaults (the best preset sets a rate of its own)
+    code, _, err = run(capsys, ["train", "--data", "d", *out, "--preset", "none"])
     assert code == 0 and seen["config"].optim == OptimConfig()  # the options' defaults are its
     cfg = write(tmp_path / "cfg.yaml", "data: {data: d}\noptim: {schedule: plateau, "
                 "plateau_patience: 4, scheduled_sampling: 0.2, ss_ramp_epochs: 2}\n")  # fmt: skip
@@ -249,8 +250,8 @@ def test_optim_options_go_to_optim_config_over_the_file(tmp_path, capsys, seen):
         optimizer="adamw", weight_decay=0.01, schedule="plateau", plateau_factor=0.3,
         plateau_patience=4, min_lr=1e-5, scheduled_sampling=0.2, ss_start_epoch=2,
         ss_ramp_epochs=0)  # fmt: skip
-    argv = ["train", "--data", "d", *out, "--schedule", "step", "--lr-gamma", "0.5",
-            "--lr-step-epochs", "4", "--plateau-patience", "1",
+    argv = ["train", "--data", "d", *out, "--preset", "none", "--schedule", "step",
+            "--lr-gamma", "0.5", "--lr-step-epochs", "4", "--plateau-patience", "1",
             "--scheduled-sampling", "1"]  # fmt: skip
     code, _, err = run(capsys, argv)
     assert code == 0, err
