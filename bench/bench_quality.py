@@ -112,6 +112,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "lr5e4-step": ("5e-4, x 0.8 every 3 epochs (the reference implementation's decay)", STEP5E4),
     "lr1e3-step": ("1e-3, x 0.8 every 3 epochs", [*STEP, "--lr", "1e-3"]),
     "lr2e3-step": ("2e-3, x 0.8 every 3 epochs (the default now)", [*STEP, "--lr", "2e-3"]),
+    "lr3e3-step": ("3e-3, x 0.8 every 3 epochs", [*STEP, "--lr", "3e-3"]),
     "lr5e4-cosine": ("5e-4, cosine decay", [*LR5E4, "--schedule", "cosine"]),
     "lr1e3-cosine": ("1e-3, cosine decay", ["--lr", "1e-3", "--schedule", "cosine"]),
     "lr5e4-plateau": (

@@ -492,6 +492,9 @@ def test_train_without_config_takes_the_best_preset_and_says_so(tmp_path, monkey
     assert (custom.optim.lr, custom.optim.schedule) == (5e-4, "constant")
     assert main(["train", *out, "--model", "transformer", "--lr", "1e-4"]) == 0
     assert (seen[-1].optim.lr, seen[-1].optim.schedule) == (1e-4, "constant")
+    assert "--model transformer: the default learning rate" in capsys.readouterr().out
+    assert main(["train", *out, "--preset", "fast", "--model", "attention"]) == 0
+    assert "learning rate" not in capsys.readouterr().out  # fast has no rate of its own
     code = main(["train", *out, "--preset", "fast", "--config", str(CONFIGS / "x.yaml")])
     assert code == 1 and "--preset and --config" in capsys.readouterr().err
     assert main(["train", *out, "--preset", "nope"]) == 1

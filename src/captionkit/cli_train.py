@@ -218,7 +218,7 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
     (`ctx.meta[GIVEN]`, from `TrainCommand`); `model_args(model, base, base_source)` merges the
     Model panel's options into the file's `model_args`."""
     from captionkit.training import RunConfig
-    from captionkit.training.presets import DEFAULT_PRESET, describe, preset_config
+    from captionkit.training.presets import DEFAULT_PRESET, PRESETS, describe, preset_config
 
     if config_file and preset:
         raise CaptionkitError("--preset and --config: the config file is the recipe; give one")
@@ -230,7 +230,8 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
     settings, given = config.to_dict(), ctx.meta[GIVEN]
     if "optim.objective" in given and "optim.lr" not in given:
         _objective_lr(settings, given["optim.objective"], config_file)
-    if not config_file and given.get("model", settings["model"]) != settings["model"]:
+    tuned = not config_file and "optim" in PRESETS.get(preset or DEFAULT_PRESET, {})
+    if tuned and given.get("model", settings["model"]) != settings["model"]:
         # The preset's learning rate and decay were tuned for its own decoder alone.
         typer.echo(
             f"--model {given['model']}: the default learning rate and schedule, not "
