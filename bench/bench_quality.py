@@ -79,7 +79,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["--preset", "none", "--model", "updown", "--epochs", "20", "--patience", "5"],
     ),
     "best": (
-        "default: attention-emb, ≤ 30 ep, early stopping on beam-3 val CIDEr",
+        "default: attention-emb, Adam 2e-3 x 0.8 every 3 ep, ≤ 30 ep, early stopping on beam-3 val",
         [],
     ),
     "best-views4": (
