@@ -202,6 +202,27 @@ def test_cli_resume_extends_a_finished_run(config, tmp_path, capsys):
     assert "not a run folder (no config.yaml)" in capsys.readouterr().err
 
 
+def test_an_early_stopped_run_resumes_with_the_patience_given(config, tmp_path, capsys,
+                                                             monkeypatch):  # fmt: skip
+    """Val CIDEr held fixed: with patience 1 the run stops after epoch 1. Resumed from the
+    checkpoint saved after that validation (which failed: Lightning checked at the end of the
+    epoch, before the resumed run had validated), with `--patience 3` (not the checkpoint's 1),
+    it runs two more epochs."""
+    import captionkit.training.module as module
+    from captionkit.cli import main
+
+    monkeypatch.setattr(module, "quick_metrics", lambda *_: {"CIDEr": 0.5, "BLEU-4": 0.1})
+    settings = config.to_dict()
+    settings["train"].update(epochs=6, patience=1)
+    RunConfig.from_dict(settings).to_yaml(tmp_path / "cfg.yaml")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run)]) == 0
+    assert [r["epoch"] for r in _rows(run)] == [0, 1]
+    assert main(["train", "--resume", str(run), "--patience", "3"]) == 0
+    assert "resuming with train.patience 3 (was 1)" in capsys.readouterr().out
+    assert [r["epoch"] for r in _rows(run)] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_state_of_every_model_resumes_the_same_steps(name, tmp_path):
     """The fast check, per model, of what the kill test checks for Show-and-Tell: weights and

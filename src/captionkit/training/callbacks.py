@@ -1,6 +1,6 @@
-"""The callbacks of a training run: metrics and the best model after each validation, the
-position in the data and the `last` training state for resuming, a tidier progress bar, and the
-counts Lightning's throughput monitor needs."""
+"""The callbacks of a training run: metrics and the best model after each validation, early
+stopping, the position in the data and the `last` training state for resuming, a tidier progress
+bar, and the counts Lightning's throughput monitor needs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar, TQDMProgressBar
 
 from captionkit.data.tokenizers import Tokenizer
 from captionkit.data.vocab import Vocabulary
@@ -102,6 +102,26 @@ class DataPosition(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.position = (state["epoch"], state["batches_done"])
         self.datamodule.resume = self.position
+
+
+class ValEarlyStopping(EarlyStopping):
+    """Stop when val CIDEr has not improved for `patience` validations.
+
+    Lightning's own, with two changes for resuming. It checks right after each validation, not
+    at the end of the training epoch: `LastCheckpoint` saves then (after this callback, which
+    comes first), so the saved count is up to date, and a run resumed from that checkpoint
+    finishes its epoch with nothing to check; at the epoch's end it found no val CIDEr yet and
+    failed. And a resumed run keeps the patience of its config (`--resume RUN --patience N`
+    lets an early-stopped run go on) where Lightning restores the checkpoint's."""
+
+    def __init__(self, patience: int):
+        super().__init__("val/CIDEr", mode="max", patience=patience,
+                         check_on_train_epoch_end=False)  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
 
 
 class LastCheckpoint(L.Callback):

@@ -11,10 +11,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    ThroughputMonitor,
-)
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
@@ -45,6 +42,7 @@ from captionkit.training.callbacks import (
     LastCheckpoint,
     RichBar,
     TqdmBar,
+    ValEarlyStopping,
     captions_in,
     target_tokens_in,
 )
@@ -63,7 +61,7 @@ from captionkit.training.scst import ScstModule, ScstReward
 def _trainer(config: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     t = config.train
     if t.patience > 0:  # first: the checkpoints saved after a validation hold its updated count
-        callbacks = [EarlyStopping("val/CIDEr", mode="max", patience=t.patience), *callbacks]
+        callbacks = [ValEarlyStopping(t.patience), *callbacks]
     # Logs train|samples_per_sec (captions), train|items_per_sec (target tokens) and batches/s.
     callbacks = [
         RichBar() if _RICH_AVAILABLE else TqdmBar(),
