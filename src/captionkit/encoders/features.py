@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from captionkit.data.files import write_json_atomically
 from captionkit.data.images import open_or_problem
 from captionkit.data.problems import Problems
 from captionkit.encoders import reuse
@@ -277,12 +278,17 @@ def finish_store(folder: Path, arrays: dict, index: dict) -> None:
     filled): the index with its integrity record written, the build's own files removed, the
     folder renamed to `folder`, which readers then find whole."""
     partial = folder.with_name(f"{folder.name}.partial")
-    index = index | integrity_record(partial, arrays)
-    (partial / "index.json").write_text(json.dumps(index))
-    (partial / "progress.npy").unlink()
-    (partial / "failed.json").unlink(missing_ok=True)
+    seal_store(partial, arrays, index)
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete store left by hand
     os.replace(partial, folder)
+
+
+def seal_store(folder: Path, arrays: dict, index: dict) -> None:
+    """Write `index` with the integrity record of `arrays` as `folder`'s index.json and remove
+    the files of the build or repair (`progress.npy`, `failed.json`)."""
+    write_json_atomically(folder / "index.json", index | integrity_record(folder, arrays))
+    (folder / "progress.npy").unlink()
+    (folder / "failed.json").unlink(missing_ok=True)
 
 
 def _reopen(path: Path, shape: tuple, dtype) -> tuple[np.ndarray, bool]:

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from captionkit.data.files import write_json_atomically
 from captionkit.encoders.extraction import extraction_settings
 from captionkit.encoders.factory import ImageEncoder
-from captionkit.encoders.features import FeatureStore, extract_into
-from captionkit.encoders.integrity import damaged_rows, integrity_record
+from captionkit.encoders.features import FeatureStore, extract_into, seal_store
+from captionkit.encoders.integrity import damaged_rows
 from captionkit.encoders.views import View
 
 
@@ -58,9 +57,5 @@ def verify_store(store: FeatureStore, encoder: ImageEncoder, **options) -> Verif
     view = View(**index["view"]) if index.get("view") else None
     settings = extraction_settings(amp=index.get("amp"), view=view, **options)
     extract_into(arrays, failed, folder / "failed.json", encoder, paths, settings)
-    index["failed"] = failed
-    index |= integrity_record(folder, arrays)
-    write_json_atomically(folder / "index.json", index)
-    (folder / "progress.npy").unlink()
-    (folder / "failed.json").unlink(missing_ok=True)
+    seal_store(folder, arrays, {**index, "failed": failed})
     return report
