@@ -143,6 +143,15 @@ def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
     assert code == 1 and err == "error: unknown tokenizer 'chars' (word or bpe)\n"
 
 
+def test_train_says_which_epochs_the_kept_mean_is_of(tmp_path, capsys, monkeypatch):
+    import captionkit.training.train as training
+
+    row = {"val/CIDEr": 0.5, "epoch": 29, "averaged_epochs": 5}  # `--average-last 5`'s last row
+    monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False: row)
+    code, out, _ = run(capsys, ["train", "--data", "d", "--out", str(tmp_path / "r")])
+    assert code == 0 and "val CIDEr 0.500 of the mean of epochs 25-29; saved to" in out
+
+
 # --- decoding options (evaluate, caption) ------------------------------------------------------
 
 

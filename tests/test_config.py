@@ -155,7 +155,7 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
          "weight_decay, "
          "grad_clip, grad_clip_algorithm, accumulate, schedule, warmup_steps, lr_gamma, "
          "lr_step_epochs, plateau_factor, plateau_patience, min_lr, label_smoothing, ema, "
-         "scheduled_sampling, ss_start_epoch, ss_ramp_epochs)"),
+         "average_last, scheduled_sampling, ss_start_epoch, ss_ramp_epochs)"),
         ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number or null, not 'fast'"),
         ("train: {epochs: 2.5}\n", "c.yaml: train.epochs must be an integer, not 2.5"),
         ("train: {batch_size: true}\n", "c.yaml: train.batch_size must be an integer, not True"),
@@ -486,10 +486,12 @@ def test_train_without_config_takes_the_best_preset_and_says_so(tmp_path, monkey
     best, fast, custom = seen
     assert (best.model, best.train.scst_epochs, best.train.epochs) == ("attention", 0, 30)
     assert (fast.model, fast.train.epochs) == ("show_tell", 3)
-    assert (custom.model, custom.train.scst_epochs, custom.train.patience) == ("updown", 2, 5)
-    # The preset's learning rate and decay are its decoder's; another model gets the defaults.
+    assert (custom.model, custom.train.scst_epochs, custom.train.epochs) == ("updown", 2, 30)
+    # The preset's rate, decay and averaging are its decoder's; another model gets the defaults.
     assert (best.optim.lr, best.optim.schedule, best.optim.lr_gamma) == (2e-3, "step", 0.8)
-    assert (custom.optim.lr, custom.optim.schedule) == (5e-4, "constant")
+    assert (best.optim.average_last, best.train.patience) == (5, 0)
+    assert (custom.optim.lr, custom.optim.schedule, custom.optim.average_last) == (
+        5e-4, "constant", 0)  # fmt: skip
     assert main(["train", *out, "--model", "transformer", "--lr", "1e-4"]) == 0
     assert (seen[-1].optim.lr, seen[-1].optim.schedule) == (1e-4, "constant")
     assert "--model transformer: the default learning rate" in capsys.readouterr().out

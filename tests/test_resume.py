@@ -149,6 +149,22 @@ def test_killed_run_resumes_to_the_uninterrupted_result(config, uninterrupted, t
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.slow
+def test_killed_run_averaging_its_last_epochs_resumes_to_the_uninterrupted_result(config, tmp_path):
+    """The mean of the (EMA) weights of epochs 1 and 2 (`average_last`): killed at step 15, the
+    run resumes from step 14's `last`, saved after epoch 1 joined the mean: the mean and its
+    count come back from it, and epoch 2 joins them."""
+    settings = config.to_dict()
+    settings["optim"]["average_last"] = 2
+    averaging = RunConfig.from_dict(settings)
+    train(averaging, tmp_path / "whole")
+    run = tmp_path / "killed" / "run"
+    _killed_run(averaging, run, "step", 15)
+    assert load_state(run / "checkpoints" / "last.safetensors")["global_step"] == 14
+    train(averaging, run, resume=True)
+    _assert_same_run(run, tmp_path / "whole")
+
+
 def test_resume_refuses_other_model_settings_and_missing_checkpoints(config, tmp_path):
     with pytest.raises(CaptionkitError, match="not a run folder"):
         train(config, tmp_path, resume=True)

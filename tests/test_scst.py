@@ -150,6 +150,7 @@ def test_cli_objective_over_an_xe_config_takes_the_scst_lr_unless_given(tmp_path
     # The best preset's step decay is for its cross-entropy epochs: SCST runs at a constant rate
     # unless the command line gives a schedule.
     assert [c.optim.schedule for c in seen[2:]] == ["constant"] * 4 + ["cosine"]
+    assert seen[2].optim.average_last == 0  # nor the mean of its last epochs
     assert (seen[2].scst.baseline, seen[3].scst.samples) == ("greedy", 3)
 
 

@@ -175,6 +175,30 @@ def test_a_run_with_ema_exports_and_checkpoints_the_average(shapes, tmp_path):
     assert any(not torch.equal(v, state[f"model.{k}"]) for k, v in exported.items())
 
 
+@pytest.mark.slow
+def test_average_last_exports_the_mean_of_the_last_epochs_weights(shapes, tmp_path, monkeypatch):
+    seen = {}
+    before = CaptioningModule.on_validation_epoch_start
+
+    def record(self):  # the weights as the epoch left them, before they join the mean
+        seen[self.current_epoch] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        before(self)
+
+    monkeypatch.setattr(CaptioningModule, "on_validation_epoch_start", record)
+    config = RunConfig(model="attention", model_args=dict(TINY["attention"]),
+                       data=DataConfig(str(shapes), min_count=1),
+                       optim=OptimConfig(average_last=2),
+                       train=TrainConfig(epochs=3, batch_size=8))  # fmt: skip
+    train(config, tmp_path / "run")
+    exported = load_checkpoint(tmp_path / "run").model.state_dict()
+    for name, value in exported.items():  # epochs 1 and 2, not epoch 0
+        torch.testing.assert_close(value, (seen[1][name] + seen[2][name]) / 2)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    exported_row = json.loads((tmp_path / "run" / "config.json").read_text())["metrics"]
+    assert exported_row == rows[-1]  # the final mean, whatever its val CIDEr
+    assert [row.get("averaged_epochs") for row in rows] == [None, 1, 2]
+
+
 def test_accumulating_two_half_batches_is_one_step_on_the_whole_batch(tmp_path):
     batch = _batch(8)
     whole = _fit(tmp_path, [batch])

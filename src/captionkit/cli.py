@@ -179,8 +179,13 @@ def train(
         ctx.fail("Missing option '--out' (or --resume RUN_DIR).")
     best = run_training(run_config(ctx, config, model_args, preset), out, resume=resume is not None)
     if best:  # DDP: every process returns here, with the same best row
-        typer.echo(f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {best['epoch']}; "
-                   f"saved to {out}")  # fmt: skip
+        epoch, first = best["epoch"], best["epoch"] + 1 - best.get("averaged_epochs", 1)
+        kept = (
+            f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {epoch}"
+            if first == epoch
+            else f"val CIDEr {best['val/CIDEr']:.3f} of the mean of epochs {first}-{epoch}"
+        )
+        typer.echo(f"{kept}; saved to {out}")
 
 
 @app.command()

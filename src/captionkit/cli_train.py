@@ -202,11 +202,12 @@ def _objective_lr(settings: dict, objective: str, config_file: Path | None) -> N
 
 
 def _default_rate(settings: dict) -> None:
-    """The config defaults' learning rate (None: the objective's) and schedule in `settings`."""
+    """The config defaults' learning rate (None: the objective's), schedule and weight averaging
+    in `settings`."""
     from captionkit.training.config import OptimConfig
 
     defaults = OptimConfig()
-    for name in ("schedule", "warmup_steps", "lr_gamma", "lr_step_epochs"):
+    for name in ("schedule", "warmup_steps", "lr_gamma", "lr_step_epochs", "average_last"):
         settings["optim"][name] = getattr(defaults, name)
     settings["optim"]["lr"] = None
 
@@ -232,10 +233,11 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
         _objective_lr(settings, given["optim.objective"], config_file)
     tuned = not config_file and "optim" in PRESETS.get(preset or DEFAULT_PRESET, {})
     if tuned and given.get("model", settings["model"]) != settings["model"]:
-        # The preset's learning rate and decay were tuned for its own decoder alone.
+        # The preset's learning rate, decay and averaging were tuned for its own decoder alone.
         typer.echo(
-            f"--model {given['model']}: the default learning rate and schedule, not "
-            f"the preset's (tuned for {settings['model']}); --lr, --schedule set others"
+            f"--model {given['model']}: the default learning rate, schedule and no weight "
+            f"averaging, not the preset's (tuned for {settings['model']}); --lr, --schedule, "
+            "--average-last set others"
         )
         _default_rate(settings)
     for path, value in given.items():

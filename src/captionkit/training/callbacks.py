@@ -22,7 +22,8 @@ from captionkit.training.resume_checkpoints import BEST, CHECKPOINTS
 
 
 class BestCheckpoint(L.Callback):
-    """After each validation: append to `metrics.jsonl`; if val CIDEr improved, export the model
+    """After each validation: append to `metrics.jsonl`; if val CIDEr improved (or the model is
+    the mean of the run's last epochs, `optim.average_last`: every time), export the model
     (`model.safetensors` + `config.json`) and save the training state as
     `checkpoints/best.safetensors`.
 
@@ -57,11 +58,15 @@ class BestCheckpoint(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "cap/s"}
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
         row["elapsed_s"] = round(self.elapsed_before + time.perf_counter() - self.started, 2)
+        if module.averaging:  # the model validated is the mean of this many epochs' weights
+            row["averaged_epochs"] = int(module.mean_count)
         self.rows += 1
         if trainer.is_global_zero:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-        if not self.best or row["val/CIDEr"] > self.best["val/CIDEr"]:
+        # With `optim.average_last`, the mean of the last epochs' weights: always the latest.
+        improved = not self.best or row["val/CIDEr"] > self.best["val/CIDEr"]
+        if improved or module.averaging:
             self.best = row
             if trainer.is_global_zero:
                 self._export(module)

@@ -157,6 +157,13 @@ class OptimConfig:
     weights, updated after every optimizer step with this decay (e.g. 0.99: about the last
     hundred steps; the first steps use less, (1 + step) / (10 + step)); 0 = the weights as
     trained."""
+    average_last: int = 0
+    """Weight averaging over the end of the run: from the start of the last this many epochs,
+    validate, keep and export the mean of the weights as they are after each epoch (stochastic
+    weight averaging over the tail of the decay); the run exports the latest mean, the mean of
+    all those epochs at its end, whatever its val CIDEr (with `ema`, the mean of the moving
+    average's weights). 0 = the weights as trained, exported at their best val CIDEr; so too a
+    run stopped early (`patience`) before its last epochs."""
     scheduled_sampling: float = 0.0
     """Scheduled sampling: the largest probability of replacing each caption word the decoder
     reads by one drawn from its own prediction (0 = always the true words, the default)."""
@@ -173,7 +180,7 @@ class OptimConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("grad_clip_algorithm", self.grad_clip_algorithm, ("norm", "value"))
-        for name in ("lr", "weight_decay", "grad_clip", "min_lr", "warmup_steps",
+        for name in ("lr", "weight_decay", "grad_clip", "min_lr", "warmup_steps", "average_last",
                      "plateau_patience", "ss_start_epoch", "ss_ramp_epochs"):  # fmt: skip
             _check_range(name, getattr(self, name), 0, None)
         for name in ("accumulate", "lr_step_epochs"):

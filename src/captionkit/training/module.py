@@ -53,14 +53,44 @@ class CaptioningModule(L.LightningModule):
         self._val_predictions: dict[str, str] = {}
         self._last_batch_end: float | None = None
         self._rate: float | None = None
-        # The average is a submodule: checkpoints (and so resumed runs) carry it.
+        # The averages are submodules (and buffers): checkpoints, so resumed runs, carry them.
         self.ema_model = copy.deepcopy(model).requires_grad_(False) if optim.ema > 0 else None
+        self.mean_model = None
+        if optim.average_last > 0:
+            self.mean_model = copy.deepcopy(model).requires_grad_(False)
+            # epochs in the mean, and the last of them (-1: none yet)
+            self.register_buffer("mean_count", torch.tensor(0))
+            self.register_buffer("mean_epoch", torch.tensor(-1))
 
     @property
     def kept_model(self) -> nn.Module:
-        """The model that validation decodes and the run exports: the weights' moving average
-        (`optim.ema`), or the weights themselves."""
+        """The model that validation decodes and the run exports: the mean of the weights over
+        the last epochs once it has begun (`optim.average_last`), else the weights' moving
+        average (`optim.ema`), or the weights themselves."""
+        if self.averaging:
+            return self.mean_model
         return self.model if self.ema_model is None else self.ema_model
+
+    @property
+    def averaging(self) -> bool:
+        """Whether the kept model is the mean of the weights over the run's last epochs."""
+        return self.mean_model is not None and int(self.mean_count) > 0
+
+    def on_validation_epoch_start(self) -> None:
+        # Each epoch's weights join the mean before its validation (which then decodes the mean),
+        # once: a run resumed after a validation does not count that epoch again.
+        if self.mean_model is None or self.trainer.sanity_checking:
+            return
+        epoch, start = self.current_epoch, self.trainer.max_epochs - self.optim.average_last
+        if epoch < start or epoch <= int(self.mean_epoch):
+            return
+        source = self.model if self.ema_model is None else self.ema_model
+        self.mean_count += 1
+        averaged, current = list(self.mean_model.parameters()), list(source.parameters())
+        torch._foreach_lerp_(averaged, current, 1.0 / int(self.mean_count))
+        for a, b in zip(self.mean_model.buffers(), source.buffers()):
+            a.copy_(b)
+        self.mean_epoch.fill_(epoch)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
