@@ -21,10 +21,12 @@ from pathlib import Path
 
 from bench_models import bootstrap, per_image_cider
 
+from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
-from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.evaluation.captioner import Captioner, load_members
+from captionkit.evaluation.evaluate import _member_stores, caption_rows, evaluate_run
 from captionkit.evaluation.rerank import index_run
-from captionkit.reranking import NeighbourIndex, RerankOptions
+from captionkit.reranking import NeighbourIndex, RerankOptions, run_reranker
 
 RERANKS = {
     "consensus": RerankOptions("consensus", candidates=5),
@@ -48,6 +50,35 @@ def score(runs, data: str, split: str, rerank: RerankOptions | None = None,
             "img_per_s": len(ev.predictions) / seconds}  # fmt: skip
 
 
+def speed(runs: list[str], data: str, rerank: RerankOptions | None, repeats: int = 3) -> dict:
+    """Images/s of one setting on the test split, best of `repeats`: decoding (and re-ranking)
+    from cached features alone, and from the image files through `Captioner` (reading, the
+    encoder, decoding, re-ranking), batches of 32 images."""
+    dataset = load_dataset(data)
+    members = load_members(runs)
+    stores, records = _member_stores(dataset, members, None)
+    records = [r for r in records if r.split == "test"]
+    rows = [store.rows([dataset.path(r) for r in records]) for store in stores]
+    reranker = run_reranker(members[0], rerank) if rerank is not None else None
+    args = (members, stores, rows) if len(runs) > 1 else (members[0], stores[0], rows[0])
+    decoding = _best_rate(lambda: caption_rows(*args, BEAM3, reranker=reranker), len(records),
+                          repeats)  # fmt: skip
+    captioner = Captioner.load(runs if len(runs) > 1 else runs[0])
+    paths = [dataset.path(r) for r in records]
+    images = _best_rate(lambda: captioner.caption(paths, BEAM3, rerank=rerank), len(paths),
+                        repeats)  # fmt: skip
+    return {"decoding_img_per_s": decoding, "from_images_img_per_s": images}
+
+
+def _best_rate(work, items: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return items / best
+
+
 def settings(runs: list[str]) -> dict:
     """Setting name -> (runs argument of `evaluate_run`, re-ranking, decoding options)."""
     out = {f"single {Path(r).name}": (r, None, BEAM3) for r in runs}
@@ -66,11 +97,22 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/flickr8k-mini")
     parser.add_argument("--splits", default="val,test")
     parser.add_argument("--output", default="bench/results_decoding_quality.json")
+    parser.add_argument("--speed", metavar="RUN", help="Only images/s (see `speed`): RUN "
+                        "alone, then the ensemble of --runs, plain and re-ranked.")  # fmt: skip
     args = parser.parse_args()
     runs = args.runs.split(",")
     for run in runs:
         if not NeighbourIndex.exists(run):
             index_run(run, args.data)
+    if args.speed:
+        results = {f"{name} + {rr_name}": speed(which, args.data, rr)
+                   for name, which in ((f"single {Path(args.speed).name}", [args.speed]),
+                                       (f"ensemble of {len(runs)}", runs))
+                   for rr_name, rr in (("beam 3", None), *RERANKS.items())}  # fmt: skip
+        for name, result in results.items():
+            print(name, json.dumps(result), flush=True)
+        Path(args.output).write_text(json.dumps(results, indent=2))
+        return
     results = {}
     for name, (which, rerank, options) in settings(runs).items():
         results[name] = {s: score(which, args.data, s, rerank, options)
