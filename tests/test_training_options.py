@@ -15,6 +15,7 @@ from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
 from captionkit.models import create_model
 from captionkit.models.run_folder import load_checkpoint
+from captionkit.training import module as training_module
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from captionkit.training.module import CaptioningModule, caption_loss
 from captionkit.training.resume_checkpoints import load_state
@@ -185,6 +186,10 @@ def test_average_last_exports_the_mean_of_the_last_epochs_weights(shapes, tmp_pa
         before(self)
 
     monkeypatch.setattr(CaptioningModule, "on_validation_epoch_start", record)
+    # Val CIDEr falls every epoch: a run kept by its best validation would export epoch 0.
+    falling = iter([0.9, 0.8, 0.7])
+    monkeypatch.setattr(training_module, "quick_metrics",
+                        lambda *_: {"CIDEr": next(falling), "BLEU-4": 0.1})  # fmt: skip
     config = RunConfig(model="attention", model_args=dict(TINY["attention"]),
                        data=DataConfig(str(shapes), min_count=1),
                        optim=OptimConfig(average_last=2),
@@ -195,7 +200,8 @@ def test_average_last_exports_the_mean_of_the_last_epochs_weights(shapes, tmp_pa
         torch.testing.assert_close(value, (seen[1][name] + seen[2][name]) / 2)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     exported_row = json.loads((tmp_path / "run" / "config.json").read_text())["metrics"]
-    assert exported_row == rows[-1]  # the final mean, whatever its val CIDEr
+    assert exported_row == rows[-1]  # the final mean, though val CIDEr fell
+    assert exported_row["val/CIDEr"] == pytest.approx(0.7)
     assert [row.get("averaged_epochs") for row in rows] == [None, 1, 2]
 
 
