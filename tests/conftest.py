@@ -123,6 +123,25 @@ def tiny_updown_run(tmp_path_factory, lite0) -> Path:
     return _tiny_run(tmp_path_factory.mktemp("tiny-updown"), "updown", lite0)
 
 
+@pytest.fixture(scope="session")
+def indexed_run(tiny_attention_run, lite0, tmp_path_factory) -> Path:
+    """The tiny attention run, copied, with a neighbour index of 30 images of shape captions
+    (for re-ranking by consensus)."""
+    import random
+
+    from captionkit.reranking import write_neighbour_index
+
+    run = tmp_path_factory.mktemp("indexed") / "run"
+    shutil.copytree(tiny_attention_run, run)
+    rng = random.Random(0)
+    words = [w for w in SHAPE_WORDS if w not in ("a", "the")]
+    captions = [[f"a {' '.join(rng.sample(words, 4))}" for _ in range(3)] for _ in range(30)]
+    pooled = np.random.default_rng(0).random((30, lite0.feature_dim), dtype=np.float32)
+    write_neighbour_index(run, pooled, [f"{i}.png" for i in range(30)], captions,
+                          lite0.fingerprint())  # fmt: skip
+    return run
+
+
 ATTENDING_RUNS = {"attention": "tiny_attention_run", "updown": "tiny_updown_run"}
 """Registered models that attend (`attends = True`) -> the fixture of a tiny run of each."""
 

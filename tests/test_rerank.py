@@ -239,24 +239,6 @@ def test_candidates_come_from_a_wider_beam_or_samples():
 # --- wiring: Captioner, POST /caption, the command line (a tiny untrained model) ---------------
 
 
-@pytest.fixture(scope="module")
-def indexed_run(tiny_attention_run, lite0, tmp_path_factory):
-    """The tiny attention run, copied, with a neighbour index of 30 images of shape captions."""
-    import shutil
-
-    from conftest import SHAPE_WORDS
-
-    run = tmp_path_factory.mktemp("indexed") / "run"
-    shutil.copytree(tiny_attention_run, run)
-    rng = random.Random(0)
-    words = [w for w in SHAPE_WORDS if w not in ("a", "the")]
-    captions = [[f"a {' '.join(rng.sample(words, 4))}" for _ in range(3)] for _ in range(30)]
-    pooled = np.random.default_rng(0).random((30, lite0.feature_dim), dtype=np.float32)
-    write_neighbour_index(run, pooled, [f"{i}.png" for i in range(30)], captions,
-                          lite0.fingerprint())  # fmt: skip
-    return run
-
-
 def _images(n: int) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     return [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8) for _ in range(n)]

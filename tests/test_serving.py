@@ -432,6 +432,40 @@ def test_web_page_captions_an_upload_in_headless_chromium(chromium, chromedriver
 
 
 @pytest.mark.slow
+def test_web_page_captions_with_an_ensemble_and_reranking(chromium, chromedriver, indexed_run,
+                                                          tiny_updown_run, tmp_path):  # fmt: skip
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from captionkit.reranking import RerankOptions
+
+    # `captionkit serve --checkpoint A --checkpoint B --rerank consensus`: the first run's index
+    rerank = RerankOptions("consensus", candidates=3, k=4)
+    captioner = Captioner.load([indexed_run, tiny_updown_run], rerank=rerank)
+    Image.new("RGB", (120, 90), "navy").save(tmp_path / "blue.png")
+    (expected,) = captioner.caption([Image.open(tmp_path / "blue.png").convert("RGB")],
+                                    DecodingOptions(bad_endings=True))  # fmt: skip
+    with _serving(create_app(captioner)) as url:
+        driver = _chrome(chromium, chromedriver)
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(url)
+            wait.until(lambda d: "tokens" in d.find_element(By.ID, "model").text)
+            assert "ensemble of 2 runs" in driver.find_element(By.ID, "model").text
+            driver.find_element(By.ID, "file").send_keys(str(tmp_path / "blue.png"))
+            wait.until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-captioned")
+            )
+            items = driver.find_elements(By.CSS_SELECTOR, "#captions li")
+            assert [li.text for li in items] == [f"{expected[0].text} {expected[0].score:.2f}"]
+            status = driver.find_element(By.ID, "status").text
+            assert "rerank consensus (3 candidates, weight 0.3, k=4)" in status
+            assert driver.execute_script("return problems") == []
+        finally:
+            driver.quit()
+
+
+@pytest.mark.slow
 def test_web_page_asks_for_the_api_key_once(chromium, chromedriver, captioner, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
