@@ -10,7 +10,14 @@ DEMO_EPOCHS ?= 8
 
 .PHONY: install demo test test-slow test-all fuzz lint format bench clean browser
 
+# The environment takes about 6 GB (PyTorch's CUDA build): say so before pip fails half-way.
+NEED_GB ?= 8
+
 $(STAMP): pyproject.toml
+	@free_kb=$$(df -Pk . | awk 'NR == 2 {print $$4}'); \
+	if [ "$$free_kb" -lt $$(( $(NEED_GB) * 1024 * 1024 )) ]; then \
+		echo "error: $$(( free_kb / 1024 / 1024 )) GB free on the disk of $$(pwd); installing \
+	captionkit's environment ($(VENV)) needs about $(NEED_GB) GB" >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
