@@ -10,6 +10,12 @@ features, this machine; feature extraction is not timed: it is a cache hit). Set
 alone (beam 3), with each re-ranker, with diverse beams (the first run), the ensemble of all
 runs (beam 3) and each re-ranker on the ensemble. Runs without a neighbour index get one
 (`index_run`).
+
+    --group-scores --runs R1,R2,R3 --output G.json     per-image scores of one group of runs
+    --summarise-groups G1.json,G2.json,...             each group's ensemble against its best run
+
+The second pair measures the ensemble's gain over several groups of seeds, since one group of
+three is one noisy draw (BENCHMARKS "Five ensembles of the default").
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from bench_models import bootstrap, per_image_cider
 
 from captionkit.data import load_dataset
@@ -91,19 +98,102 @@ def settings(runs: list[str]) -> dict:
     return out
 
 
+def group_scores(runs: list[str], data: str, splits: list[str]) -> dict:
+    """Per-image CIDEr-D (beam 3) of each run alone and with consensus re-ranking, and of their
+    ensemble plain and re-ranked: setting -> split -> image -> score (no Java needed)."""
+    three = RerankOptions("consensus", candidates=3)  # the beam's own 3: no wider beam
+    which = {f"single {Path(r).name}": (r, None) for r in runs}
+    which |= {f"single {Path(r).name} + consensus": (r, RERANKS["consensus"]) for r in runs}
+    which |= {f"single {Path(r).name} + consensus of 3": (r, three) for r in runs}
+    which |= {"ensemble": (runs, None), "ensemble + consensus": (runs, RERANKS["consensus"])}
+    which["ensemble + consensus of 3"] = (runs, three)
+    out = {}
+    for name, (members, rerank) in which.items():
+        out[name] = {}
+        for split in splits:
+            ev = evaluate_run(members, data, split=split, meteor=False, options=BEAM3,
+                              rerank=rerank)  # fmt: skip
+            keys = sorted(ev.predictions)
+            out[name][split] = dict(zip(keys, per_image_cider(ev.predictions, ev.references)))
+    return out
+
+
+def summarise_groups(paths: list[str]) -> dict:
+    """For each group of runs (a `--group-scores` file): the single run best on val, the
+    ensemble and the ensemble with consensus on test, and the mean over groups of the gain with
+    a bootstrap interval over images (each image's gain averaged over the groups)."""
+    rows, gains = [], {"ensemble": [], "ensemble + consensus": [], "ensemble + consensus of 3": []}
+    for path in paths:
+        scores = json.loads(Path(path).read_text())
+        mean = {k: {s: float(np.mean(list(v.values()))) for s, v in d.items()} for k, d in
+                scores.items()}  # fmt: skip
+        singles = [k for k in scores if k.startswith("single") and "+" not in k]
+        best = max(singles, key=lambda k: mean[k]["val"])
+        row = {"group": Path(path).stem, "best single": best, "single val": mean[best]["val"],
+               "single test": mean[best]["test"]}  # fmt: skip
+        for name in [g for g in gains if g in scores]:
+            row[f"{name} val"], row[f"{name} test"] = mean[name]["val"], mean[name]["test"]
+            keys = sorted(scores[best]["test"])
+            gains[name].append([scores[name]["test"][k] - scores[best]["test"][k] for k in keys])
+        rows.append(row)
+    summary = {name: {"mean gain": float(np.mean(g)), "ci95": bootstrap(np.mean(g, axis=0))}
+               for name, g in gains.items() if len(g) == len(paths)}  # fmt: skip
+    return {"groups": rows, "test gain over the best single": summary,
+            "consensus gain on single runs": consensus_gains(paths)}  # fmt: skip
+
+
+def consensus_gains(paths: list[str]) -> dict:
+    """Consensus re-ranking (5 candidates) against beam 3 on every single run of the groups:
+    split -> mean gain, its bootstrap interval over images and how many runs it raised."""
+    out = {}
+    for split in ("val", "test"):
+        diffs = []
+        for path in paths:
+            scores = json.loads(Path(path).read_text())
+            for name in [k for k in scores if k.startswith("single") and "+" not in k]:
+                plain, reranked = scores[name][split], scores[f"{name} + consensus"][split]
+                diffs.append([reranked[k] - plain[k] for k in sorted(plain)])
+        diffs = np.array(diffs)  # [runs, images]
+        out[split] = {"runs": len(diffs), "mean gain": float(diffs.mean()),
+                      "ci95": bootstrap(diffs.mean(axis=0)),
+                      "runs raised": int((diffs.mean(axis=1) > 0).sum())}  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", required=True, help="Comma-separated run folders.")
+    parser.add_argument("--runs", help="Comma-separated run folders.")
     parser.add_argument("--data", default="../shared/data/flickr8k-mini")
     parser.add_argument("--splits", default="val,test")
     parser.add_argument("--output", default="bench/results_decoding_quality.json")
     parser.add_argument("--speed", metavar="RUN", help="Only images/s (see `speed`): RUN "
                         "alone, then the ensemble of --runs, plain and re-ranked.")  # fmt: skip
+    parser.add_argument(
+        "--group-scores",
+        action="store_true",
+        help="Only per-image scores of "
+        "each run, with consensus, and of their ensemble (see `group_scores`).",
+    )
+    parser.add_argument(
+        "--summarise-groups",
+        metavar="FILES",
+        help="Comma-separated "
+        "--group-scores outputs: gains of ensembles over their best single run.",
+    )
     args = parser.parse_args()
+    if args.summarise_groups:
+        summary = summarise_groups(args.summarise_groups.split(","))
+        print(json.dumps(summary, indent=2))
+        Path(args.output).write_text(json.dumps(summary, indent=2))
+        return
     runs = args.runs.split(",")
     for run in runs:
         if not NeighbourIndex.exists(run):
             index_run(run, args.data)
+    if args.group_scores:
+        scores = group_scores(runs, args.data, args.splits.split(","))
+        Path(args.output).write_text(json.dumps(scores))
+        return
     if args.speed:
         results = {f"{name} + {rr_name}": speed(which, args.data, rr)
                    for name, which in ((f"single {Path(args.speed).name}", [args.speed]),
