@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +27,12 @@ from captionkit.models import create_model
 from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 from captionkit.reporting.images import heat_overlay
 from captionkit.reporting.plots import draw_chart, nice_ticks, training_charts
-from captionkit.reporting.report import ReportSettings, build_report, per_image_cider
+from captionkit.reporting.report import (
+    ReportSettings,
+    _metrics_table,
+    build_report,
+    per_image_cider,
+)
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 
@@ -266,3 +272,13 @@ def test_report_of_an_ensemble_shows_its_runs_and_its_attention(run):
     assert "<h1>ensemble of 2 runs</h1>" in page and f"runs: {run_dir}, {run_dir}" in page
     assert page.count("<h3>") == 2 and page.count('class="charts"') == 2  # each run's curves
     assert "Where the model looked" in page and page.count('class="heatrow"') == 2
+
+
+def test_metrics_table_says_which_epochs_the_kept_weights_are_of():
+    metrics = SimpleNamespace(metrics={"CIDEr": 0.5})
+    best = _metrics_table(metrics, {"metrics": {"val/CIDEr": 0.41, "epoch": 19}}, 0.5)
+    assert "<th>best val CIDEr (epoch 19)</th><td>0.4100</td>" in best
+    row = {"val/CIDEr": 0.42, "epoch": 29, "averaged_epochs": 5}  # `--average-last 5`'s last row
+    mean = _metrics_table(metrics, {"metrics": row}, 0.5)
+    assert "<th>val CIDEr (the mean of epochs 25-29)</th><td>0.4200</td>" in mean
+    assert "val CIDEr" not in _metrics_table(metrics, {}, 0.5)  # a run without validation

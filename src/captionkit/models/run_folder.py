@@ -92,6 +92,13 @@ def read_config(run_dir: Path) -> dict:
         raise CaptionkitError(f"{path}: corrupt config ({e})") from None
 
 
+def kept_epochs(row: dict) -> tuple[int, int]:
+    """(first, last) epoch of the weights a validation row describes: one epoch, or the run's
+    last epochs when it kept the mean of their weights (`averaged_epochs`, `--average-last`)."""
+    last = int(row["epoch"])
+    return last + 1 - int(row.get("averaged_epochs") or 1), last
+
+
 def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the model of a run folder from safetensors weights and its JSON config. Run folders
     may come from anywhere: the config is checked, and the model it describes is compared with the

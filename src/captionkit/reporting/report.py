@@ -20,7 +20,7 @@ from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.captioner import Captioner
 from captionkit.evaluation.evaluate import Evaluation
 from captionkit.metrics.cider_d import CiderD
-from captionkit.models.run_folder import read_config
+from captionkit.models.run_folder import kept_epochs, read_config
 from captionkit.reporting import images as pictures
 from captionkit.reporting.plots import draw_chart, training_charts
 from captionkit.reporting.style import CSS
@@ -94,11 +94,11 @@ def _metrics_table(evaluation: Evaluation, config: dict, mean_cider: float) -> s
     )
     rows += f"<tr><th>CIDEr-D, mean per image</th><td>{mean_cider:.4f}</td></tr>"
     best = config.get("metrics", {})
-    if "val/CIDEr" in best:
-        rows += (
-            f"<tr><th>best val CIDEr (epoch {_e(best.get('epoch'))})</th>"
-            f"<td>{best['val/CIDEr']:.4f}</td></tr>"
-        )
+    if "val/CIDEr" in best and "epoch" in best:
+        first, last = kept_epochs(best)
+        kept = f"best val CIDEr (epoch {last})" if first == last else (
+            f"val CIDEr (the mean of epochs {first}-{last})")  # fmt: skip
+        rows += f"<tr><th>{kept}</th><td>{best['val/CIDEr']:.4f}</td></tr>"
     return f'<table class="metrics">{rows}</table>'
 
 
