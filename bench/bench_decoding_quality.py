@@ -15,7 +15,7 @@ runs (beam 3) and each re-ranker on the ensemble. Runs without a neighbour index
     --summarise-groups G1.json,G2.json,...             each group's ensemble against its best run
 
 The second pair measures the ensemble's gain over several groups of seeds, since one group of
-three is one noisy draw (BENCHMARKS "Five ensembles of the default").
+three is one noisy draw (BENCHMARKS "Nine ensembles of the default").
 """
 
 from __future__ import annotations
@@ -171,16 +171,17 @@ def main() -> None:
     parser.add_argument(
         "--group-scores",
         action="store_true",
-        help="Only per-image scores of "
-        "each run, with consensus, and of their ensemble (see `group_scores`).",
+        help="Only per-image scores "
+        "of each run, with consensus, and of their ensemble (`group_scores`).",
     )
     parser.add_argument(
         "--summarise-groups",
         metavar="FILES",
-        help="Comma-separated "
-        "--group-scores outputs: gains of ensembles over their best single run.",
+        help="Comma-separated --group-scores outputs: each ensemble against its best single run.",
     )
     args = parser.parse_args()
+    if not (args.runs or args.summarise_groups):
+        parser.error("give --runs (or --summarise-groups)")
     if args.summarise_groups:
         summary = summarise_groups(args.summarise_groups.split(","))
         print(json.dumps(summary, indent=2))

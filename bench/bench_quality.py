@@ -145,7 +145,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # Levers measured again on top of the averaged default (session 9): each adds to it.
     "avg-views8": ("default + 8 augmented views of each training image", ["--feature-views", "8"]),
     "avg-ls": ("default + label smoothing 0.1", ["--label-smoothing", "0.1"]),
-    "avg-ep40": ("default trained 40 epochs (mean of the last 5)", ["--epochs", "40"]),
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
         ["--config", "configs/flickr8k-mini/best.yaml"],

@@ -282,3 +282,5 @@ def test_metrics_table_says_which_epochs_the_kept_weights_are_of():
     mean = _metrics_table(metrics, {"metrics": row}, 0.5)
     assert "<th>val CIDEr (the mean of epochs 25-29)</th><td>0.4200</td>" in mean
     assert "val CIDEr" not in _metrics_table(metrics, {}, 0.5)  # a run without validation
+    bare = _metrics_table(metrics, {"metrics": {"val/CIDEr": 0.4}}, 0.5)  # no epoch recorded
+    assert "<th>best val CIDEr</th><td>0.4000</td>" in bare

@@ -94,12 +94,19 @@ def _metrics_table(evaluation: Evaluation, config: dict, mean_cider: float) -> s
     )
     rows += f"<tr><th>CIDEr-D, mean per image</th><td>{mean_cider:.4f}</td></tr>"
     best = config.get("metrics", {})
-    if "val/CIDEr" in best and "epoch" in best:
-        first, last = kept_epochs(best)
-        kept = f"best val CIDEr (epoch {last})" if first == last else (
-            f"val CIDEr (the mean of epochs {first}-{last})")  # fmt: skip
-        rows += f"<tr><th>{kept}</th><td>{best['val/CIDEr']:.4f}</td></tr>"
+    if "val/CIDEr" in best:
+        rows += f"<tr><th>{_e(_kept_label(best))}</th><td>{best['val/CIDEr']:.4f}</td></tr>"
     return f'<table class="metrics">{rows}</table>'
+
+
+def _kept_label(row: dict) -> str:
+    """What the exported model's val CIDEr is of: an epoch, or the mean of the last epochs."""
+    if "epoch" not in row:
+        return "best val CIDEr"
+    first, last = kept_epochs(row)
+    if first == last:
+        return f"best val CIDEr (epoch {last})"
+    return f"val CIDEr (the mean of epochs {first}-{last})"
 
 
 def _curves(run_dir: Path) -> str:
