@@ -1,0 +1,128 @@
+"""Benchmark: which re-ranker wins, judged on more images than the 75 of val (issue 16).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_rerank_cv.py \
+        --data ../shared/data/flickr8k-mini --out runs/cv --folds 5 --jobs 2
+
+The training split is cut into `--folds` parts. For each part, a dataset folder with the same
+images: that part as `val` (held out), the rest of the training split as `train`, the real val
+split as `test` (held out as well), and no test split at all: the real test images are never
+read. `captionkit train` (the default recipe) trains one run per fold; each run is then decoded
+on its two held-out splits with beam 3 alone and with each re-ranker (5 candidates, `<unk>`
+forbidden, exact per-image CIDEr-D). Every training image is held out once, so the re-rankers
+are compared over the whole training split (600 images on flickr8k-mini) instead of 75.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from bench_models import bootstrap, per_image_cider
+
+from captionkit.decoding import DecodingOptions
+from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.reranking import RerankOptions
+
+SETTINGS = {
+    "beam 3": None,
+    "consensus": RerankOptions("consensus", candidates=5),
+    "mbr": RerankOptions("mbr", candidates=5),
+}
+
+
+def make_folds(data: Path, out: Path, folds: int, seed: int = 0) -> list[Path]:
+    """One dataset folder per fold (a Karpathy JSON and a link to the images), as above."""
+    (source,) = data.glob("dataset_*.json")
+    dataset = json.loads(source.read_text())
+    train = sorted(i["filename"] for i in dataset["images"] if i["split"] == "train")
+    random.Random(seed).shuffle(train)
+    size = len(train) // folds
+    dirs = []
+    for k in range(folds):
+        held_out = set(train[k * size : (k + 1) * size])
+        images = []
+        for image in dataset["images"]:
+            if image["split"] == "test":
+                continue
+            split = {"val": "test"}.get(image["split"], "train")
+            images.append({**image, "split": "val" if image["filename"] in held_out else split})
+        fold = out / f"data-fold{k}"
+        fold.mkdir(parents=True, exist_ok=True)
+        (fold / source.name).write_text(json.dumps({**dataset, "images": images}))
+        if not (fold / "Images").exists():
+            os.symlink((data / "Images").resolve(), fold / "Images")
+        dirs.append(fold)
+    return dirs
+
+
+def train_fold(fold: Path, run: Path, seed: int) -> Path:
+    """The default recipe on one fold, unless the run folder already has its model."""
+    if not (run / "model.safetensors").exists():
+        argv = ["train", "--data", str(fold), "--out", str(run), "--seed", str(seed)]
+        subprocess.run([sys.executable, "-m", "captionkit", *argv], check=True)
+    return run
+
+
+def fold_scores(run: Path, fold: Path) -> dict:
+    """setting -> held-out split -> image -> CIDEr-D, kept in the run folder once computed."""
+    path = run / "bench_rerank_cv.json"
+    if not path.exists():
+        scores = {}
+        for name, rerank in SETTINGS.items():
+            scores[name] = {}
+            for split in ("val", "test"):
+                ev = evaluate_run(run, fold, split=split, meteor=False, rerank=rerank,
+                                  options=DecodingOptions(beam_size=3))  # fmt: skip
+                keys = sorted(ev.predictions)
+                per_image = per_image_cider(ev.predictions, ev.references)
+                scores[name][split] = dict(zip(keys, per_image.tolist()))
+        path.write_text(json.dumps(scores))
+    return json.loads(path.read_text())
+
+
+def summarise(scores: list[dict]) -> dict:
+    """Per held-out split: each setting's mean CIDEr-D and its gain over beam 3, with a bootstrap
+    interval over images. The folds' `val` images are distinct, so they are pooled; the real val
+    split is held out by every fold, so its per-image gains are averaged over the folds."""
+    out = {}
+    for split, pooled in (("val", True), ("test", False)):
+        out[split] = {}
+        for name in SETTINGS:
+            diffs = [[s[name][split][k] - s["beam 3"][split][k] for k in sorted(s[name][split])]
+                     for s in scores]  # fmt: skip
+            means = [np.mean(list(s[name][split].values())) for s in scores]
+            gain = np.concatenate(diffs) if pooled else np.mean(diffs, axis=0)
+            raised = int(sum(np.mean(d) > 0 for d in diffs))
+            out[split][name] = {"CIDEr": float(np.mean(means)), "gain": float(gain.mean()),
+                                "ci95": bootstrap(gain), "images": len(gain),
+                                "folds raised": raised}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/flickr8k-mini"))
+    parser.add_argument("--out", type=Path, default=Path("runs/cv"))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="Of the folds and of training.")
+    parser.add_argument("--jobs", type=int, default=1, help="Folds trained at a time.")
+    parser.add_argument("--output", default="bench/results_rerank_cv.json")
+    args = parser.parse_args()
+    folds = make_folds(args.data, args.out, args.folds, args.seed)
+    runs = [args.out / f"fold{k}" for k in range(args.folds)]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda fr: train_fold(*fr, args.seed), zip(folds, runs)))
+    summary = summarise([fold_scores(run, fold) for run, fold in zip(runs, folds)])
+    print(json.dumps(summary, indent=2))
+    Path(args.output).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
