@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_models import bootstrap, per_image_cider
+from bench_models import bootstrap, per_image_cider, split_scores
 
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
@@ -107,15 +107,8 @@ def group_scores(runs: list[str], data: str, splits: list[str]) -> dict:
     which |= {f"single {Path(r).name} + consensus of 3": (r, three) for r in runs}
     which |= {"ensemble": (runs, None), "ensemble + consensus": (runs, RERANKS["consensus"])}
     which["ensemble + consensus of 3"] = (runs, three)
-    out = {}
-    for name, (members, rerank) in which.items():
-        out[name] = {}
-        for split in splits:
-            ev = evaluate_run(members, data, split=split, meteor=False, options=BEAM3,
-                              rerank=rerank)  # fmt: skip
-            keys = sorted(ev.predictions)
-            out[name][split] = dict(zip(keys, per_image_cider(ev.predictions, ev.references)))
-    return out
+    return {name: {split: split_scores(members, data, split, rerank) for split in splits}
+            for name, (members, rerank) in which.items()}  # fmt: skip
 
 
 def summarise_groups(paths: list[str]) -> dict:
@@ -123,13 +116,13 @@ def summarise_groups(paths: list[str]) -> dict:
     ensemble and the ensemble with consensus on test, and the mean over groups of the gain with
     a bootstrap interval over images (each image's gain averaged over the groups)."""
     rows, gains = [], {"ensemble": [], "ensemble + consensus": [], "ensemble + consensus of 3": []}
-    for path in paths:
-        scores = json.loads(Path(path).read_text())
+    groups = {Path(path).stem: json.loads(Path(path).read_text()) for path in paths}
+    for group, scores in groups.items():
         mean = {k: {s: float(np.mean(list(v.values()))) for s, v in d.items()} for k, d in
                 scores.items()}  # fmt: skip
         singles = [k for k in scores if k.startswith("single") and "+" not in k]
         best = max(singles, key=lambda k: mean[k]["val"])
-        row = {"group": Path(path).stem, "best single": best, "single val": mean[best]["val"],
+        row = {"group": group, "best single": best, "single val": mean[best]["val"],
                "single test": mean[best]["test"]}  # fmt: skip
         for name in [g for g in gains if g in scores]:
             row[f"{name} val"], row[f"{name} test"] = mean[name]["val"], mean[name]["test"]
@@ -137,19 +130,19 @@ def summarise_groups(paths: list[str]) -> dict:
             gains[name].append([scores[name]["test"][k] - scores[best]["test"][k] for k in keys])
         rows.append(row)
     summary = {name: {"mean gain": float(np.mean(g)), "ci95": bootstrap(np.mean(g, axis=0))}
-               for name, g in gains.items() if len(g) == len(paths)}  # fmt: skip
+               for name, g in gains.items() if len(g) == len(groups)}  # fmt: skip
     return {"groups": rows, "test gain over the best single": summary,
-            "consensus gain on single runs": consensus_gains(paths)}  # fmt: skip
+            "consensus gain on single runs": consensus_gains(list(groups.values()))}  # fmt: skip
 
 
-def consensus_gains(paths: list[str]) -> dict:
-    """Consensus re-ranking (5 candidates) against beam 3 on every single run of the groups:
-    split -> mean gain, its bootstrap interval over images and how many runs it raised."""
+def consensus_gains(groups: list[dict]) -> dict:
+    """Consensus re-ranking (5 candidates) against beam 3 on every single run of the groups
+    (`--group-scores` results): split -> mean gain, its bootstrap interval over images and how
+    many runs it raised."""
     out = {}
     for split in ("val", "test"):
         diffs = []
-        for path in paths:
-            scores = json.loads(Path(path).read_text())
+        for scores in groups:
             for name in [k for k in scores if k.startswith("single") and "+" not in k]:
                 plain, reranked = scores[name][split], scores[f"{name} + consensus"][split]
                 diffs.append([reranked[k] - plain[k] for k in sorted(plain)])

@@ -53,6 +53,15 @@ def run_model(name: str, args) -> dict:
     return out
 
 
+def split_scores(runs, data, split: str, rerank=None) -> dict[str, float]:
+    """Per-image CIDEr-D on `split` of a run (a list of runs: their ensemble), beam 3, `<unk>`
+    forbidden, re-ranked by `rerank` (`RerankOptions`) if given; no Java needed."""
+    ev = evaluate_run(runs, data, split=split, meteor=False, rerank=rerank,
+                      options=DecodingOptions(beam_size=3))  # fmt: skip
+    keys = sorted(ev.predictions)
+    return dict(zip(keys, per_image_cider(ev.predictions, ev.references).tolist()))
+
+
 def per_image_cider(predictions: dict[str, str], references: dict[str, list[str]]) -> np.ndarray:
     """CIDEr-D of every image (our exact CiderD over word-tokenized captions), in key order."""
     words = {k: [" ".join(tokenize(c)) for c in refs] for k, refs in references.items()}

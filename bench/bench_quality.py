@@ -25,10 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_models import bootstrap, per_image_cider
-
-from captionkit.decoding import DecodingOptions
-from captionkit.evaluation.evaluate import evaluate_run
+from bench_models import bootstrap, split_scores
 
 # name -> (what it tests, `captionkit train` options). All read cached EfficientNet-Lite0 features
 # unless they say otherwise; `--preset none` starts from the config defaults, so each line says
@@ -165,14 +162,6 @@ def train_run(name: str, seed: int, args) -> Path:
     minutes = (time.perf_counter() - start) / 60
     (run_dir / "bench_time.json").write_text(json.dumps({"minutes": minutes, "argv": argv}))
     return run_dir
-
-
-def split_scores(run_dir: Path, data: str, split: str) -> dict[str, float]:
-    """Per-image CIDEr-D of a run on `split`, beam 3, `<unk>` forbidden."""
-    options = DecodingOptions(beam_size=3)
-    ev = evaluate_run(run_dir, data, split=split, meteor=False, options=options)
-    keys = sorted(ev.predictions)
-    return dict(zip(keys, per_image_cider(ev.predictions, ev.references).tolist()))
 
 
 def run_scores(run_dir: Path, data: str) -> dict[str, dict[str, float]]:

@@ -24,10 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_models import bootstrap, per_image_cider
+from bench_models import bootstrap, split_scores
 
-from captionkit.decoding import DecodingOptions
-from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.reranking import RerankOptions
 
 SETTINGS = {
@@ -74,15 +72,8 @@ def fold_scores(run: Path, fold: Path) -> dict:
     """setting -> held-out split -> image -> CIDEr-D, kept in the run folder once computed."""
     path = run / "bench_rerank_cv.json"
     if not path.exists():
-        scores = {}
-        for name, rerank in SETTINGS.items():
-            scores[name] = {}
-            for split in ("val", "test"):
-                ev = evaluate_run(run, fold, split=split, meteor=False, rerank=rerank,
-                                  options=DecodingOptions(beam_size=3))  # fmt: skip
-                keys = sorted(ev.predictions)
-                per_image = per_image_cider(ev.predictions, ev.references)
-                scores[name][split] = dict(zip(keys, per_image.tolist()))
+        scores = {name: {split: split_scores(run, fold, split, rerank) for split in ("val", "test")}
+                  for name, rerank in SETTINGS.items()}  # fmt: skip
         path.write_text(json.dumps(scores))
     return json.loads(path.read_text())
 
