@@ -142,6 +142,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # Levers measured again on top of the averaged default (session 9): each adds to it.
     "avg-views8": ("default + 8 augmented views of each training image", ["--feature-views", "8"]),
     "avg-ls": ("default + label smoothing 0.1", ["--label-smoothing", "0.1"]),
+    # Cheaper members for an ensemble default (session 10): bf16 autocast, a shorter schedule.
+    "bf16": ("default trained under bf16 autocast", ["--precision", "bf16-mixed"]),
+    "bf16-e20": (
+        "bf16 autocast, 20 epochs, x 0.8 every 2 epochs (the same final rate)",
+        ["--precision", "bf16-mixed", "--epochs", "20", "--lr-step-epochs", "2"],
+    ),
+    "best-lite2": (
+        "default on EfficientNet-Lite2 features (packaged weights, 260 px, 9x9 grid)",
+        ["--encoder", "tf_efficientnet_lite2"],
+    ),
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
         ["--config", "configs/flickr8k-mini/best.yaml"],
