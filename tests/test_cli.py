@@ -123,7 +123,7 @@ def test_train_options_reach_the_config(tmp_path, capsys, monkeypatch):
             "--batch-size", "8", "--lr", "0.01", "--min-count", "2", "--seed", "7",
             "--model", "show_tell", "--encoder-weights", "none"]  # fmt: skip
     code, out, _ = run(capsys, argv)
-    assert code == 0 and "best val CIDEr 0.500" in out
+    assert code == 0 and "best val CIDEr (epoch 1): 0.500; saved to" in out
     c = seen["config"]
     assert (c.data.tokenizer, c.data.vocab_size, c.data.max_length, c.data.strict) == (
         "bpe",
@@ -149,7 +149,7 @@ def test_train_says_which_epochs_the_kept_mean_is_of(tmp_path, capsys, monkeypat
     row = {"val/CIDEr": 0.5, "epoch": 29, "averaged_epochs": 5}  # `--average-last 5`'s last row
     monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False: row)
     code, out, _ = run(capsys, ["train", "--data", "d", "--out", str(tmp_path / "r")])
-    assert code == 0 and "val CIDEr 0.500 of the mean of epochs 25-29; saved to" in out
+    assert code == 0 and "val CIDEr (the mean of epochs 25-29): 0.500; saved to" in out
 
 
 # --- decoding options (evaluate, caption) ------------------------------------------------------

@@ -166,7 +166,7 @@ def train(
     """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out, with the
     resolved config as config.yaml (a --config file for the same run). With no --config, the
     --preset recipe (default: best), which options given here override."""
-    from captionkit.models.run_folder import kept_epochs
+    from captionkit.models.run_folder import kept_label
     from captionkit.training.train import train as run_training
 
     if resume is not None:
@@ -180,13 +180,7 @@ def train(
         ctx.fail("Missing option '--out' (or --resume RUN_DIR).")
     best = run_training(run_config(ctx, config, model_args, preset), out, resume=resume is not None)
     if best:  # DDP: every process returns here, with the same best row
-        first, epoch = kept_epochs(best)
-        kept = (
-            f"best val CIDEr {best['val/CIDEr']:.3f} at epoch {epoch}"
-            if first == epoch
-            else f"val CIDEr {best['val/CIDEr']:.3f} of the mean of epochs {first}-{epoch}"
-        )
-        typer.echo(f"{kept}; saved to {out}")
+        typer.echo(f"{kept_label(best)}: {best['val/CIDEr']:.3f}; saved to {out}")
 
 
 @app.command()

@@ -92,6 +92,17 @@ def read_config(run_dir: Path) -> dict:
         raise CaptionkitError(f"{path}: corrupt config ({e})") from None
 
 
+def kept_label(row: dict) -> str:
+    """What a run's kept val CIDEr is of, for people: "best val CIDEr (epoch N)", or "val CIDEr
+    (the mean of epochs A-B)" for a mean of the last epochs' weights (the CLI and the report)."""
+    if "epoch" not in row:
+        return "best val CIDEr"
+    first, last = kept_epochs(row)
+    if first == last:
+        return f"best val CIDEr (epoch {last})"
+    return f"val CIDEr (the mean of epochs {first}-{last})"
+
+
 def kept_epochs(row: dict) -> tuple[int, int]:
     """(first, last) epoch of the weights a validation row describes: one epoch, or the run's
     last epochs when it kept the mean of their weights (`averaged_epochs`, `--average-last`)."""

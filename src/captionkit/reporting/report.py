@@ -20,7 +20,7 @@ from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.captioner import Captioner
 from captionkit.evaluation.evaluate import Evaluation
 from captionkit.metrics.cider_d import CiderD
-from captionkit.models.run_folder import kept_epochs, read_config
+from captionkit.models.run_folder import kept_label, read_config
 from captionkit.reporting import images as pictures
 from captionkit.reporting.plots import draw_chart, training_charts
 from captionkit.reporting.style import CSS
@@ -95,18 +95,8 @@ def _metrics_table(evaluation: Evaluation, config: dict, mean_cider: float) -> s
     rows += f"<tr><th>CIDEr-D, mean per image</th><td>{mean_cider:.4f}</td></tr>"
     best = config.get("metrics", {})
     if "val/CIDEr" in best:
-        rows += f"<tr><th>{_e(_kept_label(best))}</th><td>{best['val/CIDEr']:.4f}</td></tr>"
+        rows += f"<tr><th>{_e(kept_label(best))}</th><td>{best['val/CIDEr']:.4f}</td></tr>"
     return f'<table class="metrics">{rows}</table>'
-
-
-def _kept_label(row: dict) -> str:
-    """What the exported model's val CIDEr is of: an epoch, or the mean of the last epochs."""
-    if "epoch" not in row:
-        return "best val CIDEr"
-    first, last = kept_epochs(row)
-    if first == last:
-        return f"best val CIDEr (epoch {last})"
-    return f"val CIDEr (the mean of epochs {first}-{last})"
 
 
 def _curves(run_dir: Path) -> str:
