@@ -1,6 +1,7 @@
 """Encoder weights, key mapping and the feature store."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -30,6 +31,41 @@ def test_packaged_weights_classify_chelsea_as_a_cat(name, lite0):
     top5 = logits.topk(5).indices[0].tolist()
     assert set(top5[:3]) <= set(range(281, 286)), top5  # ImageNet's cat classes
     assert any(281 <= c <= 285 for c in top5)
+
+
+def _random_lite0(resize: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights": these tests read the preprocessing
+        return create_encoder("tf_efficientnet_lite0", weights="none", resize=resize)
+
+
+def test_squash_sees_the_whole_photo_and_crop_its_centre():
+    # A 2:1 photo, red on its left quarter, blue elsewhere: the centre crop never sees the red.
+    pixels = np.zeros((200, 400, 3), dtype=np.uint8)
+    pixels[:, :100, 0], pixels[:, 100:, 2] = 255, 255
+    photo = Image.fromarray(pixels)
+    for resize, red_left_edge in (("crop", False), ("squash", True)):
+        x = _random_lite0(resize).transform()(photo)  # [3, 224, 224], normalised to [-1, 1]
+        assert x.shape == (3, 224, 224)
+        assert bool(x[0, 112, 0] > x[2, 112, 0]) is red_left_edge, resize
+        assert bool(x[0, 112, -1] < x[2, 112, -1])  # the right edge is blue either way
+
+
+def test_resize_is_kept_in_the_spec_and_rebuilt_from_it():
+    from types import SimpleNamespace
+
+    from captionkit.models.run_folder import encoder_for
+
+    crop, squash = _random_lite0("crop"), _random_lite0("squash")
+    assert crop.fingerprint() != squash.fingerprint()  # their feature stores are apart
+    assert squash.spec()["resize"] == "squash"
+    rebuilt = encoder_for(SimpleNamespace(encoder=squash.spec(), run_dir=None))
+    assert rebuilt.resize == "squash" and rebuilt.data_config == squash.data_config
+    # A run from before `resize` existed has no such key: it saw centre crops.
+    old = {k: v for k, v in crop.spec().items() if k != "resize"}
+    assert encoder_for(SimpleNamespace(encoder=old, run_dir=None)).resize == "crop"
+    with pytest.raises(CaptionkitError, match="other weights"):  # squash features for a crop run
+        encoder_for(SimpleNamespace(encoder={**old, "resize": "squash"}, run_dir=None))
 
 
 def test_key_mapping_renames_every_key_to_timm():

@@ -271,6 +271,7 @@ def test_a_short_run_with_adamw_plateau_and_scheduled_sampling(shapes, tmp_path)
             "unknown schedule 'linear' (constant or cosine or step or plateau or noam)",
         ),
         ("--optimizer", "sgd", "unknown optimizer 'sgd' (adam or adamw)"),
+        ("--resize", "stretch", "unknown resize 'stretch' (crop or squash)"),
         ("--schedule", "noam", "schedule noam needs warmup_steps > 0 (the step of its peak)"),
         ("--plateau-factor", "1", "plateau_factor must be in (0, 1), not 1.0"),
         ("--lr-gamma", "1.5", "lr_gamma must be in (0, 1], not 1.5"),

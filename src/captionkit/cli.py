@@ -81,6 +81,7 @@ def extract(
     images: ImagesOpt = None,
     encoder: EncoderOpt = "tf_efficientnet_lite0",
     encoder_weights: EncoderWeightsOpt = "default",
+    resize: opts.ResizeOpt = None,
     grid: Annotated[bool, typer.Option("--grid/--no-grid", help="Also store the grid.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 1,
@@ -94,11 +95,11 @@ def extract(
     truncated store, or one of another captionkit version, is built again. Launched by torchrun
     or SLURM, the processes share the images (one GPU each)."""
     from captionkit.data import load_dataset
-    from captionkit.encoders import create_encoder
+    from captionkit.encoders.factory import DEFAULT_RESIZE, create_encoder
     from captionkit.encoders.sharded import extract_sharded
 
     dataset = load_dataset(data, images)
-    model = create_encoder(encoder, encoder_weights)
+    model = create_encoder(encoder, encoder_weights, resize or DEFAULT_RESIZE)
     paths = [dataset.path(r) for r in dataset.records]
     # Under torchrun or SLURM, every process extracts its share (encoders.sharded).
     store = extract_sharded(model, paths, cache_dir, grid, device, batch_size=batch_size,

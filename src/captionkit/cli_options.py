@@ -317,6 +317,10 @@ ApiKeyOpt = Annotated[
 ExtractDeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N.")
 ]
+ResizeOpt = Annotated[
+    str | None,
+    typer.Option("--resize", help="squash (the whole photo) | crop (its centre); default: train's"),
+]
 AmpOpt = Annotated[
     str, typer.Option("--amp", help="Autocast: none | bf16 | fp16 (fp16 on CUDA only).")
 ]

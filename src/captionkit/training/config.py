@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from captionkit.data.tokenizers import TOKENIZER_KINDS
-from captionkit.encoders.factory import DEFAULT_ENCODER
+from captionkit.encoders.factory import DEFAULT_ENCODER, DEFAULT_RESIZE, RESIZES
 from captionkit.errors import CaptionkitError
 from captionkit.training.config_fields import check_model_args, check_value, known_keys
 
@@ -65,6 +65,9 @@ class EncoderConfig:
     """A timm model name."""
     weights: str = "default"
     """`default` (offline packaged weights), `hub`, `none` or a weights file."""
+    resize: str = DEFAULT_RESIZE
+    """`squash`: the whole photo resized to the encoder's square input; `crop`: timm's centre
+    crop (a 4:3 photo loses a third of its width). Evaluation and serving use the run's."""
     finetune: bool = False
     """Train the encoder's last blocks with the decoder, on images decoded and augmented on the
     fly, instead of reading cached features; the run folder then keeps `encoder.safetensors`."""
@@ -84,6 +87,7 @@ class EncoderConfig:
     """Fine-tuning and feature views: probability of flipping a training image horizontally."""
 
     def __post_init__(self):
+        _check_choice("resize", self.resize, RESIZES)
         _check_range("feature_views", self.feature_views, 0, None)
         _check_range("crop_scale_min", self.crop_scale_min, 0, 1, low_open=True)
         _check_range("hflip", self.hflip, 0, 1)

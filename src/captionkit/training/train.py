@@ -117,7 +117,7 @@ def _encoder(config: RunConfig, init: TrainedModel | None) -> ImageEncoder:
     if init is not None:
         encoder = encoder_for(init)
     else:
-        encoder = create_encoder(config.encoder.name, config.encoder.weights)
+        encoder = create_encoder(config.encoder.name, config.encoder.weights, config.encoder.resize)
     if config.encoder.finetune:
         unfreeze_last_blocks(encoder, config.encoder.finetune_blocks)
     return encoder
