@@ -152,6 +152,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default on EfficientNet-Lite2 features (packaged weights, 260 px, 9x9 grid)",
         ["--encoder", "tf_efficientnet_lite2"],
     ),
+    "avg-ss": (
+        "default + scheduled sampling, rising from epoch 5 over 15 epochs to 0.25",
+        ["--scheduled-sampling", "0.25", "--ss-start-epoch", "5", "--ss-ramp-epochs", "15"],
+    ),
+    "squash": (
+        "default on features of the whole photo, squashed to 224 x 224 (not its centre crop)",
+        ["--resize", "squash"],
+    ),
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
         ["--config", "configs/flickr8k-mini/best.yaml"],
