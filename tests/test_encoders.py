@@ -1,5 +1,6 @@
 """Encoder weights, key mapping and the feature store."""
 
+import json
 import os
 import warnings
 
@@ -49,6 +50,13 @@ def test_squash_sees_the_whole_photo_and_crop_its_centre():
         assert x.shape == (3, 224, 224)
         assert bool(x[0, 112, 0] > x[2, 112, 0]) is red_left_edge, resize
         assert bool(x[0, 112, -1] < x[2, 112, -1])  # the right edge is blue either way
+    # An exported model preprocesses from the data config in its JSON manifest: squash too.
+    from captionkit.serving.exported_captioner import _Preprocess
+
+    squash = _random_lite0("squash")
+    manifest_config = json.loads(json.dumps(squash.data_config, default=list))
+    exported = _Preprocess(manifest_config, squash.name).transform()
+    assert torch.equal(exported(photo), squash.transform()(photo))
 
 
 def test_resize_is_kept_in_the_spec_and_rebuilt_from_it():
