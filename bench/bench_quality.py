@@ -37,6 +37,7 @@ BEST_EPOCH = ["--patience", "5", "--average-last", "0"]
 STEP = ["--schedule", "step", "--lr-gamma", "0.8", "--lr-step-epochs", "3", *BEST_EPOCH]
 LR5E4 = ["--lr", "5e-4", "--schedule", "constant", *BEST_EPOCH]
 STEP5E4 = [*STEP, "--lr", "5e-4"]
+MODEL_ARG = ["--model-arg"]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "attention-old": (
         "Show-Attend-Tell as before #15: raw 1280-d grid, no input dropout, λ = 1 (sum), 15 ep",
@@ -159,6 +160,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "squash": (
         "default on features of the whole photo, squashed to 224 x 224 (not its centre crop)",
         ["--resize", "squash"],
+    ),
+    "avg-drop3": (
+        "default with dropout 0.3 (not 0.5) on the features, the words and the LSTM output",
+        ["--dropout", "0.3", *MODEL_ARG, "feature_dropout=0.3", *MODEL_ARG, "word_dropout=0.3"],
     ),
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
