@@ -157,6 +157,10 @@ def test_init_starts_from_the_runs_weights_and_refuses_another_model(shapes, bas
     other.model, other.model_args = "transformer", {}
     with pytest.raises(CaptionkitError, match="its model is show_tell, not transformer"):
         train(other, tmp_path / "other")
+    squash = _config(shapes, init=str(base_run))
+    squash.encoder.resize = "squash"
+    with pytest.raises(CaptionkitError, match="resized by crop, not squash"):
+        train(squash, tmp_path / "squash")
 
 
 def test_too_many_blocks_is_one_clear_error(shapes, tmp_path, capsys):

@@ -11,8 +11,8 @@
 
 `resize` is how a photo becomes the backbone's square input: "crop" is timm's evaluation
 preprocessing (shorter side resized, the centre square kept: a 4:3 photo loses a third of its
-width), "squash" resizes the whole photo to the square, so the features see all of the scene
-that its captions describe.
+width), "squash" resizes the whole photo to the square (all of the scene, out of proportion; on
+flickr8k-mini it scored lower: BENCHMARKS.md).
 """
 
 from __future__ import annotations

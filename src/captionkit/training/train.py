@@ -108,6 +108,10 @@ def _load_init(config: RunConfig) -> TrainedModel | None:
     if encoder_name != config.encoder.name:
         raise CaptionkitError(f"--init {config.train.init}: its encoder is {encoder_name}, "
                               f"not {config.encoder.name} (--encoder)")  # fmt: skip
+    resize = init.encoder.get("resize", "crop")  # runs from before `resize` saw centre crops
+    if resize != config.encoder.resize:
+        raise CaptionkitError(f"--init {config.train.init}: its encoder's photos were resized "
+                              f"by {resize}, not {config.encoder.resize} (--resize)")  # fmt: skip
     return init
 
 
