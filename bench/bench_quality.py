@@ -165,6 +165,27 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default with dropout 0.3 (not 0.5) on the features, the words and the LSTM output",
         ["--dropout", "0.3", *MODEL_ARG, "feature_dropout=0.3", *MODEL_ARG, "word_dropout=0.3"],
     ),
+    "avg-alpha0": (
+        "default without the doubly stochastic regulariser (alpha_c 0)",
+        [*MODEL_ARG, "alpha_c=0"],
+    ),
+    "avg-updown": (
+        "the top-down decoder trained as the default (its rate, decay and weight averaging)",
+        [
+            "--model",
+            "updown",
+            "--lr",
+            "2e-3",
+            "--schedule",
+            "step",
+            "--lr-gamma",
+            "0.8",
+            "--lr-step-epochs",
+            "3",
+            "--average-last",
+            "5",
+        ],  # fmt: skip
+    ),
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
         ["--config", "configs/flickr8k-mini/best.yaml"],
