@@ -168,6 +168,12 @@ class ImageEncoder(nn.Module):
                 "fingerprint": self.fingerprint()}  # fmt: skip
 
 
+def spec_resize(spec: dict) -> str:
+    """The `resize` of an encoder spec (`ImageEncoder.spec`); runs saved before the setting
+    existed saw centre crops."""
+    return spec.get("resize", "crop")
+
+
 def _frozen_modules(module: nn.Module, parent_frozen: bool = True):
     """The outermost submodules with no trainable parameter. A parameterless module (Dropout,
     DropPath) counts as frozen when its parent is, or when it is outside every block (top level)."""

@@ -22,6 +22,7 @@ from torch import nn
 from captionkit.data.files import write_atomically, write_json_atomically
 from captionkit.data.tokenizers import Tokenizer, tokenizer_from_dict
 from captionkit.encoders import ImageEncoder, create_encoder
+from captionkit.encoders.factory import spec_resize
 from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, create_model, model_config_dict
 
@@ -183,8 +184,7 @@ def encoder_for(trained: TrainedModel) -> ImageEncoder:
     weights = spec["weights"]
     if spec.get("finetuned"):
         weights = str(Path(trained.run_dir or ".") / ENCODER_WEIGHTS)
-    # Runs from before `resize` existed saw centre crops.
-    encoder = create_encoder(spec["name"], weights, spec.get("resize", "crop"))
+    encoder = create_encoder(spec["name"], weights, spec_resize(spec))
     if encoder.fingerprint() != spec["fingerprint"]:
         raise CaptionkitError(
             f"encoder {spec['name']} ({weights}) has other weights than in training"

@@ -23,6 +23,7 @@ from captionkit.data.problems import Problems
 from captionkit.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders import ImageEncoder, create_encoder
+from captionkit.encoders.factory import spec_resize
 from captionkit.encoders.features import extract_features, features_for_dataset
 from captionkit.encoders.finetune import unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
@@ -108,7 +109,7 @@ def _load_init(config: RunConfig) -> TrainedModel | None:
     if encoder_name != config.encoder.name:
         raise CaptionkitError(f"--init {config.train.init}: its encoder is {encoder_name}, "
                               f"not {config.encoder.name} (--encoder)")  # fmt: skip
-    resize = init.encoder.get("resize", "crop")  # runs from before `resize` saw centre crops
+    resize = spec_resize(init.encoder)
     if resize != config.encoder.resize:
         raise CaptionkitError(f"--init {config.train.init}: its encoder's photos were resized "
                               f"by {resize}, not {config.encoder.resize} (--resize)")  # fmt: skip
