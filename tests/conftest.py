@@ -215,3 +215,19 @@ class SizedCorpus(list):
 
     def __len__(self):
         return self.size
+
+
+def pycocoevalcap_cider(hyp: str, refs: list[str], corpus: list[list[str]]) -> float:
+    """pycocoevalcap's CIDEr-D of `hyp` against `refs`, document frequencies from `corpus` (one
+    list of captions per image), all tokenized texts."""
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    counted = CiderScorer(n=4, sigma=6.0)
+    for captions in corpus:
+        counted += (captions[0], captions)
+    counted.compute_doc_freq()
+    scorer = CiderScorer(n=4, sigma=6.0)
+    scorer += (hyp, refs)
+    scorer.document_frequency = counted.document_frequency
+    scorer.crefs = SizedCorpus(scorer.crefs, len(corpus))
+    return float(scorer.compute_cider()[0])

@@ -154,7 +154,8 @@ def test_round_trip_yaml_dataclasses_run_folder(tmp_path):
          "c.yaml: unknown key 'optim.learning_rate' (valid in optim: objective, optimizer, lr, "
          "weight_decay, "
          "grad_clip, grad_clip_algorithm, accumulate, schedule, warmup_steps, lr_gamma, "
-         "lr_step_epochs, plateau_factor, plateau_patience, min_lr, label_smoothing, ema, "
+         "lr_step_epochs, plateau_factor, plateau_patience, min_lr, label_smoothing, "
+         "unk_targets, caption_weights, ema, "
          "average_last, scheduled_sampling, ss_start_epoch, ss_ramp_epochs)"),
         ("optim: {lr: fast}\n", "c.yaml: optim.lr must be a number or null, not 'fast'"),
         ("train: {epochs: 2.5}\n", "c.yaml: train.epochs must be an integer, not 2.5"),

@@ -10,6 +10,7 @@ from captionkit.training.datamodule import (
     ImageBatchSampler,
     token_array,
 )
+from captionkit.training.image_data import collate_images
 
 
 def test_bucket_sampler_covers_every_caption_once_with_similar_lengths():
@@ -44,6 +45,20 @@ def test_caption_pairs_batches_match_the_sources(tmp_path):
     assert token_array(tokens).shape == (3, 5)
     # A DDP rank may write its copy before rank 0 has made the run folder.
     assert token_array(tokens, tmp_path / "not-yet" / "t.npy").shape == (3, 5)
+
+
+def test_caption_batches_carry_each_captions_loss_weight(tmp_path):
+    store = FeatureStore(tmp_path, ["0.jpg", "1.jpg"], np.zeros((2, 4), np.float16), None)
+    tokens = [[1, 5, 2], [1, 6, 7, 2], [1, 2]]
+    pairs = CaptionPairs(store, [0, 0, 1], tokens, use_grid=False, weights=[0.5, 1.5, 1.0])
+    assert pairs.__getitems__([2, 0])["weights"].tolist() == [1.0, 0.5]
+    assert "weights" not in CaptionPairs(store, [0, 0, 1], tokens, False).__getitems__([0])
+    # Fine-tuning batches: whole images, each with its captions' weights, in caption order.
+    image = {"pixels": torch.zeros(3, 2, 2), "key": None}
+    batch = collate_images([{**image, "tokens": tokens[:2], "weights": [0.5, 1.5]}, None,
+                            {**image, "tokens": tokens[2:], "weights": [1.0]}])  # fmt: skip
+    assert batch["weights"].tolist() == [0.5, 1.5, 1.0]
+    assert batch["image_index"].tolist() == [0, 0, 1]
 
 
 def test_ddp_shares_make_up_the_single_process_batches_and_resume_skips():

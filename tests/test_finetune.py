@@ -58,10 +58,12 @@ def base_run(shapes, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finetuned_run(shapes, base_run):
-    """The last block of Lite0 fine-tuned from `base_run`, images decoded in a worker process."""
+    """The last block of Lite0 fine-tuned from `base_run`, images decoded in a worker process,
+    captions weighted by their consensus (the weights travel with the image batches)."""
     run = base_run.parent / "finetuned"
     config = _config(shapes, init=str(base_run), workers=1)
     config.encoder.finetune, config.encoder.finetune_blocks = True, 1
+    config.optim.caption_weights = "consensus"
     train(config, run)
     return run
 

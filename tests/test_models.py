@@ -335,3 +335,19 @@ def test_features_per_image_with_image_index_equal_features_per_caption(name):
     for (n, _), a, b in zip(model.named_parameters(), ga, gb):
         if a is not None or b is not None:
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_weight_drop_masks_the_recurrent_weights_in_training_only():
+    """DropConnect on W_hh: at p = 1 the training forward is that of a model without recurrent
+    weights; in eval mode it is the model as it is."""
+    quiet = {**NO_INPUT_DROPOUT, "dropout": 0.0}
+    dropped, plain = tiny("attention", weight_drop=1.0, **quiet), tiny("attention", **quiet)
+    pooled, grid, tokens = inputs()
+    torch.testing.assert_close(dropped.eval()(pooled, grid, tokens),
+                               plain.eval()(pooled, grid, tokens))  # fmt: skip
+    with torch.no_grad():
+        plain.lstm.weight_hh.zero_()
+    torch.testing.assert_close(dropped.train()(pooled, grid, tokens),
+                               plain.train()(pooled, grid, tokens))  # fmt: skip
+    assert not torch.allclose(dropped.train()(pooled, grid, tokens),
+                              dropped.eval()(pooled, grid, tokens))  # fmt: skip

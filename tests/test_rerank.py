@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
@@ -19,7 +18,7 @@ from captionkit.reranking.neighbours import (
 )
 from captionkit.reranking.rerank import cider_text, mixed
 
-from conftest import SizedCorpus
+from conftest import pycocoevalcap_cider
 
 SENTENCES = [
     "A black dog is running through the grass.", "Two children are playing in the snow",
@@ -35,20 +34,6 @@ def spliced(rng: random.Random) -> str:
     """A caption made of the start of one sentence and the end of another."""
     a, b = (s.split() for s in rng.sample(SENTENCES, 2))
     return " ".join(a[: rng.randint(1, len(a) - 1)] + b[rng.randint(1, len(b) - 1) :])
-
-
-def pycocoevalcap_cider(hyp: str, refs: list[str], corpus: list[list[str]]) -> float:
-    """pycocoevalcap's CIDEr-D of `hyp` against `refs`, document frequencies from `corpus` (one
-    list of captions per image), all tokenized texts."""
-    counted = CiderScorer(n=4, sigma=6.0)
-    for captions in corpus:
-        counted += (captions[0], captions)
-    counted.compute_doc_freq()
-    scorer = CiderScorer(n=4, sigma=6.0)
-    scorer += (hyp, refs)
-    scorer.document_frequency = counted.document_frequency
-    scorer.crefs = SizedCorpus(scorer.crefs, len(corpus))
-    return float(scorer.compute_cider()[0])
 
 
 def brute_force_knn(features: np.ndarray, query: np.ndarray, k: int) -> list[int]:

@@ -5,6 +5,7 @@ import json
 import math
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -17,12 +18,13 @@ from captionkit.models import create_model
 from captionkit.models.run_folder import load_checkpoint
 from captionkit.training import module as training_module
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from captionkit.training.data_setup import consensus_weights
 from captionkit.training.module import CaptioningModule, caption_loss
 from captionkit.training.resume_checkpoints import load_state
 from captionkit.training.schedules import lr_factor
 from captionkit.training.train import _trainer, train
 
-from conftest import TINY
+from conftest import TINY, pycocoevalcap_cider
 
 
 def test_warmup_then_cosine_reaches_zero_at_the_last_step():
@@ -65,6 +67,36 @@ def test_caption_loss_smooths_labels_and_ignores_padding():
     expected = ((1 - eps) * nll + eps * -logp.mean(-1)).mean()
     assert caption_loss(logits, targets, eps).item() == pytest.approx(expected.item())
     assert caption_loss(logits, targets).item() == pytest.approx(nll.mean().item())
+
+
+def test_caption_loss_weights_each_captions_tokens():
+    logits = torch.randn(3, 3, 7)
+    targets = torch.tensor([[4, 5, 2], [6, 2, 0], [5, 2, 0]])
+    nll = -logits.log_softmax(-1).gather(2, targets[..., None]).squeeze(-1)  # [3, 3]
+    real = (targets != 0).float()
+    weights = torch.tensor([0.5, 2.0, 0.0])
+    expected = (nll * real * weights[:, None]).sum() / (real * weights[:, None]).sum()
+    assert caption_loss(logits, targets, weights=weights).item() == pytest.approx(expected.item())
+    ones = caption_loss(logits, targets, weights=torch.ones(3))
+    assert ones.item() == pytest.approx(caption_loss(logits, targets).item())
+
+
+def test_consensus_weights_are_cider_d_against_the_other_captions_as_pycocoevalcap():
+    captions = [
+        ["a dog runs on the grass", "a brown dog runs on grass", "a dog is running",
+         "the sky is blue"],
+        ["a man rides a bike", "a man on a bike", "a person cycling down a street"],
+        ["one caption only"],
+        ["x y", "z w"],  # no n-gram in common: every score 0
+    ]  # fmt: skip
+    weights = consensus_weights(captions)
+    for caps, mine in zip(captions[:2], weights):
+        scores = [pycocoevalcap_cider(c, caps[:j] + caps[j + 1 :], captions)
+                  for j, c in enumerate(caps)]  # fmt: skip
+        np.testing.assert_allclose(mine, np.array(scores) * len(caps) / sum(scores), rtol=1e-6)
+        assert np.mean(mine) == pytest.approx(1.0)
+    assert weights[0][3] == min(weights[0])  # the caption no other one agrees with
+    assert weights[2:] == [[1.0], [1.0, 1.0]]
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +261,30 @@ def test_clipping_by_value_clamps_and_by_norm_rescales_the_gradient(tmp_path):
     torch.testing.assert_close(rescaled, free * (limit / free.norm()))
 
 
+def test_caption_weights_count_a_caption_as_often_as_its_weight(tmp_path):
+    batch = _batch(4)
+    weighted = _fit(tmp_path, [{**batch, "weights": torch.tensor([2.0, 0.0, 1.0, 1.0])}])
+    repeated = _fit(tmp_path, [{k: v if v is None else v[[0, 0, 2, 3]] for k, v in batch.items()}])
+    torch.testing.assert_close(weighted["grads"][0], repeated["grads"][0])
+    assert not torch.allclose(weighted["grads"][0], _fit(tmp_path, [batch])["grads"][0])
+
+
+def test_without_unk_targets_the_loss_leaves_out_the_unk_targets_only(tmp_path):
+    batch = _batch(4)
+    batch["tokens"][0, 2] = batch["tokens"][3, 1] = Vocabulary.unk_id  # read as inputs too
+    seen = _fit(tmp_path, [batch], unk_targets=False)
+    torch.manual_seed(0)  # the model `_fit` trained, before its step
+    model = create_model("transformer", vocab_size=10, feature_dim=4, d_model=8, n_heads=2,
+                         n_layers=1, d_ff=16, dropout=0.0)  # fmt: skip
+    tokens, targets = batch["tokens"], batch["tokens"][:, 1:]
+    logits = model(batch["pooled"], None, tokens[:, :-1])
+    kept = targets != Vocabulary.unk_id
+    torch.nn.functional.cross_entropy(logits[kept], targets[kept]).backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(seen["grads"][0], expected)
+    assert not torch.allclose(_fit(tmp_path, [batch])["grads"][0], expected)
+
+
 def test_bf16_mixed_runs_the_model_under_bf16_autocast_and_keeps_float32_weights(tmp_path):
     batch = _batch(8)
     full = _fit(tmp_path, [batch])
@@ -241,7 +297,7 @@ def test_bf16_mixed_runs_the_model_under_bf16_autocast_and_keeps_float32_weights
 
 
 @pytest.mark.slow
-def test_a_short_run_with_adamw_plateau_and_scheduled_sampling(shapes, tmp_path):
+def test_a_short_run_with_adamw_plateau_scheduled_sampling_and_weighted_captions(shapes, tmp_path):
     """Features cached by the test above: same images, encoder and grid."""
     tiny = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}
     config = RunConfig(model="transformer", model_args=tiny,
@@ -249,7 +305,8 @@ def test_a_short_run_with_adamw_plateau_and_scheduled_sampling(shapes, tmp_path)
                        optim=OptimConfig(lr=1e-3, optimizer="adamw", weight_decay=0.01,
                                          schedule="plateau", warmup_steps=5, plateau_patience=0,
                                          scheduled_sampling=0.4, ss_start_epoch=1,
-                                         ss_ramp_epochs=2),
+                                         ss_ramp_epochs=2, caption_weights="consensus",
+                                         unk_targets=False),
                        train=TrainConfig(epochs=3, batch_size=8, accelerator="cpu"))  # fmt: skip
     best = train(config, tmp_path / "run")
     assert math.isfinite(best["val/CIDEr"])
@@ -275,6 +332,7 @@ def test_a_short_run_with_adamw_plateau_and_scheduled_sampling(shapes, tmp_path)
         ("--schedule", "noam", "schedule noam needs warmup_steps > 0 (the step of its peak)"),
         ("--plateau-factor", "1", "plateau_factor must be in (0, 1), not 1.0"),
         ("--lr-gamma", "1.5", "lr_gamma must be in (0, 1], not 1.5"),
+        ("--caption-weights", "cider", "unknown caption_weights 'cider' (uniform or consensus)"),
     ],
 )
 def test_bad_training_choices_are_one_line(tmp_path, capsys, option, value, message):

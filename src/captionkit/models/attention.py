@@ -48,6 +48,9 @@ class AttentionConfig:
     λ = 1 on the mean over the grid (the popular PyTorch tutorial's)."""
     gate: bool = True
     """Scale the context by β = sigmoid(f_beta(h)), the paper's gating scalar (per feature)."""
+    weight_drop: float = 0.0
+    """DropConnect on the LSTM's hidden-to-hidden weights in training (AWD-LSTM's weight drop,
+    Merity et al. 2018): one mask per batch, shared by all its steps; 0 = off."""
 
 
 class SoftAttention(nn.Module):
@@ -152,7 +155,10 @@ class ShowAttendTell(nn.Module):
         x_words = F.linear(self.embed(tokens.t()), w_ih[:, : cfg.embed_dim], bias).unbind()
         # x_words: T x [B, 4H], the words' share of every step's gates
         w_context = w_ih[:, cfg.embed_dim :]  # [4H, D]
-        parts = [(self.lstm.weight_hh, torch.zeros_like(self.lstm.bias_hh)),  # [4H, H], [4H]
+        w_hh = self.lstm.weight_hh  # [4H, H]
+        if cfg.weight_drop > 0 and self.training:
+            w_hh = F.dropout(w_hh, cfg.weight_drop)
+        parts = [(w_hh, torch.zeros_like(self.lstm.bias_hh)),  # [4H, H], [4H]
                  (att.hidden_proj.weight, att.hidden_proj.bias)]  # [A, H], [A]  # fmt: skip
         if cfg.gate:
             parts.append((self.f_beta.weight, self.f_beta.bias))  # [D, H], [D]

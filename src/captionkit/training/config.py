@@ -96,6 +96,7 @@ class EncoderConfig:
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "plateau", "noam")
 OBJECTIVES = ("xe", "scst")
+CAPTION_WEIGHTS = ("uniform", "consensus")
 # SCST fine-tunes a converged model on a noisy reward: a tenth of the XE rate keeps it from
 # undoing the XE training in its first steps (Rennie et al. and self-critical.pytorch use 5e-5).
 DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}
@@ -156,6 +157,15 @@ class OptimConfig:
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing: this much of every target's probability is spread over
     the whole vocabulary (0 = plain cross-entropy)."""
+    unk_targets: bool = True
+    """Train the model to predict `<unk>` where a caption has a word outside the vocabulary
+    (as it reads one there); False leaves those targets out of the cross-entropy, as decoding
+    never lets the model say `<unk>` anyway (`DecodingOptions.allow_unk`)."""
+    caption_weights: str = "uniform"
+    """Cross-entropy weight of each training caption: `uniform`, or `consensus`: its CIDEr-D
+    against the image's other captions, scaled to a mean of 1 over the image's captions, so that
+    captions the annotators agree on teach more than idiosyncratic ones. (SCST, which learns from
+    the model's own captions, ignores it.)"""
     ema: float = 0.0
     """Weight averaging: validate, keep and export an exponential moving average of the
     weights, updated after every optimizer step with this decay (e.g. 0.99: about the last
@@ -183,6 +193,7 @@ class OptimConfig:
             self.lr = DEFAULT_LR[self.objective]
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("caption_weights", self.caption_weights, CAPTION_WEIGHTS)
         _check_choice("grad_clip_algorithm", self.grad_clip_algorithm, ("norm", "value"))
         for name in ("lr", "weight_decay", "grad_clip", "min_lr", "warmup_steps", "average_last",
                      "plateau_patience", "ss_start_epoch", "ss_ramp_epochs"):  # fmt: skip

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from captionkit.data.ptb_tokenizer import tokenize
 from captionkit.data.tokenizers import Tokenizer
 from captionkit.encoders import ImageEncoder
 from captionkit.encoders.features import extract_features
 from captionkit.encoders.finetune import augmenting_transform
 from captionkit.encoders.views import views
+from captionkit.metrics.cider_d import CiderD, DocumentFrequency
 from captionkit.training.config import RunConfig
 from captionkit.training.datamodule import CaptionDataModule, CaptionPairs, ImageRows
 from captionkit.training.image_data import CaptionedImages, ImageDataModule
@@ -25,6 +29,32 @@ def train_tokens(config: RunConfig, vocab: Tokenizer, train_records):
     limit = f"{config.data.max_length} {'words' if config.data.tokenizer == 'word' else 'tokens'}"
     print(f"truncated {truncated} of {sum(map(len, tokens))} training captions to {limit}")
     return tokens, truncated
+
+
+def consensus_weights(captions: list[list[str]]) -> list[list[float]]:
+    """Each caption's CIDEr-D against its image's other captions (document frequencies of all
+    the images' captions), scaled to a mean of 1 over the image's captions; uniform for an image
+    whose captions all score 0 or that has one caption. `captions` [image][caption] -> the same
+    shape."""
+    refs = {i: [" ".join(tokenize(c)) for c in caps] for i, caps in enumerate(captions)}
+    others = {(i, j): [r for k, r in enumerate(caps) if k != j]
+              for i, caps in refs.items() if len(caps) > 1 for j in range(len(caps))}  # fmt: skip
+    scores = iter(CiderD(others, df=DocumentFrequency.from_references(refs)).score(
+        [refs[i][j] for i, j in others], list(others)))  # fmt: skip
+    weights = []
+    for caps in refs.values():
+        mine = np.array([next(scores) for _ in caps]) if len(caps) > 1 else np.zeros(len(caps))
+        total = mine.sum()
+        weights.append((mine * len(caps) / total if total > 0 else np.ones(len(caps))).tolist())
+    return weights
+
+
+def caption_weights(config: RunConfig, train_records) -> list[list[float]] | None:
+    """The loss weight of each training image's captions (`optim.caption_weights`; None when
+    uniform)."""
+    if config.optim.caption_weights == "uniform":
+        return None
+    return consensus_weights([r.captions for r in train_records])
 
 
 def feature_views(config: RunConfig, encoder: ImageEncoder, paths: list[Path]) -> list:
@@ -48,12 +78,17 @@ def caption_datamodule(config: RunConfig, encoder: ImageEncoder | None, store, d
                              token_file=run_dir / "train_tokens.npy",
                              views=[(v, v.rows(pairs)) for v in view_stores],
                              seed=config.train.seed,
-                             group_images=config.train.group_images)  # fmt: skip
+                             group_images=config.train.group_images,
+                             weights=_flat(caption_weights(config, train_records)))  # fmt: skip
     val_rows = store.rows([dataset.path(r) for r in val_records])
     val_set = ImageRows(store, val_rows, [r.filename for r in val_records], use_grid)
     datamodule = CaptionDataModule(train_set, val_set, config.train.batch_size, config.train.seed,
                                    config.train.bucket_batches)  # fmt: skip
     return datamodule, truncated
+
+
+def _flat(per_image: list[list[float]] | None) -> list[float] | None:
+    return None if per_image is None else [w for image in per_image for w in image]
 
 
 def image_datamodule(config: RunConfig, encoder: ImageEncoder, dataset, train_records,
@@ -63,7 +98,8 @@ def image_datamodule(config: RunConfig, encoder: ImageEncoder, dataset, train_re
     tokens, truncated = train_tokens(config, vocab, train_records)
     augment = augmenting_transform(encoder, config.encoder.crop_scale_min, config.encoder.hflip)
     train_set = CaptionedImages([dataset.path(r) for r in train_records], augment, tokens=tokens,
-                                seed=config.train.seed)  # fmt: skip
+                                seed=config.train.seed,
+                                weights=caption_weights(config, train_records))  # fmt: skip
     val_set = CaptionedImages([dataset.path(r) for r in val_records], encoder.transform(),
                               keys=[r.filename for r in val_records])  # fmt: skip
     captions_per_image = sum(map(len, tokens)) / len(tokens)

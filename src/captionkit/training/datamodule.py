@@ -67,13 +67,16 @@ class CaptionPairs(Dataset):
     see the same view in an epoch, and a resumed run draws what the uninterrupted one drew.
 
     With `group_images` (batches of whole images, `ImageBatchSampler`), a batch holds the
-    features of each of its images once and `image_index` [B], the image of each caption."""
+    features of each of its images once and `image_index` [B], the image of each caption.
+
+    With `weights` (one per caption), batches carry them as `weights` [B] (the loss's)."""
 
     def __init__(self, store: FeatureStore, rows: list[int], tokens: list[list[int]],
                  use_grid: bool, token_file: Path | None = None,
                  views: list[tuple[FeatureStore, list[int]]] = (), seed: int = 0,
-                 group_images: bool = False):  # fmt: skip
+                 group_images: bool = False, weights: list[float] | None = None):  # fmt: skip
         self.store, self.use_grid, self.group_images = store, use_grid, group_images
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
         self.rows = np.asarray(rows)
         self.tokens = token_array(tokens, token_file)
         self.lengths = np.array([len(t) for t in tokens])
@@ -120,6 +123,8 @@ class CaptionPairs(Dataset):
             read, batch["image_index"] = indices[first], torch.from_numpy(image_index.ravel())
         batch["pooled"] = self._features("pooled", read)
         batch["grid"] = self._features("grid", read) if self.use_grid else None
+        if self.weights is not None:
+            batch["weights"] = self.weights[torch.from_numpy(indices)]
         return batch
 
 

@@ -26,13 +26,14 @@ from captionkit.training.datamodule import (
 
 
 class CaptionedImages(Dataset):
-    """Images decoded by `transform`, each with its captions' token ids (training) or its key
-    (validation)."""
+    """Images decoded by `transform`, each with its captions' token ids (training; with their
+    loss `weights`, if any) or its key (validation)."""
 
     def __init__(self, paths: list[Path], transform, tokens: list[list[list[int]]] | None = None,
-                 keys: list[str] | None = None, seed: int | None = None):  # fmt: skip
+                 keys: list[str] | None = None, seed: int | None = None,
+                 weights: list[list[float]] | None = None):  # fmt: skip
         self.paths, self.transform, self.tokens, self.keys = paths, transform, tokens, keys
-        self.seed = seed
+        self.seed, self.weights = seed, weights
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,12 +59,14 @@ class CaptionedImages(Dataset):
             "pixels": pixels,
             "tokens": self.tokens[i] if self.tokens is not None else None,
             "key": self.keys[i] if self.keys is not None else None,
+            "weights": self.weights[i] if self.weights is not None else None,
         }
 
 
 def collate_images(items: list[dict | None]) -> dict:
     """`images [I, 3, H, W]`, then `tokens [C, T]` (padded to the longest caption) and
-    `image_index [C]` for training items, or `keys` for validation items."""
+    `image_index [C]` (and `weights [C]`, if the captions have any) for training items, or `keys`
+    for validation items."""
     items = [x for x in items if x is not None]
     if not items:
         return {"images": None}
@@ -72,6 +75,8 @@ def collate_images(items: list[dict | None]) -> dict:
         tokens = [t for x in items for t in x["tokens"]]
         batch["tokens"] = torch.from_numpy(token_array(tokens).astype(np.int64))
         batch["image_index"] = torch.tensor([j for j, x in enumerate(items) for _ in x["tokens"]])
+        if items[0]["weights"] is not None:
+            batch["weights"] = torch.tensor([w for x in items for w in x["weights"]])
     else:
         batch["keys"] = [x["key"] for x in items]
     return batch

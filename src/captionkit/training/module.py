@@ -159,8 +159,11 @@ class CaptioningModule(L.LightningModule):
         out = self.model(*features, inputs, **shared,
                          **({"return_attention": True} if regularized else {}))  # fmt: skip
         logits = out[0] if regularized else out  # [B, T-1, V]
-        loss = caption_loss(logits, tokens[:, 1:], self.optim.label_smoothing)
-        loss = self._global_token_mean(loss, tokens[:, 1:])
+        targets = tokens[:, 1:]  # [B, T-1]
+        if not self.optim.unk_targets:
+            targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
+        loss = caption_loss(logits, targets, self.optim.label_smoothing, batch.get("weights"))
+        loss = self._global_token_mean(loss, targets)
         if regularized:  # doubly stochastic attention over the attention weights out[1]
             # The cross-entropy alone too: the regulariser can be larger than it.
             self.log("train/xe", loss, batch_size=tokens.shape[0])
@@ -211,11 +214,18 @@ class CaptioningModule(L.LightningModule):
         return configure_optimization(self.optim, groups, steps, epochs)
 
 
-def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
-    """Mean cross-entropy of logits [B, T, V] against targets [B, T] over non-padding tokens."""
-    return F.cross_entropy(
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean cross-entropy of logits [B, T, V] against targets [B, T] over non-padding tokens;
+    with caption `weights` [B], the mean over tokens each weighted by its caption's weight."""
+    loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
         targets.reshape(-1),
         ignore_index=Vocabulary.pad_id,
         label_smoothing=label_smoothing,
-    )
+        reduction="mean" if weights is None else "none",
+    )  # a scalar, or [B x T] with 0 at padding when weighted
+    if weights is None:
+        return loss
+    token_weights = (targets != Vocabulary.pad_id) * weights[:, None]  # [B, T]
+    return (loss.view(targets.shape) * token_weights).sum() / token_weights.sum().clamp_min(1e-12)

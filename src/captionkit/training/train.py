@@ -304,7 +304,8 @@ def _scst_phase(config: RunConfig, run_dir: Path) -> RunConfig:
     learning rate, constant (the cross-entropy schedule's warmup and decay were for that phase)."""
     optim = dataclasses.replace(config.optim, objective="scst", lr=config.scst.lr,
                                 schedule="constant", warmup_steps=0, label_smoothing=0.0,
-                                scheduled_sampling=0.0, average_last=0)  # fmt: skip
+                                scheduled_sampling=0.0, average_last=0,
+                                caption_weights="uniform")  # fmt: skip
     train = dataclasses.replace(config.train, epochs=config.train.scst_epochs, scst_epochs=0,
                                 init=str(run_dir))  # fmt: skip
     return dataclasses.replace(config, optim=optim, train=train)
