@@ -165,6 +165,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default with dropout 0.3 (not 0.5) on the features, the words and the LSTM output",
         ["--dropout", "0.3", *MODEL_ARG, "feature_dropout=0.3", *MODEL_ARG, "word_dropout=0.3"],
     ),
+    "avg-cw": (
+        "default with each caption's cross-entropy weighted by its consensus (its CIDEr-D against"
+        " the image's other captions)",
+        ["--caption-weights", "consensus"],
+    ),
+    "avg-nounk": (
+        "default with `<unk>` targets left out of the cross-entropy",
+        ["--no-unk-targets"],
+    ),
+    "avg-wdrop3": (
+        "default with DropConnect 0.3 on the LSTM's hidden-to-hidden weights (AWD-LSTM)",
+        [*MODEL_ARG, "weight_drop=0.3"],
+    ),
     "avg-alpha0": (
         "default without the doubly stochastic regulariser (alpha_c 0)",
         [*MODEL_ARG, "alpha_c=0"],
