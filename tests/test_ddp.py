@@ -107,3 +107,14 @@ def test_two_nodes_under_torchrun_match_one_process(reference):
     assert codes == [0, 0], "".join(log.read_text()[-3000:] for log in logs)
     two = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     _assert_same_training(one, two, (folder / "one", out))
+
+
+def test_ddp_with_weighted_captions_matches_one_process(reference):
+    """Caption weights make the loss a weighted token mean: the ranks' shares of the global batch
+    carry different total weights, which the DDP rescaling must count."""
+    folder, _ = reference
+    weighted = ("--caption-weights", "consensus")
+    one = _train(folder / "cfg.yaml", folder / "one-w", "--batch-size", "16", *weighted)
+    two = _train(folder / "cfg.yaml", folder / "two-w", "--batch-size", "8", "--devices", "2",
+                 "--strategy", "ddp", *weighted)  # fmt: skip
+    _assert_same_training(one, two, (folder / "one-w", folder / "two-w"))

@@ -220,7 +220,7 @@ def test_a_finetuning_step_of_every_model_reaches_the_unfrozen_block(name, monke
                               encoder=encoder)  # fmt: skip
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     # No Trainer, one process: the DDP rescaling of the token mean does not apply.
-    monkeypatch.setattr(module, "_global_token_mean", lambda loss, targets: loss)
+    monkeypatch.setattr(module, "_global_token_mean", lambda loss, *_: loss)
     torch.manual_seed(0)
     batch = {"images": torch.randn(2, 3, 96, 96), "image_index": torch.tensor([0, 0, 1]),
              "tokens": torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0], [1, 7, 8, 2]])}  # fmt: skip

@@ -162,8 +162,9 @@ class CaptioningModule(L.LightningModule):
         targets = tokens[:, 1:]  # [B, T-1]
         if not self.optim.unk_targets:
             targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
-        loss = caption_loss(logits, targets, self.optim.label_smoothing, batch.get("weights"))
-        loss = self._global_token_mean(loss, targets)
+        weights = batch.get("weights")  # [B] or None
+        loss = caption_loss(logits, targets, self.optim.label_smoothing, weights)
+        loss = self._global_token_mean(loss, targets, weights)
         if regularized:  # doubly stochastic attention over the attention weights out[1]
             # The cross-entropy alone too: the regulariser can be larger than it.
             self.log("train/xe", loss, batch_size=tokens.shape[0])
@@ -171,14 +172,17 @@ class CaptioningModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
         return loss
 
-    def _global_token_mean(self, loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _global_token_mean(self, loss: torch.Tensor, targets: torch.Tensor,
+                           weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """Under DDP, this rank's token mean rescaled so that the gradients DDP averages over the
         ranks are those of the mean over all the ranks' tokens: the same as one process with
-        the whole global batch, whatever the share of padding on each rank."""
+        the whole global batch, whatever the share of padding on each rank (with caption
+        `weights` [B], of the weighted mean, tokens counted by their captions' weights)."""
         world = self.trainer.world_size
         if world == 1:
             return loss
-        n_local = (targets != Vocabulary.pad_id).sum().float()
+        real = (targets != Vocabulary.pad_id).float()  # [B, T]
+        n_local = (real if weights is None else real * weights[:, None]).sum()
         n_global = self.trainer.strategy.reduce(n_local.clone(), reduce_op="sum")
         return loss * n_local * world / n_global
 
