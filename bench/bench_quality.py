@@ -178,6 +178,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default with DropConnect 0.3 on the LSTM's hidden-to-hidden weights (AWD-LSTM)",
         [*MODEL_ARG, "weight_drop=0.3"],
     ),
+    "avg-clipv": (
+        "default with each gradient value clamped to 0.1 (the reference implementation's clipping)"
+        " instead of the norm clipped to 5",
+        ["--grad-clip-algorithm", "value", "--grad-clip", "0.1"],
+    ),
     "avg-alpha0": (
         "default without the doubly stochastic regulariser (alpha_c 0)",
         [*MODEL_ARG, "alpha_c=0"],
