@@ -146,14 +146,19 @@ def _halves(batch: dict) -> list[dict]:
             for part in (slice(0, half), slice(half, None))]  # fmt: skip
 
 
+def _tiny_model() -> torch.nn.Module:
+    """The same model every call (seeded). No dropout, and no BatchNorm (Show-and-Tell's):
+    nothing depends on the batch it is in."""
+    torch.manual_seed(0)
+    return create_model("transformer", vocab_size=10, feature_dim=4, d_model=8, n_heads=2,
+                        n_layers=1, d_ff=16, dropout=0.0)  # fmt: skip
+
+
 def _fit(tmp_path, batches: list[dict], precision: str = "32", **optim) -> dict:
     """One epoch over `batches` with the Trainer that `train` builds from these settings:
     the gradients of each optimizer step (as the optimizer used them: accumulated, clipped),
     the dtypes of the logits and the weights after."""
-    torch.manual_seed(0)
-    # No dropout, and no BatchNorm (Show-and-Tell's): nothing depends on the batch it is in.
-    model = create_model("transformer", vocab_size=10, feature_dim=4, d_model=8, n_heads=2,
-                         n_layers=1, d_ff=16, dropout=0.0)  # fmt: skip
+    model = _tiny_model()
     optim = OptimConfig(**{"lr": 0.01, "grad_clip": 0.0, **optim})
     module = CaptioningModule(model, Vocabulary(list("abcdef")), optim, {}, DecodingOptions())
     seen = {"grads": [], "dtypes": set()}
@@ -273,9 +278,7 @@ def test_without_unk_targets_the_loss_leaves_out_the_unk_targets_only(tmp_path):
     batch = _batch(4)
     batch["tokens"][0, 2] = batch["tokens"][3, 1] = Vocabulary.unk_id  # read as inputs too
     seen = _fit(tmp_path, [batch], unk_targets=False)
-    torch.manual_seed(0)  # the model `_fit` trained, before its step
-    model = create_model("transformer", vocab_size=10, feature_dim=4, d_model=8, n_heads=2,
-                         n_layers=1, d_ff=16, dropout=0.0)  # fmt: skip
+    model = _tiny_model()  # the model `_fit` trained, before its step
     tokens, targets = batch["tokens"], batch["tokens"][:, 1:]
     logits = model(batch["pooled"], None, tokens[:, :-1])
     kept = targets != Vocabulary.unk_id
