@@ -183,6 +183,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         " instead of the norm clipped to 5",
         ["--grad-clip-algorithm", "value", "--grad-clip", "0.1"],
     ),
+    "avg-b32": (
+        "default with batches of 32 captions instead of 64 (twice the optimizer steps)",
+        ["--batch-size", "32"],
+    ),
     "avg-alpha0": (
         "default without the doubly stochastic regulariser (alpha_c 0)",
         [*MODEL_ARG, "alpha_c=0"],
