@@ -37,13 +37,13 @@ def consensus_weights(captions: list[list[str]]) -> list[list[float]]:
     whose captions all score 0 or that has one caption. `captions` [image][caption] -> the same
     shape."""
     refs = {i: [" ".join(tokenize(c)) for c in caps] for i, caps in enumerate(captions)}
-    others = {(i, j): [r for k, r in enumerate(caps) if k != j]
-              for i, caps in refs.items() if len(caps) > 1 for j in range(len(caps))}  # fmt: skip
-    scores = iter(CiderD(others, df=DocumentFrequency.from_references(refs)).score(
-        [refs[i][j] for i, j in others], list(others)))  # fmt: skip
+    others = {(i, j): caps[:j] + caps[j + 1 :] for i, caps in refs.items() if len(caps) > 1
+              for j in range(len(caps))}  # fmt: skip
+    scores = CiderD(others, df=DocumentFrequency.from_references(refs)).score(
+        [refs[i][j] for i, j in others], list(others))  # fmt: skip
+    shared = [len(caps) if len(caps) > 1 else 0 for caps in refs.values()]  # scored captions
     weights = []
-    for caps in refs.values():
-        mine = np.array([next(scores) for _ in caps]) if len(caps) > 1 else np.zeros(len(caps))
+    for caps, mine in zip(refs.values(), np.split(scores, np.cumsum(shared)[:-1])):
         total = mine.sum()
         weights.append((mine * len(caps) / total if total > 0 else np.ones(len(caps))).tolist())
     return weights
