@@ -181,8 +181,7 @@ class CaptioningModule(L.LightningModule):
         world = self.trainer.world_size
         if world == 1:
             return loss
-        real = (targets != Vocabulary.pad_id).float()  # [B, T]
-        n_local = (real if weights is None else real * weights[:, None]).sum()
+        n_local = token_weights(targets, weights).sum()
         n_global = self.trainer.strategy.reduce(n_local.clone(), reduce_op="sum")
         return loss * n_local * world / n_global
 
@@ -231,5 +230,12 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: f
     )  # a scalar, or [B x T] with 0 at padding when weighted
     if weights is None:
         return loss
-    token_weights = (targets != Vocabulary.pad_id) * weights[:, None]  # [B, T]
-    return (loss.view(targets.shape) * token_weights).sum() / token_weights.sum().clamp_min(1e-12)
+    per_token = token_weights(targets, weights)  # [B, T]
+    return (loss.view(targets.shape) * per_token).sum() / per_token.sum().clamp_min(1e-12)
+
+
+def token_weights(targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Each target token's share of the loss [B, T]: 0 at padding, else 1 or, with caption
+    `weights` [B], its caption's weight."""
+    real = (targets != Vocabulary.pad_id).float()  # [B, T]
+    return real if weights is None else real * weights[:, None]
