@@ -208,6 +208,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "5",
         ],  # fmt: skip
     ),
+    # Session 13: the one unmeasured encoder, and a vocabulary with no `<unk>` at all.
+    "avg-lite1": (
+        "default on EfficientNet-Lite1 features (packaged weights, 240 px, 8x8 grid)",
+        ["--encoder", "tf_efficientnet_lite1"],
+    ),
+    "avg-bpe": (
+        "default with BPE pieces (1,000 tokens, captions cut at 24) instead of words seen 5 times",
+        ["--tokenizer", "bpe", "--vocab-size", "1000", "--max-length", "24"],
+    ),
     "best-config": (
         "the same recipe as a config file (configs/flickr8k-mini/best.yaml)",
         ["--config", "configs/flickr8k-mini/best.yaml"],
