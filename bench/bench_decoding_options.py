@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from bench_models import bootstrap, per_image_cider
+from bench_models import PLAIN, bootstrap, per_image_cider
 
 from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.evaluate import evaluate_run
@@ -38,7 +38,7 @@ SETTINGS: dict[str, DecodingOptions] = {
 def per_image(run: str, data: str, split: str,
               options: DecodingOptions) -> tuple[np.ndarray, float]:  # fmt: skip
     """Per-image CIDEr-D (in image order) and mean caption length of one run and setting."""
-    ev = evaluate_run(run, data, split=split, meteor=False, options=options)
+    ev = evaluate_run(run, data, split=split, meteor=False, options=options, rerank=PLAIN)
     keys = sorted(ev.predictions)
     lengths = [len(ev.predictions[k].split()) for k in keys]
     return per_image_cider(ev.predictions, ev.references), float(np.mean(lengths))

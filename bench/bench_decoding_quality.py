@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_models import bootstrap, per_image_cider, split_scores
+from bench_models import PLAIN, bootstrap, per_image_cider, split_scores
 
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
@@ -49,7 +49,7 @@ def score(runs, data: str, split: str, rerank: RerankOptions | None = None,
           options: DecodingOptions = BEAM3) -> dict:  # fmt: skip
     """Metrics, bootstrap interval and images/s of one setting on one split."""
     start = time.perf_counter()
-    ev = evaluate_run(runs, data, split=split, options=options, rerank=rerank)
+    ev = evaluate_run(runs, data, split=split, options=options, rerank=rerank or PLAIN)
     seconds = time.perf_counter() - start
     per_image = per_image_cider(ev.predictions, ev.references)
     return {"CIDEr": ev.metrics["CIDEr"], "BLEU-4": ev.metrics["BLEU-4"],
@@ -72,7 +72,7 @@ def speed(runs: list[str], data: str, rerank: RerankOptions | None, repeats: int
                           repeats)  # fmt: skip
     captioner = Captioner.load(runs if len(runs) > 1 else runs[0])
     paths = [dataset.path(r) for r in records]
-    images = _best_rate(lambda: captioner.caption(paths, BEAM3, rerank=rerank), len(paths),
+    images = _best_rate(lambda: captioner.caption(paths, BEAM3, rerank=rerank or PLAIN), len(paths),
                         repeats)  # fmt: skip
     return {"decoding_img_per_s": decoding, "from_images_img_per_s": images}
 

@@ -26,6 +26,7 @@ import torch
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.reranking import RerankOptions
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.train import train
 
@@ -54,7 +55,7 @@ def run_stage(name: str, config: RunConfig, args, data: str, images: str | None)
     out["epoch_s"] = round(rows[-1]["elapsed_s"] / len(rows), 2)
     start = time.perf_counter()
     out["test_beam3"] = evaluate_run(
-        run_dir, data, images, options=DecodingOptions(beam_size=3)
+        run_dir, data, images, options=DecodingOptions(beam_size=3), rerank=RerankOptions("none")
     ).metrics
     out["evaluate_s"] = round(time.perf_counter() - start, 1)  # with the fine-tuned features
     print(f"{name}: {json.dumps(out)}")

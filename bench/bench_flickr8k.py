@@ -32,6 +32,7 @@ from captionkit.evaluation.evaluate import caption_rows, evaluate_run
 from captionkit.metrics import coco_metrics
 from captionkit.metrics.cider_d import CiderD
 from captionkit.models.run_folder import encoder_for, load_checkpoint
+from captionkit.reranking import RerankOptions
 from captionkit.serving import Captioner
 
 
@@ -78,7 +79,9 @@ def speed(run_dir: Path, dataset) -> dict:
     captioner = Captioner.load(run_dir)
     paths = [dataset.path(r) for r in dataset.split("test")]
     start = time.perf_counter()
-    captioner.caption(paths, DecodingOptions(beam_size=3), batch_size=32)
+    captioner.caption(
+        paths, DecodingOptions(beam_size=3), batch_size=32, rerank=RerankOptions("none")
+    )
     out["pipeline_beam3_img_s"] = len(paths) / (time.perf_counter() - start)
     return out
 
@@ -103,7 +106,8 @@ def main() -> None:
                "train_total_s": train_s, "epoch_s": float(epoch_s),
                "best_val": max(rows, key=lambda r: r["val/CIDEr"])}  # fmt: skip
     for beam in (1, 3):
-        ev = evaluate_run(run_dir, args.data, split="test", options=DecodingOptions(beam_size=beam))
+        ev = evaluate_run(run_dir, args.data, split="test", options=DecodingOptions(beam_size=beam),
+                          rerank=RerankOptions("none"))  # fmt: skip
         results[f"test_beam{beam}"] = ev.metrics
     dataset = load_dataset(args.data)
     store, _ = features_for_dataset(dataset, encoder_for(load_checkpoint(run_dir)))

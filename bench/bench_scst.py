@@ -28,6 +28,7 @@ import torch
 from captionkit.cli import main as cli
 from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.evaluate import evaluate_run
+from captionkit.reranking import RerankOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(os.path.relpath(ROOT / "configs" / "flickr8k-mini"))
@@ -36,7 +37,12 @@ MODELS = ("show_tell", "attention", "transformer")
 
 def _cider(run: Path, data: str, split: str) -> float:
     return evaluate_run(
-        run, data, split=split, options=DecodingOptions(beam_size=3), meteor=False
+        run,
+        data,
+        split=split,
+        options=DecodingOptions(beam_size=3),
+        meteor=False,
+        rerank=RerankOptions("none"),
     ).metrics["CIDEr"]
 
 

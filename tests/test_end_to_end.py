@@ -89,18 +89,22 @@ def test_cli_evaluate_and_caption(trained, capsys):
 
 def test_decoding_options_through_captioner_and_evaluate(trained, capsys):
     from captionkit.decoding import DecodingOptions
+    from captionkit.reranking import RerankOptions
     from captionkit.serving import Captioner
 
     root, _ = trained
     dataset = load_dataset(root / "shapes")
     images = [dataset.path(r) for r in dataset.split("test")[:4]]
     captioner = Captioner.load(root / "run")
-    by_default = captioner.caption(images)  # DecodingOptions(): the best of a beam of 3
-    by_options = captioner.caption(images, options=DecodingOptions(beam_size=3, n_best=3))
+    # DecodingOptions() and RerankOptions() (auto): a beam of 3 whose 5 best consensus re-ranks
+    by_default = captioner.caption(images)
+    consensus = RerankOptions("consensus", candidates=5)
+    by_options = captioner.caption(images, DecodingOptions(beam_size=3, n_best=3), rerank=consensus)
     assert [[(c.text, c.score) for c in hyps] for hyps in by_default] == [
         [(c.text, c.score) for c in hyps[:1]] for hyps in by_options
     ]
-    assert all(len(h) == 3 and h[0].score >= h[1].score >= h[2].score for h in by_options)
+    plain = captioner.caption(images, DecodingOptions(n_best=3), rerank=RerankOptions("none"))
+    assert all(len(h) == 3 and h[0].score >= h[1].score >= h[2].score for h in plain)
     sampling = DecodingOptions(sample=True, num_samples=4, seed=5, temperature=1.5)
     drawn = captioner.caption(images, options=sampling)
     assert [len(h) for h in drawn] == [4] * 4
@@ -130,7 +134,10 @@ def test_training_writes_the_neighbour_index_and_evaluate_reranks(trained, capsy
     assert index.keys == [r.filename for r in train_split]
     assert index.captions == [r.captions for r in train_split]
     beam = evaluate_run(root / "run", root / "shapes", options=DecodingOptions(beam_size=3),
-                        meteor=False)  # fmt: skip
+                        meteor=False, rerank=RerankOptions("none"))  # fmt: skip
+    assert beam.rerank.method == "none"
+    by_default = evaluate_run(root / "run", root / "shapes", meteor=False)  # beam 3, auto
+    assert by_default.rerank == RerankOptions("consensus")
     kept = evaluate_run(root / "run", root / "shapes", options=DecodingOptions(beam_size=3),
                         meteor=False, rerank=RerankOptions("consensus", 3, weight=1.0))  # fmt: skip
     assert kept.predictions == beam.predictions  # weight 1: the model's own order

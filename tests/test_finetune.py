@@ -20,6 +20,7 @@ from captionkit.evaluation import evaluate as evaluate_module
 from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.models import MODELS, create_model
 from captionkit.models.run_folder import encoder_for, load_checkpoint
+from captionkit.reranking import RerankOptions
 from captionkit.serving import Captioner
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.config import OptimConfig
@@ -122,7 +123,8 @@ def test_captioner_and_evaluate_use_the_finetuned_encoder(finetuned_run, shapes,
     assert not torch.allclose(pooled, base_pooled, atol=1e-3)
     results = decode(trained.model, pooled, grid, DecodingOptions(beam_size=2))
     expected = [detokenize(trained.vocab.decode(hyps[0].tokens)) for hyps in results]
-    got = Captioner.load(finetuned_run).caption(images, DecodingOptions(beam_size=2))
+    got = Captioner.load(finetuned_run).caption(images, DecodingOptions(beam_size=2),
+                                                rerank=RerankOptions("none"))  # fmt: skip
     assert [hyps[0].text for hyps in got] == expected
 
     seen = []  # the feature rows that evaluation decodes

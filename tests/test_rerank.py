@@ -20,6 +20,8 @@ from captionkit.reranking.rerank import cider_text, mixed
 
 from conftest import pycocoevalcap_cider
 
+PLAIN = RerankOptions("none")  # the beam's own best
+
 SENTENCES = [
     "A black dog is running through the grass.", "Two children are playing in the snow",
     "a man in a red shirt rides a bike down the street", "A girl, in a pink dress, jumps.",
@@ -203,12 +205,28 @@ def test_reranking_needs_the_index_and_valid_options():
         Reranker(RerankOptions("consensus"), None, "runs/x")
     with pytest.raises(CaptionkitError, match="--rerank mbr: runs/x has no neighbour index"):
         Reranker(RerankOptions("mbr"), None, "runs/x")
-    for kwargs, message in [({"method": "best"}, "rerank must be one of none, consensus, mbr"),
+    for kwargs, message in [({"method": "best"}, "one of auto, none, consensus, mbr"),
                             ({"method": "mbr", "candidates": 1}, "rerank_candidates must be"),
                             ({"weight": 1.5}, r"rerank_weight must be in \[0, 1\]"),
                             ({"k": 0}, "rerank k must be at least 1")]:  # fmt: skip
         with pytest.raises(CaptionkitError, match=message):
             RerankOptions(**kwargs)
+
+
+def test_auto_is_consensus_for_an_indexed_run_decoded_by_beam_search():
+    auto = RerankOptions(candidates=4, k=7)
+    assert auto.method == "auto" and not auto.active
+    beam3 = DecodingOptions()
+    assert auto.resolved(True, beam3) == RerankOptions("consensus", candidates=4, k=7)
+    assert auto.resolved(True, DecodingOptions(beam_size=5, n_best=4)).method == "consensus"
+    for leaves_alone in [DecodingOptions(beam_size=1), DecodingOptions(sample=True),
+                         DecodingOptions(beam_size=4, beam_groups=2),
+                         DecodingOptions(beam_size=5, n_best=5)]:  # fmt: skip
+        assert auto.resolved(True, leaves_alone) == RerankOptions("none", candidates=4, k=7)
+    assert auto.resolved(False, beam3).method == "none"  # no neighbour index: the beam's best
+    for method in ("none", "consensus", "mbr"):
+        chosen = RerankOptions(method)
+        assert chosen.resolved(True, DecodingOptions(beam_size=1)) is chosen
 
 
 def test_candidates_come_from_a_wider_beam_or_samples():
@@ -235,7 +253,7 @@ def test_captioner_reranks_its_candidates(indexed_run, lite0):
 
     captioner = Captioner(load_checkpoint(indexed_run), lite0)
     images = _images(3)
-    beam = captioner.caption(images, DecodingOptions(beam_size=4, n_best=4))
+    beam = captioner.caption(images, DecodingOptions(beam_size=4, n_best=4), rerank=PLAIN)
     for method in ("consensus", "mbr"):
         rerank = RerankOptions(method, candidates=4, weight=0.0, k=5)
         reranked = captioner.caption(images, DecodingOptions(n_best=3), rerank=rerank)
@@ -252,6 +270,28 @@ def test_captioner_reranks_its_candidates(indexed_run, lite0):
         ]
     same = captioner.caption(images, rerank=RerankOptions("mbr", 4, weight=1.0))
     assert [h[0].text for h in same] == [h[0].text for h in beam]  # W = 1: the model's order
+
+
+def test_captions_are_reranked_by_default_where_the_run_can(indexed_run, tiny_attention_run,
+                                                           lite0):  # fmt: skip
+    from captionkit.models.run_folder import load_checkpoint
+    from captionkit.serving import Captioner
+
+    images = _images(6)
+    indexed = Captioner(load_checkpoint(indexed_run), lite0)
+    texts = lambda hyps_per_image: [h[0].text for h in hyps_per_image]  # noqa: E731
+    plain, consensus = (
+        texts(indexed.caption(images, rerank=PLAIN)),
+        texts(indexed.caption(images, rerank=RerankOptions("consensus"))),
+    )
+    assert plain != consensus  # else this test could not tell the two apart
+    assert texts(indexed.caption(images)) == consensus
+    greedy = DecodingOptions(beam_size=1)
+    assert texts(indexed.caption(images, greedy)) == texts(
+        indexed.caption(images, greedy, rerank=PLAIN)
+    )
+    unindexed = Captioner(load_checkpoint(tiny_attention_run), lite0)  # no error: the beam's best
+    assert texts(unindexed.caption(images)) == texts(unindexed.caption(images, rerank=PLAIN))
 
 
 def test_caption_endpoint_reranks(indexed_run, tiny_attention_run, lite0):
@@ -282,9 +322,16 @@ def test_caption_endpoint_reranks(indexed_run, tiny_attention_run, lite0):
             c.text for c in expected[0]
         ]
         bad = client.post("/caption", files=files, data={"rerank": "best"})
-        assert bad.status_code == 422 and "rerank must be one of none" in bad.json()["error"]
+        assert bad.status_code == 422 and "rerank must be one of auto, none" in bad.json()["error"]
+    with TestClient(create_app(Captioner(load_checkpoint(indexed_run), lite0))) as client:
+        answer = client.post("/caption", files=files)  # the default: auto
+        assert answer.json()["decoding"] == (
+            "beam 3 (no bad endings), rerank consensus (5 candidates, weight 0.3, k=60)"
+        )
     plain = Captioner(load_checkpoint(tiny_attention_run), lite0)
     with TestClient(create_app(plain)) as client:
+        answer = client.post("/caption", files=files)  # auto, no index: the beam's best
+        assert answer.status_code == 200 and answer.json()["decoding"] == "beam 3 (no bad endings)"
         answer = client.post("/caption", files=files, data={"rerank": "consensus"})
         assert answer.status_code == 400
         assert f"{tiny_attention_run} has no neighbour index" in answer.json()["error"]

@@ -521,7 +521,7 @@ def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     ((run_dir, host, port, settings, device, options, rerank),) = calls
     assert (run_dir, host, port, device) == (tiny_attention_run, "127.0.0.1", 8123, "cpu")
     assert options.bad_endings and not options.allow_unk
-    assert rerank.method == "none"
+    assert rerank.method == "auto"  # serve's default: consensus where the run can
     assert settings == ServeSettings(max_upload_bytes=512 * 1024, max_files=2, batch_size=4,
                                      max_wait_ms=0)  # fmt: skip
     assert options == DecodingOptions(bad_endings=True)  # serve's default

@@ -216,7 +216,8 @@ def evaluate(
                           options=decoding, spice=spice, rerank=rerank)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    described = decoding.describe() + (f", rerank {rerank.describe()}" if rerank.active else "")
+    reranked = result.rerank
+    described = decoding.describe() + (f", rerank {reranked.describe()}" if reranked.active else "")
     if isinstance(runs, list):
         described += f", ensemble of {len(runs)} runs"
     typer.echo(f"{split} split, {len(result.predictions)} images, {described}")

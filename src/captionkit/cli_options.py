@@ -156,9 +156,10 @@ def _ropt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
 
 RERANK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "rerank": (Annotated[str, _ropt(
-        "--rerank", "Re-rank each image's candidates: none, consensus (CIDEr-D against the "
-        "captions of the nearest training images) or mbr (against the other candidates).")],
-        "none"),
+        "--rerank", "Re-rank each image's candidates: auto (consensus for a run with a "
+        "neighbour index decoded by beam search, else none), none, consensus (CIDEr-D against "
+        "the captions of the nearest training images) or mbr (against the other candidates).")],
+        "auto"),
     "rerank_candidates": (Annotated[int, _ropt(
         "--rerank-candidates", "Candidates per image: the beam's n-best (the beam is widened to "
         "N) or, with --sample, N samples.", metavar="N")], 5),

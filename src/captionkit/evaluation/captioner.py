@@ -97,7 +97,8 @@ class Captioner:
                                 for _, e in pairs]  # fmt: skip
         self._transforms = [e.transform() for e in self.encoders]
         self.rerank = RerankOptions()
-        """Re-ranking when `caption` is given none (`captionkit serve --rerank`)."""
+        """Re-ranking when `caption` is given none (`captionkit serve --rerank`; default `auto`:
+        consensus when the run has a neighbour index and the decoding is a beam search)."""
         self._reranker: Reranker | None = None  # keeps the index and its tokenized captions
         attending = [i for i, m in enumerate(self.models) if m.attends] or [0]
         seen = self._member_encoder[attending[0]]
@@ -121,9 +122,10 @@ class Captioner:
             captioner.reranker(rerank)
         return captioner
 
-    def reranker(self, options: RerankOptions) -> Reranker:
-        """A re-ranker with `options` over the run's neighbour index (read once)."""
-        self._reranker = run_reranker(self.trained, options, self._reranker)
+    def reranker(self, options: RerankOptions, decoding: DecodingOptions | None = None) -> Reranker:
+        """A re-ranker with `options` (`auto` resolved for `decoding`) over the run's neighbour
+        index (read once)."""
+        self._reranker = run_reranker(self.trained, options, self._reranker, decoding)
         return self._reranker
 
     @property
@@ -158,10 +160,10 @@ class Captioner:
         `attention=True` adds each caption's tokens and attention maps (models that attend; the
         others return captions without them). `rerank` (default: `self.rerank`): re-rank
         `rerank.candidates` candidates per image and return the first `n_best` of them."""
-        options, rerank = options or DecodingOptions(), rerank or self.rerank
-        keep = options.n_best  # re-ranking: how many of its candidates to return
-        if rerank.active:
-            reranker, options = self.reranker(rerank), rerank.decoding(options)
+        options = options or DecodingOptions()
+        reranker = self.reranker(rerank or self.rerank, options)
+        keep, reranking = options.n_best, reranker.options.active  # keep: of the candidates
+        options = reranker.options.decoding(options)
         options = run_options(self.trained, dataclasses.replace(options, attention=attention))
         model = Ensemble(self.models, options.ensemble_mean) if self.ensemble else self.models[0]
         text = lambda h: self.trained.tokenizer.decode(h.tokens)  # noqa: E731
@@ -171,7 +173,7 @@ class Captioner:
                 [self._image(im) for im in images[start : start + batch_size]]
             )
             results = decode(model, pooled, grid, options, self.trained.tokenizer)
-            if rerank.active:  # neighbours by the first run's features
+            if reranking:  # neighbours by the first run's features
                 first = pooled[0] if self.ensemble else pooled
                 results = [hyps[:keep] for hyps in reranker.rerank(results, text, first.cpu())]
             out += [[self._caption(h) for h in hyps] for hyps in results]

@@ -35,6 +35,10 @@ class Evaluation:
     """Mean caption length, vocabulary used, % novel captions (`stats.caption_stats`)."""
     notes: list[str] = field(default_factory=list)
     """One line for each metric skipped or computed otherwise (no java, no SPICE)."""
+    images: dict[str, Path] = field(default_factory=dict)
+    """Image file name -> its path (for reports)."""
+    rerank: RerankOptions = field(default_factory=lambda: RerankOptions("none"))
+    """The re-ranking applied (`auto` resolved)."""
 
     def to_json(self) -> dict:
         """Metrics and statistics (numbers, at the top), notes, and every image's caption and
@@ -42,9 +46,6 @@ class Evaluation:
         images = [{"image": k, "caption": c, **self.per_image.get(k, {})}
                   for k, c in self.predictions.items()]  # fmt: skip
         return {**self.metrics, **self.stats, "notes": self.notes, "images": images}
-
-    images: dict[str, Path] = field(default_factory=dict)
-    """Image file name -> its path (for reports)."""
 
 
 def caption_rows(trained: TrainedModel | list[TrainedModel], store: FeatureStore | list,
@@ -121,13 +122,13 @@ def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Pat
     is the run's unless they set `max_length`. Novel captions are counted against the training
     split of the same dataset (the run's own split when it is the run's dataset). A list of run
     folders is an ensemble (`decoding.Ensemble`; the first run's split and length limit).
-    `rerank`: re-rank each image's candidates (`captionkit.reranking`; the first run needs its
-    neighbour index)."""
+    `rerank` (default `RerankOptions()`, `auto`): re-rank each image's candidates
+    (`captionkit.reranking`; by the first run's neighbour index)."""
     ensemble = isinstance(run_dir, (list, tuple))
     members = load_members(list(run_dir)) if ensemble else [load_checkpoint(run_dir)]
-    reranker = None
-    if rerank is not None and rerank.active:  # before decoding: a run without an index fails now
-        reranker = run_reranker(members[0], rerank)
+    options = options or DecodingOptions()
+    # before decoding: a run without an index fails now if asked to re-rank
+    reranker = run_reranker(members[0], rerank or RerankOptions(), decoding=options)
     dataset = load_dataset(data, images)
     first_run = Path(run_dir[0] if ensemble else run_dir)
     _pin_splits(dataset, Path(data), first_run, members[0])
@@ -136,7 +137,6 @@ def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Pat
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
     rows = [store.rows([dataset.path(r) for r in records]) for store in stores]
-    options = options or DecodingOptions()
     if ensemble:
         captions = caption_rows(members, stores, rows, options, reranker=reranker)
     else:
@@ -150,4 +150,4 @@ def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Pat
     stats = caption_stats(predictions, training)
     paths = {r.filename: dataset.path(r) for r in records}
     return Evaluation(report.scores, predictions, references, per_image, stats, report.notes,
-                      paths)  # fmt: skip
+                      images=paths, rerank=reranker.options)  # fmt: skip

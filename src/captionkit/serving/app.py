@@ -48,7 +48,7 @@ class CaptionOptions(NamedTuple):
     beam_size: int
     n_best: int
     attention: bool
-    rerank: str = "none"
+    rerank: str = "auto"
 
 
 def create_app(captioner: Captioner, settings: ServeSettings | None = None,
@@ -169,7 +169,8 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
             bool, Form(description="Per-word attention overlays (attention models).")
         ] = False,
         rerank: Annotated[
-            str | None, Form(description="none, consensus or mbr (default: serve --rerank).")
+            str | None,
+            Form(description="auto, none, consensus or mbr (default: serve --rerank)."),
         ] = None,
     ) -> dict:
         """Caption the uploaded images: for each, the best `caption` and its `score` (total
@@ -177,8 +178,9 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
         with a JPEG data URI of where the model looked."""
         key = _options(beam_size, n_best, attention and captioner.attends, settings,
                        rerank or captioner.rerank.method)  # fmt: skip
-        if key.rerank != "none":  # a run without a neighbour index: 400 before any decoding
-            await run_in_threadpool(captioner.reranker, _rerank(captioner, key))
+        # asked to re-rank a run without a neighbour index: 400 before any decoding
+        reranker = await run_in_threadpool(captioner.reranker, _rerank(captioner, key),
+                                           _request_options(base, key))  # fmt: skip
         contents = await read_uploads(file, settings)
         names = [upload_name(f, i) for i, f in enumerate(file)]
         images = [await run_in_threadpool(decode_upload, name, data, settings.max_pixels)
@@ -190,8 +192,8 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
         answers = [await run_in_threadpool(_answer, captioner, name, image, hyps)
                    for name, image, hyps in zip(names, images, results)]  # fmt: skip
         decoding = _request_options(base, key).describe()
-        if key.rerank != "none":
-            decoding += f", rerank {_rerank(captioner, key).describe()}"
+        if reranker.options.active:
+            decoding += f", rerank {reranker.options.describe()}"
         return {"decoding": decoding, "images": answers}
 
 

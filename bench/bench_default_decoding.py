@@ -1,0 +1,81 @@
+"""Benchmark: the default decoding against the beam's own best, on runs of the default recipe.
+
+    .venv/bin/python bench/bench_default_decoding.py --data ../shared/data/flickr8k-mini \
+        --runs runs/quality/best-s0,runs/quality/best-s1,runs/quality/best-s2 \
+        --output bench/results_default_decoding.json
+
+The default of `evaluate`, `caption` and `serve` is beam 3 with `--rerank auto`: consensus
+re-ranking of the beam's 5 best for a run with a neighbour index. Per run and split (val, test),
+every image's CIDEr-D (captionkit's exact CIDEr-D; its mean is pycocoevalcap's) through
+`evaluate_run` with its defaults and with `RerankOptions("none")`, and the seconds of each call;
+then per setting the mean over the runs with a 95% bootstrap interval over images (of the
+run-averaged scores), and the paired difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_models import PLAIN, bootstrap, split_scores
+
+from captionkit.reranking import RerankOptions
+
+SETTINGS = {"beam 3 + auto (the default)": RerankOptions(), "beam 3, --rerank none": PLAIN}
+SPLITS = ("val", "test")
+
+
+def run_scores(run: str, data: str) -> dict:
+    """setting -> split -> {"images": image -> CIDEr-D, "seconds": evaluate_run's wall time}."""
+    out: dict = {}
+    for name, rerank in SETTINGS.items():
+        out[name] = {}
+        for split in SPLITS:
+            start = time.perf_counter()
+            images = split_scores(run, data, split, rerank)
+            out[name][split] = {"images": images, "seconds": time.perf_counter() - start}
+    return out
+
+
+def summary(per_run: dict[str, dict]) -> dict:
+    """Per setting and split: the mean over runs, its interval, each run's mean; and the paired
+    difference of the default from the plain beam."""
+    out: dict = {}
+    default, plain = SETTINGS
+    for split in SPLITS:
+        matrix = {}
+        for name in SETTINGS:
+            runs = [scores[name][split]["images"] for scores in per_run.values()]
+            keys = sorted(runs[0])
+            matrix[name] = np.array([[r[k] for k in keys] for r in runs])  # [runs, images]
+            out.setdefault(name, {})[split] = {
+                "mean": float(matrix[name].mean()),
+                "ci95": bootstrap(matrix[name].mean(axis=0)),
+                "per_run": dict(zip(per_run, matrix[name].mean(axis=1).tolist())),
+            }
+        diff = matrix[default] - matrix[plain]
+        out.setdefault("difference", {})[split] = {
+            "mean": float(diff.mean()),
+            "ci95": bootstrap(diff.mean(axis=0)),
+            "runs_raised": int((diff.mean(axis=1) > 0).sum()),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser.add_argument("--runs", required=True, help="Run folders, comma-separated.")
+    parser.add_argument("--output", type=Path, default=Path("results_default_decoding.json"))
+    args = parser.parse_args()
+    per_run = {Path(r).name: run_scores(r, args.data) for r in args.runs.split(",")}
+    result = {"runs": args.runs.split(","), "summary": summary(per_run), "per_run": per_run}
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
