@@ -9,7 +9,9 @@ re-ranking of the beam's 5 best for a run with a neighbour index. Per run and sp
 every image's CIDEr-D (captionkit's exact CIDEr-D; its mean is pycocoevalcap's) through
 `evaluate_run` with its defaults and with `RerankOptions("none")`, and the seconds of each call;
 then per setting the mean over the runs with a 95% bootstrap interval over images (of the
-run-averaged scores), and the paired difference.
+run-averaged scores), and the paired difference. `--also` adds the per-image scores of runs
+measured earlier (an earlier --output), so seeds trained on different days pool without their run
+folders.
 """
 
 from __future__ import annotations
@@ -70,9 +72,15 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/flickr8k-mini")
     parser.add_argument("--runs", required=True, help="Run folders, comma-separated.")
     parser.add_argument("--output", type=Path, default=Path("results_default_decoding.json"))
+    parser.add_argument("--also", type=Path, help="An earlier --output whose runs join these.")
     args = parser.parse_args()
-    per_run = {Path(r).name: run_scores(r, args.data) for r in args.runs.split(",")}
-    result = {"runs": args.runs.split(","), "summary": summary(per_run), "per_run": per_run}
+    runs = args.runs.split(",")
+    earlier = json.loads(args.also.read_text()) if args.also else {"runs": [], "per_run": {}}
+    clash = set(earlier["per_run"]) & {Path(r).name for r in runs}
+    if clash:
+        parser.error(f"{args.also} already has runs named {sorted(clash)}")
+    per_run = {**earlier["per_run"], **{Path(r).name: run_scores(r, args.data) for r in runs}}
+    result = {"runs": earlier["runs"] + runs, "summary": summary(per_run), "per_run": per_run}
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
 
