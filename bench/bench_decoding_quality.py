@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--output", default="bench/results_decoding_quality.json")
     parser.add_argument("--speed", metavar="RUN", help="Only images/s (see `speed`): RUN "
                         "alone, then the ensemble of --runs, plain and re-ranked.")  # fmt: skip
+    parser.add_argument("--speed-candidates", default="", help="With --speed: also consensus "
+                        "with these numbers of candidates, comma-separated.")  # fmt: skip
     parser.add_argument(
         "--group-scores",
         action="store_true",
@@ -189,10 +191,13 @@ def main() -> None:
         Path(args.output).write_text(json.dumps(scores))
         return
     if args.speed:
+        groups = [(f"single {Path(args.speed).name}", [args.speed])]
+        groups += [(f"ensemble of {len(runs)}", runs)] if len(runs) > 1 else []
+        settings = [("beam 3", None), *RERANKS.items()]
+        settings += [(f"consensus, {n} candidates", RerankOptions("consensus", candidates=int(n)))
+                     for n in args.speed_candidates.split(",") if n]  # fmt: skip
         results = {f"{name} + {rr_name}": speed(which, args.data, rr)
-                   for name, which in ((f"single {Path(args.speed).name}", [args.speed]),
-                                       (f"ensemble of {len(runs)}", runs))
-                   for rr_name, rr in (("beam 3", None), *RERANKS.items())}  # fmt: skip
+                   for name, which in groups for rr_name, rr in settings}  # fmt: skip
         for name, result in results.items():
             print(name, json.dumps(result), flush=True)
         Path(args.output).write_text(json.dumps(results, indent=2))

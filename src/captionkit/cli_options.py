@@ -162,7 +162,7 @@ RERANK_OPTIONS: dict[str, tuple[Any, Any]] = {
         "auto"),
     "rerank_candidates": (Annotated[int, _ropt(
         "--rerank-candidates", "Candidates per image: the beam's n-best (the beam is widened to "
-        "N) or, with --sample, N samples.", metavar="N")], 5),
+        "N) or, with --sample, N samples.", metavar="N")], 8),
     "rerank_weight": (Annotated[float, _ropt(
         "--rerank-weight", "Final score = (1 - W) x re-ranking score + W x log-probability, "
         "each scaled to [0, 1] over the candidates.", metavar="W")], 0.3),
