@@ -96,9 +96,10 @@ def test_decoding_options_through_captioner_and_evaluate(trained, capsys):
     dataset = load_dataset(root / "shapes")
     images = [dataset.path(r) for r in dataset.split("test")[:4]]
     captioner = Captioner.load(root / "run")
-    # DecodingOptions() and RerankOptions() (auto): a beam of 3 whose 5 best consensus re-ranks
+    # DecodingOptions() and RerankOptions() (auto): a beam of 3 widened to the default's number of
+    # candidates (8), which consensus re-ranks
     by_default = captioner.caption(images)
-    consensus = RerankOptions("consensus", candidates=5)
+    consensus = RerankOptions("consensus", candidates=8)
     by_options = captioner.caption(images, DecodingOptions(beam_size=3, n_best=3), rerank=consensus)
     assert [[(c.text, c.score) for c in hyps] for hyps in by_default] == [
         [(c.text, c.score) for c in hyps[:1]] for hyps in by_options
