@@ -5,7 +5,8 @@
         --output bench/results_default_decoding.json
 
 The default of `evaluate`, `caption` and `serve` is beam 3 with `--rerank auto`: consensus
-re-ranking of the beam's 5 best for a run with a neighbour index. Per run and split (val, test),
+re-ranking of the beam's best (`RerankOptions().candidates`: 8; 5 before session 15, which the
+earlier results files used) for a run with a neighbour index. Per run and split (val, test),
 every image's CIDEr-D (captionkit's exact CIDEr-D; its mean is pycocoevalcap's) through
 `evaluate_run` with its defaults and with `RerankOptions("none")`, and the seconds of each call;
 then per setting the mean over the runs with a 95% bootstrap interval over images (of the
