@@ -32,7 +32,7 @@ from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.captioner import Captioner, load_members
 from captionkit.evaluation.evaluate import _member_stores, caption_rows, evaluate_run
-from captionkit.evaluation.rerank import index_run
+from captionkit.evaluation.run_index import index_run
 from captionkit.reranking import NeighbourIndex, RerankOptions, run_reranker
 
 RERANKS = {

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from captionkit.data import load_dataset
-from captionkit.data.images import load_image
+from captionkit.data.image_files import load_image
 from captionkit.encoders import create_encoder, extract_features
 from captionkit.encoders.extraction import extraction_settings, precision
 

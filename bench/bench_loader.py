@@ -22,7 +22,7 @@ from captionkit.data import Vocabulary, load_dataset
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import features_for_dataset
 from captionkit.models import create_model
-from captionkit.training.datamodule import BucketBatchSampler, CaptionPairs, _whole_batch
+from captionkit.training.feature_batches import BucketBatchSampler, CaptionPairs, _whole_batch
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.captioner import run_options
 from captionkit.evaluation.evaluate import _pin_splits
-from captionkit.evaluation.rerank import index_run
+from captionkit.evaluation.run_index import index_run
 from captionkit.metrics.cider_d import CiderD
 from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.reranking import NeighbourIndex, RerankOptions, run_reranker

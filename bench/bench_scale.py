@@ -28,11 +28,11 @@ Stages (one JSON line each on stdout; the library's own prints go to stderr):
 - `annotations`: `load_dataset` of the annotation file; `prepare`: `prepare_report` (`captionkit
   prepare --quick`: reads it again, counts, vocabulary, caption lengths);
 - `tokenizer`: `build_tokenizer("word")` on the train captions (min count 5) and the training
-  token ids (`data_setup.train_tokens`, `datamodule.token_array`);
+  token ids (`run_data.train_tokens`, `feature_batches.token_array`);
 - `store_write`: the random features written (generation included) and indexed (the block
   checksums read the whole store back); `store_open`: `features_for_dataset`, the cache hit of
   `captionkit train` (every path resolved and stat'ed, the index read and checked);
-- `datamodule`: `data_setup.caption_datamodule` as `captionkit train` builds it (tokens again,
+- `datamodule`: `run_data.caption_datamodule` as `captionkit train` builds it (tokens again,
   the store row of every caption) with the default recipe's data settings, and its first batch;
 - `train_<model>`: `--steps` optimizer steps (after 5 untimed ones) of each decoder, with the
   model and optimizer settings of configs/flickr8k-mini/MODEL.yaml, batches of 64 captions from
@@ -98,10 +98,10 @@ from captionkit.metrics.coco_metrics import coco_metrics
 from captionkit.models import MODELS, create_model
 from captionkit.reranking.neighbours import NeighbourIndex, index_training_images
 from captionkit.training.config import RunConfig
-from captionkit.training.data_setup import caption_datamodule, train_tokens
-from captionkit.training.datamodule import _rows_to_tensor, token_array
+from captionkit.training.feature_batches import _rows_to_tensor, token_array
 from captionkit.training.module import CaptioningModule
 from captionkit.training.presets import DEFAULT_PRESET, preset_config
+from captionkit.training.run_data import caption_datamodule, train_tokens
 from captionkit.training.scst import ScstModule, ScstReward
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -46,8 +46,8 @@ from captionkit.encoders.features import features_for_dataset
 from captionkit.models import MODELS, create_model
 from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import RunConfig
-from captionkit.training.data_setup import caption_datamodule
 from captionkit.training.module import CaptioningModule, caption_loss, feature_arguments
+from captionkit.training.run_data import caption_datamodule
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "flickr8k-mini"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from captionkit.cli import main
-from captionkit.data import images as images_module
+from captionkit.data import image_files as images_module
 from captionkit.data.formats import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError

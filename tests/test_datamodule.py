@@ -4,13 +4,13 @@ import numpy as np
 import torch
 
 from captionkit.encoders.features import FeatureStore
-from captionkit.training.datamodule import (
+from captionkit.training.feature_batches import (
     BucketBatchSampler,
     CaptionPairs,
     ImageBatchSampler,
     token_array,
 )
-from captionkit.training.image_data import collate_images
+from captionkit.training.image_batches import collate_images
 
 
 def test_bucket_sampler_covers_every_caption_once_with_similar_lengths():
@@ -82,7 +82,7 @@ def test_ddp_shares_make_up_the_single_process_batches_and_resume_skips():
 def test_seeded_augmentation_depends_on_epoch_and_image_only(tmp_path):
     from PIL import Image
 
-    from captionkit.training.image_data import CaptionedImages, EpochIndices
+    from captionkit.training.image_batches import CaptionedImages, EpochIndices
 
     pixels = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
     Image.fromarray(pixels).save(tmp_path / "a.png")

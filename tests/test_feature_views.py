@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from captionkit.data.images import load_image
+from captionkit.data.image_files import load_image
 from captionkit.data.shapes import make_shapes
 from captionkit.encoders import extract_features
 from captionkit.encoders.features import FeatureStore
@@ -17,7 +17,7 @@ from captionkit.encoders.verify import verify_store
 from captionkit.encoders.views import View, views
 from captionkit.errors import CaptionkitError
 from captionkit.training.config import DataConfig, EncoderConfig, RunConfig, TrainConfig
-from captionkit.training.datamodule import CaptionPairs
+from captionkit.training.feature_batches import CaptionPairs
 from captionkit.training.train import train
 
 from conftest import TINY, write_images

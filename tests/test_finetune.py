@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from captionkit.cli import main
-from captionkit.data.images import load_image
+from captionkit.data.image_files import load_image
 from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.data.shapes import make_shapes
 from captionkit.data.vocab import Vocabulary
@@ -24,7 +24,7 @@ from captionkit.reranking import RerankOptions
 from captionkit.serving import Captioner
 from captionkit.training import DataConfig, RunConfig
 from captionkit.training.config import OptimConfig
-from captionkit.training.image_data import CaptionedImages, collate_images
+from captionkit.training.image_batches import CaptionedImages, collate_images
 from captionkit.training.module import CaptioningModule
 from captionkit.training.train import train
 

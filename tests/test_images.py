@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captionkit.data import images
-from captionkit.data.images import ImageTooLarge, load_image
+from captionkit.data import image_files
+from captionkit.data.image_files import ImageTooLarge, load_image
 from captionkit.data.problems import Problems
 
 RED = (200, 30, 30)
@@ -63,7 +63,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     solid(size=(100, 100)).save(tmp_path / "big.png")
     with pytest.raises(ImageTooLarge, match="100x100 pixels is over the limit of 5000"):
         load_image(tmp_path / "big.png", max_pixels=5000)
-    monkeypatch.setattr(images, "MAX_PIXELS", 5000)
+    monkeypatch.setattr(image_files, "MAX_PIXELS", 5000)
     with pytest.raises(ImageTooLarge):
         load_image(tmp_path / "big.png")
 

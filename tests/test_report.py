@@ -25,7 +25,7 @@ from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.metrics.coco_metrics import METRIC_KEYS
 from captionkit.models import create_model
 from captionkit.models.run_folder import load_checkpoint, save_checkpoint
-from captionkit.reporting.images import heat_overlay
+from captionkit.reporting.pictures import heat_overlay
 from captionkit.reporting.plots import draw_chart, nice_ticks, training_charts
 from captionkit.reporting.report import (
     ReportSettings,

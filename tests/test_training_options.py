@@ -18,9 +18,9 @@ from captionkit.models import create_model
 from captionkit.models.run_folder import load_checkpoint
 from captionkit.training import module as training_module
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from captionkit.training.data_setup import consensus_weights
 from captionkit.training.module import CaptioningModule, caption_loss
 from captionkit.training.resume_checkpoints import load_state
+from captionkit.training.run_data import consensus_weights
 from captionkit.training.schedules import lr_factor
 from captionkit.training.train import _trainer, train
 

@@ -269,7 +269,7 @@ def caption(
         raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
     captioner = Captioner.load(_runs(checkpoint), rerank=rerank)
     if attention_map:
-        from captionkit.reporting.images import attention_strip
+        from captionkit.reporting.pictures import attention_strip
 
         (attended,) = captioner.attend(images, decoding)
         strip = attention_strip(attended.image, attended.tokens, attended.attention)

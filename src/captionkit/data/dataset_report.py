@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from captionkit.data.formats import load_dataset
-from captionkit.data.images import open_or_problem
+from captionkit.data.image_files import open_or_problem
 from captionkit.data.problems import TRUNCATED_CAPTION, Problems
 from captionkit.data.ptb_tokenizer import tokenize
 from captionkit.data.vocab import Vocabulary

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from captionkit.data.files import write_json_atomically
-from captionkit.data.images import open_or_problem
+from captionkit.data.image_files import open_or_problem
 from captionkit.data.problems import Problems
 from captionkit.encoders import reuse
 from captionkit.encoders.extraction import ExtractionSettings, extraction_settings, precision

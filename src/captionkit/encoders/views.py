@@ -5,7 +5,7 @@ vector, and on a small dataset it learns those vectors by heart. View `k` of an 
 resized crop and horizontal flip (the fine-tuning augmentation) drawn from a generator seeded by
 `k` and the image's file name, so a view is the same every time: its features are extracted once
 and cached like the plain ones, in a store of its own (the view is part of the store's key). Each
-epoch, training reads one view of every image, or the image itself (`training.datamodule`).
+epoch, training reads one view of every image, or the image itself (`training.feature_batches`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from captionkit.data.images import load_image
+from captionkit.data.image_files import load_image
 from captionkit.data.ptb_tokenizer import detokenize
 from captionkit.decoding import DEFAULT_MAX_LENGTH, DecodingOptions, DecodingResult, decode
 from captionkit.decoding.ensemble import Ensemble, check_same_tokenizer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from captionkit.reporting.images import font
+from captionkit.reporting.pictures import font
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"]
 

@@ -21,7 +21,7 @@ from captionkit.evaluation.captioner import Captioner
 from captionkit.evaluation.evaluate import Evaluation
 from captionkit.metrics.cider_d import CiderD
 from captionkit.models.run_folder import kept_label, read_config
-from captionkit.reporting import images as pictures
+from captionkit.reporting import pictures
 from captionkit.reporting.plots import draw_chart, training_charts
 from captionkit.reporting.style import CSS
 

@@ -222,7 +222,7 @@ class Reranker:
             raise CaptionkitError(
                 f"--rerank {options.method}: {run} has no neighbour index (neighbours.json, "
                 "written by training since re-ranking exists): train it again, or index it "
-                "with captionkit.evaluation.rerank.index_run(run, data)"
+                "with captionkit.evaluation.run_index.index_run(run, data)"
             )
         self.options, self.index = options, index
         if corpus is None and index is not None:

@@ -30,7 +30,7 @@ from captionkit.decoding import DecodingOptions
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.captioner import Caption, Captioner
 from captionkit.reporting.compare import summarize_run
-from captionkit.reporting.images import data_uri, heat_overlay
+from captionkit.reporting.pictures import data_uri, heat_overlay
 from captionkit.reranking import RERANKERS, RerankOptions
 from captionkit.serving.batcher import MicroBatcher, QueueFull
 from captionkit.serving.settings import ServeSettings

@@ -9,7 +9,7 @@ import json
 from fastapi import UploadFile
 from PIL import Image
 
-from captionkit.data.images import ImageTooLarge, load_image
+from captionkit.data.image_files import ImageTooLarge, load_image
 from captionkit.serving.settings import ServeSettings
 
 

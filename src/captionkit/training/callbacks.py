@@ -16,7 +16,7 @@ from captionkit.data.tokenizers import Tokenizer
 from captionkit.data.vocab import Vocabulary
 from captionkit.encoders import ImageEncoder
 from captionkit.models.run_folder import save_checkpoint
-from captionkit.training.datamodule import ResumableDataModule
+from captionkit.training.feature_batches import ResumableDataModule
 from captionkit.training.module import CaptioningModule
 from captionkit.training.resume_checkpoints import BEST, CHECKPOINTS
 

@@ -16,7 +16,7 @@ from captionkit.encoders.factory import ImageEncoder
 from captionkit.metrics.coco_metrics import quick_metrics
 from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import OptimConfig
-from captionkit.training.datamodule import derived_seed
+from captionkit.training.feature_batches import derived_seed
 from captionkit.training.scheduled_sampling import scheduled_sampling_inputs, ss_probability
 from captionkit.training.schedules import configure_optimization, needs_run_length
 

@@ -25,7 +25,7 @@ from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.metrics.cider_d import CiderD
 from captionkit.training.config import ScstConfig
-from captionkit.training.datamodule import token_array
+from captionkit.training.feature_batches import token_array
 from captionkit.training.module import CaptioningModule
 
 EOS_WORD = "<eos>"

@@ -48,13 +48,13 @@ from captionkit.training.callbacks import (
     target_tokens_in,
 )
 from captionkit.training.config import RunConfig
-from captionkit.training.data_setup import (
+from captionkit.training.module import CaptioningModule
+from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
+from captionkit.training.run_data import (
     caption_datamodule,
     image_datamodule,
     scst_datamodule,
 )
-from captionkit.training.module import CaptioningModule
-from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
 from captionkit.training.run_preparation import run_folder_lock, start_run_dir
 from captionkit.training.scst import ScstModule, ScstReward
 

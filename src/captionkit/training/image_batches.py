@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from captionkit.data.images import open_or_problem
-from captionkit.training.datamodule import (
+from captionkit.data.image_files import open_or_problem
+from captionkit.training.feature_batches import (
     BucketBatchSampler,
     ResumableDataModule,
     derived_seed,

@@ -15,8 +15,8 @@ from captionkit.encoders.finetune import augmenting_transform
 from captionkit.encoders.views import views
 from captionkit.metrics.cider_d import CiderD, DocumentFrequency
 from captionkit.training.config import RunConfig
-from captionkit.training.datamodule import CaptionDataModule, CaptionPairs, ImageRows
-from captionkit.training.image_data import CaptionedImages, ImageDataModule
+from captionkit.training.feature_batches import CaptionDataModule, CaptionPairs, ImageRows
+from captionkit.training.image_batches import CaptionedImages, ImageDataModule
 
 
 def train_tokens(config: RunConfig, vocab: Tokenizer, train_records):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from captionkit.data.images import load_image
+from captionkit.data.image_files import load_image
 
 # The warm light added where a word looked (RGB, scaled by the attention squared).
 _GLOW = np.array([255, 200, 60], dtype=np.float32)
