@@ -36,13 +36,13 @@ from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.evaluate import caption_rows
 from captionkit.models.run_folder import TrainedModel, encoder_for, load_checkpoint
-from captionkit.models.step import StepOutput
+from captionkit.models.step import StepModel, StepOutput
 
 STRATEGIES = {"greedy": 1, "beam3": 3, "beam5": 5}
 BATCH = 64
 
 
-class RecomputePrefix(nn.Module):
+class RecomputePrefix(StepModel, nn.Module):
     """A Transformer decoder without its cache: every `step` runs the teacher-forcing `forward`
     on the whole prefix and keeps the last position's logits, O(t^2) work for a caption of t
     tokens where the cached `step` does O(t)."""

@@ -335,7 +335,7 @@ def train_model(name: str, datamodule, vocab, steps: int) -> tuple[torch.nn.Modu
     """`steps` timed steps of model `name` (configs/flickr8k-mini/NAME.yaml) under Lightning."""
     config = RunConfig.from_yaml(CONFIGS / f"{name}.yaml")
     # What `caption_datamodule` would give this model: no grid rows for a model without one.
-    datamodule.train.use_grid = MODELS[name][1].uses_grid
+    datamodule.train.use_grid = MODELS[name].model_class.uses_grid
     torch.manual_seed(config.train.seed)
     model = create_model(name, vocab_size=len(vocab), feature_dim=FEATURE_DIM,
                          **config.model_args)  # fmt: skip

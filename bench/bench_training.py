@@ -222,7 +222,7 @@ def bench_model(name: str, data: dict, args, device: torch.device) -> dict:
     config.train.precision = args.precision or config.train.precision
     config.train.bucket_batches = args.bucket_batches or config.train.bucket_batches
     config.train.group_images = args.group_images
-    use_grid = MODELS[name][1].uses_grid
+    use_grid = MODELS[name].model_class.uses_grid
     with tempfile.TemporaryDirectory() as tmp:
         # No encoder: the configs have no feature views, which are all it would extract.
         datamodule, _ = caption_datamodule(config, None, data["store"], data["dataset"],

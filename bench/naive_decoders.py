@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
+from captionkit.models.step import StepModel
 
 
-class NaiveShowTell(nn.Module):
+class NaiveShowTell(StepModel, nn.Module):
     """Show-and-Tell: the projected image is the first input, then `<bos> w1 ..`, one step at a
     time through an LSTMCell."""
 
@@ -38,7 +39,7 @@ class NaiveShowTell(nn.Module):
         return torch.stack(outputs[1:], dim=1)
 
 
-class NaiveAttention(nn.Module):
+class NaiveAttention(StepModel, nn.Module):
     """Show-Attend-Tell as tutorials write it: every step projects the whole grid again."""
 
     attends = True

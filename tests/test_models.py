@@ -1,12 +1,17 @@
 """The caption models: shapes, cached decoding, attention and its regulariser, and overfitting."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import captionkit
 from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import DecodingOptions, decode
-from captionkit.models import MODELS, create_model
+from captionkit.errors import CaptionkitError
+from captionkit.models import MODELS, StepModel, create_model, model_entry
 from captionkit.models.attention import attention_regularizer
 from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 
@@ -40,6 +45,37 @@ def inputs(batch: int = 3, length: int = 5, seed: int = 0):
     tokens = torch.randint(3, V, (batch, length), generator=g)
     tokens[:, 0] = Vocabulary.bos_id
     return pooled, grid, tokens
+
+
+def test_an_unknown_model_name_is_one_error_listing_the_models():
+    listed = "must be one of show_tell, attention, transformer, updown, not 'lstm'"
+    with pytest.raises(CaptionkitError, match=f"^--model {listed}$"):
+        model_entry("lstm", "--model")
+    with pytest.raises(CaptionkitError, match=f"^model {listed}$"):
+        create_model("lstm", vocab_size=V, feature_dim=D)
+    assert model_entry("updown").config_class(vocab_size=V, feature_dim=D).hidden_dim == 512
+
+
+def test_only_the_registry_reads_the_model_names():
+    """`MODELS` is read in `captionkit.models` alone: every other module goes through
+    `model_entry`, the one check of a name."""
+    package = Path(captionkit.__file__).parent
+    readers = []
+    for path in sorted(package.rglob("*.py")):
+        nodes = list(ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+        names = {n.id for n in nodes if isinstance(n, ast.Name)}
+        names |= {a.name for n in nodes if isinstance(n, ast.ImportFrom) for a in n.names}
+        if "MODELS" in names:
+            readers.append(path.relative_to(package).as_posix())
+    assert readers == ["models/__init__.py"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_declares_what_decoding_reads_through_step_model(name):
+    model = tiny(name)
+    assert isinstance(model, StepModel)
+    state = model.init_state(torch.randn(2, D), torch.randn(2, L, D))
+    assert set(model.image_state) <= set(state)  # names of its own state
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -311,7 +347,7 @@ def test_attention_forward_equals_stepping_the_cell_with_gradients(gate):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
-SHARING = sorted(n for n, (_, cls) in MODELS.items() if getattr(cls, "shares_images", False))
+SHARING = sorted(n for n, entry in MODELS.items() if entry.model_class.shares_images)
 
 
 @pytest.mark.parametrize("name", SHARING)

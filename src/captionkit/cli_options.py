@@ -213,16 +213,6 @@ MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
 }  # fmt: skip
 
 
-def model_settings(model: str) -> dict[str, type]:
-    """The config fields a user may set for a registered model, with their types."""
-    from captionkit.models import MODELS
-    from captionkit.models import model_settings as settings
-
-    if model not in MODELS:
-        raise CaptionkitError(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
-    return settings(model)
-
-
 def _typed(text: str, kind: type, key: str):
     """`text` as a value of the field's type (bool, int, float or str)."""
     if kind is bool and text.lower() in ("true", "1", "yes", "false", "0", "no"):
@@ -241,10 +231,11 @@ def model_args(model: str, model_arg: list[str] | None = None, base: dict | None
     """The command line's model options as `RunConfig.model_args` for `model`: the named
     options (`MODEL_FIELDS`, None = unset) and `KEY=VALUE` strings, checked against the model's
     config dataclass, over `base` (a config file's `model_args`, named `base_source` in errors)."""
-    from captionkit.models import DERIVED_FIELDS, MODELS
+    from captionkit.models import model_entry
     from captionkit.training.config import check_model_args
 
-    settings = model_settings(model)
+    entry = model_entry(model, "--model")
+    settings = entry.settings()
     valid = ", ".join(settings)
     args: dict[str, Any] = {}
 
@@ -272,10 +263,7 @@ def model_args(model: str, model_arg: list[str] | None = None, base: dict | None
         put(key, _typed(text, settings[key], key), f"--model-arg {item}")
     # The command line wins over the file, key by key.
     args = {**check_model_args(model, base or {}, base_source), **args}
-    try:  # the config's own checks, before minutes of feature extraction
-        MODELS[model][0](**dict.fromkeys(DERIVED_FIELDS, 1), **args)
-    except (TypeError, ValueError) as e:
-        raise CaptionkitError(f"model '{model}': {e}") from None
+    entry.check_settings(args)  # the config's own checks, before minutes of feature extraction
     return args
 
 

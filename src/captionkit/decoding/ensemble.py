@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from captionkit.errors import CaptionkitError
-from captionkit.models.step import StepOutput
+from captionkit.models.step import StepModel, StepOutput
 
 
-class Ensemble:
+class Ensemble(StepModel):
     """Members as one model under `models.step`'s contract.
 
     `mean="probability"` (the default, as ruotianluo/ImageCaptioning.pytorch's ensembles):
@@ -35,6 +35,8 @@ class Ensemble:
         self.models, self.mean = list(models), mean
         self.attends = any(m.attends for m in self.models)
         self.uses_grid = any(m.uses_grid for m in self.models)
+        # Each member's state is its own dict: a name is left alone in whichever member has it.
+        self.image_state = tuple(dict.fromkeys(k for m in self.models for k in m.image_state))
 
     @property
     def training(self) -> bool:

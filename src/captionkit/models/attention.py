@@ -15,17 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
-from captionkit.models.step import StepOutput
+from captionkit.models.step import ModelConfig, StepModel, StepOutput
 
 
 @dataclass
-class AttentionConfig:
+class AttentionConfig(ModelConfig):
     """Hyperparameters of Show-Attend-and-Tell; stored in every checkpoint."""
 
-    vocab_size: int
-    """Number of tokens, specials included."""
-    feature_dim: int
-    """Size D of the encoder's grid features (and of the pooled feature)."""
     embed_dim: int = 512
     """Size E of word embeddings."""
     hidden_dim: int = 512
@@ -72,13 +68,50 @@ class SoftAttention(nn.Module):
         return context, alpha
 
 
-class ShowAttendTell(nn.Module):
-    """Grid features -> attention LSTM decoder; see the module docstring."""
+class AttentionDecoder(StepModel, nn.Module):
+    """What Show-Attend-Tell and the top-down decoder (`updown`) share: teacher forcing as an LSTM
+    recurrence over the captions sorted longest first, each run only up to its last word.
+
+    A subclass gives `_encode(pooled [B, D], grid [B, L, D] | None)`, the batch-first tensors of
+    each image that its recurrence reads; `_run_sorted(encoded, tokens [B, T], lengths)`, the
+    recurrence over captions sorted longest first -> h [B, T, H], α [B, T, L]; and the `dropout`
+    and `head` that turn h into logits.
+    """
 
     uses_grid = True
     attends = True
     shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
-    image_state = ("grid", "grid_att")  # the same for all of an image's rows (`models.step`)
+
+    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor,
+                return_attention: bool = False, image_index: torch.Tensor | None = None
+                ):  # fmt: skip
+        """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V], and
+        with `return_attention` also the attention weights α [B, T, L] (for the regulariser).
+
+        Each caption is run only up to its last token that is neither <pad> nor <eos>: later
+        positions predict padding, which the loss ignores, and get the logits of a zero state
+        (the head's bias) and zero attention. Elsewhere this equals stepping `step` (tested).
+        With `image_index` [B], pooled [I, D] and grid [I, L, D] are per image and caption b
+        reads image `image_index[b]`: the image's work in `_encode` is done once per image.
+        """
+        lengths = running_lengths(tokens)  # [B]: steps each caption needs
+        # Longest first, so that the captions still running are always a prefix of the batch
+        # (as in sgrvinod's Show-Attend-Tell tutorial): no work on padding, no gathers.
+        order = lengths.argsort(descending=True, stable=True)  # [B]
+        if image_index is None:
+            encoded = self._encode(pooled[order], None if grid is None else grid[order])
+        else:  # pooled [I, D], grid [I, L, D]: each image's work once, shared by its captions
+            encoded = [x[image_index[order]] for x in self._encode(pooled, grid)]
+        hs, alphas = self._run_sorted(encoded, tokens[order], lengths[order].tolist())
+        restore = order.argsort()  # [B]
+        logits = self.head(self.dropout(hs[restore]))  # [B, T, V]
+        return (logits, alphas[restore]) if return_attention else logits
+
+
+class ShowAttendTell(AttentionDecoder):
+    """Grid features -> attention LSTM decoder; see the module docstring."""
+
+    image_state = ("grid", "grid_att")  # the same for all of an image's rows (StepModel)
 
     def __init__(self, config: AttentionConfig):
         super().__init__()
@@ -117,31 +150,6 @@ class ShowAttendTell(nn.Module):
         h, c = self.lstm(torch.cat([emb, context], dim=-1), (h, c))
         return h, c, alpha
 
-    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor,
-                return_attention: bool = False, image_index: torch.Tensor | None = None
-                ):  # fmt: skip
-        """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V], and
-        with `return_attention` also the attention weights α [B, T, L] (for the regulariser).
-
-        Each caption is run only up to its last token that is neither <pad> nor <eos>: later
-        positions predict padding, which the loss ignores, and get the logits of a zero state
-        (the head's bias) and zero attention. Elsewhere this equals stepping `step` (tested).
-        With `image_index` [B], pooled [I, D] and grid [I, L, D] are per image and caption b
-        reads image `image_index[b]`: the grid is embedded and projected once per image.
-        """
-        lengths = running_lengths(tokens)  # [B]: steps each caption needs
-        # Longest first, so that the captions still running are always a prefix of the batch
-        # (as in sgrvinod's Show-Attend-Tell tutorial): no work on padding, no gathers.
-        order = lengths.argsort(descending=True, stable=True)  # [B]
-        if image_index is None:
-            encoded = self._encode(pooled[order], None if grid is None else grid[order])
-        else:  # pooled [I, D], grid [I, L, D]: each image's work once, shared by its captions
-            encoded = [x[image_index[order]] for x in self._encode(pooled, grid)]
-        hs, alphas = self._run_sorted(encoded, tokens[order], lengths[order].tolist())
-        restore = order.argsort()  # [B]
-        logits = self.head(self.dropout(hs[restore]))  # [B, T, V]
-        return (logits, alphas[restore]) if return_attention else logits
-
     def _run_sorted(self, encoded, tokens, lengths: list[int]):
         """The recurrence over captions sorted longest first -> h [B, T, H], α [B, T, L], zero
         after each caption's length. Same arithmetic as `_cell`, rearranged: the words' share
@@ -149,7 +157,6 @@ class ShowAttendTell(nn.Module):
         h (LSTM, attention query, β gate) are one matrix product per step."""
         cfg = self.config
         grid, grid_att, h, c = encoded  # [B, L, D], [B, L, A], [B, H] x2 (from `_encode`)
-        (B, T), H = tokens.shape, cfg.hidden_dim
         w_ih, att = self.lstm.weight_ih, self.attention
         bias = self.lstm.bias_ih + self.lstm.bias_hh  # [4H]
         x_words = F.linear(self.embed(tokens.t()), w_ih[:, : cfg.embed_dim], bias).unbind()
@@ -164,7 +171,7 @@ class ShowAttendTell(nn.Module):
             parts.append((self.f_beta.weight, self.f_beta.bias))  # [D, H], [D]
         w_h, b_h = torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])
         sizes = [w.shape[0] for w, _ in parts]
-        running = [sum(length > t for length in lengths) for t in range(max(lengths, default=0))]
+        running = running_counts(lengths)
         # One view per batch size, not per step: the backward of a slice fills a gradient of
         # the whole [B, L, A] with zeros, once per view.
         grid_att_views = {n: grid_att[:n] for n in set(running)}
@@ -178,14 +185,10 @@ class ShowAttendTell(nn.Module):
             if cfg.gate:
                 context = torch.sigmoid(from_h[2]) * context
             x = x_words[len(hs)][:n]  # [n, 4H]: this step's words
-            gates = torch.addmm(x + from_h[0], context, w_context.t())  # [n, 4H]
-            i, f, g, o = gates.chunk(4, dim=1)  # nn.LSTMCell's order
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            hs.append(F.pad(h, (0, 0, 0, B - n)))
-            alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
-        return (stack_padded(hs, (B, H), T, grid.device),
-                stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
+            h, c = lstm_update(torch.addmm(x + from_h[0], context, w_context.t()), c)
+            hs.append(h)
+            alphas.append(alpha)
+        return stack_steps(hs, alphas, tokens.shape[1], cfg.hidden_dim, grid)
 
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None
@@ -240,9 +243,36 @@ def running_lengths(tokens: torch.Tensor) -> torch.Tensor:
     return (mask * positions).amax(dim=1)
 
 
-def stack_padded(steps: list[torch.Tensor], shape, length: int, device) -> torch.Tensor:
-    """Per-step tensors [B, X] -> [B, length, X], zeros after the last step."""
+def running_counts(lengths: list[int]) -> list[int]:
+    """For each step, how many of the captions of `lengths` (sorted longest first) still run: a
+    prefix of the batch."""
+    return [sum(length > t for length in lengths) for t in range(max(lengths, default=0))]
+
+
+def lstm_update(gates: torch.Tensor, c: torch.Tensor):
+    """nn.LSTMCell's update from its summed gate pre-activations [B, 4H] (order i, f, g, o) and
+    the previous cell c [B, H] -> new (h, c) [B, H] each; for recurrences that compute the
+    pre-activations themselves (fewer, larger matrix products than the cell's)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def stack_steps(hs: list[torch.Tensor], alphas: list[torch.Tensor], length: int, hidden_dim: int,
+                grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A recurrence's outputs over captions sorted longest first, h [n_t, H] and α [n_t, L] at
+    step t for the n_t captions still running (a prefix of the batch of grid [B, L, ..]) ->
+    h [B, length, H] and α [B, length, L], zeros where a caption has ended."""
+    (batch, positions), device = grid.shape[:2], grid.device
+    return (_padded(hs, (batch, hidden_dim), length, device),
+            _padded(alphas, (batch, positions), length, device))  # fmt: skip
+
+
+def _padded(steps: list[torch.Tensor], shape, length: int, device) -> torch.Tensor:
+    """Per-step tensors [n_t, X] -> [B, length, X] for `shape` (B, X): zeros below each step's
+    n_t rows and after the last step."""
     if not steps:
         return torch.zeros(shape[0], length, shape[1], device=device)
-    out = torch.stack(steps, dim=1)  # [B, t, X]
+    rows = [F.pad(s, (0, 0, 0, shape[0] - s.shape[0])) for s in steps]  # [B, X] each
+    out = torch.stack(rows, dim=1)  # [B, t, X]
     return F.pad(out, (0, 0, 0, length - out.shape[1]))

@@ -24,7 +24,7 @@ from captionkit.data.tokenizers import Tokenizer, tokenizer_from_dict
 from captionkit.encoders import ImageEncoder, create_encoder
 from captionkit.encoders.factory import spec_resize
 from captionkit.errors import CaptionkitError
-from captionkit.models import MODELS, create_model, model_config_dict
+from captionkit.models import create_model, model_config_dict, model_entry
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 ENCODER_WEIGHTS = "encoder.safetensors"  # only in runs that fine-tuned their encoder
@@ -151,8 +151,9 @@ def _checked_config(config, path: Path) -> dict:
     need(isinstance(config, dict), "not a run config (a JSON object)")
     model = config.get("model")
     need(isinstance(model, dict) and isinstance(model.get("config"), dict)
-         and str(model.get("name")) in MODELS, f"'model' must hold a 'config' and a 'name' of "
-         f"{', '.join(MODELS)}")  # fmt: skip
+         and isinstance(model.get("name"), str),
+         "'model' must hold a 'config' and a 'name'")  # fmt: skip
+    model_entry(model["name"], f"{path}: model.name")  # a registered one
     for key, value in model["config"].items():
         need(isinstance(value, (bool, int, float, str)) and (
             isinstance(value, bool) or not isinstance(value, int) or -1 <= value <= MAX_SETTING),

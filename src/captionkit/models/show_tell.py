@@ -13,17 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from captionkit.models.step import StepOutput
+from captionkit.models.step import ModelConfig, StepModel, StepOutput
 
 
 @dataclass
-class ShowTellConfig:
+class ShowTellConfig(ModelConfig):
     """Hyperparameters of Show-and-Tell; stored in every checkpoint."""
 
-    vocab_size: int
-    """Number of tokens, specials included."""
-    feature_dim: int
-    """Size D of the encoder's pooled feature."""
     embed_dim: int = 512
     """Size E of word embeddings and of the projected image feature."""
     hidden_dim: int = 512
@@ -48,11 +44,9 @@ class ShowTellConfig:
             )
 
 
-class ShowTell(nn.Module):
-    """Pooled image feature -> recurrent decoder; see the module docstring."""
-
-    uses_grid = False
-    attends = False
+class ShowTell(StepModel, nn.Module):
+    """Pooled image feature -> recurrent decoder; see the module docstring (`StepModel`'s
+    defaults: no grid, no attention)."""
 
     def __init__(self, config: ShowTellConfig):
         super().__init__()

@@ -1,20 +1,48 @@
-"""The decoding step contract every model (and an ensemble of them) follows:
+"""The decoding step contract every model (and an ensemble of them, or an exported one) follows:
 
-- `attends: bool`, a class attribute: whether `step` returns attention weights over the grid;
 - `init_state(pooled [B, D], grid [B, L, D] | None) -> state`, a dict of batch-first tensors
   (decoding expands and reorders every one of them on dim 0, and export names them);
 - `step(tokens [B], state) -> StepOutput(logits [B, V], state, attention [B, L] | None)`;
-- optionally `image_state`: the state's names that hold the same tensor for every row of an
-  image and that `step` never changes (the grid and its projection, a Transformer's memory keys
-  and values): beam search reorders rows only among an image's beams, so it leaves these as
-  they are instead of copying them at every step.
+- what it says about itself, the attributes of `StepModel`, which declares each with its default.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
+
+@dataclass
+class ModelConfig:
+    """The fields every model's config dataclass starts with: sizes that training derives from
+    the data and the encoder, never the user's to set (`models.DERIVED_FIELDS`)."""
+
+    vocab_size: int
+    """Number of tokens, specials included."""
+    feature_dim: int
+    """Size D of the encoder's pooled feature and of each grid position's."""
+
+
+class StepModel:
+    """The attributes a model under this contract declares about itself, with their defaults; a
+    model sets those that differ (as class attributes, or in `__init__` when they depend on its
+    config or members). Every decoder, ensemble and exported model derives from it, so callers
+    read the attributes plainly."""
+
+    uses_grid: bool = False
+    """Whether the model reads the spatial grid (else `grid` may be None)."""
+    attends: bool = False
+    """Whether `step` returns attention weights over the grid."""
+    shares_images: bool = False
+    """Whether teacher-forced `forward` takes features per image and `image_index` [B] (batches
+    grouped by image), so that an image's work is done once for all its captions."""
+    image_state: tuple[str, ...] = ()
+    """The state's names that hold the same tensor for every row of an image and that `step`
+    never changes (the grid and its projection, a Transformer's memory keys and values): beam
+    search reorders rows only among an image's beams, so it leaves these as they are instead of
+    copying them at every step."""
 
 
 class StepOutput(NamedTuple):
@@ -29,8 +57,6 @@ class StepOutput(NamedTuple):
     """[B, L] attention weights over the grid (sum 1), None for models that do not attend."""
 
 
-def image_state_keys(model) -> frozenset[str]:
-    """The `image_state` names of a model, or of every member of an ensemble (`models`);
-    none for a model that does not say (an exported one: all its state is reordered)."""
-    members = getattr(model, "models", None) or [model]
-    return frozenset(k for m in members for k in getattr(m, "image_state", ()))
+def image_state_keys(model: StepModel) -> frozenset[str]:
+    """The names of `model`'s state that beam search never reorders (`StepModel.image_state`)."""
+    return frozenset(model.image_state)

@@ -16,17 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
-from captionkit.models.step import StepOutput
+from captionkit.models.step import ModelConfig, StepModel, StepOutput
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(ModelConfig):
     """Hyperparameters of the Transformer decoder; stored in every checkpoint."""
 
-    vocab_size: int
-    """Number of tokens, specials included."""
-    feature_dim: int
-    """Size D of the encoder's grid features (and of the pooled feature)."""
     d_model: int = 512
     """Size M of every token's representation."""
     n_heads: int = 8
@@ -93,7 +89,9 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, c: TransformerConfig):
         super().__init__()
-        self.self_norm, self.cross_norm, self.ff_norm = (nn.LayerNorm(c.d_model) for _ in "abc")
+        self.self_norm = nn.LayerNorm(c.d_model)
+        self.cross_norm = nn.LayerNorm(c.d_model)
+        self.ff_norm = nn.LayerNorm(c.d_model)
         self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
         self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
         self.ff = nn.Sequential(
@@ -116,7 +114,7 @@ class DecoderBlock(nn.Module):
         return x + self.dropout(self.ff(self.ff_norm(x))), (k, v)
 
 
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(StepModel, nn.Module):
     """Grid features -> Transformer decoder; see the module docstring."""
 
     uses_grid = True
@@ -125,6 +123,8 @@ class TransformerDecoder(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = self.config = config
+        # Each layer's memory keys and values: the same for all of an image's rows.
+        self.image_state = tuple(f"memory_{kv}.{i}" for i in range(c.n_layers) for kv in "kv")
         # Pre-norm blocks normalise their queries, never the memory: this LayerNorm plays the
         # part of a Transformer encoder's final norm.
         self.memory_proj = nn.Sequential(
@@ -180,11 +180,6 @@ class TransformerDecoder(nn.Module):
         for block, mem in zip(self.blocks, memory_kv):
             x, _ = block(x, mem)
         return self._logits(x)  # [B, T, V]
-
-    @property
-    def image_state(self) -> tuple[str, ...]:
-        """Each layer's memory keys and values: the same for all of an image's rows."""
-        return tuple(f"memory_{kv}.{i}" for i in range(self.config.n_layers) for kv in "kv")
 
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None

@@ -17,23 +17,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from captionkit.models.attention import (
+    AttentionDecoder,
     SoftAttention,
     feature_embedding,
-    running_lengths,
-    stack_padded,
+    lstm_update,
+    running_counts,
+    stack_steps,
     word_embedding,
 )
-from captionkit.models.step import StepOutput
+from captionkit.models.step import ModelConfig, StepOutput
 
 
 @dataclass
-class UpDownConfig:
+class UpDownConfig(ModelConfig):
     """Hyperparameters of the top-down attention decoder; stored in every checkpoint."""
 
-    vocab_size: int
-    """Number of tokens, specials included."""
-    feature_dim: int
-    """Size D of the encoder's grid features (and of the pooled feature)."""
     embed_dim: int = 512
     """Size E of word embeddings."""
     hidden_dim: int = 512
@@ -51,17 +49,10 @@ class UpDownConfig:
     paper's choice)."""
 
 
-class UpDown(nn.Module):
+class UpDown(AttentionDecoder):
     """Grid features -> top-down attention decoder; see the module docstring."""
 
-    uses_grid = True
-    attends = True
-    shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
-    image_state = (
-        "grid",
-        "grid_att",
-        "mean",
-    )  # the same for all of an image's rows (`models.step`)
+    image_state = ("grid", "grid_att", "mean")  # the same for all of an image's rows (StepModel)
 
     def __init__(self, config: UpDownConfig):
         super().__init__()
@@ -94,31 +85,13 @@ class UpDown(nn.Module):
         h_lang, c_lang = self.lang_lstm(torch.cat([context, h_att], dim=-1), (h_lang, c_lang))
         return (h_att, c_att, h_lang, c_lang), alpha
 
-    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor,
-                return_attention: bool = False, image_index: torch.Tensor | None = None
-                ):  # fmt: skip
-        """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V] (and
-        α [B, T, L] with `return_attention`). As in `ShowAttendTell.forward`, captions run
-        longest first only up to their last real token; later positions get the head's bias.
-        `image_index` as in `ShowAttendTell.forward` (features per image)."""
-        lengths = running_lengths(tokens)  # [B]
-        order = lengths.argsort(descending=True, stable=True)  # [B]
-        if image_index is None:
-            encoded = self._encode(pooled[order], None if grid is None else grid[order])
-        else:  # pooled [I, D], grid [I, L, D]: each image's work once, shared by its captions
-            encoded = [x[image_index[order]] for x in self._encode(pooled, grid)]
-        hs, alphas = self._run_sorted(encoded, tokens[order], lengths[order].tolist())
-        restore = order.argsort()
-        logits = self.head(self.dropout(hs[restore]))  # [B, T, V]
-        return (logits, alphas[restore]) if return_attention else logits
-
     def _run_sorted(self, encoded, tokens, lengths: list[int]):
         """The recurrence over captions sorted longest first -> language h [B, T, H] and
         α [B, T, L], zero after each caption's length. The words' and the mean feature's share
         of the attention LSTM's input product is one matrix product for all steps."""
         c = self.config
         grid, grid_att, mean = encoded  # [B, L, H], [B, L, A], [B, H] (from `_encode`)
-        (B, T), H = tokens.shape, c.hidden_dim
+        B, H = tokens.shape[0], c.hidden_dim
         w_ih = self.att_lstm.weight_ih  # [4H, H + H + E]
         bias = self.att_lstm.bias_ih + self.att_lstm.bias_hh
         from_mean = F.linear(mean, w_ih[:, H : 2 * H], bias)  # [B, 4H]
@@ -126,19 +99,18 @@ class UpDown(nn.Module):
         w_h = w_ih[:, :H]  # [4H, H]: the previous language h's share
         zeros = grid.new_zeros(B, H)
         h_att, c_att, h_lang, c_lang = zeros, zeros, zeros, zeros
-        running = [sum(n > t for n in lengths) for t in range(max(lengths, default=0))]
+        running = running_counts(lengths)
         hs, alphas = [], []
         for t, n in enumerate(running):  # n: captions still running, a prefix of the batch
             h_att, c_att, h_lang, c_lang = h_att[:n], c_att[:n], h_lang[:n], c_lang[:n]
             gates = x_words[t][:n] + from_mean[:n] + h_lang @ w_h.t()
             gates = gates + h_att @ self.att_lstm.weight_hh.t()  # [n, 4H]
-            h_att, c_att = _lstm_update(gates, c_att)
+            h_att, c_att = lstm_update(gates, c_att)
             context, alpha = self.attention(grid[:n], grid_att[:n], h_att)  # [n, H], [n, L]
             h_lang, c_lang = self.lang_lstm(torch.cat([context, h_att], dim=-1), (h_lang, c_lang))
-            hs.append(F.pad(h_lang, (0, 0, 0, B - n)))
-            alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
-        return (stack_padded(hs, (B, H), T, grid.device),
-                stack_padded(alphas, grid.shape[:2], T, grid.device))  # fmt: skip
+            hs.append(h_lang)
+            alphas.append(alpha)
+        return stack_steps(hs, alphas, tokens.shape[1], H, grid)
 
     def init_state(
         self, pooled: torch.Tensor, grid: torch.Tensor | None
@@ -159,10 +131,3 @@ class UpDown(nn.Module):
         new_state = {**state, "h_att": h_att, "c_att": c_att, "h_lang": h_lang,
                      "c_lang": c_lang}  # fmt: skip
         return StepOutput(self.head(self.dropout(h_lang)), new_state, alpha)
-
-
-def _lstm_update(gates: torch.Tensor, c: torch.Tensor):
-    """nn.LSTMCell's update from its summed gate pre-activations [B, 4H] (order i, f, g, o)."""
-    i, f, g, o = gates.chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c

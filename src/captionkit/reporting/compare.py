@@ -16,7 +16,7 @@ from pathlib import Path
 
 from captionkit.errors import CaptionkitError
 from captionkit.metrics.coco_metrics import METRIC_KEYS
-from captionkit.models import MODELS
+from captionkit.models import model_entry
 from captionkit.models.run_folder import read_config
 from captionkit.training.config import RunConfig
 
@@ -76,9 +76,10 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
 
 def _model_defaults(name: str | None) -> dict:
     """The default of every field of a registered model's config that has one."""
-    if name not in MODELS:
+    try:
+        fields = dataclasses.fields(model_entry(name).config_class)
+    except CaptionkitError:  # a run of a model this version no longer has
         return {}
-    fields = dataclasses.fields(MODELS[name][0])
     return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 

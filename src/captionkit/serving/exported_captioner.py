@@ -16,7 +16,7 @@ from captionkit.data.tokenizers import tokenizer_from_dict
 from captionkit.errors import CaptionkitError
 from captionkit.evaluation.captioner import Captioner
 from captionkit.models.run_folder import TrainedModel
-from captionkit.models.step import StepOutput
+from captionkit.models.step import StepModel, StepOutput
 
 
 class _Preprocess(nn.Module):
@@ -35,9 +35,10 @@ class _Preprocess(nn.Module):
         return pixels, None
 
 
-class _ExportedModel:
+class _ExportedModel(StepModel):
     """The model interface `decode` uses (`init_state`, `step`, `eval`/`train`) over exported
-    graphs; `init_state` runs the encoder graph on the pixels."""
+    graphs; `init_state` runs the encoder graph on the pixels. It says no `image_state`: the
+    graphs' state names carry no such promise, so beam search reorders all of it."""
 
     training = False
 

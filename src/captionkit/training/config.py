@@ -397,12 +397,11 @@ def _group(cls: type, values, source: str, name: str):
 
 def run_config_from_mapping(values, source: str) -> RunConfig:
     """A `RunConfig` from a config file's contents (`source`: the file, for errors)."""
-    from captionkit.models import MODELS
+    from captionkit.models import model_entry
 
     top = known_keys(RunConfig, values, source, "")
     model = check_value(top.get("model", RunConfig.model), str, f"{source}: model")
-    if model not in MODELS:
-        raise CaptionkitError(f"{source}: model must be one of {', '.join(MODELS)}, not {model!r}")
+    model_entry(model, f"{source}: model")  # a registered one
     model_args = top.get("model_args")  # None: all commented out
     model_args = check_value(
         {} if model_args is None else model_args, dict, f"{source}: model_args"

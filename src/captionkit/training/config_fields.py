@@ -77,16 +77,17 @@ def check_model_args(model: str, args: dict, source: str) -> dict:
     """`args` checked against the config dataclass of registered model `model`: known fields,
     values of their types (ints become floats where the field is a float) and the config's own
     checks. `source` (e.g. "cfg.yaml: model_args") begins every error."""
-    from captionkit.models import DERIVED_FIELDS, MODELS, model_settings  # torch, only now
+    from captionkit.models import model_entry  # torch, only now
 
-    settings = model_settings(model)
+    entry = model_entry(model, f"{source}: model")
+    settings = entry.settings()
     for key in args:
         if key not in settings:
             raise CaptionkitError(f"{source}: model '{model}' has no setting '{key}' "
                                   f"(valid: {', '.join(settings)})")  # fmt: skip
     checked = {k: check_value(v, settings[k], f"{source}.{k}") for k, v in args.items()}
     try:
-        MODELS[model][0](**dict.fromkeys(DERIVED_FIELDS, 1), **checked)
-    except (TypeError, ValueError) as e:
-        raise CaptionkitError(f"{source}: model '{model}': {e}") from None
+        entry.check_settings(checked)
+    except CaptionkitError as e:
+        raise CaptionkitError(f"{source}: {e}") from None
     return checked

@@ -30,7 +30,7 @@ def feature_arguments(model: nn.Module, pooled: torch.Tensor, grid: torch.Tensor
     other models, or `share=False`, get the features repeated per caption [B, ...]."""
     if image_index is None:
         return (pooled, grid), {}
-    if share and getattr(model, "shares_images", False):
+    if share and model.shares_images:
         return (pooled, grid), {"image_index": image_index}
     return (pooled[image_index], None if grid is None else grid[image_index]), {}
 

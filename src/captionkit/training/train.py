@@ -27,7 +27,7 @@ from captionkit.encoders.factory import spec_resize
 from captionkit.encoders.features import extract_features, features_for_dataset
 from captionkit.encoders.finetune import unfreeze_last_blocks
 from captionkit.errors import CaptionkitError
-from captionkit.models import MODELS, create_model, model_config_dict
+from captionkit.models import create_model, model_config_dict, model_entry
 from captionkit.models.run_folder import (
     CONFIG,
     ENCODER_WEIGHTS,
@@ -199,7 +199,7 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     vocab = _tokenizer(config, run_dir, init, train_records, resume)
     model = _model(config, vocab, encoder, init)
-    finetune, use_grid = config.encoder.finetune, MODELS[config.model][1].uses_grid
+    finetune, use_grid = config.encoder.finetune, model_entry(config.model).model_class.uses_grid
     if scst:
         data = (scst_datamodule(config, encoder, store, dataset, train_records, val_records,
                                  use_grid), 0)  # fmt: skip
