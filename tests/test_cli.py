@@ -2,15 +2,19 @@
 
 import dataclasses
 import json
+import logging
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
+import typer
 
-from captionkit.cli import main
+from captionkit.cli import app, main
 from captionkit.cli_options import MODEL_OPTIONS
 from captionkit.cli_train import NOT_OPTIONS
+from captionkit.errors import CaptionkitError
 from captionkit.training.config import GROUPS, RunConfig
 
 from conftest import ATTENDING_RUNS, write_images
@@ -152,6 +156,104 @@ def test_train_says_which_epochs_the_kept_mean_is_of(tmp_path, capsys, monkeypat
     assert code == 0 and "val CIDEr (the mean of epochs 25-29): 0.500; saved to" in out
 
 
+# --- what a user sees first ---------------------------------------------------------------------
+
+
+def _help_blocks(out: str) -> list[list[str]]:
+    """The text of a --help above its first panel: paragraphs of stripped lines."""
+    lines = [line.strip() for line in out[: out.index("╭")].splitlines()]
+    return [b.split("\n") for b in "\n".join(lines).strip().split("\n\n")]
+
+
+def test_help_lists_each_command_with_its_one_line_summary(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # a default terminal
+    code, out, _ = run(capsys, ["--help"])
+    assert code == 0
+    commands = typer.main.get_command(app).commands
+    rows = re.findall(r"^│ (\S*) +(.+?) *│$", out[out.index("╭─ Commands") :], re.MULTILINE)
+    assert [name for name, _ in rows] == list(commands)  # no row carries on a summary
+    for name, summary in rows:  # each command's first docstring paragraph, whole
+        assert summary == commands[name].help.split("\n\n")[0], name
+
+
+def test_command_help_is_its_summary_then_prose_wrapped_to_the_terminal(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "150")  # wider than a docstring's lines
+    for name, command in typer.main.get_command(app).commands.items():
+        code, out, _ = run(capsys, [name, "--help"])
+        assert code == 0
+        usage, summary, *rest = _help_blocks(out)
+        paragraphs = command.help.split("\n\n")
+        assert summary == [paragraphs[0]], name
+        assert [" ".join(block) for block in rest] == paragraphs[1:], name
+        for block in rest:  # filled to the terminal's width, not broken where the source was
+            assert all(len(line) > 120 for line in block[:-1]), (name, block)
+
+
+def test_train_help_gives_the_preset_defaults(capsys, monkeypatch):
+    from captionkit.training.presets import DEFAULT_PRESET, PRESETS
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(capsys, ["train", "--help"])
+    assert code == 0
+    rows = re.split(r"^│ (?=--)", out, flags=re.MULTILINE)  # an option's text, to the next
+    text = {row.split()[0]: " ".join(row.split()) for row in rows[1:]}
+    best = PRESETS[DEFAULT_PRESET]
+    assert f"[default: (from --preset, {best['model']} for {DEFAULT_PRESET})]" in text["--model"]
+    epochs = best["train"]["epochs"]
+    assert f"[default: (from --preset, {epochs} for {DEFAULT_PRESET})]" in text["--epochs"]
+    assert f"[default: ({DEFAULT_PRESET})]" in text["--preset"]
+    assert "[default: show_tell]" not in out  # RunConfig's own default, not what runs
+
+
+def test_commands_get_the_defaults_of_the_owning_dataclasses(tmp_path, capsys, monkeypatch):
+    """With no option given, each command gets the owners' defaults: an option that restated one
+    (as --rerank-candidates restated RerankOptions' 5 after it became 8) would differ."""
+    import captionkit.data
+    import captionkit.data.dataset_report as dataset_report
+    import captionkit.encoders.factory as factory
+    from captionkit.decoding import DecodingOptions
+    from captionkit.reranking import RerankOptions
+    from captionkit.training import DataConfig, EncoderConfig
+
+    base, seen = _decoding_seen(monkeypatch, tmp_path)
+    assert run(capsys, base)[0] == 0
+    assert seen["rerank"] == RerankOptions() and seen["options"] == DecodingOptions()
+    reports = []
+    monkeypatch.setattr(dataset_report, "prepare_report", lambda *args, **kw: reports.append(args))
+    monkeypatch.setattr(dataset_report, "format_report", lambda report: "")
+    assert run(capsys, ["prepare", str(tmp_path)])[0] == 0
+    (args,) = reports
+    assert args[2:4] == (DataConfig().min_count, DataConfig().max_length)
+
+    def create_encoder(*args):
+        raise CaptionkitError(f"encoder {args}")
+
+    monkeypatch.setattr(captionkit.data, "load_dataset", lambda data, images: None)
+    monkeypatch.setattr(factory, "create_encoder", create_encoder)
+    code, _, err = run(capsys, ["extract", "--data", str(tmp_path)])
+    e = EncoderConfig()
+    assert code == 1 and err == f"error: encoder {(e.name, e.weights, e.resize)}\n"
+
+
+def test_train_shows_no_library_advertisement_or_deprecation(tmp_path, capfd, caplog):
+    from captionkit.data.shapes import make_shapes
+
+    make_shapes(tmp_path / "shapes", n_images=12, seed=0)
+    argv = ["train", "--data", str(tmp_path / "shapes"), "--out", str(tmp_path / "run"),
+            "--preset", "none", "--epochs", "1", "--min-count", "1", "--hidden-dim", "8",
+            "--embed-dim", "8"]  # fmt: skip
+    caplog.set_level(logging.INFO)  # Lightning's messages, wherever its handlers send them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # each warning once, deprecations too
+        assert main(argv) == 0
+    captured = capfd.readouterr()
+    messages = [str(w.message) for w in caught]
+    shown = "\n".join([captured.out, captured.err, caplog.text, *messages])
+    assert "best val CIDEr" in shown  # what the user is told
+    assert "litlogger" not in shown.lower() and "Tip:" not in shown
+    assert "deprecat" not in shown.lower(), shown
+
+
 # --- decoding options (evaluate, caption) ------------------------------------------------------
 
 
@@ -164,7 +266,7 @@ def _decoding_seen(monkeypatch, tmp_path):
     def fake_evaluate_run(
         run_dir, data, images, split, cache_dir=None, options=None, spice=False, rerank=None
     ):
-        seen["options"], seen["spice"] = options, spice
+        seen["options"], seen["spice"], seen["rerank"] = options, spice, rerank
         stats = {"length_mean": 2.0, "vocabulary": 2.0}
         return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {}, stats=stats)
 

@@ -325,8 +325,8 @@ def test_caption_endpoint_reranks(indexed_run, tiny_attention_run, lite0):
         assert bad.status_code == 422 and "rerank must be one of auto, none" in bad.json()["error"]
     with TestClient(create_app(Captioner(load_checkpoint(indexed_run), lite0))) as client:
         answer = client.post("/caption", files=files)  # the default: auto
-        assert answer.json()["decoding"] == (
-            "beam 3 (no bad endings), rerank consensus (8 candidates, weight 0.3, k=60)"
+        assert answer.json()["decoding"] == (  # what ran: the beam widened to the candidates
+            "beam 8 (no bad endings), rerank consensus (8 candidates, weight 0.3, k=60)"
         )
     plain = Captioner(load_checkpoint(tiny_attention_run), lite0)
     with TestClient(create_app(plain)) as client:

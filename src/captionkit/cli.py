@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -14,8 +15,14 @@ from typing import Annotated
 import typer
 
 from captionkit import cli_options as opts
-from captionkit.cli_options import with_decoding_options, with_model_options, with_rerank_options
-from captionkit.cli_train import TrainCommand, run_config
+from captionkit.cli_options import GroupedCommand, with_decoding_options, with_model_options
+from captionkit.cli_train import (
+    TrainCommand,
+    run_config,
+    with_config_fields,
+    with_rerank_options,
+    with_serve_settings,
+)
 from captionkit.errors import CaptionkitError
 
 app = typer.Typer(
@@ -24,6 +31,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _prose(doc: str) -> str:
+    """A docstring as command help: each paragraph on one line, for --help to wrap to the
+    terminal (Typer keeps a docstring's line breaks); the first paragraph is the command's
+    summary in `captionkit --help`."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+def command(name: str | None = None, cls: type[GroupedCommand] = GroupedCommand) -> Callable:
+    """`app.command` for a function whose docstring is its help, a one-line summary first; its
+    option groups are made on first use (`GroupedCommand`)."""
+
+    def register(function: Callable) -> Callable:
+        return app.command(name, cls=cls, help=_prose(function.__doc__ or ""))(function)
+
+    return register
+
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset folder or annotation file.")]
 ImagesOpt = Annotated[
@@ -42,46 +67,45 @@ def _runs(checkpoints: list[Path]) -> Path | list[Path]:
     return checkpoints[0] if len(checkpoints) == 1 else checkpoints
 
 
-EncoderOpt = Annotated[str, typer.Option("--encoder", help="timm model name (see `encoders`).")]
-EncoderWeightsOpt = Annotated[
-    str, typer.Option("--encoder-weights", help="default | hub | none | PATH to a weights file.")
-]
 CacheOpt = Annotated[
-    Path | None, typer.Option("--cache-dir", help="Feature cache (default ~/.cache/captionkit).")
+    Path | None,
+    typer.Option(
+        "--cache-dir", help="Feature cache (default `$CAPTIONKIT_CACHE` or `~/.cache/captionkit`)."
+    ),
 ]
 
 
-@app.command("make-shapes")
+@command("make-shapes")
 def make_shapes_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
     n_images: Annotated[int, typer.Option("--n-images", min=3)] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Generate the built-in `shapes` dataset (images + 5 captions each)."""
+    """Generate the built-in `shapes` dataset.
+
+    Pictures of coloured shapes, each with 5 captions of what is where."""
     from captionkit.data.shapes import make_shapes
 
     summary = make_shapes(out_dir, n_images=n_images, seed=seed)
     typer.echo(f"wrote {summary['images']} images, {summary['captions']} captions to {out_dir}")
 
 
-@app.command()
+@command()
 def encoders(
     all_timm: Annotated[bool, typer.Option("--all", help="Every timm model with weights.")] = False,
 ) -> None:
-    """List image encoders and where their pretrained weights come from."""
+    """List image encoders and where their weights come from."""
     from captionkit.encoders.factory import list_encoders
 
     for entry in list_encoders(all_timm):
         typer.echo(f"{entry['name']:<28} {entry['weights']}")
 
 
-@app.command()
+@command()  # + --encoder, --encoder-weights, --resize: EncoderConfig's fields, as train's
+@with_config_fields("encoder_config", "encoder", ("name", "weights", "resize"))
 def extract(
     data: DataOpt,
     images: ImagesOpt = None,
-    encoder: EncoderOpt = "tf_efficientnet_lite0",
-    encoder_weights: EncoderWeightsOpt = "default",
-    resize: opts.ResizeOpt = None,
     grid: Annotated[bool, typer.Option("--grid/--no-grid", help="Also store the grid.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 1,
@@ -89,17 +113,20 @@ def extract(
     device: opts.ExtractDeviceOpt = "auto",
     amp: opts.AmpOpt = "none",
     verify: opts.VerifyOpt = False,
+    encoder_config=None,  # EncoderConfig from --encoder, --encoder-weights, --resize
 ) -> None:
-    """Extract and cache encoder features for every image of a dataset; images unchanged since an
-    earlier extraction with the same encoder are copied from its store, not extracted again. A
-    truncated store, or one of another captionkit version, is built again. Launched by torchrun
-    or SLURM, the processes share the images (one GPU each)."""
+    """Cache the encoder features of every image of a dataset.
+
+    Images unchanged since an earlier extraction with the same encoder are copied from its store,
+    not extracted again. A truncated store, or one of another captionkit version, is built again.
+    Launched by torchrun or SLURM, the processes share the images (one GPU each)."""
     from captionkit.data import load_dataset
-    from captionkit.encoders.factory import DEFAULT_RESIZE, create_encoder
+    from captionkit.encoders.factory import create_encoder
     from captionkit.encoders.sharded import extract_sharded
 
     dataset = load_dataset(data, images)
-    model = create_encoder(encoder, encoder_weights, resize or DEFAULT_RESIZE)
+    e = encoder_config
+    model = create_encoder(e.name, e.weights, e.resize)
     paths = [dataset.path(r) for r in dataset.records]
     # Under torchrun or SLURM, every process extracts its share (encoders.sharded).
     store = extract_sharded(model, paths, cache_dir, grid, device, batch_size=batch_size,
@@ -116,26 +143,29 @@ def extract(
         typer.echo(f"{len(store.failed)} images could not be read (listed in index.json)")
 
 
-@app.command()
+@command()  # + --min-count, --max-length: DataConfig's fields, as train's
+@with_config_fields("data_config", "data", ("min_count", "max_length"))
 def prepare(
     data: Annotated[Path, typer.Argument(help="Dataset folder or annotation file.")],
     images: ImagesOpt = None,
-    min_count: Annotated[int, typer.Option("--min-count", min=1)] = 5,
-    max_length: Annotated[int, typer.Option("--max-length", min=1)] = 20,
     quick: Annotated[bool, typer.Option("--quick", help="Do not decode the images.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first problem.")] = False,
     output: Annotated[Path | None, typer.Option("--output", help="Write the report JSON.")] = None,
+    data_config=None,  # DataConfig from --min-count, --max-length
 ) -> None:
-    """Validate a dataset without training: counts, splits, vocabulary, problems."""
+    """Check a dataset without training.
+
+    Its counts, splits and vocabulary (as `train` would build it), and every problem found."""
     from captionkit.data.dataset_report import format_report, prepare_report
 
-    report = prepare_report(data, images, min_count, max_length, strict, check_images=not quick)
+    report = prepare_report(data, images, data_config.min_count, data_config.max_length, strict,
+                            check_images=not quick)  # fmt: skip
     typer.echo(format_report(report))
     if output:
         output.write_text(json.dumps(report, indent=2) + "\n")
 
 
-@app.command(cls=TrainCommand)  # + an option per config field: --data, --epochs, ... (cli_train)
+@command(cls=TrainCommand)  # + an option per config field: --data, --epochs, ... (cli_train)
 @with_model_options
 def train(
     ctx: typer.Context,
@@ -155,18 +185,15 @@ def train(
         ),
     ] = None,
     preset: Annotated[
-        str | None,
-        typer.Option(
-            "--preset",
-            help="Recipe when no --config: best (the default: the best recipe of BENCHMARKS.md), "
-            "fast (a quick Show-and-Tell) or none (the config defaults).",
-        ),
+        str | None, typer.Option("--preset", help="Recipe when no --config (cli_train says more).")
     ] = None,
     model_args: Callable | None = None,  # from --rnn, ..., --model-arg (cli_options)
 ) -> None:
-    """Train a captioning model; the best checkpoint (val CIDEr) is saved in --out, with the
-    resolved config as config.yaml (a --config file for the same run). With no --config, the
-    --preset recipe (default: best), which options given here override."""
+    """Train a captioning model.
+
+    The best checkpoint (val CIDEr) is saved in --out, with the resolved config as config.yaml (a
+    --config file for the same run). With no --config, the --preset recipe, which options given
+    here override."""
     from captionkit.models.run_folder import kept_label
     from captionkit.training.train import train as run_training
 
@@ -184,7 +211,7 @@ def train(
         typer.echo(f"{kept_label(best)}: {best['val/CIDEr']:.3f}; saved to {out}")
 
 
-@app.command()
+@command()
 @with_decoding_options()
 @with_rerank_options()
 def evaluate(
@@ -202,12 +229,14 @@ def evaluate(
         bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
     ] = False,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
-    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_train)
 ) -> None:
-    """Score a run on one split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean
-    caption length, vocabulary used, % novel captions; --output adds each image's CIDEr. The
-    metrics are also kept in the run folder as eval_SPLIT.json, for `captionkit compare` (not
-    those of an ensemble: several --checkpoint)."""
+    """Score a run on one split.
+
+    BLEU-1..4, METEOR, ROUGE-L, CIDEr (SPICE with --spice), mean caption length, vocabulary used,
+    % novel captions; --output adds each image's CIDEr. The metrics are also kept in the run
+    folder as eval_SPLIT.json, for `captionkit compare` (not those of an ensemble: several
+    --checkpoint)."""
     from captionkit.evaluation.evaluate import evaluate_run
     from captionkit.reporting.compare import save_run_evaluation
 
@@ -216,8 +245,7 @@ def evaluate(
                           options=decoding, spice=spice, rerank=rerank)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    reranked = result.rerank
-    described = decoding.describe() + (f", rerank {reranked.describe()}" if reranked.active else "")
+    described = result.rerank.describe_decoding(decoding)  # what ran: the widened beam too
     if isinstance(runs, list):
         described += f", ensemble of {len(runs)} runs"
     typer.echo(f"{split} split, {len(result.predictions)} images, {described}")
@@ -243,7 +271,7 @@ def evaluate(
         typer.echo(f"report: {written}")
 
 
-@app.command()
+@command()
 @with_decoding_options(n_best=True, bad_endings=True)
 @with_rerank_options()
 def caption(
@@ -259,10 +287,11 @@ def caption(
         ),
     ] = None,
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
-    rerank=None,  # RerankOptions from --rerank, ... (cli_options)
+    rerank=None,  # RerankOptions from --rerank, ... (cli_train)
 ) -> None:
-    """Caption image files with a trained run: the best caption, or with --n-best or
-    --num-samples several, each with its log-probability."""
+    """Caption image files with a trained run.
+
+    The best caption, or with --n-best or --num-samples several, each with its log-probability."""
     from captionkit.serving import Captioner
 
     if attention_map and len(images) != 1:
@@ -288,7 +317,7 @@ def caption(
                 typer.echo(f"  {rank}. {h.text}  ({h.score:.2f})")
 
 
-@app.command()
+@command()
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (evaluated with `evaluate`).")],
     split: Annotated[str, typer.Option("--split", help="Whose metrics to compare.")] = "test",
@@ -296,7 +325,9 @@ def compare(
         Path | None, typer.Option("--output", help="Also write the table: .md, .csv or .json.")
     ] = None,
 ) -> None:
-    """One table of several runs' metrics and the settings they differ in, best first."""
+    """Compare runs' metrics and the settings they differ in.
+
+    One table, the best run first."""
     from captionkit.reporting import compare as cmp
 
     fmt = cmp.table_format(output) if output else "md"
@@ -311,18 +342,14 @@ def compare(
         output.write_text(cmp.format_table(columns, rows, fmt))
 
 
-@app.command()
+@command()  # + --max-upload-mb, --max-files, --batch-size...: ServeSettings' fields (cli_train)
+@with_serve_settings()
 @with_rerank_options()
 def serve(
     checkpoint: CheckpointsOpt,
     host: opts.HostOpt = "127.0.0.1",
     port: opts.PortOpt = 8000,
     device: opts.ServeDeviceOpt = "cpu",
-    batch_size: opts.ServeBatchOpt = 32,
-    max_wait_ms: opts.MaxWaitOpt = 10.0,
-    max_upload_mb: opts.MaxUploadOpt = 10.0,
-    max_files: opts.MaxFilesOpt = 16,
-    request_timeout: opts.RequestTimeoutOpt = 120.0,
     allow_unk: Annotated[
         bool, typer.Option("--allow-unk", help="Let captions contain <unk>.")
     ] = False,
@@ -334,24 +361,23 @@ def serve(
         ),
     ] = True,
     api_key: opts.ApiKeyOpt = None,
-    rerank=None,  # RerankOptions from --rerank, ... (cli_options): the requests' default
+    rerank=None,  # RerankOptions from --rerank, ... (cli_train): the requests' default
+    settings=None,  # ServeSettings from --max-upload-mb, --batch-size, ... (cli_train)
 ) -> None:
-    """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
-    the OpenAPI docs at /docs. Concurrent requests are captioned together (micro-batching)."""
+    """Serve a run over HTTP.
+
+    POST /caption, GET /health, GET /model, a web page at /, and the OpenAPI docs at /docs.
+    Concurrent requests are captioned together (micro-batching)."""
     from captionkit.decoding import DecodingOptions
     from captionkit.serving.server import serve as run_server
-    from captionkit.serving.settings import ServeSettings
 
-    settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             max_files=max_files, batch_size=batch_size, max_wait_ms=max_wait_ms,
-                             request_timeout_s=request_timeout)  # fmt: skip
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
     if api_key is not None and not api_key.strip():
         raise CaptionkitError("--api-key: the key is empty")
     run_server(_runs(checkpoint), host, port, settings, device, options, rerank, api_key=api_key)
 
 
-@app.command()
+@command()
 def export(
     checkpoint: CheckpointOpt,
     fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
@@ -364,8 +390,10 @@ def export(
         ),
     ] = Path("model.onnx"),
 ) -> None:
-    """Export a run's encoder (pixels -> decoder state) and decoder step as ONNX or TorchScript
-    graphs, for `captionkit.serving.exported.load_exported` or other runtimes."""
+    """Export a run as ONNX or TorchScript graphs.
+
+    The encoder (pixels -> decoder state) and the decoder step, for
+    `captionkit.serving.exported_captioner.load_exported` or other runtimes."""
     from captionkit.serving.export import export_run
 
     for path in export_run(checkpoint, fmt, out):

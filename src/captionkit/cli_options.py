@@ -1,52 +1,70 @@
 """Option groups of `captionkit` commands: decoding (`evaluate`, `caption`) and model settings
-(`train`; its config options are generated from the config dataclasses, see `cli_train`).
+(`train`); the groups generated from dataclasses (`train`'s config, re-ranking, `serve`'s
+settings, the config fields of `prepare` and `extract`) are in `cli_train`.
 
-Typer has no option groups, so `option_group` appends a group's options to a command's
-signature and hands the command one value built from them: each option is defined once, and
-each command takes one `DecodingOptions` or one `model_args` builder. Each group is a panel of
-the command's `--help`.
-Heavy imports (torch) stay inside the builders, as in `cli.py`, so `captionkit --help` starts
-fast.
+Typer has no option groups, so `option_group` hands a command one value built from a group of
+options (one `DecodingOptions`, one `model_args` builder): each option is defined once, and each
+group is a panel of the command's `--help`. A group's options are made when its command is first
+parsed or its help shown (`GroupedCommand`), never for `captionkit --help`: so their defaults and
+help may come from the modules that own them, which import torch, and the CLI still starts fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from captionkit.errors import CaptionkitError
 
+GROUPS = "captionkit_option_groups"  # attribute of a command function: its `OptionGroup`s
+VALUES = "captionkit.option_values"  # ctx.meta: a group's target -> its options' values
+_CONTEXT = "ctx"  # the context parameter a group adds to a command that has none
 
-def option_group(target: str | None, options: dict[str, tuple[Any, Any]],
-                 build: Callable[[dict, dict], Any] | None = None) -> Callable:  # fmt: skip
-    """Decorator: add `options` (name -> (Annotated type, default)) to a command and pass it
-    `target=build(values of those options, the command's other arguments)` instead; with no
-    target, pass nothing: the command reads the values from its context's `params` (the wrapper
-    gets a copy of them, so popping them here leaves `ctx.params` whole)."""
+
+@dataclasses.dataclass(frozen=True)
+class OptionGroup:
+    """Options that reach a command as one argument, `target`."""
+
+    target: str
+    options: Callable[[], dict[str, tuple[Any, Any]]]
+    """Makes the options, name -> (Annotated type, default), on the command's first use."""
+    build: Callable[[dict], Any]
+    """The options' values (by name) -> the argument."""
+
+
+def option_group(target: str, options: Callable[[], dict[str, tuple[Any, Any]]],
+                 build: Callable[[dict], Any]) -> Callable:  # fmt: skip
+    """Decorator: the command (made with `cls=GroupedCommand`) gets `target=build(values)` from
+    the options `options()` makes; it has no parameter for each of them."""
+    group = OptionGroup(target, options, build)
 
     def decorate(command: Callable) -> Callable:
         own = [p for p in inspect.signature(command).parameters.values() if p.name != target]
         # The command's annotations are strings (`from __future__ import annotations`): Typer
         # needs the objects, and the target's type is never imported at module level.
         own = [p.replace(annotation=_evaluate(p.annotation, command)) for p in own]
-        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                   default=default)
-                 for name, (annotation, default) in options.items()]  # fmt: skip
+        # The values wait in the context (`GroupedCommand.invoke`): Typer hands it to a
+        # parameter annotated as one, the command's own or one added here.
+        context = next((p.name for p in own if p.annotation is typer.Context), None)
+        added = [] if context else [inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY,
+                                                      annotation=typer.Context)]  # fmt: skip
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            values = {name: kwargs.pop(name) for name in options}
-            if target is None:
-                return command(**kwargs)
-            return command(**kwargs, **{target: build(values, kwargs)})
+            ctx = kwargs[context] if context else kwargs.pop(_CONTEXT)
+            return command(**kwargs, **{target: build(ctx.meta[VALUES][target])})
 
         parameters = own + added
         wrapper.__signature__ = inspect.Signature(parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        # After the groups of the decorators below: their panels come first in --help.
+        setattr(wrapper, GROUPS, (*getattr(command, GROUPS, ()), group))
         return wrapper
 
     return decorate
@@ -56,6 +74,49 @@ def _evaluate(annotation, command: Callable):
     return eval(annotation, command.__globals__) if isinstance(annotation, str) else annotation
 
 
+def click_params(options: dict[str, tuple[Any, Any]]) -> list:
+    """The click parameters Typer makes of `options` (name -> (Annotated type, default)), through
+    a one-command app of their own."""
+
+    def command(**values) -> None:
+        """Never called: its signature carries the options."""
+
+    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                    default=default)
+                  for name, (annotation, default) in options.items()]  # fmt: skip
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    return typer.main.get_command(app).params
+
+
+class GroupedCommand(TyperCommand):
+    """A command with option groups (`option_group`): their options join its own on first use
+    (parsing or --help), in the groups' order, and on invoke their values leave `ctx.params` (the
+    function has no parameter for them) for `ctx.meta[VALUES]`, where the groups' decorators
+    build their arguments from them."""
+
+    grouped: list[tuple[OptionGroup, list]] | None = None
+
+    def get_params(self, ctx: typer.Context) -> list:
+        self.make_groups()
+        return super().get_params(ctx)
+
+    def make_groups(self) -> None:
+        """Add the groups' options to the command's parameters, once."""
+        if self.grouped is None:
+            groups = getattr(self.callback, GROUPS, ())  # Typer's wrapper keeps the attribute
+            self.grouped = [(group, click_params(group.options())) for group in groups]
+            self.params += [param for _, params in self.grouped for param in params]
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        values = ctx.meta.setdefault(VALUES, {})
+        for group, params in self.grouped or []:
+            values[group.target] = {p.name: ctx.params.pop(p.name) for p in params}
+        return super().invoke(ctx)
+
+
 # --- decoding -----------------------------------------------------------------------------------
 
 
@@ -63,41 +124,59 @@ def _opt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
     return typer.Option(flag, help=help, rich_help_panel="Decoding", **kwargs)
 
 
-DECODING_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "beam_size": (Annotated[int | None, _opt("--beam-size", "Beam size (1 = greedy; default 3).")],
-                  None),
-    "length_penalty": (Annotated[str | None, _opt(
-        "--length-penalty", "Beam ranking: none (total log-probability), average (per token) or "
-        "ALPHA (GNMT: score / ((5 + length) / 6) ** ALPHA).")], None),
-    "no_repeat_ngram": (Annotated[int, _opt(
-        "--no-repeat-ngram", "Never repeat an n-gram of N tokens in a caption (0 = off).",
-        metavar="N")], 0),
-    "beam_groups": (Annotated[int | None, _opt(
-        "--beam-groups", "Diverse beam search: split the beams into G groups, each penalised "
-        "for the tokens earlier groups chose (it must divide --beam-size).", metavar="G")], None),
-    "diversity": (Annotated[float | None, _opt(
-        "--diversity", "Diverse beam search: the penalty per earlier group choosing the same "
-        "token (default 0.5).", metavar="LAMBDA")], None),
-    "allow_unk": (Annotated[bool, _opt("--allow-unk", "Let captions contain <unk> (never, by "
-                                       "default).")], False),
-    "forbid_unk": (Annotated[bool, _opt("--forbid-unk", "The default now (kept for old "
-                                        "scripts).", hidden=True)], False),
-    "ensemble_mean": (Annotated[str | None, _opt(
-        "--ensemble-mean", "Several --checkpoint: average the runs' probabilities (probability, "
-        "the default) or log-probabilities (log_probability) at each step.")], None),
-    "sample": (Annotated[bool, _opt("--sample", "Sample captions instead of searching.")], False),
-    "num_samples": (Annotated[int | None, _opt(
-        "--num-samples", "Sampling: captions drawn per image (evaluate scores the most "
-        "probable).", metavar="K")], None),
-    "temperature": (Annotated[float | None, _opt(
-        "--temperature", "Sampling: divide the logits by T.", metavar="T")], None),
-    "top_k": (Annotated[int | None, _opt(
-        "--top-k", "Sampling: only the K most probable tokens.", metavar="K")], None),
-    "top_p": (Annotated[float | None, _opt(
-        "--top-p", "Sampling: nucleus, the most probable tokens up to probability P.",
-        metavar="P")], None),
-    "seed": (Annotated[int | None, _opt("--seed", "Sampling: random seed.", metavar="S")], None),
-}  # fmt: skip
+def _decoding_options() -> dict[str, tuple[Any, Any]]:
+    """The decoding options, name -> (Annotated type, default); None: not given, the default of
+    `DecodingOptions`, which each option's help shows."""
+    from captionkit.decoding.options import (
+        DEFAULT_BEAM_SIZE,
+        DEFAULT_DIVERSITY,
+        ENSEMBLE_MEANS,
+        DecodingOptions,
+    )
+
+    ensemble_mean = DecodingOptions.ensemble_mean  # the field's default
+    return {
+        "beam_size": (Annotated[int | None, _opt(
+            "--beam-size", "Beam size (1 = greedy); re-ranking widens it to its candidates "
+            "(--rerank-candidates).", show_default=f"{DEFAULT_BEAM_SIZE}, 1 with --sample")],
+            None),
+        "length_penalty": (Annotated[str | None, _opt(
+            "--length-penalty", "Beam ranking: none (total log-probability), average (per token) "
+            "or ALPHA (GNMT: score / ((5 + length) / 6) ** ALPHA).")], None),
+        "no_repeat_ngram": (Annotated[int, _opt(
+            "--no-repeat-ngram", "Never repeat an n-gram of N tokens in a caption (0 = off).",
+            metavar="N")], 0),
+        "beam_groups": (Annotated[int | None, _opt(
+            "--beam-groups", "Diverse beam search: split the beams into G groups, each penalised "
+            "for the tokens earlier groups chose (it must divide --beam-size).", metavar="G")],
+            None),
+        "diversity": (Annotated[float | None, _opt(
+            "--diversity", "Diverse beam search: the penalty per earlier group choosing the same "
+            "token.", metavar="LAMBDA", show_default=str(DEFAULT_DIVERSITY))], None),
+        "allow_unk": (Annotated[bool, _opt("--allow-unk", "Let captions contain <unk>.")], False),
+        "forbid_unk": (Annotated[bool, _opt("--forbid-unk", "The default now (kept for old "
+                                            "scripts).", hidden=True)], False),
+        "ensemble_mean": (Annotated[str | None, _opt(
+            "--ensemble-mean", "Several --checkpoint: at each step, average the runs' "
+            f"probabilities ({ENSEMBLE_MEANS[0]}) or log-probabilities ({ENSEMBLE_MEANS[1]}).",
+            show_default=ensemble_mean)], None),
+        "sample": (Annotated[bool, _opt("--sample", "Sample captions instead of searching.")],
+                   False),
+        "num_samples": (Annotated[int | None, _opt(
+            "--num-samples", "Sampling: captions drawn per image (evaluate scores the most "
+            "probable).", metavar="K")], None),
+        "temperature": (Annotated[float | None, _opt(
+            "--temperature", "Sampling: divide the logits by T.", metavar="T")], None),
+        "top_k": (Annotated[int | None, _opt(
+            "--top-k", "Sampling: only the K most probable tokens.", metavar="K")], None),
+        "top_p": (Annotated[float | None, _opt(
+            "--top-p", "Sampling: nucleus, the most probable tokens up to probability P.",
+            metavar="P")], None),
+        "seed": (Annotated[int | None, _opt("--seed", "Sampling: random seed.", metavar="S")],
+                 None),
+    }  # fmt: skip
+
+
 N_BEST_OPTION = (Annotated[int, _opt("--n-best", "Captions per image from the beam, best first.")],
                  1)  # fmt: skip
 
@@ -143,44 +222,14 @@ def decoding_options(length_penalty: str | None = None, no_repeat_ngram: int = 0
 def with_decoding_options(n_best: bool = False, bad_endings: bool = False) -> Callable:
     """Decorator: the command gets the decoding options as `decoding: DecodingOptions`
     (`--n-best` too when `n_best`; `bad_endings`: the default of `--bad-endings`)."""
-    options = dict(DECODING_OPTIONS)
-    if n_best:  # listed right after --beam-size
-        options = {"beam_size": options.pop("beam_size"), "n_best": N_BEST_OPTION, **options}
-    options["bad_endings"] = bad_endings_option(bad_endings)
-    return option_group("decoding", options, lambda values, _: decoding_options(**values))
 
+    def options() -> dict[str, tuple[Any, Any]]:
+        made = _decoding_options()
+        if n_best:  # listed right after --beam-size
+            made = {"beam_size": made.pop("beam_size"), "n_best": N_BEST_OPTION, **made}
+        return {**made, "bad_endings": bad_endings_option(bad_endings)}
 
-def _ropt(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
-    return typer.Option(flag, help=help, rich_help_panel="Re-ranking", **kwargs)
-
-
-RERANK_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "rerank": (Annotated[str, _ropt(
-        "--rerank", "Re-rank each image's candidates: auto (consensus for a run with a "
-        "neighbour index decoded by beam search, else none), none, consensus (CIDEr-D against "
-        "the captions of the nearest training images) or mbr (against the other candidates).")],
-        "auto"),
-    "rerank_candidates": (Annotated[int, _ropt(
-        "--rerank-candidates", "Candidates per image: the beam's n-best (the beam is widened to "
-        "N) or, with --sample, N samples.", metavar="N")], 8),
-    "rerank_weight": (Annotated[float, _ropt(
-        "--rerank-weight", "Final score = (1 - W) x re-ranking score + W x log-probability, "
-        "each scaled to [0, 1] over the candidates.", metavar="W")], 0.3),
-    "rerank_k": (Annotated[int, _ropt(
-        "--rerank-k", "Consensus: how many nearest training images vote.", metavar="K")], 60),
-}  # fmt: skip
-
-
-def with_rerank_options() -> Callable:
-    """Decorator: the command gets `rerank: RerankOptions` from the --rerank options."""
-
-    def build(values: dict, _) -> Any:
-        from captionkit.reranking import RerankOptions
-
-        return RerankOptions(values["rerank"], values["rerank_candidates"],
-                             values["rerank_weight"], values["rerank_k"])  # fmt: skip
-
-    return option_group("rerank", RERANK_OPTIONS, build)
+    return option_group("decoding", options, lambda values: decoding_options(**values))
 
 
 # --- model settings -----------------------------------------------------------------------------
@@ -272,7 +321,7 @@ def with_model_options(command: Callable) -> Callable:
     which returns `RunConfig.model_args` for the model it names (the model may come from a config
     file, read after the options)."""
     return option_group(
-        "model_args", MODEL_OPTIONS, lambda values, _: functools.partial(model_args, **values)
+        "model_args", lambda: MODEL_OPTIONS, lambda values: functools.partial(model_args, **values)
     )(command)
 
 
@@ -280,17 +329,6 @@ def with_model_options(command: Callable) -> Callable:
 HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on.")]
 PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535)]
 ServeDeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N.")]
-ServeBatchOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, help="Most images per model batch (1: off).")
-]
-MaxWaitOpt = Annotated[
-    float, typer.Option("--max-wait-ms", min=0, help="Wait for a batch to fill (ms).")
-]
-MaxUploadOpt = Annotated[float, typer.Option("--max-upload-mb", min=0.001)]
-MaxFilesOpt = Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")]
-RequestTimeoutOpt = Annotated[
-    float, typer.Option("--request-timeout", min=0, help="Seconds a request may take (0: none).")
-]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
@@ -305,10 +343,6 @@ ApiKeyOpt = Annotated[
 # `extract`'s options.
 ExtractDeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N.")
-]
-ResizeOpt = Annotated[
-    str | None,
-    typer.Option("--resize", help="squash (the whole photo) | crop (its centre); default: train's"),
 ]
 AmpOpt = Annotated[
     str, typer.Option("--amp", help="Autocast: none | bf16 | fp16 (fp16 on CUDA only).")

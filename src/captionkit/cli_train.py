@@ -1,28 +1,31 @@
-"""`train`'s config options, generated from the config dataclasses (`captionkit.training.config`):
-one option per field of `RunConfig` and of each of its groups (`data`, `encoder`, `optim`, ...),
-with the field's type and default, the field's docstring as its help and the group's panel in
-`--help`. A field added to a config dataclass is an option with no change here: `--field-name`
-(`FLAGS` keeps the older names, `PREFIXED` groups start with the group's name). `NOT_OPTIONS`
-lists the fields that are none, with the reason.
+"""Options generated from dataclasses: `train`'s from the config dataclasses
+(`captionkit.training.config`), one per field of `RunConfig` and of each of its groups (`data`,
+`encoder`, `optim`, ...), and the re-ranking options of `evaluate`, `caption` and `serve` from
+`RerankOptions`. Each has its field's type and default, the field's docstring as its help and the
+group's panel in `--help`; a field added to a dataclass is an option with no change here:
+`--field-name` (`FLAGS` keeps the older names, `PREFIXED` groups start with the group's name).
+`NOT_OPTIONS` lists the fields that are none, with the reason. Where the default preset sets a
+field, `train --help` says that its default comes from the preset, and the preset's value.
 
-The config module imports torch (the default encoder comes from the encoders), so `TrainCommand`
-makes the options only when `train` is parsed or its help shown, never for `captionkit --help`.
-Values given on the command line go over the config file's (or the defaults) field by field
-(`run_config`): an option left out never overrides the file.
+The dataclasses' modules import torch (the default encoder comes from the encoders), so the
+options are made only when their command is parsed or its help shown, never for
+`captionkit --help` (`GroupedCommand`, `TrainCommand`). Values given on the command line go over
+the config file's (or the defaults) field by field (`run_config`): an option left out never
+overrides the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperCommand
 
-from captionkit.cli_options import option_group
+from captionkit.cli_options import GroupedCommand, click_params, option_group
 from captionkit.errors import CaptionkitError
 
 if TYPE_CHECKING:
@@ -38,13 +41,16 @@ FLAGS = {
     "encoder.weights": "--encoder-weights",
     "encoder.finetune": "--finetune-encoder",
     "encoder.lr": "--encoder-lr",
+    "rerank.method": "--rerank",
+    "serve.request_timeout_s": "--request-timeout",
 }
-# Groups whose options are `--group-field-name` (`--scst-temperature` is not the sampling one).
-PREFIXED = ("scst",)
+# Groups whose options are `--group-field-name` (`--scst-temperature` is not the sampling one,
+# `--rerank-k` says whose k it is).
+PREFIXED = ("scst", "rerank")
 # The --help panel of each group's options (another group's: its name, capitalized); RunConfig's
 # own fields (--model) join --out and --config in the first panel.
 PANELS = {"data": "Data", "encoder": "Encoder", "optim": "Optimization", "train": "Run",
-          "scst": "SCST"}  # fmt: skip
+          "scst": "SCST", "rerank": "Re-ranking"}  # fmt: skip
 # Where `TrainCommand` leaves the options given on the command line ("group.field" -> value).
 GIVEN = "captionkit.train.given"
 _KINDS = (bool, int, float, str)
@@ -52,7 +58,7 @@ _KINDS = (bool, int, float, str)
 
 @dataclasses.dataclass(frozen=True)
 class ConfigOption:
-    """The `train` option of one config field."""
+    """The option of one dataclass field."""
 
     path: str  # "optim.lr", or "model" for a field of RunConfig itself
     flag: str  # "--lr"
@@ -65,6 +71,11 @@ class ConfigOption:
     def name(self) -> str:
         """The click parameter's name: the key of `ctx.params`."""
         return self.flag[2:].replace("-", "_")
+
+    @property
+    def field(self) -> str:
+        """The dataclass field's name."""
+        return self.path.rpartition(".")[2]
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -92,21 +103,21 @@ def _default(field: dataclasses.Field) -> Any:
     return None if field_default == "" else field_default  # --data: no default
 
 
-def _group_options(group: str, cls: type) -> list[ConfigOption]:
-    """The options of the fields of dataclass `cls`, the group `group` of RunConfig ("": RunConfig
-    itself, whose groups are no options)."""
-    from captionkit.training.config import GROUPS
+def dataclass_options(cls: type, group: str, skip: Collection[str] = ()) -> list[ConfigOption]:
+    """The options of the fields of dataclass `cls`, named for the group `group` ("": RunConfig
+    itself) and in its panel (`PANELS`), but the fields whose "group.field" paths are in
+    `skip`."""
     from captionkit.training.config_fields import field_docs
 
     docs, hints, options = field_docs(cls), typing.get_type_hints(cls), []
+    panel = PANELS.get(group, group.capitalize()) if group else None
     for field in dataclasses.fields(cls):
         path, hint = f"{group}.{field.name}" if group else field.name, hints[field.name]
-        if path in NOT_OPTIONS or (not group and field.name in GROUPS):
+        if path in skip:
             continue
         if _kind(hint) not in _KINDS:
             raise TypeError(f"config field {path} ({hint}) cannot be a train option: "
                             f"list it in {__name__}.NOT_OPTIONS, with the reason")  # fmt: skip
-        panel = PANELS.get(group, group.capitalize()) if group else None
         flag, doc = _flag(group, field.name), docs.get(field.name, "")
         options.append(ConfigOption(path, flag, hint, _default(field), doc, panel))
     return options
@@ -118,8 +129,9 @@ def config_options(taken: Iterable[str] = ()) -> list[ConfigOption]:
     option repeating one of them, or another's, is an error naming both (rename one in `FLAGS`)."""
     from captionkit.training.config import GROUPS, RunConfig
 
-    groups = {"": RunConfig, **GROUPS}
-    options = [o for group, cls in groups.items() for o in _group_options(group, cls)]
+    options = dataclass_options(RunConfig, "", {*NOT_OPTIONS, *GROUPS})
+    for group, cls in GROUPS.items():
+        options += dataclass_options(cls, group, NOT_OPTIONS)
     owners = dict.fromkeys(taken, "another option of train")
     for option in options:
         for key in (*option.flags, option.name):
@@ -128,6 +140,22 @@ def config_options(taken: Iterable[str] = ()) -> list[ConfigOption]:
                                  f"{option.path}: rename one in {__name__}.FLAGS")  # fmt: skip
             owners[key] = option.path
     return options
+
+
+def preset_defaults() -> dict[str, str]:
+    """What `train --help` gives as the default of each field the default preset sets ("group.field"
+    -> "from --preset, attention for best"): the preset, not the field's default, is what runs."""
+    from captionkit.training.presets import DEFAULT_PRESET, PRESETS
+
+    def paths(settings: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        for key, value in settings.items():
+            if isinstance(value, dict):  # a group: its fields
+                yield from paths(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return {path: f"from --preset, {value} for {DEFAULT_PRESET}"
+            for path, value in paths(PRESETS[DEFAULT_PRESET])}  # fmt: skip
 
 
 def _escaped(text: str) -> str:
@@ -139,42 +167,53 @@ def _escaped(text: str) -> str:
     return escape(text)
 
 
-def _typer_options(options: list[ConfigOption]) -> dict[str, tuple[Any, Any]]:
-    """`options` as `option_group` takes them: name -> (Annotated type, default)."""
+def _typer_options(options: list[ConfigOption], defaults: dict[str, str] | None = None
+                   ) -> dict[str, tuple[Any, Any]]:  # fmt: skip
+    """`options` as `option_group` takes them: name -> (Annotated type, default); `defaults`:
+    what --help says instead of the field's default, by path."""
     typed = {}
     for o in options:
         declaration = "/".join(o.flags)  # "--strict/--no-strict"
-        info = typer.Option(declaration, help=_escaped(o.help), rich_help_panel=o.panel)
+        shown = (defaults or {}).get(o.path, True)
+        info = typer.Option(
+            declaration,
+            help=_escaped(o.help),
+            rich_help_panel=o.panel,
+            show_default=_escaped(shown) if isinstance(shown, str) else shown,
+        )
         typed[o.name] = (Annotated[o.hint, info], o.default)
     return typed
 
 
-def _click_params(options: list[ConfigOption]) -> list:
-    """The click parameters Typer makes of `options` (through a one-command app of its own)."""
+def _describe_presets(params: list) -> None:
+    """`--preset`'s help and default, from the presets themselves."""
+    from captionkit.training.presets import DEFAULT_PRESET, PRESETS
 
-    def command() -> None:
-        """Never called: its signature carries the options."""
-
-    app = typer.Typer(add_completion=False)
-    app.command()(option_group(None, _typer_options(options))(command))
-    return typer.main.get_command(app).params
+    (preset,) = [p for p in params if p.name == "preset"]
+    preset.help = (f"Recipe when no --config: {' | '.join(PRESETS)} (what each trains: "
+                   "`captionkit.training.presets`).")  # fmt: skip
+    preset.show_default = DEFAULT_PRESET
 
 
-class TrainCommand(TyperCommand):
-    """`train`'s command: the parameters Typer made of the function (`--out`, `--config`, the
-    Model panel...) and, added on first use, the config options; those reach the function
-    through `ctx.meta[GIVEN]`, and only when given on the command line (see `run_config`)."""
+class TrainCommand(GroupedCommand):
+    """`train`'s command: the parameters Typer made of the function (`--out`, `--config`...),
+    then, added on first use, the config options and the option groups (the Model panel). The
+    config options reach the function through `ctx.meta[GIVEN]`, and only when given on the
+    command line (see `run_config`)."""
 
     config_options: list[ConfigOption] | None = None
 
     def get_params(self, ctx: typer.Context) -> list:
         if self.config_options is None:
+            self.make_groups()  # first: their flags are taken, and they come after
             taken = {key for p in self.params for key in (*p.opts, *p.secondary_opts, p.name)}
             self.config_options = config_options(taken)
             # After the function's own first-panel options, before the Model panel.
             at = next((i for i, p in enumerate(self.params)
                        if getattr(p, "rich_help_panel", None)), len(self.params))  # fmt: skip
-            self.params[at:at] = _click_params(self.config_options)
+            typed = _typer_options(self.config_options, preset_defaults())
+            self.params[at:at] = click_params(typed)
+            _describe_presets(self.params)
         return super().get_params(ctx)
 
     def invoke(self, ctx: typer.Context) -> Any:
@@ -186,6 +225,86 @@ class TrainCommand(TyperCommand):
                 given[option.path] = value
         ctx.meta[GIVEN] = given
         return super().invoke(ctx)
+
+
+def _options_of(owner: Callable[[], type], group: str, fields: Collection[str] | None = None
+                ) -> list[ConfigOption]:  # fmt: skip
+    """The options of the fields of dataclass `owner()`, named as group `group`'s; only those of
+    `fields`, when given, and then in a command's first panel."""
+    made = dataclass_options(owner(), group)
+    if fields is None:
+        return made
+    return [dataclasses.replace(o, panel=None) for o in made if o.field in fields]
+
+
+def with_dataclass_options(target: str, owner: Callable[[], type], group: str,
+                           fields: Collection[str] | None = None) -> Callable:  # fmt: skip
+    """Decorator: the command gets `target`, an instance of dataclass `owner()` (imported only
+    then) made from the options of its fields (`_options_of`), over its defaults."""
+
+    def build(values: dict) -> Any:
+        return owner()(**{o.field: values[o.name] for o in _options_of(owner, group, fields)})
+
+    return option_group(target, lambda: _typer_options(_options_of(owner, group, fields)), build)
+
+
+def _rerank_options() -> type:
+    from captionkit.reranking import RerankOptions
+
+    return RerankOptions
+
+
+def with_rerank_options() -> Callable:
+    """Decorator: the command gets `rerank: RerankOptions` from an option per field
+    (`--rerank`, `--rerank-candidates`...)."""
+    return with_dataclass_options("rerank", _rerank_options, "rerank")
+
+
+def _config_group(group: str) -> type:
+    """The dataclass of config group `group` (`DataConfig`, `EncoderConfig`...)."""
+    from captionkit.training.config import GROUPS
+
+    return GROUPS[group]
+
+
+def with_config_fields(target: str, group: str, fields: tuple[str, ...]) -> Callable:
+    """Decorator: the command gets `target`, the dataclass of config group `group` made from the
+    options of its `fields`, named as `train`'s."""
+    return with_dataclass_options(target, functools.partial(_config_group, group), group, fields)
+
+
+def _serve_settings() -> type:
+    from captionkit.serving.settings import ServeSettings
+
+    return ServeSettings
+
+
+# The `ServeSettings` fields that `serve` has options for (the others keep their defaults).
+SERVE_FIELDS = ("max_files", "batch_size", "max_wait_ms", "request_timeout_s")
+_MIB = 1024 * 1024
+
+
+def _serve_options() -> list[ConfigOption]:
+    """`serve`'s options of `SERVE_FIELDS`, after `--max-upload-mb`: `max_upload_bytes` in MiB."""
+    from captionkit.training.config_fields import field_docs
+
+    cls = _serve_settings()
+    doc = f"{field_docs(cls)['max_upload_bytes']} In MiB."
+    upload = ConfigOption("serve.max_upload_bytes", "--max-upload-mb", float,
+                          cls().max_upload_bytes / _MIB, doc, None)  # fmt: skip
+    return [upload, *_options_of(_serve_settings, "serve", SERVE_FIELDS)]
+
+
+def with_serve_settings() -> Callable:
+    """Decorator: the command gets `settings: ServeSettings` from `_serve_options`, over the
+    dataclass's defaults."""
+
+    def build(values: dict) -> Any:
+        settings = {o.field: values[o.name] for o in _serve_options()}
+        settings["max_upload_bytes"] = int(settings["max_upload_bytes"] * _MIB)
+        return _serve_settings()(**settings)
+
+    return option_group("settings", lambda: _typer_options(_serve_options()), build)
 
 
 def _objective_lr(settings: dict, objective: str, config_file: Path | None) -> None:

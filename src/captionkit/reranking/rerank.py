@@ -48,8 +48,9 @@ class RerankOptions:
     """Whether and how to re-rank each image's candidate captions."""
 
     method: str = "auto"
-    """`auto` (`consensus` for a run with a neighbour index decoded by beam search, else `none`:
-    `resolved`), `none`, `consensus` or `mbr`."""
+    """Re-rank each image's candidates: `auto` (`consensus` for a run with a neighbour index
+    decoded by beam search, else `none`), `none`, `consensus` (CIDEr-D against the captions of
+    the nearest training images) or `mbr` (against the other candidates)."""
     candidates: int = 8
     """Candidates per image: the beam's n-best (the beam is widened to at least this), or the
     samples drawn when decoding samples. 8 rather than Devlin et al.'s 5: chosen on 600 held-out
@@ -98,10 +99,19 @@ class RerankOptions:
         return dataclasses.replace(options, beam_size=beam, n_best=self.candidates)
 
     def describe(self) -> str:
+        """A few words for reports: "consensus (8 candidates, weight 0.3, k=60)", "none"."""
         if not self.active:
             return "none"
         k = f", k={self.k}" if self.method == "consensus" else ""
         return f"{self.method} ({self.candidates} candidates, weight {self.weight:g}{k})"
+
+    def describe_decoding(self, options: DecodingOptions) -> str:
+        """What decoding with `options` and these (resolved) settings runs, for reports: the
+        decoding that gives the candidates, and the re-ranking ("beam 8, rerank consensus (8
+        candidates, weight 0.3, k=60)" for the default beam of 3 and 8 candidates)."""
+        if not self.active:
+            return options.describe()
+        return f"{self.decoding(options).describe()}, rerank {self.describe()}"
 
 
 def cider_text(caption: str) -> str:

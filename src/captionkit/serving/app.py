@@ -191,9 +191,7 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
             raise ApiError(503, f"server busy: {e}, try again later") from None
         answers = [await run_in_threadpool(_answer, captioner, name, image, hyps)
                    for name, image, hyps in zip(names, images, results)]  # fmt: skip
-        decoding = _request_options(base, key).describe()
-        if reranker.options.active:
-            decoding += f", rerank {reranker.options.describe()}"
+        decoding = reranker.options.describe_decoding(_request_options(base, key))
         return {"decoding": decoding, "images": answers}
 
 

@@ -126,8 +126,7 @@ class OptimConfig:
     weights apart from the Adam update: decoupled, Loshchilov & Hutter)."""
     lr: float | None = None
     """Learning rate (the peak one, when there is a warmup). None (left out): the objective's
-    default, 5e-4 for `xe`, 5e-5 for `scst`; the config keeps the number it resolved to. (The
-    `best` preset, what `captionkit train` runs by default, sets 2e-3 with a `step` decay.)"""
+    default, 5e-4 for `xe`, 5e-5 for `scst`; the config keeps the number it resolved to."""
     weight_decay: float = 0.0
     """Weight decay (L2 for `adam`, decoupled for `adamw`)."""
     grad_clip: float = 5.0

@@ -48,6 +48,7 @@ from captionkit.training.callbacks import (
     target_tokens_in,
 )
 from captionkit.training.config import RunConfig
+from captionkit.training.library_output import library_output_filtered
 from captionkit.training.module import CaptioningModule
 from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
 from captionkit.training.run_data import (
@@ -165,8 +166,9 @@ def _load_data(config: RunConfig, run_dir: Path, init: TrainedModel | None):
 
 def _fit(config: RunConfig, run_dir: Path, module, datamodule, callbacks: list[L.Callback],
          ckpt_path: Path | None) -> None:  # fmt: skip
-    """Lightning's fit, without the warnings that do not apply to our runs."""
-    with warnings.catch_warnings():
+    """Lightning's fit, without the warnings that do not apply to our runs, nor the libraries'
+    output that is not the user's business (`library_output`)."""
+    with warnings.catch_warnings(), library_output_filtered():
         # Lightning warns about modules in eval mode: the frozen parts of a fine-tuned encoder;
         # about the log folder a resumed run goes on writing into ...
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
