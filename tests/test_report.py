@@ -216,7 +216,8 @@ def test_compare_runs(run, show_tell_run, tmp_path, capsys):
     _, run_dir, *_ = run
     saved = json.loads((run_dir / "eval_test.json").read_text())
     assert saved["split"] == "test"  # evaluate's default re-ranks a run trained with an index
-    assert saved["decoding"] == "beam 2, rerank consensus (8 candidates, weight 0.3, k=60)"
+    # --beam-size 2, widened to the 8 candidates that consensus re-ranks: the beam that ran
+    assert saved["decoding"] == "beam 8, rerank consensus (8 candidates, weight 0.3, k=60)"
     for suffix in ("csv", "json", "md"):
         out = tmp_path / f"table.{suffix}"
         assert main(["compare", str(show_tell_run), str(run_dir), "--output", str(out)]) == 0
