@@ -13,6 +13,7 @@ Values given on the command line go over the config file's (or the defaults) fie
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from collections.abc import Callable, Iterable
@@ -212,6 +213,27 @@ def _default_rate(settings: dict) -> None:
     settings["optim"]["lr"] = None
 
 
+def _preset(name: str | None, given: dict) -> RunConfig:
+    """Preset `name` (None: the default), scaled to the training set of the given --data when
+    the preset scales (`training.presets`); says what it chose."""
+    from captionkit.training.presets import (
+        DEFAULT_PRESET,
+        SCALED,
+        describe,
+        preset_config,
+        training_size,
+    )
+
+    name, data, size = name or DEFAULT_PRESET, given.get("data.data"), None
+    if data and name in SCALED:
+        # Unreadable data: the run says why, under its bad-input rules.
+        with contextlib.suppress(CaptionkitError):
+            size = training_size(data, given.get("data.images"))
+    config = preset_config(name, size)
+    typer.echo(describe(name, size))
+    return config
+
+
 def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callable,
                preset: str | None = None) -> RunConfig:  # fmt: skip
     """The `train` command's config: `config_file` (or else the `preset`, by default the best
@@ -219,16 +241,13 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
     (`ctx.meta[GIVEN]`, from `TrainCommand`); `model_args(model, base, base_source)` merges the
     Model panel's options into the file's `model_args`."""
     from captionkit.training import RunConfig
-    from captionkit.training.presets import DEFAULT_PRESET, PRESETS, describe, preset_config
+    from captionkit.training.presets import DEFAULT_PRESET, PRESETS
 
     if config_file and preset:
         raise CaptionkitError("--preset and --config: the config file is the recipe; give one")
-    if config_file:
-        config = RunConfig.from_yaml(config_file)
-    else:
-        config = preset_config(preset or DEFAULT_PRESET)
-        typer.echo(describe(preset or DEFAULT_PRESET))
-    settings, given = config.to_dict(), ctx.meta[GIVEN]
+    given = ctx.meta[GIVEN]
+    config = RunConfig.from_yaml(config_file) if config_file else _preset(preset, given)
+    settings = config.to_dict()
     if "optim.objective" in given and "optim.lr" not in given:
         _objective_lr(settings, given["optim.objective"], config_file)
     tuned = not config_file and "optim" in PRESETS.get(preset or DEFAULT_PRESET, {})
