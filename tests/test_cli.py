@@ -162,9 +162,17 @@ def _decoding_seen(monkeypatch, tmp_path):
     seen = {}
 
     def fake_evaluate_run(
-        run_dir, data, images, split, cache_dir=None, options=None, spice=False, rerank=None
+        run_dir,
+        data,
+        images,
+        split,
+        cache_dir=None,
+        options=None,
+        spice=False,
+        rerank=None,
+        quantize="none",
     ):
-        seen["options"], seen["spice"] = options, spice
+        seen["options"], seen["spice"], seen["quantize"] = options, spice, quantize
         stats = {"length_mean": 2.0, "vocabulary": 2.0}
         return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {}, stats=stats)
 
@@ -178,7 +186,9 @@ def test_decoding_options_reach_evaluate(tmp_path, capsys, monkeypatch):
     base, seen = _decoding_seen(monkeypatch, tmp_path)
     code, out, _ = run(capsys, base)
     assert code == 0 and seen["options"] == DecodingOptions(beam_size=3)
-    assert "1 images, beam 3" in out
+    assert "1 images, beam 3" in out and seen["quantize"] == "none"
+    code, out, _ = run(capsys, [*base, "--quantize", "int8"])
+    assert code == 0 and seen["quantize"] == "int8" and "quantized int8" in out
     argv = [*base, "--beam-size", "5", "--length-penalty", "0.6", "--no-repeat-ngram", "2",
             "--allow-unk", "--bad-endings"]  # fmt: skip
     code, out, _ = run(capsys, argv)

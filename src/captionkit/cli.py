@@ -201,6 +201,7 @@ def evaluate(
     spice: Annotated[
         bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
     ] = False,
+    quantize: opts.QuantizeOpt = "none",
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
     rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
@@ -213,13 +214,16 @@ def evaluate(
 
     runs = _runs(checkpoint)
     result = evaluate_run(runs, data, images, split, cache_dir=cache_dir and str(cache_dir),
-                          options=decoding, spice=spice, rerank=rerank)  # fmt: skip
+                          options=decoding, spice=spice, rerank=rerank,
+                          quantize=quantize)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     reranked = result.rerank
     described = decoding.describe() + (f", rerank {reranked.describe()}" if reranked.active else "")
     if isinstance(runs, list):
         described += f", ensemble of {len(runs)} runs"
+    if quantize != "none":
+        described += f", quantized {quantize}"
     typer.echo(f"{split} split, {len(result.predictions)} images, {described}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
@@ -258,6 +262,7 @@ def caption(
             "looked for each word (one image only).",
         ),
     ] = None,
+    quantize: opts.QuantizeOpt = "none",
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
     rerank=None,  # RerankOptions from --rerank, ... (cli_options)
 ) -> None:
@@ -267,7 +272,7 @@ def caption(
 
     if attention_map and len(images) != 1:
         raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
-    captioner = Captioner.load(_runs(checkpoint), rerank=rerank)
+    captioner = Captioner.load(_runs(checkpoint), rerank=rerank, quantize=quantize)
     if attention_map:
         from captionkit.reporting.images import attention_strip
 
@@ -334,6 +339,7 @@ def serve(
         ),
     ] = True,
     api_key: opts.ApiKeyOpt = None,
+    quantize: opts.QuantizeOpt = "none",
     rerank=None,  # RerankOptions from --rerank, ... (cli_options): the requests' default
 ) -> None:
     """Serve a run over HTTP: POST /caption, GET /health, GET /model, a web page at /, and
@@ -348,7 +354,8 @@ def serve(
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
     if api_key is not None and not api_key.strip():
         raise CaptionkitError("--api-key: the key is empty")
-    run_server(_runs(checkpoint), host, port, settings, device, options, rerank, api_key=api_key)
+    run_server(_runs(checkpoint), host, port, settings, device, options, rerank, api_key=api_key,
+               quantize=quantize)  # fmt: skip
 
 
 @app.command()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from captionkit.encoders.extraction import native_bf16
 from captionkit.errors import CaptionkitError
 from captionkit.training.config import RunConfig, TrainConfig, run_config_from_mapping
 
@@ -100,23 +101,17 @@ def scaled_best(size: TrainingSize, batch_size: int = TrainConfig.batch_size) ->
         "train": {
             "epochs": epochs,
             "scst_epochs": SCST_EPOCHS,
-            "precision": "bf16-mixed" if native_bf16() else "32",
+            "precision": "bf16-mixed" if _native_bf16() else "32",
         },
         "scst": {"lr": SCST_LR},
     }
 
 
-def native_bf16() -> bool:
-    """Whether this machine computes bf16 natively: a CUDA GPU that does, else a CPU with
-    AVX512-BF16 or AMX (elsewhere bf16 autocast is emulated and slower than fp32)."""
+def _native_bf16() -> bool:
+    """Where training will run (CUDA when there is one): natively bf16?"""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes: assume not
-        return False
+    return native_bf16("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _merge(base: dict, over: dict) -> dict:
