@@ -370,12 +370,15 @@ def export(
             "OUT.pt) and the manifest OUT.json.",
         ),
     ] = Path("model.onnx"),
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="none | int8 (ONNX: matrix products in int8).")
+    ] = "none",
 ) -> None:
     """Export a run's encoder (pixels -> decoder state) and decoder step as ONNX or TorchScript
     graphs, for `captionkit.serving.exported.load_exported` or other runtimes."""
     from captionkit.serving.export import export_run
 
-    for path in export_run(checkpoint, fmt, out):
+    for path in export_run(checkpoint, fmt, out, quantize):
         typer.echo(f"wrote {path}")
 
 
