@@ -237,6 +237,12 @@ def test_candidates_come_from_a_wider_beam_or_samples():
     sampled = options.decoding(DecodingOptions(sample=True, num_samples=2, top_p=0.9))
     assert (sampled.num_samples, sampled.top_p) == (5, 0.9)
     assert RerankOptions().decoding(DecodingOptions(beam_size=3)) == DecodingOptions(beam_size=3)
+    # Or from the requested beam, kept going until it has that many endings.
+    finished = RerankOptions("consensus", candidates_from="finished").decoding(DecodingOptions())
+    assert (finished.beam_size, finished.finished, finished.n_best) == (3, 8, 8)
+    assert "finished of the beam" in RerankOptions("mbr", candidates_from="finished").describe()
+    with pytest.raises(CaptionkitError, match="candidates_from must be one of wide_beam, fin"):
+        RerankOptions(candidates_from="samples")
 
 
 # --- wiring: Captioner, POST /caption, the command line (a tiny untrained model) ---------------

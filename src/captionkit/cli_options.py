@@ -163,6 +163,9 @@ RERANK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "rerank_candidates": (Annotated[int, _ropt(
         "--rerank-candidates", "Candidates per image: the beam's n-best (the beam is widened to "
         "N) or, with --sample, N samples.", metavar="N")], 8),
+    "rerank_candidates_from": (Annotated[str, _ropt(
+        "--rerank-candidates-from", "wide_beam (the beam widened to N) | finished (the beam "
+        "keeps N finished hypotheses: about the plain beam's cost).")], "wide_beam"),
     "rerank_weight": (Annotated[float, _ropt(
         "--rerank-weight", "Final score = (1 - W) x re-ranking score + W x log-probability, "
         "each scaled to [0, 1] over the candidates.", metavar="W")], 0.3),
@@ -178,7 +181,8 @@ def with_rerank_options() -> Callable:
         from captionkit.reranking import RerankOptions
 
         return RerankOptions(values["rerank"], values["rerank_candidates"],
-                             values["rerank_weight"], values["rerank_k"])  # fmt: skip
+                             values["rerank_weight"], values["rerank_k"],
+                             values["rerank_candidates_from"])  # fmt: skip
 
     return option_group("rerank", RERANK_OPTIONS, build)
 

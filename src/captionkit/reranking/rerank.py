@@ -40,6 +40,7 @@ from captionkit.metrics.ngrams import NgramIndex
 from captionkit.reranking.neighbours import NeighbourIndex
 
 RERANKERS = ("auto", "none", "consensus", "mbr")
+CANDIDATE_SOURCES = ("wide_beam", "finished")
 T = TypeVar("T")
 
 
@@ -59,6 +60,10 @@ class RerankOptions:
     k: int = 60
     """Consensus: nearest training images whose captions vote (Devlin et al. 2015 tuned k on
     COCO: 60 is in the range they found best for CIDEr)."""
+    candidates_from: str = "wide_beam"
+    """Where a beam search's candidates come from: `wide_beam`, a beam widened to `candidates`
+    returning its n-best; `finished`, the requested beam keeping `candidates` finished
+    hypotheses (`DecodingOptions.finished`), about the plain beam's cost."""
 
     def __post_init__(self):
         if self.method not in RERANKERS:
@@ -70,6 +75,10 @@ class RerankOptions:
             raise CaptionkitError(f"rerank_weight must be in [0, 1], not {self.weight}")
         if self.k < 1:
             raise CaptionkitError(f"rerank k must be at least 1, not {self.k}")
+        if self.candidates_from not in CANDIDATE_SOURCES:
+            sources = ", ".join(CANDIDATE_SOURCES)
+            raise CaptionkitError(f"rerank candidates_from must be one of {sources}, "
+                                  f"not {self.candidates_from!r}")  # fmt: skip
 
     @property
     def active(self) -> bool:
@@ -94,6 +103,8 @@ class RerankOptions:
             return options
         if options.sample:
             return dataclasses.replace(options, num_samples=self.candidates)
+        if self.candidates_from == "finished":
+            return dataclasses.replace(options, finished=self.candidates, n_best=self.candidates)
         beam = max(options.beam_size, self.candidates)
         return dataclasses.replace(options, beam_size=beam, n_best=self.candidates)
 
@@ -101,7 +112,8 @@ class RerankOptions:
         if not self.active:
             return "none"
         k = f", k={self.k}" if self.method == "consensus" else ""
-        return f"{self.method} ({self.candidates} candidates, weight {self.weight:g}{k})"
+        source = ", finished of the beam" if self.candidates_from == "finished" else ""
+        return f"{self.method} ({self.candidates} candidates{source}, weight {self.weight:g}{k})"
 
 
 def cider_text(caption: str) -> str:
