@@ -68,6 +68,18 @@ def test_index_round_trip(corpus_run):
     assert doc["dim"] == 24 and doc["images"] == 60
 
 
+def test_neighbours_are_found_in_float32_under_a_bf16_autocast(corpus_run):
+    # evaluate --quantize bf16 decodes and re-ranks under autocast: the search must not follow.
+    run, pooled, _ = corpus_run
+    index = NeighbourIndex.load(run)
+    plain = index.nearest(pooled[:5], 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = index.nearest(torch.from_numpy(pooled[:5]), 7)
+    assert under[0].dtype == np.float32
+    np.testing.assert_array_equal(under[1], plain[1])
+    np.testing.assert_allclose(under[0], plain[0], rtol=1e-6)
+
+
 def test_index_from_a_feature_store(tmp_path):
     paths = [tmp_path / f"{n}.jpg" for n in "abc"]
     store = SimpleNamespace(pooled=np.arange(12, dtype=np.float16).reshape(4, 3) + 1,
