@@ -156,9 +156,11 @@ class CountBatches(L.Callback):
         self.counter.batch_done(batch["tokens"])
 
 
-def engine_loop(model: nn.Module, datamodule, vocab, config: RunConfig, args, device) -> dict:
+def engine_loop(model: nn.Module, datamodule, vocab, config: RunConfig, args, device,
+                callbacks: tuple[L.Callback, ...] = ()) -> dict:  # fmt: skip
     """`CaptioningModule` + `CaptionDataModule` under a Lightning Trainer, as `train()` sets
-    them up (precision, clipping, accumulation), validation and logging to disk off."""
+    them up (precision, clipping, accumulation), validation and logging to disk off; `callbacks`
+    watch the run besides the batch counter (bench_gpu.py's step clock)."""
     module = CaptioningModule(model, vocab, config.optim, {}, DecodingOptions(1))
     counter = Counter(args.warmup, args.batches, device)
     trainer = L.Trainer(
@@ -166,7 +168,8 @@ def engine_loop(model: nn.Module, datamodule, vocab, config: RunConfig, args, de
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
         precision=config.train.precision, gradient_clip_val=config.optim.grad_clip or None,
         gradient_clip_algorithm=config.optim.grad_clip_algorithm,
-        accumulate_grad_batches=config.optim.accumulate, callbacks=[CountBatches(counter)],
+        accumulate_grad_batches=config.optim.accumulate,
+        callbacks=[CountBatches(counter), *callbacks],
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
