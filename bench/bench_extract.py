@@ -1,7 +1,7 @@
 """Benchmark: feature extraction, full pipeline vs the encoder's forward pass alone, same run.
 
     .venv/bin/python bench/bench_extract.py --data ../shared/data/flickr8k-mini --images 256 \
-        [--device cpu|cuda] [--amp bf16|fp16]
+        [--device cpu|cuda] [--amp bf16|fp16] [--output bench/results/extract.json]
 
 The pipeline is `extract_features` from a cold cache (decode, resize, crop, normalise, forward,
 write fp16 to disk) with 0, 1 and 2 decoding worker processes; the reference is the forward pass
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import common_options, write_results
 
 from captionkit.data import load_dataset
 from captionkit.data.images import load_image
@@ -49,8 +50,9 @@ def _sync(device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="extract.json")]
+    )
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
@@ -79,6 +81,7 @@ def main() -> None:
         result["incremental_report"] = store.report.summary()
     best = max(v for k, v in result.items() if k.startswith("pipeline"))
     result["pipeline_over_forward_only"] = best / result["forward_only_channels_last_img_s"]
+    write_results(args.output, result)
     print(json.dumps(result, indent=2))
 
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from common import common_options, machine, set_threads, write_results
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -304,13 +303,14 @@ def table(results: dict, per_image: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        parents=[common_options(output="training.json", threads=True)],
+    )
     parser.add_argument("--models", default="show_tell,attention,transformer")
     parser.add_argument("--batches", type=int, default=30, help="Timed batches per loop.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed batches first.")
     parser.add_argument("--repeats", type=int, default=1, help="Passes of engine and plain.")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default=None, help="Override the configs' precision.")
     parser.add_argument(
@@ -326,20 +326,16 @@ def main() -> None:
     )
     parser.add_argument("--no-naive", action="store_true", help="Skip the naive reference loops.")
     parser.add_argument("--quick", action="store_true", help="Smoke test: 2+2 batches.")
-    parser.add_argument("--output", default="bench/results_training.json")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.warmup, args.repeats = 2, 1, 1
     args.warmup = max(1, args.warmup)  # the first batch pays for setup, whatever the loop
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     data = load(args, device)
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "machine": machine(),
         "device": str(device), "data": args.data, "batches": args.batches,
         "warmup": args.warmup, "repeats": args.repeats,
         "captions_per_image": data["captions_per_image"],
@@ -349,8 +345,8 @@ def main() -> None:
     for name in args.models.split(","):
         results["models"][name] = bench_model(name, data, args, device)
         print(f"{name}: {json.dumps(results['models'][name])}", flush=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    print(results["machine"])
+    write_results(args.output, results)
+    print(json.dumps(results["machine"]))
     print(table(results, data["captions_per_image"]))
 
 
