@@ -2,7 +2,8 @@
 
 A preset is a partial config (the groups of `RunConfig`, as in a YAML file) over the dataclass
 defaults; options given on the command line override it. `best` is the recipe that won the
-ablation of BENCHMARKS.md ("Caption quality"), `fast` a quick Show-and-Tell for smoke runs and
+experiments of docs/experiments.md ("The default recipe: how it was chosen"; its figures:
+BENCHMARKS.md, "Caption quality"), `fast` a quick Show-and-Tell for smoke runs and
 the demo, and `none` the plain dataclass defaults.
 """
 
