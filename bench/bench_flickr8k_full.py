@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import bootstrap, write_results
 
 from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.reranking import RerankOptions
@@ -38,13 +37,6 @@ PUBLISHED = {
     "Show, Attend and Tell, hard (Xu et al. 2015)": [0.67, 0.457, 0.314, 0.213, 0.2030],
 }
 DECODINGS = {"default decoding": RerankOptions(), "plain beam 3": RerankOptions("none")}
-
-
-def bootstrap(scores: np.ndarray, n: int = 5000, seed: int = 0) -> list[float]:
-    """95% interval of the mean of per-image `scores` over images resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    means = scores[rng.integers(0, len(scores), (n, len(scores)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def training_minutes(run: Path) -> float:
@@ -100,9 +92,7 @@ def main() -> None:
     parser.add_argument("--output", default="bench/results/flickr8k.json")
     args = parser.parse_args()
     runs = args.runs.split(",")
-    results = {"machine": {"cpu": platform.processor() or platform.machine(),
-                           "threads": torch.get_num_threads(), "torch": torch.__version__},
-               "data": args.data, "split": args.split, "runs": {}}  # fmt: skip
+    results = {"data": args.data, "split": args.split, "runs": {}}
     for run in runs:
         results["runs"][run] = {**score([run], args.data, args.split),
                                 "train_minutes": training_minutes(Path(run)),
@@ -111,8 +101,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in results["runs"][run].items() if k != "config"}))
     if args.ensemble and len(runs) > 1:
         results["runs"]["ensemble of " + " + ".join(runs)] = score(runs, args.data, args.split)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.output, results)
     print(table(results))
 
 

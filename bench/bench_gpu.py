@@ -9,7 +9,7 @@ Written to bench/results/gpu.json (after every figure, so a run cut short keeps 
 and as markdown tables to bench/results/gpu.md:
 - training, per registered decoder at its recipe's settings and batch (configs/flickr8k-mini/
   NAME.yaml), fp32 and bf16-mixed, through the engine as `captionkit train` runs it
-  (bench_training.engine_loop: Lightning, the caption data module reading the feature store in
+  (common.engine_loop: Lightning, the caption data module reading the feature store in
   the main process, validation off): captions/s, and per step the GPU's time on the step and its
   idle time between steps (fetching the next batch from the store and copying it over), from CUDA
   events recorded at the start and end of every step, so the share of the time the GPU was busy;
@@ -20,7 +20,7 @@ and as markdown tables to bench/results/gpu.md:
   CIDEr-D against the captions of the 60 nearest training images, on the CPU), features read
   from the store and copied to the GPU per batch, and the mean words of the captions found;
 - extraction (EfficientNet-Lite0): images/s of the forward pass alone on decoded images
-  (bench_extract.forward_only), fp32 and bf16, and of the whole pipeline (`extract_features` from
+  (common.forward_only), fp32 and bf16, and of the whole pipeline (`extract_features` from
   a cold cache: decode, resize, forward, write);
 - the peak GPU memory of each figure.
 
@@ -50,8 +50,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from bench_extract import forward_only
-from bench_training import CONFIGS, engine_loop
+from common import CONFIGS, engine_loop, forward_only, sync
 from PIL import Image
 
 from captionkit.data import load_dataset
@@ -76,11 +75,6 @@ QUICK_SIZES = {  # --quick: tiny models, as the tests' (tests/conftest.py TINY)
     "updown": {"hidden_dim": 16, "embed_dim": 16, "attention_dim": 16},
     "transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
 }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PeakMemory:

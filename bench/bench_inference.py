@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import bootstrap, write_results
 
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
@@ -40,13 +39,6 @@ DECODINGS = {
     "default (8 candidates, wide beam)": RerankOptions(),
     "8 finished of beam 3": RerankOptions(candidates_from="finished"),
 }
-
-
-def bootstrap(scores: np.ndarray, n: int = 5000, seed: int = 0) -> list[float]:
-    """95% interval of the mean of per-image `scores` over images resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    means = scores[rng.integers(0, len(scores), (n, len(scores)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def median_rate(run, n: int, repeats: int) -> float:
@@ -97,9 +89,7 @@ def main() -> None:
     precisions = ["none", "int8"] + ["bf16"] * native_bf16()
     dataset = load_dataset(args.data)
     files = [dataset.path(r) for r in dataset.split(args.split)][: args.images]
-    out = {"machine": {"cpu": platform.processor() or platform.machine(),
-                       "threads": torch.get_num_threads(), "torch": torch.__version__},
-           "run": args.run, "split": args.split, "settings": {}}  # fmt: skip
+    out = {"run": args.run, "split": args.split, "settings": {}}
     scores = {}
     for name, rerank in DECODINGS.items():
         rate = feature_speed(args.run, args.data, args.split, args.images, rerank, args.repeats)
@@ -118,8 +108,7 @@ def main() -> None:
                         row[f"vs {base[0]} {base[1]}"] = [float(d.mean()), *bootstrap(d)]
             out["settings"][f"{name} | {quantize}"] = row
             print(f"{name} | {quantize}: {json.dumps(row)}", flush=True)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+    write_results(args.output, out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from captionkit.training.config_fields import field_docs
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*/*.yaml"))
 
-# The flickr8k-mini recipes BENCHMARKS.md reports, as bench/bench_models.py ran them before it
+# The flickr8k-mini recipes of docs/experiments.md, as bench/bench_models.py ran them before it
 # read configs/flickr8k-mini/: `captionkit train --model NAME` plus these options.
 RECIPES = {
     "show_tell": ["--epochs", "25"],

@@ -92,9 +92,10 @@ def _features(store: FeatureStore, rows: list[int], uses_grid: bool):
     return pooled, torch.from_numpy(np.asarray(store.grid[rows], dtype=np.float32))
 
 
-def _member_stores(dataset, members: list[TrainedModel], cache_dir, amp: str | None = None):
-    """Each member's feature store (one per distinct encoder; extracted under autocast `amp`)
-    and the records every one has."""
+def member_stores(dataset, members: list[TrainedModel], cache_dir, amp: str | None = None):
+    """The feature store of each run of `members` (one run, or an ensemble's; a store per
+    distinct encoder, extracted under autocast `amp` or found in the cache) and the records of
+    `dataset` that every store holds: what `evaluate_run` decodes."""
     encoders = encoders_for(members)
     by_encoder, usable = {}, None
     for encoder in encoders:
@@ -107,9 +108,10 @@ def _member_stores(dataset, members: list[TrainedModel], cache_dir, amp: str | N
     return [by_encoder[id(e)] for e in encoders], records
 
 
-def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> None:
-    """On the dataset the run was trained on, use the split it wrote: the same test images even
-    when the format has no split of its own."""
+def pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> None:
+    """On the dataset the run was trained on, use the split it wrote (`RUN/splits.json`): the
+    same test images even when the format has no split of its own. `dataset` is changed in
+    place; another dataset is left as it is."""
     trained_on = trained.data_setting("data")
     splits = run_dir / "splits.json"
     same_data = trained_on and Path(trained_on).resolve() in {
@@ -144,8 +146,8 @@ def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Pat
     reranker = run_reranker(members[0], rerank or RerankOptions(), decoding=options)
     dataset = load_dataset(data, images)
     first_run = Path(run_dir[0] if ensemble else run_dir)
-    _pin_splits(dataset, Path(data), first_run, members[0])
-    stores, records = _member_stores(dataset, members, cache_dir, encoder_amp(quantize))
+    pin_splits(dataset, Path(data), first_run, members[0])
+    stores, records = member_stores(dataset, members, cache_dir, encoder_amp(quantize))
     records = [r for r in records if r.split == split]
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")

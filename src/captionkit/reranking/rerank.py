@@ -18,7 +18,7 @@ The default, `auto`, is consensus wherever it can run: a run with a neighbour in
 trained since re-ranking exists), decoded by beam search (not greedy, sampled or diverse beams).
 It raised CIDEr-D on the 600 training images that 5 cross-validation folds hold out (+0.033,
 95% interval +0.009...+0.054) and on test over 27 runs of the default recipe (+0.045); see
-BENCHMARKS.md "The re-ranker chosen on 600 held-out training images". `none` keeps the beam's own
+docs/experiments.md, "Consensus re-ranking as the default". `none` keeps the beam's own
 best, as training's per-epoch validation always does.
 """
 
@@ -54,7 +54,7 @@ class RerankOptions:
     candidates: int = 8
     """Candidates per image: the beam's n-best (the beam is widened to at least this), or the
     samples drawn when decoding samples. 8 rather than Devlin et al.'s 5: chosen on 600 held-out
-    training images (BENCHMARKS.md, "The re-ranker's settings on 600 held-out training images")."""
+    training images (BENCHMARKS.md, "The re-ranker's settings")."""
     weight: float = 0.3
     """W of final = (1 - W) x re-ranking score + W x log-probability (both min-max scaled)."""
     k: int = 60

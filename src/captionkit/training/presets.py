@@ -2,15 +2,16 @@
 
 A preset is a partial config (the groups of `RunConfig`, as in a YAML file) over the dataclass
 defaults; options given on the command line override it. `best` is the recipe that won the
-ablations of BENCHMARKS.md, `fast` a quick Show-and-Tell for smoke runs and the demo, and `none`
-the plain dataclass defaults.
+experiments of docs/experiments.md ("The default recipe: how it was chosen"; its figures:
+BENCHMARKS.md, "Caption quality"), `fast` a quick Show-and-Tell for smoke runs and the demo,
+and `none` the plain dataclass defaults.
 
 `best` was tuned on 600 training images (30 epochs of 47 optimizer steps) and scales with the
 training set (`TrainingSize`): a larger one gets as many epochs as make a budget of optimizer
 steps (each epoch already shows the model many more captions), the same decay and weight
-averaging stretched over those epochs, an SCST phase (it lost on 600 images),
-and bf16 mixed precision where the hardware computes it natively (1.5x the fp32 speed on a
-2-core CPU). Up to `SCALE_FROM_IMAGES` images the recipe is the one tuned on 600.
+averaging stretched over those epochs, an SCST phase (it lost on 600 images), and bf16 mixed
+precision where the hardware computes it natively (1.5x the fp32 speed on a 2-core CPU). Up to
+`SCALE_FROM_IMAGES` images the recipe is the one tuned on 600 (BENCHMARKS.md "Flickr8k").
 """
 
 from __future__ import annotations
