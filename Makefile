@@ -8,7 +8,7 @@ DEMO_RUN ?= runs/shapes-demo
 DEMO_IMAGES ?= 2000
 DEMO_EPOCHS ?= 8
 
-.PHONY: install demo test test-slow test-all fuzz lint format bench clean browser
+.PHONY: install demo test test-slow test-all gpu-check fuzz lint format docs bench clean browser
 
 # The environment takes about 6 GB (PyTorch's CUDA build): say so before pip fails half-way.
 NEED_GB ?= 8
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	captionkit's environment ($(VENV)) needs about $(NEED_GB) GB" >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,6 +46,12 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest
 
+# On a machine with a CUDA GPU: install, the tests marked cuda (pytest -m cuda), then the GPU
+# throughput figures of bench/bench_gpu.py (bench/results/gpu.json, gpu.md), within 8 minutes
+# (GPU_CHECK_BUDGET_S=480) on one H100; without a GPU, one line saying so and exit status 0.
+gpu-check:
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" bash bench/gpu_check.sh
+
 # The fuzz tests (tests/test_fuzz.py) with many more cases than the suite's quick profile
 # (1,500 per target instead of 25; minutes). `-s` shows Hypothesis' per-test statistics.
 fuzz: $(STAMP)
@@ -68,9 +74,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+# The documentation site (docs/, mkdocs.yml) into site/. --strict: a broken link or anchor, or an
+# API name that does not resolve, fails the build; nothing is fetched from the network.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache
+	rm -rf $(VENV) runs data site .pytest_cache

@@ -1,6 +1,7 @@
 """Benchmark: our CIDEr-D (captionkit.metrics.cider_d) against pycocoevalcap's Cider, one run.
 
-    .venv/bin/python bench/bench_cider.py --data ../shared/data/flickr8k-mini
+    .venv/bin/python bench/bench_cider.py --data ../shared/data/flickr8k-mini \
+        [--distinct] [--output bench/results/cider.json]
 
 5,000 captions are scored against the references of the dataset's images (image i % N for
 caption i, as SCST scores several samples per image; pycocoevalcap needs one key per caption).
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 
 import numpy as np
+from common import common_options, write_results
 from pycocoevalcap.cider.cider import Cider
 
 from captionkit.data import load_dataset, tokenize
@@ -59,8 +60,9 @@ def cpu_seconds(fn, repeat: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], parents=[common_options(output="cider.json")]
+    )
     parser.add_argument("--captions", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5, help="runs of ours (best is kept)")
     parser.add_argument("--distinct", action="store_true", help="one image per caption")
@@ -82,8 +84,9 @@ def main() -> None:
         "ours_scoring_only_s": round(scoring, 4),
         "max_abs_difference": float(np.abs(scores - expected).max()),
         "mean_cider": mean,
-        "machine": f"{platform.machine()}, python {platform.python_version()}",
+        "layout": "distinct" if args.distinct else "shared",
     }
+    write_results(args.output, out)
     print(json.dumps(out, indent=2))
 
 

@@ -1,11 +1,12 @@
-"""Benchmark: a training option judged on 600 held-out images instead of the 75 of val (issue 15).
+"""Benchmark: a training option judged on 600 held-out images instead of the 75 of val.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cv_screen.py \
         --data ../shared/data/flickr8k-mini --out runs/cv --variants best,avg-cw --jobs 2
 
-The training split is cut into `--folds` parts (the folds of bench_rerank_cv.py: each part held
-out as `val`, the rest of the training split as `train`, the real val split as `test`, the real
-test split never read). Each variant of bench_quality.py trains once per fold with `--seed`
+The training split is cut into `--folds` parts (`common.make_folds`, as bench_rerank_cv.py: each
+part held out as `val`, the rest of the training split as `train`, the real val split as `test`,
+the real test split never read). Each variant of bench/variants/quality.yaml (bench_quality.py's)
+trains once per fold with `--seed`
 (`OUT/foldK/VARIANT-sSEED`, kept if already there) and is decoded on both held-out splits (beam
 3, `<unk>` forbidden, exact per-image CIDEr-D). Against the base variant, per fold: the gain on
 the fold's held-out part and on the real val. The parts are disjoint, so their gains are pooled
@@ -17,19 +18,26 @@ from __future__ import annotations
 
 import argparse
 import json
-from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_models import bootstrap
-from bench_quality import VARIANTS, run_scores, train_run
-from bench_rerank_cv import make_folds
+from common import (
+    bootstrap,
+    common_options,
+    load_variants,
+    make_folds,
+    run_scores,
+    train_variant,
+    write_results,
+)
+
+VARIANTS = load_variants("quality")
 
 
 def train_and_score(variant: str, fold: Path, out: Path, seed: int) -> dict:
     """`variant` trained on `fold` (unless done) -> its per-image scores on val and test."""
-    run = train_run(variant, seed, Namespace(data=str(fold), out=str(out)))
+    run = train_variant(VARIANTS, variant, seed, fold, out)
     return run_scores(run, str(fold))
 
 
@@ -50,19 +58,19 @@ def gains(variant: list[dict], base: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/flickr8k-mini"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="cv_screen.json")]
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/cv"))
     parser.add_argument("--variants", default="best,avg-cw", help="The base first, then others.")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="Of the folds and of training.")
     parser.add_argument("--jobs", type=int, default=1, help="Runs trained at a time.")
-    parser.add_argument("--output", default="bench/results_cv_screen.json")
     args = parser.parse_args()
     names = args.variants.split(",")
     if unknown := [name for name in names if name not in VARIANTS]:
-        parser.error(f"unknown variants {unknown} (see bench_quality.py VARIANTS)")
-    folds = make_folds(args.data, args.out, args.folds, args.seed)
+        parser.error(f"unknown variants {unknown} (see bench/variants/quality.yaml)")
+    folds = make_folds(Path(args.data), args.out, args.folds, args.seed)
     jobs = [(name, fold, args.out / f"fold{k}") for name in names for k, fold in enumerate(folds)]
     with ThreadPoolExecutor(args.jobs) as pool:
         scores = list(pool.map(lambda job: train_and_score(*job, args.seed), jobs))
@@ -71,7 +79,7 @@ def main() -> None:
     summary = {name: gains(per_variant[name], per_variant[names[0]]) for name in names[1:]}
     summary = {"base": names[0], "folds": args.folds, "seed": args.seed, **summary}
     print(json.dumps(summary, indent=2))
-    Path(args.output).write_text(json.dumps(summary, indent=2))
+    write_results(args.output, summary)
 
 
 if __name__ == "__main__":

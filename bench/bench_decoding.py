@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_flickr8k import throughput
+from common import common_options, set_threads, throughput, write_results
 from torch import nn
 
 from captionkit.data import load_dataset
@@ -134,26 +133,23 @@ def bench_run(run_dir: Path, dataset, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        parents=[common_options(output="decoding.json", threads=True)],
+    )
     models = ("show_tell", "attention", "transformer")
     parser.add_argument("--runs", nargs="+", default=[f"runs/models/{m}" for m in models])
-    parser.add_argument("--output", default="bench/results_decoding.json")
     parser.add_argument("--repeats", type=int, default=3, help="Timed passes per figure.")
     parser.add_argument("--limit", type=int, default=None, help="At most this many test images.")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     dataset = load_dataset(args.data)
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "data": args.data,
         "repeats": args.repeats,
         "runs": {run: bench_run(Path(run), dataset, args) for run in args.runs},
     }
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.output, results)
     print(json.dumps(results, indent=2))
 
 

@@ -1,7 +1,8 @@
 """Benchmark: which decoding options raise CIDEr-D over plain beam 3, paired over trained runs.
 
     .venv/bin/python bench/bench_decoding_options.py --runs R1,R2,... \
-        --data ../shared/data/flickr8k-mini [--splits val,test] [--output results.json]
+        --data ../shared/data/flickr8k-mini [--splits val,test] \
+        [--output bench/results/decoding_options.json]
 
 Every run is decoded on each split with every setting of SETTINGS (beam 3 with one option
 changed), and every image scored with captionkit's exact CIDEr-D. The table gives each setting's
@@ -13,11 +14,9 @@ on val, its test figure reported.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
-from bench_models import PLAIN, bootstrap, per_image_cider
+from common import PLAIN, bootstrap, common_options, per_image_cider, write_results
 
 from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.evaluate import evaluate_run
@@ -45,11 +44,12 @@ def per_image(run: str, data: str, split: str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        parents=[common_options(output="decoding_options.json")],
+    )
     parser.add_argument("--runs", required=True, help="Comma-separated run folders.")
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
     parser.add_argument("--splits", default="val,test")
-    parser.add_argument("--output", default="bench/results_decoding_options.json")
     args = parser.parse_args()
     runs = args.runs.split(",")
     results: dict = {}
@@ -67,7 +67,7 @@ def main() -> None:
                 "vs_beam3": float((mean - base).mean()),
                 "vs_beam3_ci95": bootstrap(mean - base),
             }
-    Path(args.output).write_text(json.dumps({"runs": runs, **results}, indent=2))
+    write_results(args.output, {"runs": runs, **results})
     for split, rows in results.items():
         print(f"\n{split} ({len(runs)} runs)\n| setting | CIDEr | words | Δ vs beam 3 (95% CI) |")
         print("| --- | --- | --- | --- |")

@@ -1,7 +1,8 @@
-"""Benchmark: decoding for quality (issue #16) — single runs, their ensemble, and re-ranking.
+"""Benchmark: decoding for quality: single runs, their ensemble, and re-ranking.
 
     .venv/bin/python bench/bench_decoding_quality.py --runs R1,R2,R3 \
-        --data ../shared/data/flickr8k-mini [--splits val,test] [--output results.json]
+        --data ../shared/data/flickr8k-mini [--splits val,test] \
+        [--output bench/results/decoding_quality.json]
 
 For each setting and split: CIDEr-D (pycocoevalcap's, through `evaluate_run` with Java for the
 PTB tokenizer and METEOR), BLEU-4, METEOR, a 95% bootstrap interval of CIDEr-D over images
@@ -15,7 +16,7 @@ runs (beam 3) and each re-ranker on the ensemble. Runs without a neighbour index
     --summarise-groups G1.json,G2.json,...             each group's ensemble against its best run
 
 The second pair measures the ensemble's gain over several groups of seeds, since one group of
-three is one noisy draw (BENCHMARKS "Nine ensembles of the default").
+three is one noisy draw (BENCHMARKS.md "Ensembles").
 """
 
 from __future__ import annotations
@@ -26,12 +27,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_models import PLAIN, bootstrap, per_image_cider, split_scores
+from common import (
+    PLAIN,
+    bootstrap,
+    common_options,
+    per_image_cider,
+    split_scores,
+    write_json,
+    write_results,
+)
 
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.evaluation.captioner import Captioner, load_members
-from captionkit.evaluation.evaluate import _member_stores, caption_rows, evaluate_run
+from captionkit.evaluation.evaluate import caption_rows, evaluate_run, member_stores
 from captionkit.evaluation.run_index import index_run
 from captionkit.reranking import NeighbourIndex, RerankOptions, run_reranker
 
@@ -63,7 +72,7 @@ def speed(runs: list[str], data: str, rerank: RerankOptions | None, repeats: int
     encoder, decoding, re-ranking), batches of 32 images."""
     dataset = load_dataset(data)
     members = load_members(runs)
-    stores, records = _member_stores(dataset, members, None)
+    stores, records = member_stores(dataset, members, None)
     records = [r for r in records if r.split == "test"]
     rows = [store.rows([dataset.path(r) for r in records]) for store in stores]
     reranker = run_reranker(members[0], rerank) if rerank is not None else None
@@ -154,11 +163,12 @@ def consensus_gains(groups: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        parents=[common_options(output="decoding_quality.json")],
+    )
     parser.add_argument("--runs", help="Comma-separated run folders.")
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
     parser.add_argument("--splits", default="val,test")
-    parser.add_argument("--output", default="bench/results_decoding_quality.json")
     parser.add_argument("--speed", metavar="RUN", help="Only images/s (see `speed`): RUN "
                         "alone, then the ensemble of --runs, plain and re-ranked.")  # fmt: skip
     parser.add_argument("--speed-candidates", default="", help="With --speed: also consensus "
@@ -180,7 +190,7 @@ def main() -> None:
     if args.summarise_groups:
         summary = summarise_groups(args.summarise_groups.split(","))
         print(json.dumps(summary, indent=2))
-        Path(args.output).write_text(json.dumps(summary, indent=2))
+        write_json(args.output, summary)  # of files measured elsewhere: no machine of its own
         return
     runs = args.runs.split(",")
     for run in runs:
@@ -188,7 +198,7 @@ def main() -> None:
             index_run(run, args.data)
     if args.group_scores:
         scores = group_scores(runs, args.data, args.splits.split(","))
-        Path(args.output).write_text(json.dumps(scores))
+        write_json(args.output, scores)  # read back by --summarise-groups: scores only
         return
     if args.speed:
         groups = [(f"single {Path(args.speed).name}", [args.speed])]
@@ -200,14 +210,14 @@ def main() -> None:
                    for name, which in groups for rr_name, rr in settings}  # fmt: skip
         for name, result in results.items():
             print(name, json.dumps(result), flush=True)
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        write_results(args.output, results)
         return
     results = {}
     for name, (which, rerank, options) in settings(runs).items():
         results[name] = {s: score(which, args.data, s, rerank, options)
                          for s in args.splits.split(",")}  # fmt: skip
         print(name, json.dumps(results[name]), flush=True)
-    Path(args.output).write_text(json.dumps(results, indent=2))
+    write_results(args.output, results)
 
 
 if __name__ == "__main__":

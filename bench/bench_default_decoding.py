@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/bench_default_decoding.py --data ../shared/data/flickr8k-mini \
         --runs runs/quality/best-s0,runs/quality/best-s1,runs/quality/best-s2 \
-        --output bench/results_default_decoding.json
+        --output bench/results/default_decoding.json
 
 The default of `evaluate`, `caption` and `serve` is beam 3 with `--rerank auto`: consensus
-re-ranking of the beam's best (`RerankOptions().candidates`: 8; 5 before session 15, which the
-earlier results files used) for a run with a neighbour index. Per run and split (val, test),
+re-ranking of the beam's best (`RerankOptions().candidates`: 8; 5 before the re-ranker sweep, which
+default_decoding_7seeds.json used) for a run with a neighbour index. Per run and split (val, test),
 every image's CIDEr-D (captionkit's exact CIDEr-D; its mean is pycocoevalcap's) through
 `evaluate_run` with its defaults and with `RerankOptions("none")`, and the seconds of each call;
 then per setting the mean over the runs with a 95% bootstrap interval over images (of the
@@ -23,18 +23,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_models import PLAIN, bootstrap, split_scores
+from common import PLAIN, bootstrap, common_options, split_scores, write_results
 
 from captionkit.reranking import RerankOptions
 
 SETTINGS = {"beam 3 + auto (the default)": RerankOptions(), "beam 3, --rerank none": PLAIN}
+"""The two decodings compared (their names are the results file's keys)."""
 SPLITS = ("val", "test")
 
 
-def run_scores(run: str, data: str) -> dict:
+def run_scores(run: str, data: str, settings: dict = SETTINGS) -> dict:
     """setting -> split -> {"images": image -> CIDEr-D, "seconds": evaluate_run's wall time}."""
     out: dict = {}
-    for name, rerank in SETTINGS.items():
+    for name, rerank in settings.items():
         out[name] = {}
         for split in SPLITS:
             start = time.perf_counter()
@@ -69,20 +70,32 @@ def summary(per_run: dict[str, dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        parents=[common_options(output="default_decoding.json")],
+    )
     parser.add_argument("--runs", required=True, help="Run folders, comma-separated.")
-    parser.add_argument("--output", type=Path, default=Path("results_default_decoding.json"))
     parser.add_argument("--also", type=Path, help="An earlier --output whose runs join these.")
+    parser.add_argument("--candidates", type=int, default=RerankOptions().candidates,
+                        help="Candidates the default decoding re-ranks (default: the package's "
+                        "default; 5 remakes the files measured before it was 8).")  # fmt: skip
     args = parser.parse_args()
+    settings = {
+        **SETTINGS,
+        "beam 3 + auto (the default)": RerankOptions(candidates=args.candidates),
+    }
     runs = args.runs.split(",")
     earlier = json.loads(args.also.read_text()) if args.also else {"runs": [], "per_run": {}}
     clash = set(earlier["per_run"]) & {Path(r).name for r in runs}
     if clash:
         parser.error(f"{args.also} already has runs named {sorted(clash)}")
-    per_run = {**earlier["per_run"], **{Path(r).name: run_scores(r, args.data) for r in runs}}
-    result = {"runs": earlier["runs"] + runs, "summary": summary(per_run), "per_run": per_run}
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    per_run = {
+        **earlier["per_run"],
+        **{Path(r).name: run_scores(r, args.data, settings) for r in runs},
+    }
+    result = {"runs": earlier["runs"] + runs, "candidates": args.candidates,
+              "summary": summary(per_run), "per_run": per_run}  # fmt: skip
+    write_results(args.output, result)
     print(json.dumps(result["summary"], indent=1))
 
 

@@ -1,7 +1,7 @@
 """Benchmark: feature extraction, full pipeline vs the encoder's forward pass alone, same run.
 
     .venv/bin/python bench/bench_extract.py --data ../shared/data/flickr8k-mini --images 256 \
-        [--device cpu|cuda] [--amp bf16|fp16]
+        [--device cpu|cuda] [--amp bf16|fp16] [--output bench/results/extract.json]
 
 The pipeline is `extract_features` from a cold cache (decode, resize, crop, normalise, forward,
 write fp16 to disk) with 0, 1 and 2 decoding worker processes; the reference is the forward pass
@@ -19,38 +19,17 @@ import time
 from pathlib import Path
 
 import torch
+from common import common_options, forward_only, write_results
 
 from captionkit.data import load_dataset
 from captionkit.data.image_files import load_image
 from captionkit.encoders import create_encoder, extract_features
-from captionkit.encoders.extraction import extraction_settings, precision
-
-
-def forward_only(encoder, pixels: torch.Tensor, batch: int, channels_last: bool, device: str,
-                 amp: str | None) -> float:  # fmt: skip
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = encoder.to(device, memory_format=layout)
-    x = pixels.to(device).contiguous(memory_format=layout)
-    # the pipeline's precision: autocast, or float32 without TF32 on CUDA
-    with torch.inference_mode(), precision(extraction_settings(device=device, amp=amp)):
-        model(x[:batch])  # warm-up
-        _sync(device)
-        start = time.perf_counter()
-        for i in range(0, len(x), batch):
-            model(x[i : i + batch])
-        _sync(device)
-    encoder.to("cpu")
-    return len(x) / (time.perf_counter() - start)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="extract.json")]
+    )
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
@@ -79,6 +58,7 @@ def main() -> None:
         result["incremental_report"] = store.report.summary()
     best = max(v for k, v in result.items() if k.startswith("pipeline"))
     result["pipeline_over_forward_only"] = best / result["forward_only_channels_last_img_s"]
+    write_results(args.output, result)
     print(json.dumps(result, indent=2))
 
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
-import torch
+from common import common_options, write_results
 
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
@@ -69,8 +68,9 @@ def stage_config(args, data: str, images: str | None, epochs: int, init: str | N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="finetune.json")]
+    )
     parser.add_argument("--out", default="runs/finetune")
     parser.add_argument("--epochs", type=int, default=15, help="decoder on cached features")
     parser.add_argument("--finetune-epochs", type=int, default=5)
@@ -80,14 +80,10 @@ def main() -> None:
     workers = min(8, os.cpu_count() or 1)
     parser.add_argument("--workers", type=int, default=workers, help="image decoding processes")
     parser.add_argument("--limit", type=int, default=0, help="images per split (smoke runs)")
-    parser.add_argument("--output", default="bench/results_finetune.json")
     args = parser.parse_args()
     data, images = limited_data(args.data, args.limit, Path(args.out) / "data")
 
-    results = {"settings": vars(args), "machine": {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cpus": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}  # fmt: skip
+    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     base = stage_config(args, data, images, args.epochs, None)
     results["base"] = run_stage("base", base, args, data, images)
     base_dir = str(Path(args.out) / "base")
@@ -99,7 +95,7 @@ def main() -> None:
     control.optim.lr = args.lr
     results["control"] = run_stage("control", control, args, data, images)
 
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.output, results)
     print(json.dumps(results, indent=2))
 
 

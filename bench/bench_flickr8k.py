@@ -16,52 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import common_options, retrieval_baseline, throughput, write_results
 
 from captionkit.cli import main as cli
-from captionkit.data import load_dataset, tokenize
+from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
-from captionkit.evaluation.evaluate import caption_rows, evaluate_run
+from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.metrics import coco_metrics
-from captionkit.metrics.cider_d import CiderD
 from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.reranking import RerankOptions
 from captionkit.serving import Captioner
-
-
-def retrieval_baseline(dataset, store) -> dict[str, str]:
-    """1-NN: for each test image, the training image with the most similar pooled feature, and
-    of its captions the one with the highest CIDEr-D against its other captions."""
-    train, test = dataset.split("train"), dataset.split("test")
-    feats = np.asarray(store.pooled, dtype=np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    train_feats = feats[store.rows([dataset.path(r) for r in train])]
-    test_feats = feats[store.rows([dataset.path(r) for r in test])]
-    nearest = (test_feats @ train_feats.T).argmax(axis=1)
-    refs = {r.filename: [" ".join(tokenize(c)) for c in r.captions] for r in train}
-    cider = CiderD(refs)
-    consensus = {}
-    for r in train:
-        caps = refs[r.filename]
-        scores = cider.score(caps, [r.filename] * len(caps))  # against all five, self included
-        consensus[r.filename] = r.captions[int(np.argmax(scores))]
-    return {t.filename: consensus[train[i].filename] for t, i in zip(test, nearest)}
-
-
-def throughput(trained, store, rows, beam_size: int, batch_size: int) -> float:
-    """Images per second of decoding from cached features."""
-    options = DecodingOptions(beam_size=beam_size)
-    start = time.perf_counter()
-    for i in range(0, len(rows), batch_size):
-        caption_rows(trained, store, rows[i : i + batch_size], options, batch_size)
-    return len(rows) / (time.perf_counter() - start)
 
 
 def speed(run_dir: Path, dataset) -> dict:
@@ -87,11 +57,11 @@ def speed(run_dir: Path, dataset) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="flickr8k.json")]
+    )
     parser.add_argument("--out", default="runs/f8k")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--output", default="bench/results_flickr8k.json")
     args = parser.parse_args()
     run_dir = Path(args.out)
 
@@ -101,9 +71,7 @@ def main() -> None:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epoch_s = np.diff([0.0] + [r["elapsed_s"] for r in rows]).mean()
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, "
-               f"{torch.get_num_threads()} threads, torch {torch.__version__}",  # fmt: skip
-               "train_total_s": train_s, "epoch_s": float(epoch_s),
+    results = {"train_total_s": train_s, "epoch_s": float(epoch_s),
                "best_val": max(rows, key=lambda r: r["val/CIDEr"])}  # fmt: skip
     for beam in (1, 3):
         ev = evaluate_run(run_dir, args.data, split="test", options=DecodingOptions(beam_size=beam),
@@ -115,7 +83,7 @@ def main() -> None:
     results["test_1nn_retrieval"] = coco_metrics(knn, {r.filename: r.captions
                                                        for r in dataset.split("test")})  # fmt: skip
     results["speed"] = speed(run_dir, dataset)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.output, results)
     print(json.dumps(results, indent=2))
 
 

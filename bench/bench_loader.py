@@ -1,6 +1,7 @@
 """Benchmark: is data loading ever the bottleneck? Loader batches/s alone vs training steps/s.
 
-    .venv/bin/python bench/bench_loader.py --data ../shared/data/flickr8k-mini
+    .venv/bin/python bench/bench_loader.py --data ../shared/data/flickr8k-mini \
+        [--output bench/results/loader.json]
 
 Builds the training batches exactly as `train` does (memory-mapped features and token ids,
 length-bucketed batches of 64), times three passes of the loader alone, then times training steps
@@ -17,17 +18,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import common_options, write_results
 
 from captionkit.data import Vocabulary, load_dataset
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import features_for_dataset
 from captionkit.models import create_model
-from captionkit.training.feature_batches import BucketBatchSampler, CaptionPairs, _whole_batch
+from captionkit.training.feature_batches import BucketBatchSampler, CaptionPairs
+
+
+def whole_batch(batch: dict) -> dict:
+    """The collate function of the training loader: `CaptionPairs` reads a whole batch at once."""
+    return batch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="loader.json")]
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
 
@@ -41,7 +49,7 @@ def main() -> None:
                             [vocab.encode(c, 20) for _, c in pairs], False,
                             Path(tmp) / "tokens.npy")  # fmt: skip
         sampler = BucketBatchSampler(data.lengths, args.batch_size, seed=0)
-        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=_whole_batch)
+        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=whole_batch)
         start, n = time.perf_counter(), 0
         for epoch in range(3):
             sampler.set_epoch(epoch)
@@ -66,6 +74,7 @@ def main() -> None:
         "train_steps_per_s": 1 / step_s,
         "loader_share_of_step": loader_s / step_s,
     }
+    write_results(args.output, result)
     print(json.dumps(result, indent=2))
 
 

@@ -13,30 +13,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from bench_flickr8k import retrieval_baseline
+from common import (
+    PLAIN,
+    ROOT,
+    bootstrap,
+    common_options,
+    per_image_cider,
+    retrieval_baseline,
+    write_results,
+)
 
 from captionkit.cli import main as cli
-from captionkit.data import load_dataset, tokenize
+from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.evaluate import evaluate_run
 from captionkit.metrics import coco_metrics
-from captionkit.metrics.cider_d import CiderD
 from captionkit.models.run_folder import encoder_for, load_checkpoint
-from captionkit.reranking import RerankOptions
 
-# The beam's own best, as every figure of these tables was measured (not the `auto` default).
-PLAIN = RerankOptions("none")
-
-# The recipes the table in BENCHMARKS.md reports: `captionkit train --config` with these files
-# (the repository's configs/flickr8k-mini/NAME.yaml, named relative to the current folder).
-ROOT = Path(__file__).resolve().parent.parent
+# The recipes of the three decoders (docs/experiments.md): `captionkit train --config` with these
+# files (the repository's configs/flickr8k-mini/NAME.yaml, named relative to the current folder).
 CONFIGS = Path(os.path.relpath(ROOT / "configs" / "flickr8k-mini"))
 
 
@@ -55,30 +54,6 @@ def run_model(name: str, args) -> dict:
             run_dir, args.data, options=DecodingOptions(beam_size=beam), rerank=PLAIN
         ).metrics
     return out
-
-
-def split_scores(runs, data, split: str, rerank=None) -> dict[str, float]:
-    """Per-image CIDEr-D on `split` of a run (a list of runs: their ensemble), beam 3, `<unk>`
-    forbidden, re-ranked by `rerank` (`RerankOptions`) if given; no Java needed."""
-    ev = evaluate_run(runs, data, split=split, meteor=False, rerank=rerank or PLAIN,
-                      options=DecodingOptions(beam_size=3))  # fmt: skip
-    keys = sorted(ev.predictions)
-    return dict(zip(keys, per_image_cider(ev.predictions, ev.references).tolist()))
-
-
-def per_image_cider(predictions: dict[str, str], references: dict[str, list[str]]) -> np.ndarray:
-    """CIDEr-D of every image (our exact CiderD over word-tokenized captions), in key order."""
-    words = {k: [" ".join(tokenize(c)) for c in refs] for k, refs in references.items()}
-    keys = sorted(predictions)
-    return CiderD(words).score([" ".join(tokenize(predictions[k])) or "a" for k in keys], keys)
-
-
-def bootstrap(scores: np.ndarray, n: int = 5000, seed: int = 0) -> list[float]:
-    """95% interval of the mean over images resampled with replacement (paired when `scores` is
-    a difference of two models on the same images)."""
-    rng = np.random.default_rng(seed)
-    means = scores[rng.integers(0, len(scores), (n, len(scores)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def intervals(args, names: list[str]) -> dict:
@@ -109,11 +84,11 @@ def nearest_neighbour(args, run_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="models.json")]
+    )
     parser.add_argument("--out", default="runs/models")
     parser.add_argument("--models", default="show_tell,attention,transformer")
-    parser.add_argument("--output", default="bench/results_models.json")
     parser.add_argument("--intervals-only", action="store_true",
                         help="Only the bootstrap intervals of existing runs in --out.")  # fmt: skip
     args = parser.parse_args()
@@ -121,12 +96,10 @@ def main() -> None:
     if args.intervals_only:
         print(json.dumps(intervals(args, names), indent=2))
         return
-    results = {"machine": f"{platform.processor() or platform.machine()}, "
-               f"{torch.get_num_threads()} threads, torch {torch.__version__}"}  # fmt: skip
-    results |= {name: run_model(name, args) for name in names}
+    results = {name: run_model(name, args) for name in names}
     results["1nn_retrieval"] = nearest_neighbour(args, Path(args.out) / names[0])
     results["test_beam3_cider_intervals"] = intervals(args, names)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.output, results)
     print(json.dumps(results, indent=2))
 
 

@@ -1,7 +1,9 @@
 """Benchmark: re-ranking (consensus, MBR) against plain beam search on one run and split.
 
     .venv/bin/python bench/bench_rerank.py --run runs/att --data ../shared/data/flickr8k-mini \
-        --split val [--output rerank.json] [--index]   # --index: build a missing neighbour index
+        --split val [--output bench/results/rerank.json] [--index]
+
+`--index` builds the run's neighbour index first if it has none.
 
 For each setting: CIDEr-D (captionkit's exact CIDEr-D, pycocoevalcap's numbers on the Python PTB
 tokenizer's words, document frequencies of the split's references: no Java) and images/s on
@@ -9,26 +11,25 @@ this machine (decoding + re-ranking, from cached features, batches of 64; the en
 timed). The candidates of each `--candidates N` (beam N, its N best) are decoded once and
 re-ranked by every setting, so each setting's images/s adds its own re-ranking time to that
 decoding time. `--knn` also times the exact k-NN alone on a random COCO-sized index (113k x
-1280), the case where the issue asks whether a matrix product is fast enough.
+1280): whether one matrix product is fast enough at that size.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import RESULTS, write_results
 
 from captionkit.data import load_dataset, tokenize
 from captionkit.decoding import DecodingOptions, decode
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.captioner import run_options
-from captionkit.evaluation.evaluate import _pin_splits
+from captionkit.evaluation.evaluate import pin_splits
 from captionkit.evaluation.run_index import index_run
 from captionkit.metrics.cider_d import CiderD
 from captionkit.models.run_folder import encoder_for, load_checkpoint
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[15, 60])
     parser.add_argument("--index", action="store_true", help="Build a missing neighbour index.")
     parser.add_argument("--knn", action="store_true", help="Also time k-NN on a COCO-sized index.")
-    parser.add_argument("--output", type=Path, default=Path("bench_rerank.json"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "rerank.json")
     args = parser.parse_args()
 
     if args.index and not NeighbourIndex.exists(args.run):
@@ -110,7 +111,7 @@ def main() -> None:
         index_run(args.run, args.data, args.images, args.cache_dir)
     trained = load_checkpoint(args.run)
     dataset = load_dataset(args.data, args.images)
-    _pin_splits(dataset, args.data, args.run, trained)
+    pin_splits(dataset, args.data, args.run, trained)
     store, records = features_for_dataset(dataset, encoder_for(trained), args.cache_dir)
     records = [r for r in records if r.split == args.split][: args.limit]
     rows = store.rows([dataset.path(r) for r in records])
@@ -141,12 +142,11 @@ def main() -> None:
         results.append(row)
         show(row)
     out = {"run": str(args.run), "data": str(args.data), "split": args.split,
-           "images": len(rows), "machine": platform.machine(), "threads": torch.get_num_threads(),
-           "results": results}  # fmt: skip
+           "images": len(rows), "results": results}  # fmt: skip
     if args.knn:
         out["knn"] = knn_timing()
         print(f"k-NN, COCO-sized index: {out['knn']['ms_per_image']:.2f} ms per image")
-    args.output.write_text(json.dumps(out, indent=2) + "\n")
+    write_results(args.output, out)
     print(f"wrote {args.output}")
 
 

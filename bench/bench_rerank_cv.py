@@ -1,29 +1,27 @@
-"""Benchmark: which re-ranker wins, judged on more images than the 75 of val (issue 16).
+"""Benchmark: which re-ranker wins, judged on more images than the 75 of val.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_rerank_cv.py \
         --data ../shared/data/flickr8k-mini --out runs/cv --folds 5 --jobs 2
 
-The training split is cut into `--folds` parts. For each part, a dataset folder with the same
-images: that part as `val` (held out), the rest of the training split as `train`, the real val
-split as `test` (held out as well), and no test split at all: the real test images are never
-read. `captionkit train` (the default recipe) trains one run per fold; each run is then decoded
-on its two held-out splits with beam 3 alone and with each re-ranker (5 candidates, `<unk>`
-forbidden, exact per-image CIDEr-D). Every training image is held out once, so the re-rankers
-are compared over the whole training split (600 images on flickr8k-mini) instead of 75.
+The training split is cut into `--folds` parts (`common.make_folds`). For each part, a dataset
+folder with the same images: that part as `val` (held out), the rest of the training split as
+`train`, the real val split as `test` (held out as well), and no test split at all: the real test
+images are never read. `captionkit train` (the default recipe) trains one run per fold; each run is
+then decoded on its two held-out splits with beam 3 alone and with each re-ranker (5 candidates,
+`<unk>` forbidden, exact per-image CIDEr-D). Every training image is held out once, so the
+re-rankers are compared over the whole training split (600 images on flickr8k-mini) instead of 75.
 
 `--grid sweep` scores the default re-ranker's settings instead, one changed at a time (candidates,
 weight of the log-probability, neighbours k), each against the default re-ranker:
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_rerank_cv.py --grid sweep \
-        --out runs/cv --jobs 2 --output bench/results_rerank_cv_sweep.json
+        --out runs/cv --jobs 2 --output bench/results/rerank_cv_sweep.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -31,12 +29,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bench_models import PLAIN, bootstrap, split_scores
+from common import PLAIN, bootstrap, common_options, make_folds, split_scores, write_results
 
 from captionkit.reranking import RerankOptions
 
-# "default" is the default re-ranker when the sweep ran (session 15): 5 candidates, weight 0.3,
-# k 60. The sweep made 8 candidates the default.
+# "default" is the default re-ranker when the sweep ran: 5 candidates, weight 0.3, k 60. The sweep
+# made 8 candidates the default.
 DEFAULT = RerankOptions("consensus", candidates=5, weight=0.3, k=60)
 GRIDS = {
     "methods": {
@@ -53,31 +51,6 @@ GRIDS = {
     },
 }
 BASES = {"methods": "beam 3", "sweep": "default"}
-
-
-def make_folds(data: Path, out: Path, folds: int, seed: int = 0) -> list[Path]:
-    """One dataset folder per fold (a Karpathy JSON and a link to the images), as above."""
-    (source,) = data.glob("dataset_*.json")
-    dataset = json.loads(source.read_text())
-    train = sorted(i["filename"] for i in dataset["images"] if i["split"] == "train")
-    random.Random(seed).shuffle(train)
-    size = len(train) // folds
-    dirs = []
-    for k in range(folds):
-        held_out = set(train[k * size : (k + 1) * size])
-        images = []
-        for image in dataset["images"]:
-            if image["split"] == "test":
-                continue
-            split = {"val": "test"}.get(image["split"], "train")
-            images.append({**image, "split": "val" if image["filename"] in held_out else split})
-        fold = out / f"data-fold{k}"
-        fold.mkdir(parents=True, exist_ok=True)
-        (fold / source.name).write_text(json.dumps({**dataset, "images": images}))
-        if not (fold / "Images").exists():
-            os.symlink((data / "Images").resolve(), fold / "Images")
-        dirs.append(fold)
-    return dirs
 
 
 def train_fold(fold: Path, run: Path, seed: int) -> Path:
@@ -118,24 +91,24 @@ def summarise(scores: list[dict], base: str = "beam 3") -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/flickr8k-mini"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="rerank_cv.json")]
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/cv"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="Of the folds and of training.")
     parser.add_argument("--jobs", type=int, default=1, help="Folds trained at a time.")
     parser.add_argument("--grid", choices=list(GRIDS), default="methods",
                         help="methods: none, consensus, MBR; sweep: its settings")  # fmt: skip
-    parser.add_argument("--output", default="bench/results_rerank_cv.json")
     args = parser.parse_args()
-    folds = make_folds(args.data, args.out, args.folds, args.seed)
+    folds = make_folds(Path(args.data), args.out, args.folds, args.seed)
     runs = [args.out / f"fold{k}" for k in range(args.folds)]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda fr: train_fold(*fr, args.seed), zip(folds, runs)))
     scores = [fold_scores(run, fold, args.grid) for run, fold in zip(runs, folds)]
     summary = summarise(scores, BASES[args.grid])
     print(json.dumps(summary, indent=2))
-    Path(args.output).write_text(json.dumps(summary, indent=2))
+    write_results(args.output, summary)
 
 
 if __name__ == "__main__":

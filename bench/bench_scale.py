@@ -1,7 +1,7 @@
 """Benchmark: every stage of captionkit on a synthetic COCO-like dataset of N images, with its
-time and peak memory, to see how each grows with N (issue 18).
+time and peak memory, to see how each grows with N.
 
-    .venv/bin/python bench/bench_scale.py --images 20000 [--output bench/results_scale_20000.json]
+    .venv/bin/python bench/bench_scale.py --images 20000 [--output bench/results/scale_20000.json]
         [--steps 200] [--models show_tell,attention,updown,transformer] [--seed 0]
         [--workdir /tmp] [--keep] [--threads 2] [--decode-images 5000]
     .venv/bin/python bench/bench_scale.py --table A.json,B.json,C.json   # BENCHMARKS.md "Scale"
@@ -68,7 +68,6 @@ import glob
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -80,6 +79,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from common import RESULTS, machine, write_results
 
 from captionkit.data import load_dataset
 from captionkit.data.dataset_report import prepare_report
@@ -98,7 +98,7 @@ from captionkit.metrics.coco_metrics import coco_metrics
 from captionkit.models import MODELS, create_model
 from captionkit.reranking.neighbours import NeighbourIndex, index_training_images
 from captionkit.training.config import RunConfig
-from captionkit.training.feature_batches import _rows_to_tensor, token_array
+from captionkit.training.feature_batches import token_array
 from captionkit.training.module import CaptioningModule
 from captionkit.training.presets import DEFAULT_PRESET, preset_config
 from captionkit.training.run_data import caption_datamodule, train_tokens
@@ -378,7 +378,9 @@ def scst_step(model, vocab, reward: ScstReward, store, rows: list[int], keys: li
     config = preset_config(DEFAULT_PRESET)
     module = ScstModule(model, vocab, config.optim, {}, DecodingOptions(1), scst=config.scst,
                         reward=reward, max_length=config.data.max_length)  # fmt: skip
-    pooled, grid = _rows_to_tensor(store.pooled, rows), _rows_to_tensor(store.grid, rows)
+    pooled, grid = (
+        torch.from_numpy(np.asarray(a[rows], dtype=np.float32)) for a in (store.pooled, store.grid)
+    )
     start = time.perf_counter()
     tokens, _ = module._sample(pooled, grid, keys)
     sample_s = time.perf_counter() - start
@@ -488,12 +490,6 @@ def evaluation_stages(bench: Stages, data: dict, model, work: Path, args) -> Non
         loaded = time.perf_counter()
         index.nearest(np.asarray(store.pooled[queries], dtype=np.float32), KNN_K)
         extra |= {"queries": len(queries), "k": KNN_K, "query_s": time.perf_counter() - loaded}
-
-
-def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -612,7 +608,7 @@ def main() -> None:
                         "size).")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="Keep the data folder.")
     parser.add_argument("--output", default=None,
-                        help="Result file (default bench/results_scale_N.json).")  # fmt: skip
+                        help="Result file (default bench/results/scale_N.json).")  # fmt: skip
     parser.add_argument(
         "--table",
         default=None,
@@ -627,8 +623,7 @@ def main() -> None:
         print(table(args.table.split(",")))
         return
     results = run(args)
-    output = Path(args.output or ROOT / "bench" / f"results_scale_{args.images}.json")
-    output.write_text(json.dumps(results, indent=1) + "\n")
+    output = write_results(args.output or RESULTS / f"scale_{args.images}.json", results)
     print(f"total {results['total_seconds']} s; written to {output}", file=sys.stderr)
 
 

@@ -10,7 +10,7 @@ copied, then fine-tuned by the single command
         --epochs N --out OUT/NAME
 
 (best epoch by val CIDEr, greedy, as for XE). Val and test CIDEr with beam 3, before (the XE run)
-and after (the SCST run), and the SCST training time go into a table and `--json`.
+and after (the SCST run), and the SCST training time go into a table and `--output`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
-import torch
+from common import common_options, write_results
 
 from captionkit.cli import main as cli
 from captionkit.decoding import DecodingOptions
@@ -83,20 +82,18 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="scst.json")]
+    )
     parser.add_argument("--xe-runs", default="runs/models", help="Folder of the XE runs.")
     parser.add_argument("--out", default="runs/scst")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--json", default="bench/results_scst.json")
     parser.add_argument("extra", nargs="*", help="More `train` options, after --.")
     args = parser.parse_args()
     results = {name: run_model(name, args) for name in args.models}
     print(table(results))
-    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}  # fmt: skip
-    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    write_results(args.output, {"results": results})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Benchmark: which model of a run to keep (issue #15): the best epoch by val CIDEr, or the mean
-of the weights of the last epochs.
+"""Benchmark: which model of a run to keep: the best epoch by val CIDEr, or the mean of the
+weights of the last epochs.
 
     .venv/bin/python bench/bench_selection.py --data ../shared/data/flickr8k-mini \
-        --out runs/curves --seeds 0,1,2,3 [--jobs 2] [--output bench/results_selection.json]
+        --out runs/curves --seeds 0,1,2,3 [--jobs 2] [--output bench/results/selection.json]
 
 Each seed trains the recipe given after `--` (default: the `best` preset's decoder and rate with
 30 epochs and no early stopping, `--patience 0 --average-last 0`) into `OUT/c-sSEED`, keeping
@@ -28,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_models import per_image_cider
+from common import common_options, per_image_cider, write_results
 from safetensors.torch import load_file, save_file
 
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
-from captionkit.evaluation.evaluate import _member_stores, _pin_splits, caption_rows
+from captionkit.evaluation.evaluate import caption_rows, member_stores, pin_splits
 from captionkit.models.run_folder import load_checkpoint
 
 RECIPE = ["--patience", "0", "--epochs", "30", "--average-last", "0"]
@@ -67,8 +67,8 @@ class Curve:
     def __init__(self, run_dir: Path, data: str):
         self.dir, self.trained = run_dir, load_checkpoint(run_dir)
         dataset = load_dataset(data)
-        _pin_splits(dataset, Path(data), run_dir, self.trained)
-        stores, records = _member_stores(dataset, [self.trained], None)
+        pin_splits(dataset, Path(data), run_dir, self.trained)
+        stores, records = member_stores(dataset, [self.trained], None)
         self.store, self.splits = stores[0], {}
         for split in ("val", "test"):
             chosen = [r for r in records if r.split == split]
@@ -179,12 +179,12 @@ def main() -> None:
     if sys.argv[1:2] == ["--analyse"]:  # a worker: one run's analysis
         analyse(Path(sys.argv[2]), sys.argv[3])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[common_options(output="selection.json")]
+    )
     parser.add_argument("--out", default="runs/curves")
     parser.add_argument("--seeds", default="0,1,2,3")
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (one thread each).")
-    parser.add_argument("--output", default="bench/results_selection.json")
     parser.add_argument("recipe", nargs="*", default=RECIPE, help="train options (after --)")
     args = parser.parse_args()
     runs = [Path(args.out) / f"c-s{s}" for s in args.seeds.split(",")]
@@ -200,7 +200,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip((r.name for r in runs), pool.map(one, runs)))
-    Path(args.output).write_text(json.dumps(results, indent=2))
+    write_results(args.output, results)
     print(summary(results))
 
 

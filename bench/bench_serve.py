@@ -1,18 +1,19 @@
 """Benchmark: `captionkit serve` under load on loopback, micro-batching on and off.
 
     .venv/bin/python bench/bench_serve.py --checkpoint runs/models/attention \
-        --images ../shared/data/flickr8k-mini/Images --clients 16 --requests 192
+        --images ../shared/data/flickr8k-mini/Images --clients 16 --requests 192 \
+        [--output bench/results/serve.json]
 
-For each mode the server runs in its own process (`captionkit serve`, uvicorn, one worker);
-for each count of `--clients` in turn, that many threads post one image per request (beam 3 by
-default) until `--requests` have been sent (or `--time-limit` seconds have passed), each client
-starting its next request when its last one returns. Reported: throughput (requests/s over the
-whole run), p50/p99 latency, failed requests, and the server's own count of model batches (mean
-images per batch). "on" is the default batching (batches of up to 32 images, 10 ms wait);
-"no-wait" batches only the requests that queued while the model was busy (`--max-wait-ms 0`);
-"off" captions one request at a time (`--batch-size 1 --max-wait-ms 0`); these three decode with
-the beam alone (`--rerank none`). "rerank" (`--modes ... rerank`) is "on" with the service's
-default decoding (`--rerank auto`: the beam's 5 best re-ranked by consensus, for a run with a
+For each mode the server runs in its own process (`captionkit serve`, uvicorn, one worker); for
+each count of `--clients` in turn, that many threads post one image per request (beam 3 by default)
+until `--requests` have been sent (or `--time-limit` seconds have passed), each client starting its
+next request when its last one returns. Reported: throughput (requests/s over the whole run),
+p50/p99 latency, failed requests, and the server's own count of model batches (mean images per
+batch). "on" is the default batching (batches of up to 32 images, 10 ms wait); "no-wait" batches
+only the requests that queued while the model was busy (`--max-wait-ms 0`); "off" captions one
+request at a time (`--batch-size 1 --max-wait-ms 0`); these three decode with the beam alone
+(`--rerank none`). "rerank" (`--modes ... rerank`) is "on" with the service's default decoding
+(`--rerank auto`: the beam's best re-ranked by consensus, 8 candidates by default, for a run with a
 neighbour index). Without a checkpoint, an untrained tiny attention model on generated shapes
 stands in (its figures only compare modes).
 """
@@ -20,9 +21,7 @@ stands in (its figures only compare modes).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
+from common import common_options, write_results
 
 # The first three decode with the beam alone (`--rerank none`), as every figure of them always
 # did; "rerank" is "on" with the service's default decoding (`--rerank auto`: consensus re-ranking
@@ -156,7 +155,10 @@ def run_bench(args, checkpoint: Path, image_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        parents=[common_options(output="serve.json", data=False)],
+    )
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--images", type=Path, default=None)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
@@ -166,7 +168,6 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=300, help="Seconds per mode.")
     parser.add_argument("--modes", nargs="+", default=["on", "no-wait", "off"], choices=list(MODES))
     parser.add_argument("--log-dir", default=tempfile.gettempdir())
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_serve.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, image_dir = args.checkpoint, args.images
@@ -182,12 +183,10 @@ def main() -> None:
               f"{r['mean_batch']:>10}")  # fmt: skip
     record = {"checkpoint": str(checkpoint), "images": str(image_dir),
               "requests": args.requests, "beam_size": args.beam_size,
-              "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "load_average": os.getloadavg(),
               "modes": {m: " ".join(MODES[m]) for m in args.modes},
               "results": results}  # fmt: skip
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_results(args.output, record)}")
 
 
 if __name__ == "__main__":

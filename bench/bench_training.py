@@ -26,36 +26,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
+from common import (
+    CONFIGS,
+    Counter,
+    common_options,
+    engine_loop,
+    machine,
+    set_threads,
+    sync,
+    write_results,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from captionkit.data import load_dataset
 from captionkit.data.tokenizers import build_tokenizer
-from captionkit.data.vocab import Vocabulary
-from captionkit.decoding import DecodingOptions
 from captionkit.encoders import create_encoder
 from captionkit.encoders.features import features_for_dataset
 from captionkit.models import MODELS, create_model
 from captionkit.models.attention import attention_regularizer
 from captionkit.training.config import RunConfig
-from captionkit.training.module import CaptioningModule, caption_loss, feature_arguments
+from captionkit.training.module import caption_loss, feature_arguments
 from captionkit.training.run_data import caption_datamodule
-
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs" / "flickr8k-mini"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def matmul_peak(device: torch.device, n: int, repeats: int = 5) -> float:
@@ -70,35 +67,6 @@ def matmul_peak(device: torch.device, n: int, repeats: int = 5) -> float:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
-
-
-class Counter:
-    """Captions and target tokens of the batches after the warm-up, and the time they took.
-    Tokens are summed on the device, so that counting does not wait for the GPU every step."""
-
-    def __init__(self, warmup: int, batches: int, device: torch.device):
-        self.warmup, self.last, self.device = warmup, warmup + batches, device
-        self.seen, self.captions, self.tokens = 0, 0, torch.zeros((), device=device)
-        self.start = self.end = 0.0
-
-    def batch_done(self, tokens: torch.Tensor) -> None:
-        self.seen += 1
-        if self.seen > self.warmup:
-            self.captions += tokens.shape[0]
-            self.tokens += (tokens[:, 1:] != Vocabulary.pad_id).sum()
-        if self.seen in (self.warmup, self.last):  # the clock starts and stops on idle devices
-            sync(self.device)
-            if self.seen == self.warmup:
-                self.start = time.perf_counter()
-            else:
-                self.end = time.perf_counter()
-
-    def result(self) -> dict:
-        if self.seen < self.last:
-            raise SystemExit(f"only {self.seen} batches in an epoch: lower --batches/--warmup")
-        seconds = self.end - self.start
-        return {"captions_s": self.captions / seconds, "tokens_s": int(self.tokens) / seconds,
-                "batches": self.seen - self.warmup, "seconds": seconds}  # fmt: skip
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -145,32 +113,6 @@ def plain_loop(model: nn.Module, loader, config: RunConfig, args, device) -> dic
         batch = to_device(batch, device)
         train_step(model, batch, optimizer, config.optim.grad_clip)
         counter.batch_done(batch["tokens"])
-    return counter.result()
-
-
-class CountBatches(L.Callback):
-    def __init__(self, counter: Counter):
-        self.counter = counter
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.counter.batch_done(batch["tokens"])
-
-
-def engine_loop(model: nn.Module, datamodule, vocab, config: RunConfig, args, device) -> dict:
-    """`CaptioningModule` + `CaptionDataModule` under a Lightning Trainer, as `train()` sets
-    them up (precision, clipping, accumulation), validation and logging to disk off."""
-    module = CaptioningModule(model, vocab, config.optim, {}, DecodingOptions(1))
-    counter = Counter(args.warmup, args.batches, device)
-    trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=args.warmup + args.batches, limit_val_batches=0,
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        precision=config.train.precision, gradient_clip_val=config.optim.grad_clip or None,
-        gradient_clip_algorithm=config.optim.grad_clip_algorithm,
-        accumulate_grad_batches=config.optim.accumulate, callbacks=[CountBatches(counter)],
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )  # fmt: skip
-    trainer.fit(module, datamodule)
     return counter.result()
 
 
@@ -304,13 +246,14 @@ def table(results: dict, per_image: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/flickr8k-mini")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        parents=[common_options(output="training.json", threads=True)],
+    )
     parser.add_argument("--models", default="show_tell,attention,transformer")
     parser.add_argument("--batches", type=int, default=30, help="Timed batches per loop.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed batches first.")
     parser.add_argument("--repeats", type=int, default=1, help="Passes of engine and plain.")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default=None, help="Override the configs' precision.")
     parser.add_argument(
@@ -326,20 +269,16 @@ def main() -> None:
     )
     parser.add_argument("--no-naive", action="store_true", help="Skip the naive reference loops.")
     parser.add_argument("--quick", action="store_true", help="Smoke test: 2+2 batches.")
-    parser.add_argument("--output", default="bench/results_training.json")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.warmup, args.repeats = 2, 1, 1
     args.warmup = max(1, args.warmup)  # the first batch pays for setup, whatever the loop
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     data = load(args, device)
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "machine": machine(),
         "device": str(device), "data": args.data, "batches": args.batches,
         "warmup": args.warmup, "repeats": args.repeats,
         "captions_per_image": data["captions_per_image"],
@@ -349,8 +288,8 @@ def main() -> None:
     for name in args.models.split(","):
         results["models"][name] = bench_model(name, data, args, device)
         print(f"{name}: {json.dumps(results['models'][name])}", flush=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    print(results["machine"])
+    write_results(args.output, results)
+    print(json.dumps(results["machine"]))
     print(table(results, data["captions_per_image"]))
 
 

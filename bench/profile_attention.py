@@ -1,4 +1,4 @@
-"""Profile one training step of an attention decoder (issue #18): where the time of a step goes.
+"""Profile one training step of an attention decoder: where the time of a step goes.
 
     .venv/bin/python bench/profile_attention.py [--model attention|updown] [--batch 64]
 

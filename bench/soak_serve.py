@@ -1,7 +1,7 @@
 """Soak test of `captionkit serve`: minutes of mixed traffic from concurrent clients, RSS sampled.
 
     .venv/bin/python bench/soak_serve.py --checkpoint RUN [--minutes 5] [--clients 8] \
-        [--output bench/results_soak.json]
+        [--output bench/results/soak.json]
 
 Starts `captionkit serve --checkpoint RUN --api-key ...` on a free loopback port and sends, from
 `--clients` threads, a random mix of requests: valid ones (1-3 small photos, beam 1-5, sometimes
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import common_options, write_results
 from PIL import Image
 
 KEY = "soak-key"
@@ -103,11 +104,13 @@ def _free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        parents=[common_options(output="soak.json", data=False)],
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--output", default="bench/results_soak.json")
     args = parser.parse_args()
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "captionkit", "serve", "--checkpoint",
@@ -155,7 +158,7 @@ def main() -> None:
                     "growth": growth, "every_10_s": [round(r) for _, r in samples[::10]]},
         "passed": not failures and alive and growth < 0.05,
     }  # fmt: skip
-    Path(args.output).write_text(json.dumps(summary, indent=2))
+    write_results(args.output, summary)
     print(json.dumps(summary, indent=2))
 
 

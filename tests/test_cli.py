@@ -190,7 +190,8 @@ def test_command_help_is_its_summary_then_prose_wrapped_to_the_terminal(capsys, 
 
 
 def test_train_help_gives_the_preset_defaults(capsys, monkeypatch):
-    from captionkit.training.presets import DEFAULT_PRESET, PRESETS
+    from captionkit.training import TrainConfig
+    from captionkit.training.presets import DEFAULT_PRESET, PRESETS, SCALE_FROM_IMAGES
 
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run(capsys, ["train", "--help"])
@@ -199,8 +200,11 @@ def test_train_help_gives_the_preset_defaults(capsys, monkeypatch):
     text = {row.split()[0]: " ".join(row.split()) for row in rows[1:]}
     best = PRESETS[DEFAULT_PRESET]
     assert f"[default: (from --preset, {best['model']} for {DEFAULT_PRESET})]" in text["--model"]
-    epochs = best["train"]["epochs"]
-    assert f"[default: (from --preset, {epochs} for {DEFAULT_PRESET})]" in text["--epochs"]
+    # Set by the preset and scaled with the training set; set only when scaled.
+    scaled = f"for {DEFAULT_PRESET}, scaled above {SCALE_FROM_IMAGES:,} training images)]"
+    epochs, scst_epochs = best["train"]["epochs"], TrainConfig().scst_epochs
+    assert f"[default: (from --preset, {epochs} {scaled}" in text["--epochs"]
+    assert f"[default: (from --preset, {scst_epochs} {scaled}" in text["--scst-epochs"]
     assert f"[default: ({DEFAULT_PRESET})]" in text["--preset"]
     assert "[default: show_tell]" not in out  # RunConfig's own default, not what runs
 
@@ -264,9 +268,18 @@ def _decoding_seen(monkeypatch, tmp_path):
     seen = {}
 
     def fake_evaluate_run(
-        run_dir, data, images, split, cache_dir=None, options=None, spice=False, rerank=None
+        run_dir,
+        data,
+        images,
+        split,
+        cache_dir=None,
+        options=None,
+        spice=False,
+        rerank=None,
+        quantize="none",
     ):
-        seen["options"], seen["spice"], seen["rerank"] = options, spice, rerank
+        seen["options"], seen["spice"], seen["quantize"] = options, spice, quantize
+        seen["rerank"] = rerank
         stats = {"length_mean": 2.0, "vocabulary": 2.0}
         return evaluation.Evaluation({"CIDEr": 0.5}, {"a.jpg": "a dog"}, {}, stats=stats)
 
@@ -280,7 +293,9 @@ def test_decoding_options_reach_evaluate(tmp_path, capsys, monkeypatch):
     base, seen = _decoding_seen(monkeypatch, tmp_path)
     code, out, _ = run(capsys, base)
     assert code == 0 and seen["options"] == DecodingOptions(beam_size=3)
-    assert "1 images, beam 3" in out
+    assert "1 images, beam 3" in out and seen["quantize"] == "none"
+    code, out, _ = run(capsys, [*base, "--quantize", "int8"])
+    assert code == 0 and seen["quantize"] == "int8" and "quantized int8" in out
     argv = [*base, "--beam-size", "5", "--length-penalty", "0.6", "--no-repeat-ngram", "2",
             "--allow-unk", "--bad-endings"]  # fmt: skip
     code, out, _ = run(capsys, argv)

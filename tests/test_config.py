@@ -20,7 +20,7 @@ from captionkit.training.config_fields import field_docs
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*/*.yaml"))
 
-# The flickr8k-mini recipes BENCHMARKS.md reports, as bench/bench_models.py ran them before it
+# The flickr8k-mini recipes of docs/experiments.md, as bench/bench_models.py ran them before it
 # read configs/flickr8k-mini/: `captionkit train --model NAME` plus these options.
 RECIPES = {
     "show_tell": ["--epochs", "25"],
@@ -502,3 +502,53 @@ def test_train_without_config_takes_the_best_preset_and_says_so(tmp_path, monkey
     assert code == 1 and "--preset and --config" in capsys.readouterr().err
     assert main(["train", *out, "--preset", "nope"]) == 1
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_the_best_preset_scales_with_the_training_set(monkeypatch):
+    import captionkit.training.presets as presets
+    from captionkit.training.presets import TrainingSize, describe, preset_config
+
+    # Up to SCALE_FROM_IMAGES images, the recipe tuned on flickr8k-mini's 600, to the field.
+    assert preset_config("best", TrainingSize(600, 3000)) == preset_config("best")
+    assert preset_config("best", TrainingSize(2000, 10000)) == preset_config("best")
+    assert "30 epochs" in describe("best", TrainingSize(600, 3000))
+    for native, precision in ((True, "bf16-mixed"), (False, "32")):
+        monkeypatch.setattr(presets, "_native_bf16", lambda native=native: native)
+        flickr8k = preset_config("best", TrainingSize(6000, 29991))  # 469 steps an epoch
+        o, t = flickr8k.optim, flickr8k.train
+        assert (t.epochs, o.lr_step_epochs, o.average_last) == (11, 1, 3)
+        assert (t.scst_epochs, flickr8k.scst.lr, t.precision) == (4, 1e-4, precision)
+        assert (flickr8k.model, o.lr, o.lr_gamma) == ("attention", 2e-3, 0.8)
+    line = describe("best", TrainingSize(6000, 29991))
+    assert "6,000 training images" in line and "11 epochs" in line and "4 epochs of SCST" in line
+    # A COCO-sized set still passes over its captions a few times; the epochs never pass 30.
+    coco = preset_config("best", TrainingSize(113_287, 566_747)).train
+    assert coco.epochs == presets.EPOCH_RANGE[0]
+    assert preset_config("best", TrainingSize(2001, 10005)).train.epochs == 30
+    assert preset_config("fast", TrainingSize(6000, 29991)) == preset_config("fast")
+
+
+def test_train_scales_the_best_preset_to_its_data_and_options_override_it(
+    tmp_path, monkeypatch, capsys
+):
+    import captionkit.training.train as training
+
+    # 2,100 training images of 2 captions (the recipe counts them; no image is decoded here).
+    rows = [f"{i}.jpg,a caption {j},{'train' if i < 2100 else 'val'}" for i in range(2110)
+            for j in range(2)]  # fmt: skip
+    (tmp_path / "shapes" / "Images").mkdir(parents=True)
+    for i in range(2110):
+        (tmp_path / "shapes" / "Images" / f"{i}.jpg").touch()
+    (tmp_path / "shapes" / "captions.csv").write_text("image,caption,split\n" + "\n".join(rows))
+    seen = []
+    monkeypatch.setattr(training, "train", lambda config, run_dir, resume=False: seen.append(
+        config))  # fmt: skip
+    out = ["--data", str(tmp_path / "shapes"), "--out", str(tmp_path / "r")]
+    assert main(["train", *out]) == 0
+    said = capsys.readouterr().out
+    assert "recipe: preset 'best' for 2,100 training images (4,200 captions" in said
+    assert main(["train", *out, "--epochs", "3", "--scst-epochs", "0"]) == 0
+    scaled, given = seen
+    # 66 steps an epoch: the 30 epochs of the recipe, and the SCST phase of a set this size.
+    assert (scaled.train.epochs, scaled.train.scst_epochs, scaled.optim.average_last) == (30, 4, 5)
+    assert (given.train.epochs, given.train.scst_epochs, given.optim.average_last) == (3, 0, 5)

@@ -3,6 +3,7 @@
 import itertools
 import math
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from captionkit.data.vocab import Vocabulary
 from captionkit.decoding import BeamSearch, DecodingOptions, decode
 from captionkit.decoding.filters import logit_filters
 from captionkit.decoding.search import run_search
+from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, create_model
 
 WORDS = [4, 5, 6]  # ids after the four specials
@@ -301,3 +303,27 @@ def test_describe_names_the_strategy():
     assert sampling.describe() == "sampling (top-p 0.9, no repeated 3-grams, <unk> allowed)"
     diverse = DecodingOptions(beam_size=6, beam_groups=3, bad_endings=True)
     assert diverse.describe() == "beam 6 (3 groups, diversity 0.5, no bad endings)"
+
+
+def test_a_beam_keeping_more_finished_hypotheses_returns_them_after_its_own_best():
+    # A beam of 2 that keeps 6 endings: its 2 best are the plain beam's (the plain search stops
+    # only when no live beam could still enter them), then up to 4 more, distinct, each scored
+    # with its true log-probability, ranked best first.
+    extra = 0
+    for seed in range(5):
+        model, pooled = tiny_model(seed, vocab_size=12), torch.randn(2, 8)
+        narrow = DecodingOptions(beam_size=2, n_best=2, max_length=6)
+        plain = beam_search(model, pooled, None, narrow)
+        more = beam_search(model, pooled, None, replace(narrow, n_best=6, finished=6))
+        for i, (ours, wide) in enumerate(zip(plain, more)):
+            assert [h.tokens for h in wide[:2]] == [h.tokens for h in ours]
+            assert len({tuple(h.tokens) for h in wide}) == len(wide) <= 6
+            extra += len(wide) - len(ours)
+            assert [h.score for h in wide] == sorted((h.score for h in wide), reverse=True)
+            for h in wide:
+                truth = sequence_logprob(model, pooled[i : i + 1], h.tokens)
+                assert h.score == pytest.approx(truth, abs=1e-4)
+    assert extra >= 8  # of 40 possible: random models end captions rarely
+    with pytest.raises(CaptionkitError, match="n_best 4 is more than beam_size 2 and finished 3"):
+        DecodingOptions(beam_size=2, n_best=4, finished=3)
+    assert DecodingOptions(finished=8, n_best=8).describe() == "beam 3 (8 finished kept)"

@@ -74,3 +74,22 @@ def test_export_refuses_an_unknown_format(tiny_attention_run, tmp_path, capsys):
     assert (
         "error: --format must be one of onnx, torchscript, not 'tflite'" in capsys.readouterr().err
     )
+
+
+def test_an_int8_onnx_export_runs_in_onnx_runtime(tiny_attention_run, images, tmp_path, capsys):
+    import onnx
+
+    plain, int8 = tmp_path / "plain", tmp_path / "int8"
+    argv = ["export", "--checkpoint", str(tiny_attention_run), "--format", "onnx"]
+    assert main([*argv, "--out", str(plain / "m.onnx")]) == 0
+    assert main([*argv, "--out", str(int8 / "m.onnx"), "--quantize", "int8"]) == 0
+    step = onnx.load(int8 / "m.step.onnx")
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in step.graph.node}
+    assert json.loads((int8 / "m.json").read_text())["quantize"] == "int8"
+    options = DecodingOptions(beam_size=2, max_length=6)
+    theirs = load_exported(plain / "m.json").caption(images, options=options)
+    ours = load_exported(int8 / "m.json").caption(images, options=options)
+    assert [c[0].score for c in ours] == pytest.approx([c[0].score for c in theirs], rel=0.1)
+    code = main([*argv, "--format", "torchscript", "--out", str(tmp_path / "t.pt"),
+                 "--quantize", "int8"])  # fmt: skip
+    assert code == 1 and "export quantizes ONNX graphs" in capsys.readouterr().err

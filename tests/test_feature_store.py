@@ -231,6 +231,7 @@ def test_bf16_autocast_on_cpu_is_close_to_float32(tmp_path, lite0):
         assert 0 < error.max() < bound, (name, error.max())  # > 0: autocast really ran
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_extraction_agrees_with_cpu(tmp_path, lite0):
     paths = images(tmp_path / "img", 6)

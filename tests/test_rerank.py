@@ -68,6 +68,18 @@ def test_index_round_trip(corpus_run):
     assert doc["dim"] == 24 and doc["images"] == 60
 
 
+def test_neighbours_are_found_in_float32_under_a_bf16_autocast(corpus_run):
+    # evaluate --quantize bf16 decodes and re-ranks under autocast: the search must not follow.
+    run, pooled, _ = corpus_run
+    index = NeighbourIndex.load(run)
+    plain = index.nearest(pooled[:5], 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = index.nearest(torch.from_numpy(pooled[:5]), 7)
+    assert under[0].dtype == np.float32
+    np.testing.assert_array_equal(under[1], plain[1])
+    np.testing.assert_allclose(under[0], plain[0], rtol=1e-6)
+
+
 def test_index_from_a_feature_store(tmp_path):
     paths = [tmp_path / f"{n}.jpg" for n in "abc"]
     store = SimpleNamespace(pooled=np.arange(12, dtype=np.float16).reshape(4, 3) + 1,
@@ -237,6 +249,12 @@ def test_candidates_come_from_a_wider_beam_or_samples():
     sampled = options.decoding(DecodingOptions(sample=True, num_samples=2, top_p=0.9))
     assert (sampled.num_samples, sampled.top_p) == (5, 0.9)
     assert RerankOptions().decoding(DecodingOptions(beam_size=3)) == DecodingOptions(beam_size=3)
+    # Or from the requested beam, kept going until it has that many endings.
+    finished = RerankOptions("consensus", candidates_from="finished").decoding(DecodingOptions())
+    assert (finished.beam_size, finished.finished, finished.n_best) == (3, 8, 8)
+    assert "finished of the beam" in RerankOptions("mbr", candidates_from="finished").describe()
+    with pytest.raises(CaptionkitError, match="candidates_from must be one of wide_beam, fin"):
+        RerankOptions(candidates_from="samples")
 
 
 # --- wiring: Captioner, POST /caption, the command line (a tiny untrained model) ---------------

@@ -501,11 +501,12 @@ def test_web_page_asks_for_the_api_key_once(chromium, chromedriver, captioner, t
 def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     from captionkit.cli import main
 
-    calls, keys = [], []
+    calls, keys, modes = [], [], []
 
-    def fake_serve(*args, api_key):
+    def fake_serve(*args, api_key, quantize):
         calls.append(args)
         keys.append(api_key)
+        modes.append(quantize)
 
     monkeypatch.setattr("captionkit.serving.server.serve", fake_serve)
     argv = ["serve", "--checkpoint", str(tiny_attention_run), "--port", "8123", "--batch-size",
@@ -515,7 +516,8 @@ def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     assert main([*argv, "--api-key", "k1"]) == 0
     monkeypatch.setenv("CAPTIONKIT_API_KEY", "k2")
     assert main(argv) == 0
-    assert keys == [None, "k1", "k2"]
+    assert keys == [None, "k1", "k2"] and modes == ["none"] * 3
+    assert main([*argv, "--quantize", "int8"]) == 0 and modes[-1] == "int8"
     assert main([*argv, "--api-key", " "]) == 1
     del calls[1:]
     ((run_dir, host, port, settings, device, options, rerank),) = calls

@@ -228,6 +228,7 @@ def evaluate(
     spice: Annotated[
         bool, typer.Option("--spice", help="Also SPICE (needs Java 8/11 and Stanford CoreNLP).")
     ] = False,
+    quantize: opts.QuantizeOpt = "none",
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
     rerank=None,  # RerankOptions from --rerank, ... (cli_train)
 ) -> None:
@@ -242,12 +243,15 @@ def evaluate(
 
     runs = _runs(checkpoint)
     result = evaluate_run(runs, data, images, split, cache_dir=cache_dir and str(cache_dir),
-                          options=decoding, spice=spice, rerank=rerank)  # fmt: skip
+                          options=decoding, spice=spice, rerank=rerank,
+                          quantize=quantize)  # fmt: skip
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     described = result.rerank.describe_decoding(decoding)  # what ran: the widened beam too
     if isinstance(runs, list):
         described += f", ensemble of {len(runs)} runs"
+    if quantize != "none":
+        described += f", quantized {quantize}"
     typer.echo(f"{split} split, {len(result.predictions)} images, {described}")
     for name, value in result.metrics.items():
         typer.echo(f"  {name:<8} {value:.4f}")
@@ -286,6 +290,7 @@ def caption(
             "looked for each word (one image only).",
         ),
     ] = None,
+    quantize: opts.QuantizeOpt = "none",
     decoding=None,  # DecodingOptions from --beam-size, --sample, ... (cli_options)
     rerank=None,  # RerankOptions from --rerank, ... (cli_train)
 ) -> None:
@@ -296,7 +301,7 @@ def caption(
 
     if attention_map and len(images) != 1:
         raise CaptionkitError(f"--attention-map takes one image, not {len(images)}")
-    captioner = Captioner.load(_runs(checkpoint), rerank=rerank)
+    captioner = Captioner.load(_runs(checkpoint), rerank=rerank, quantize=quantize)
     if attention_map:
         from captionkit.reporting.pictures import attention_strip
 
@@ -361,6 +366,7 @@ def serve(
         ),
     ] = True,
     api_key: opts.ApiKeyOpt = None,
+    quantize: opts.QuantizeOpt = "none",
     rerank=None,  # RerankOptions from --rerank, ... (cli_train): the requests' default
     settings=None,  # ServeSettings from --max-upload-mb, --batch-size, ... (cli_train)
 ) -> None:
@@ -374,7 +380,8 @@ def serve(
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
     if api_key is not None and not api_key.strip():
         raise CaptionkitError("--api-key: the key is empty")
-    run_server(_runs(checkpoint), host, port, settings, device, options, rerank, api_key=api_key)
+    run_server(_runs(checkpoint), host, port, settings, device, options, rerank, api_key=api_key,
+               quantize=quantize)  # fmt: skip
 
 
 @command()
@@ -389,6 +396,9 @@ def export(
             "OUT.pt) and the manifest OUT.json.",
         ),
     ] = Path("model.onnx"),
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="none | int8 (ONNX: matrix products in int8).")
+    ] = "none",
 ) -> None:
     """Export a run as ONNX or TorchScript graphs.
 
@@ -396,7 +406,7 @@ def export(
     `captionkit.serving.exported_captioner.load_exported` or other runtimes."""
     from captionkit.serving.export import export_run
 
-    for path in export_run(checkpoint, fmt, out):
+    for path in export_run(checkpoint, fmt, out, quantize):
         typer.echo(f"wrote {path}")
 
 

@@ -344,6 +344,15 @@ ApiKeyOpt = Annotated[
 ExtractDeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N.")
 ]
+QuantizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--quantize",
+        help="Faster CPU inference: none (float32); int8 (the decoder's Linear and LSTM layers "
+        "in int8, the encoder in bf16 where the CPU computes it natively); bf16 (both in bf16, "
+        "where native). Captions may change a little: see BENCHMARKS.md.",
+    ),
+]
 AmpOpt = Annotated[
     str, typer.Option("--amp", help="Autocast: none | bf16 | fp16 (fp16 on CUDA only).")
 ]

@@ -16,6 +16,7 @@ overrides the file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import typing
@@ -142,20 +143,30 @@ def config_options(taken: Iterable[str] = ()) -> list[ConfigOption]:
     return options
 
 
-def preset_defaults() -> dict[str, str]:
-    """What `train --help` gives as the default of each field the default preset sets ("group.field"
-    -> "from --preset, attention for best"): the preset, not the field's default, is what runs."""
-    from captionkit.training.presets import DEFAULT_PRESET, PRESETS
+def _paths(settings: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """("group.field", value) of each setting of a partial config."""
+    for key, value in settings.items():
+        if isinstance(value, dict):  # a group: its fields
+            yield from _paths(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
-    def paths(settings: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        for key, value in settings.items():
-            if isinstance(value, dict):  # a group: its fields
-                yield from paths(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
 
-    return {path: f"from --preset, {value} for {DEFAULT_PRESET}"
-            for path, value in paths(PRESETS[DEFAULT_PRESET])}  # fmt: skip
+def preset_defaults(options: list[ConfigOption]) -> dict[str, str]:
+    """What `train --help` gives as the default of each option whose field the default preset
+    sets or scales with the training set, by path: "from --preset, attention for best". The
+    preset, not the field's default, is what runs."""
+    from captionkit.training import presets
+
+    name = presets.DEFAULT_PRESET
+    fixed = dict(_paths(presets.PRESETS[name]))
+    scaled = set()
+    if name in presets.SCALED:  # which fields it scales: the same whatever the size
+        scaled = {path for path, _ in _paths(presets.scaled_best(presets.TrainingSize(1, 1)))}
+    above = f", scaled above {presets.SCALE_FROM_IMAGES:,} training images"
+    return {o.path: f"from --preset, {fixed.get(o.path, o.default)} for {name}"
+                    + (above if o.path in scaled else "")
+            for o in options if o.path in fixed or o.path in scaled}  # fmt: skip
 
 
 def _escaped(text: str) -> str:
@@ -211,7 +222,7 @@ class TrainCommand(GroupedCommand):
             # After the function's own first-panel options, before the Model panel.
             at = next((i for i, p in enumerate(self.params)
                        if getattr(p, "rich_help_panel", None)), len(self.params))  # fmt: skip
-            typed = _typer_options(self.config_options, preset_defaults())
+            typed = _typer_options(self.config_options, preset_defaults(self.config_options))
             self.params[at:at] = click_params(typed)
             _describe_presets(self.params)
         return super().get_params(ctx)
@@ -331,6 +342,27 @@ def _default_rate(settings: dict) -> None:
     settings["optim"]["lr"] = None
 
 
+def _preset(name: str | None, given: dict) -> RunConfig:
+    """Preset `name` (None: the default), scaled to the training set of the given --data when
+    the preset scales (`training.presets`); says what it chose."""
+    from captionkit.training.presets import (
+        DEFAULT_PRESET,
+        SCALED,
+        describe,
+        preset_config,
+        training_size,
+    )
+
+    name, data, size = name or DEFAULT_PRESET, given.get("data.data"), None
+    if data and name in SCALED:
+        # Unreadable data: the run says why, under its bad-input rules.
+        with contextlib.suppress(CaptionkitError):
+            size = training_size(data, given.get("data.images"))
+    config = preset_config(name, size)
+    typer.echo(describe(name, size))
+    return config
+
+
 def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callable,
                preset: str | None = None) -> RunConfig:  # fmt: skip
     """The `train` command's config: `config_file` (or else the `preset`, by default the best
@@ -338,16 +370,13 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
     (`ctx.meta[GIVEN]`, from `TrainCommand`); `model_args(model, base, base_source)` merges the
     Model panel's options into the file's `model_args`."""
     from captionkit.training import RunConfig
-    from captionkit.training.presets import DEFAULT_PRESET, PRESETS, describe, preset_config
+    from captionkit.training.presets import DEFAULT_PRESET, PRESETS
 
     if config_file and preset:
         raise CaptionkitError("--preset and --config: the config file is the recipe; give one")
-    if config_file:
-        config = RunConfig.from_yaml(config_file)
-    else:
-        config = preset_config(preset or DEFAULT_PRESET)
-        typer.echo(describe(preset or DEFAULT_PRESET))
-    settings, given = config.to_dict(), ctx.meta[GIVEN]
+    given = ctx.meta[GIVEN]
+    config = RunConfig.from_yaml(config_file) if config_file else _preset(preset, given)
+    settings = config.to_dict()
     if "optim.objective" in given and "optim.lr" not in given:
         _objective_lr(settings, given["optim.objective"], config_file)
     tuned = not config_file and "optim" in PRESETS.get(preset or DEFAULT_PRESET, {})

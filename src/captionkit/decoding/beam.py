@@ -25,6 +25,8 @@ class BeamSearch:
         self.options = options
         self.k, self.groups = options.beam_size, options.beam_groups
         self.size = self.k // self.groups  # beams per group
+        # Finished hypotheses kept per group: the beams', or more (`DecodingOptions.finished`).
+        self.keep = max(self.size, -(-(options.finished or 0) // self.groups))
         self.diversity = options.diversity or 0.0
 
     def start(self, batch: int, device: torch.device) -> int:
@@ -83,7 +85,7 @@ class BeamSearch:
 
     def _collect(self, g: int, step: SearchStep, top, true, rows, words) -> None:
         """Candidates among the group's S best that end with <eos> become finished hypotheses
-        (the best S are kept). Ignoring <eos> ranked lower, as fairseq and Hugging Face do,
+        (the best `keep` are kept). Ignoring <eos> ranked lower, as fairseq and Hugging Face do,
         makes a beam of 1 exactly greedy decoding."""
         ended = (words == Vocabulary.eos_id) & torch.isfinite(top)
         ended[:, self.size :] = False
@@ -95,21 +97,21 @@ class BeamSearch:
             self.finished[self.alive[i]][g].append((float(top[i, j]), result))
         for i in {self.alive[i] for i, _ in hits}:
             ranked = sorted(self.finished[i][g], key=lambda e: self.rank(*e), reverse=True)
-            self.finished[i][g] = ranked[: self.size]
+            self.finished[i][g] = ranked[: self.keep]
 
     def _running(self) -> torch.Tensor:
-        """[B] whether each image's search goes on. A group is done when S hypotheses ended and
-        none of its live beams can beat the worst of them: totals only fall as words are added
-        (log-probabilities are <= 0, penalties >= 0), so later hypotheses could not enter its
-        S best. A length penalty can raise a longer hypothesis above a shorter one, so then only
-        dead beams stop early."""
+        """[B] whether each image's search goes on. A group is done when `keep` hypotheses ended
+        and none of its live beams can beat the worst of them: totals only fall as words are
+        added (log-probabilities are <= 0, penalties >= 0), so later hypotheses could not enter
+        its `keep` best. A length penalty can raise a longer hypothesis above a shorter one, so
+        then only dead beams stop early."""
         best_live = self.search.max(dim=2).values.tolist()  # [B][G]
         dead = -float("inf")
         if self.options.length_penalty is not None:
             running = [any(live != dead for live in lives) for lives in best_live]
         else:
             running = [
-                not all(live == dead or len(hyps) >= self.size and hyps[-1][0] >= live
+                not all(live == dead or len(hyps) >= self.keep and hyps[-1][0] >= live
                         for hyps, live in zip(self.finished[image], lives))
                 for image, lives in zip(self.alive, best_live)
             ]  # fmt: skip

@@ -20,7 +20,8 @@ DEFAULT_DIVERSITY = 0.5  # ruotianluo/ImageCaptioning.pytorch's diversity_lambda
 ENSEMBLE_MEANS = ("probability", "log_probability")
 
 # Options of one strategy only, with the value that means "not asked for".
-_BEAM_ONLY = {"n_best": 1, "length_penalty": None, "beam_groups": 1, "diversity": None}
+_BEAM_ONLY = {"n_best": 1, "finished": None, "length_penalty": None, "beam_groups": 1,
+              "diversity": None}  # fmt: skip
 _SAMPLING_ONLY = {"num_samples": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
 
 
@@ -35,7 +36,12 @@ class DecodingOptions:
     """Most tokens in a caption, `<eos>` not counted. None: the run's training `max_length` when
     decoding a trained run (`evaluate_run`, `Captioner`), else 20."""
     n_best: int = 1
-    """Beam search: hypotheses returned per image (at most `beam_size`)."""
+    """Beam search: hypotheses returned per image (at most `beam_size`, or `finished`)."""
+    finished: int | None = None
+    """Beam search: finished hypotheses kept per image (None: `beam_size`). More than
+    `beam_size` keeps the search going after its beams' best have ended and collects the
+    narrow beam's later endings too: that many candidates (for re-ranking) for less work than
+    a beam that wide."""
     allow_unk: bool = False
     """Let the model generate `<unk>` (by default it never does)."""
     bad_endings: bool = False
@@ -86,6 +92,7 @@ class DecodingOptions:
             ("beam_size", self.beam_size >= 1, "at least 1"),
             ("max_length", self.max_length is None or self.max_length >= 1, "at least 1"),
             ("n_best", self.n_best >= 1, "at least 1"),
+            ("finished", self.finished is None or self.finished >= 1, "at least 1"),
             ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
             ("beam_groups", self.beam_groups >= 1, "at least 1"),
             ("diversity", self.diversity is None or _is_finite_number(self.diversity)
@@ -117,8 +124,10 @@ class DecodingOptions:
         given = [n for n, unset in _SAMPLING_ONLY.items() if getattr(self, n) != unset]
         if given:
             raise CaptionkitError(f"{', '.join(given)}: sampling options, used only with sample")
-        if self.n_best > self.beam_size:
-            raise CaptionkitError(f"n_best {self.n_best} is more than beam_size {self.beam_size}")
+        if self.n_best > max(self.beam_size, self.finished or 0):
+            more = f" and finished {self.finished}" if self.finished else ""
+            raise CaptionkitError(f"n_best {self.n_best} is more than beam_size "
+                                  f"{self.beam_size}{more}")  # fmt: skip
         if self.beam_size == 1 and self.length_penalty is not None:
             raise CaptionkitError("length_penalty ranks beams: it needs beam_size 2 or more")
         if self.beam_size % self.beam_groups:
@@ -141,6 +150,7 @@ class DecodingOptions:
             if self.beam_groups > 1:
                 extra.append(f"{self.beam_groups} groups, diversity {self.diversity:g}")
             extra += [f"length penalty {self.length_penalty}"] * (self.length_penalty is not None)
+            extra += [f"{self.finished} finished kept"] * (self.finished is not None)
         n = self.no_repeat_ngram_size
         extra += [f"no repeated {n}-grams"] * (n > 0)
         extra += ["no bad endings"] * self.bad_endings

@@ -48,6 +48,17 @@ def extraction_settings(batch_size: int = 32, num_workers: int = 1, device: str 
     return ExtractionSettings(batch_size, num_workers, torch.device(device), amp, view)
 
 
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU that does, a CPU with AVX512-BF16 or
+    AMX. Elsewhere bf16 autocast is emulated and slower than float32."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: assume not
+        return False
+
+
 @contextmanager
 def precision(settings: ExtractionSettings):
     """Autocast when asked. Else true float32, also on CUDA, where cuDNN convolutions would use

@@ -12,7 +12,7 @@
 `resize` is how a photo becomes the backbone's square input: "crop" is timm's evaluation
 preprocessing (shorter side resized, the centre square kept: a 4:3 photo loses a third of its
 width), "squash" resizes the whole photo to the square (all of the scene, out of proportion; on
-flickr8k-mini it scored lower: BENCHMARKS.md).
+flickr8k-mini it scored lower: docs/experiments.md).
 """
 
 from __future__ import annotations

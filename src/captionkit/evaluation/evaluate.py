@@ -17,6 +17,12 @@ from captionkit.errors import CaptionkitError
 from captionkit.evaluation.captioner import encoders_for, load_members, run_options
 from captionkit.metrics.caption_stats import caption_stats
 from captionkit.metrics.coco_metrics import score_captions
+from captionkit.models.quantize import (
+    check_quantize,
+    decoder_precision,
+    encoder_amp,
+    quantize_decoder,
+)
 from captionkit.models.run_folder import TrainedModel, load_checkpoint
 from captionkit.reranking import Reranker, RerankOptions, run_reranker
 
@@ -86,13 +92,15 @@ def _features(store: FeatureStore, rows: list[int], uses_grid: bool):
     return pooled, torch.from_numpy(np.asarray(store.grid[rows], dtype=np.float32))
 
 
-def _member_stores(dataset, members: list[TrainedModel], cache_dir):
-    """Each member's feature store (one per distinct encoder) and the records every one has."""
+def member_stores(dataset, members: list[TrainedModel], cache_dir, amp: str | None = None):
+    """The feature store of each run of `members` (one run, or an ensemble's; a store per
+    distinct encoder, extracted under autocast `amp` or found in the cache) and the records of
+    `dataset` that every store holds: what `evaluate_run` decodes."""
     encoders = encoders_for(members)
     by_encoder, usable = {}, None
     for encoder in encoders:
         if id(encoder) not in by_encoder:
-            store, records = features_for_dataset(dataset, encoder, cache_dir)
+            store, records = features_for_dataset(dataset, encoder, cache_dir, amp=amp)
             by_encoder[id(encoder)] = store
             kept = {dataset.path(r) for r in records}
             usable = kept if usable is None else usable & kept
@@ -100,9 +108,10 @@ def _member_stores(dataset, members: list[TrainedModel], cache_dir):
     return [by_encoder[id(e)] for e in encoders], records
 
 
-def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> None:
-    """On the dataset the run was trained on, use the split it wrote: the same test images even
-    when the format has no split of its own."""
+def pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> None:
+    """On the dataset the run was trained on, use the split it wrote (`RUN/splits.json`): the
+    same test images even when the format has no split of its own. `dataset` is changed in
+    place; another dataset is left as it is."""
     trained_on = trained.data_setting("data")
     splits = run_dir / "splits.json"
     same_data = trained_on and Path(trained_on).resolve() in {
@@ -116,31 +125,38 @@ def _pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> No
 def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Path | None = None,
                  split: str = "test", cache_dir: str | None = None, meteor: bool = True,
                  options: DecodingOptions | None = None, spice: bool = False,
-                 rerank: RerankOptions | None = None) -> Evaluation:  # fmt: skip
+                 rerank: RerankOptions | None = None,
+                 quantize: str = "none") -> Evaluation:  # fmt: skip
     """Caption every image of `split` with the run's model and score it against the references.
     `options` (default: `DecodingOptions()`, beam 3) say how to decode; the caption length limit
     is the run's unless they set `max_length`. Novel captions are counted against the training
     split of the same dataset (the run's own split when it is the run's dataset). A list of run
     folders is an ensemble (`decoding.Ensemble`; the first run's split and length limit).
     `rerank` (default `RerankOptions()`, `auto`): re-rank each image's candidates
-    (`captionkit.reranking`; by the first run's neighbour index)."""
+    (`captionkit.reranking`; by the first run's neighbour index). `quantize`: `int8` or `bf16`
+    decode as `Captioner.load(..., quantize=)` does, on features extracted under the encoder's
+    precision for it (a store of their own)."""
     ensemble = isinstance(run_dir, (list, tuple))
     members = load_members(list(run_dir)) if ensemble else [load_checkpoint(run_dir)]
+    check_quantize(quantize)
+    for member in members:
+        member.model = quantize_decoder(member.model, quantize)
     options = options or DecodingOptions()
     # before decoding: a run without an index fails now if asked to re-rank
     reranker = run_reranker(members[0], rerank or RerankOptions(), decoding=options)
     dataset = load_dataset(data, images)
     first_run = Path(run_dir[0] if ensemble else run_dir)
-    _pin_splits(dataset, Path(data), first_run, members[0])
-    stores, records = _member_stores(dataset, members, cache_dir)
+    pin_splits(dataset, Path(data), first_run, members[0])
+    stores, records = member_stores(dataset, members, cache_dir, encoder_amp(quantize))
     records = [r for r in records if r.split == split]
     if not records:
         raise CaptionkitError(f"{dataset.source}: no usable images in split '{split}'")
     rows = [store.rows([dataset.path(r) for r in records]) for store in stores]
-    if ensemble:
-        captions = caption_rows(members, stores, rows, options, reranker=reranker)
-    else:
-        captions = caption_rows(members[0], stores[0], rows[0], options, reranker=reranker)
+    with decoder_precision(quantize):
+        if ensemble:
+            captions = caption_rows(members, stores, rows, options, reranker=reranker)
+        else:
+            captions = caption_rows(members[0], stores[0], rows[0], options, reranker=reranker)
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
     report = score_captions(predictions, references, meteor, spice)

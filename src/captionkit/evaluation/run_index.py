@@ -8,7 +8,7 @@ from pathlib import Path
 from captionkit.data import load_dataset
 from captionkit.encoders.features import features_for_dataset
 from captionkit.errors import CaptionkitError
-from captionkit.evaluation.evaluate import _pin_splits
+from captionkit.evaluation.evaluate import pin_splits
 from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.reranking import NeighbourIndex
 from captionkit.reranking.neighbours import index_training_images
@@ -21,7 +21,7 @@ def index_run(run_dir: str | Path, data: str | Path, images: str | Path | None =
     (fine-tuned or not), and return it."""
     trained = load_checkpoint(run_dir)
     dataset = load_dataset(data, images)
-    _pin_splits(dataset, Path(data), Path(run_dir), trained)
+    pin_splits(dataset, Path(data), Path(run_dir), trained)
     encoder = encoder_for(trained)
     store, records = features_for_dataset(dataset, encoder, cache_dir)
     train = [r for r in records if r.split == "train"]

@@ -52,7 +52,8 @@ class ShowTell(StepModel, nn.Module):
         super().__init__()
         self.config = c = config
         # BatchNorm standardises each feature over the batch, removing the component that all
-        # images share: on frozen CNN features it doubles CIDEr in a few epochs (BENCHMARKS.md).
+        # images share: on frozen CNN features it doubles CIDEr in a few epochs
+        # (docs/experiments.md).
         self.image_proj = nn.Sequential(
             nn.Linear(c.feature_dim, c.embed_dim), nn.BatchNorm1d(c.embed_dim)
         )

@@ -101,7 +101,9 @@ class NeighbourIndex:
         if queries.ndim != 2 or queries.shape[1] != self.features.shape[1]:
             raise CaptionkitError(f"neighbour index of {self.features.shape[1]}-dimensional "
                                   f"features, queried with {list(queries.shape)}")  # fmt: skip
-        similarity = queries @ self.features.T  # [B, N]
+        # float32 even under a caller's bf16 autocast: near neighbours are close calls.
+        with torch.autocast(queries.device.type, enabled=False):
+            similarity = queries @ self.features.T  # [B, N]
         top = similarity.topk(min(k, len(self)), dim=1)
         return top.values.numpy(), top.indices.numpy()
 

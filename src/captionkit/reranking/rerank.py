@@ -18,7 +18,7 @@ The default, `auto`, is consensus wherever it can run: a run with a neighbour in
 trained since re-ranking exists), decoded by beam search (not greedy, sampled or diverse beams).
 It raised CIDEr-D on the 600 training images that 5 cross-validation folds hold out (+0.033,
 95% interval +0.009...+0.054) and on test over 27 runs of the default recipe (+0.045); see
-BENCHMARKS.md "The re-ranker chosen on 600 held-out training images". `none` keeps the beam's own
+docs/experiments.md, "Consensus re-ranking as the default". `none` keeps the beam's own
 best, as training's per-epoch validation always does.
 """
 
@@ -40,6 +40,7 @@ from captionkit.metrics.ngrams import NgramIndex
 from captionkit.reranking.neighbours import NeighbourIndex
 
 RERANKERS = ("auto", "none", "consensus", "mbr")
+CANDIDATE_SOURCES = ("wide_beam", "finished")
 T = TypeVar("T")
 
 
@@ -54,12 +55,16 @@ class RerankOptions:
     candidates: int = 8
     """Candidates per image: the beam's n-best (the beam is widened to at least this), or the
     samples drawn when decoding samples. 8 rather than Devlin et al.'s 5: chosen on 600 held-out
-    training images (BENCHMARKS.md, "The re-ranker's settings on 600 held-out training images")."""
+    training images (BENCHMARKS.md, "The re-ranker's settings")."""
     weight: float = 0.3
     """W of final = (1 - W) x re-ranking score + W x log-probability (both min-max scaled)."""
     k: int = 60
     """Consensus: nearest training images whose captions vote (Devlin et al. 2015 tuned k on
     COCO: 60 is in the range they found best for CIDEr)."""
+    candidates_from: str = "wide_beam"
+    """Where a beam search's candidates come from: `wide_beam`, a beam widened to `candidates`
+    returning its n-best; `finished`, the requested beam keeping `candidates` finished
+    hypotheses (`DecodingOptions.finished`), about the plain beam's cost."""
 
     def __post_init__(self):
         if self.method not in RERANKERS:
@@ -71,6 +76,10 @@ class RerankOptions:
             raise CaptionkitError(f"rerank_weight must be in [0, 1], not {self.weight}")
         if self.k < 1:
             raise CaptionkitError(f"rerank k must be at least 1, not {self.k}")
+        if self.candidates_from not in CANDIDATE_SOURCES:
+            sources = ", ".join(CANDIDATE_SOURCES)
+            raise CaptionkitError(f"rerank candidates_from must be one of {sources}, "
+                                  f"not {self.candidates_from!r}")  # fmt: skip
 
     @property
     def active(self) -> bool:
@@ -95,6 +104,8 @@ class RerankOptions:
             return options
         if options.sample:
             return dataclasses.replace(options, num_samples=self.candidates)
+        if self.candidates_from == "finished":
+            return dataclasses.replace(options, finished=self.candidates, n_best=self.candidates)
         beam = max(options.beam_size, self.candidates)
         return dataclasses.replace(options, beam_size=beam, n_best=self.candidates)
 
@@ -103,7 +114,8 @@ class RerankOptions:
         if not self.active:
             return "none"
         k = f", k={self.k}" if self.method == "consensus" else ""
-        return f"{self.method} ({self.candidates} candidates, weight {self.weight:g}{k})"
+        source = ", finished of the beam" if self.candidates_from == "finished" else ""
+        return f"{self.method} ({self.candidates} candidates{source}, weight {self.weight:g}{k})"
 
     def describe_decoding(self, options: DecodingOptions) -> str:
         """What decoding with `options` and these (resolved) settings runs, for reports: the

@@ -50,12 +50,18 @@ class _StepGraph(nn.Module):
         return (out.logits, *attention, *(out.state[n] for n in self.names))
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> list[Path]:
+def export_run(
+    run_dir: str | Path, fmt: str, out: str | Path, quantize: str = "none"
+) -> list[Path]:
     """Export the run in `run_dir` as `fmt` (onnx | torchscript); `out` names the files:
     STEM.encoder.onnx + STEM.step.onnx (or STEM.pt, both graphs in one TorchScript module)
-    and STEM.json. Returns the files written."""
+    and STEM.json. `quantize` `int8` (ONNX): the graphs' matrix products with int8 weights,
+    quantized by ONNX Runtime. Returns the files written."""
     if fmt not in EXPORT_FORMATS:
         raise CaptionkitError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+    if quantize not in ("none", "int8") or (quantize == "int8" and fmt != "onnx"):
+        raise CaptionkitError(f"--quantize {quantize}: export quantizes ONNX graphs to int8 "
+                              "(--format onnx --quantize int8), or none")  # fmt: skip
     captioner = Captioner.load(run_dir)
     model, encoder = captioner.trained.model.eval(), captioner.encoder.eval()
     stem = Path(out).with_suffix("") if Path(out).suffix in (".onnx", ".pt", ".json") else Path(out)
@@ -76,10 +82,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> list[Path]:
         warnings.simplefilter("ignore")
         if fmt == "onnx":
             files = _export_onnx(encode, step, stem, pixels, tokens, state1, names, growing)
+            if quantize == "int8":
+                _quantize_onnx(files.values())
         else:
             files = _export_torchscript(encode, step, stem, pixels, tokens, state1, names)
     manifest = {"format": fmt, "version": MANIFEST_VERSION, "state": names,
-                "attends": model.attends,
+                "attends": model.attends, "quantize": quantize,
                 "files": {k: f.name for k, f in files.items()},
                 "config": captioner.trained.config, "source": str(run_dir),
                 "data_config": encoder.data_config}  # fmt: skip
@@ -102,6 +110,19 @@ def _export_onnx(encode, step, stem: Path, pixels, tokens, state, names, growing
                       output_names=list(outputs),
                       dynamic_axes={"tokens": batch, **state_axes, **outputs})  # fmt: skip
     return files
+
+
+def _quantize_onnx(files) -> None:
+    """Each graph's MatMul and Gemm with int8 weights and dynamically quantized inputs, in
+    place (ONNX Runtime's dynamic quantization; convolutions stay float32: its integer
+    convolutions are slower on CPUs than float32 ones)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for path in files:
+        quantized = path.with_suffix(".int8.onnx")
+        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])  # fmt: skip
+        quantized.replace(path)
 
 
 def _export_torchscript(encode, step, stem: Path, pixels, tokens, state, names) -> dict:

@@ -22,10 +22,11 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 def serve(run_dir: str | Path | list, host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, device: str = "cpu",
           options: DecodingOptions | None = None, rerank=None,
-          api_key: str | None = None) -> None:  # fmt: skip
+          api_key: str | None = None, quantize: str = "none") -> None:  # fmt: skip
     """Load the run in `run_dir` (a list: an ensemble) once and answer HTTP requests until
     interrupted; `options`: as `create_app` takes them; `rerank` (`RerankOptions`): how requests
-    re-rank when they do not say; `api_key`: the key requests must carry (see `create_app`)."""
+    re-rank when they do not say; `api_key`: the key requests must carry (see `create_app`);
+    `quantize`: as `Captioner.load` takes it."""
     import uvicorn
 
     from captionkit.evaluation.captioner import Captioner
@@ -35,7 +36,7 @@ def serve(run_dir: str | Path | list, host: str = "127.0.0.1", port: int = 8000,
     warning = exposure_warning(host, api_key)
     if warning:
         logging.getLogger("captionkit.serving").warning(warning)
-    captioner = Captioner.load(run_dir, device, rerank=rerank)
+    captioner = Captioner.load(run_dir, device, rerank=rerank, quantize=quantize)
     app = create_app(captioner, settings or ServeSettings(), options, api_key)
     # One process: the model is loaded once and the micro-batcher sees every request.
     uvicorn.run(app, host=host, port=port, log_level="info", workers=1)

@@ -2,14 +2,26 @@
 
 A preset is a partial config (the groups of `RunConfig`, as in a YAML file) over the dataclass
 defaults; options given on the command line override it. `best` is the recipe that won the
-ablation of BENCHMARKS.md ("Caption quality"), `fast` a quick Show-and-Tell for smoke runs and
-the demo, and `none` the plain dataclass defaults.
+experiments of docs/experiments.md ("The default recipe: how it was chosen"; its figures:
+BENCHMARKS.md, "Caption quality"), `fast` a quick Show-and-Tell for smoke runs and the demo,
+and `none` the plain dataclass defaults.
+
+`best` was tuned on 600 training images (30 epochs of 47 optimizer steps) and scales with the
+training set (`TrainingSize`): a larger one gets as many epochs as make a budget of optimizer
+steps (each epoch already shows the model many more captions), the same decay and weight
+averaging stretched over those epochs, an SCST phase (it lost on 600 images), and bf16 mixed
+precision where the hardware computes it natively (1.5x the fp32 speed on a 2-core CPU). Up to
+`SCALE_FROM_IMAGES` images the recipe is the one tuned on 600 (BENCHMARKS.md "Flickr8k").
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+from captionkit.encoders.extraction import native_bf16
 from captionkit.errors import CaptionkitError
-from captionkit.training.config import RunConfig, run_config_from_mapping
+from captionkit.training.config import RunConfig, TrainConfig, run_config_from_mapping
 
 PRESETS: dict[str, dict] = {
     "best": {
@@ -38,14 +50,95 @@ SUMMARIES = {
     "none": "the plain defaults of the config dataclasses",
 }
 
+# How `best` scales (see the module docstring and BENCHMARKS.md "Flickr8k").
+SCALE_FROM_IMAGES = 2000  # above flickr8k-mini's 600, where the recipe was tuned, below 6,000
+STEP_BUDGET = 5000  # cross-entropy optimizer steps: 11 epochs of Flickr8k's 30,000 captions
+EPOCH_RANGE = (8, 30)  # a huge dataset still passes over its captions a few times
+SCST_EPOCHS = 4
+SCST_LR = 1e-4  # twice the dataclass default: a phase of 4 epochs, not tens as on COCO
+SCALED = ("best",)  # the presets that scale with the training set
 
-def preset_config(name: str) -> RunConfig:
-    """The `RunConfig` of preset `name` (an unknown name is an error listing the known ones)."""
+
+@dataclass(frozen=True)
+class TrainingSize:
+    """What a recipe scales with: the training split's images and captions."""
+
+    images: int
+    captions: int
+
+
+def preset_config(name: str, size: TrainingSize | None = None) -> RunConfig:
+    """The `RunConfig` of preset `name`, scaled to a training set of `size` when the preset
+    scales (an unknown name is an error listing the known ones)."""
     if name not in PRESETS:
         raise CaptionkitError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
-    return run_config_from_mapping(PRESETS[name], f"preset {name}")
+    config = run_config_from_mapping(PRESETS[name], f"preset {name}")
+    if name in SCALED and size is not None and size.images > SCALE_FROM_IMAGES:
+        config = run_config_from_mapping(_merge(PRESETS[name], scaled_best(size)), "preset best")
+    return config
 
 
-def describe(name: str) -> str:
-    """One line saying what preset `name` trains, for the start of `captionkit train`."""
-    return f"recipe: preset {name!r}: {SUMMARIES[name]} (--preset fast|best|none, --config FILE)"
+def training_size(data: str, images: str | None = None) -> TrainingSize:
+    """The size of the training split of the dataset at `data` (its problems are left for the
+    run to report)."""
+    from captionkit.data import load_dataset
+    from captionkit.data.problems import Problems
+
+    dataset = load_dataset(data, images, problems=Problems(max_printed=0))
+    train = dataset.split("train")
+    return TrainingSize(len(train), sum(len(r.captions) for r in train))
+
+
+def scaled_best(size: TrainingSize, batch_size: int = TrainConfig.batch_size) -> dict:
+    """The settings `best` changes for a training set of `size` (a partial config)."""
+    steps = math.ceil(size.captions / batch_size)
+    low, high = EPOCH_RANGE
+    epochs = min(high, max(low, math.ceil(STEP_BUDGET / steps)))
+    return {
+        "optim": {
+            "lr_step_epochs": max(1, round(epochs / 10)),
+            "average_last": max(3, round(epochs / 6)),
+        },
+        "train": {
+            "epochs": epochs,
+            "scst_epochs": SCST_EPOCHS,
+            "precision": "bf16-mixed" if _native_bf16() else "32",
+        },
+        "scst": {"lr": SCST_LR},
+    }
+
+
+def _native_bf16() -> bool:
+    """Where training will run (CUDA when there is one): natively bf16?"""
+    import torch
+
+    return native_bf16("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`base` with the groups of `over` merged into its own (a copy)."""
+    merged = dict(base)
+    for group, values in over.items():
+        merged[group] = {**base.get(group, {}), **values}
+    return merged
+
+
+def describe(name: str, size: TrainingSize | None = None) -> str:
+    """What preset `name` trains, for the start of `captionkit train`: for a scaled `best`,
+    what it chose for this training set and why."""
+    options = "(--preset fast|best|none, --config FILE; options given override it)"
+    if name not in SCALED or size is None or size.images <= SCALE_FROM_IMAGES:
+        return f"recipe: preset {name!r}: {SUMMARIES[name]} {options}"
+    c = preset_config(name, size)
+    o, t = c.optim, c.train
+    steps = math.ceil(size.captions / t.batch_size)
+    precision = "bf16 mixed precision (native here)" if t.precision != "32" else "fp32"
+    return (
+        f"recipe: preset 'best' for {size.images:,} training images ({size.captions:,} "
+        f"captions, {steps} steps an epoch): Show-Attend-Tell, {t.epochs} epochs (about "
+        f"{STEP_BUDGET:,} optimizer steps), Adam at {o.lr:g} times {o.lr_gamma:g} every "
+        f"{o.lr_step_epochs} epoch(s), the mean of the last {o.average_last} epochs' weights; "
+        f"then {t.scst_epochs} epochs of SCST at {c.scst.lr:g} (above {SCALE_FROM_IMAGES:,} "
+        f"training images; it lost on 600), kept if val CIDEr rises; "
+        f"{precision} {options}"
+    )
