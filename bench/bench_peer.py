@@ -49,10 +49,13 @@ Subcommands (W: a work folder outside the repository, one per dataset):
              (consensus re-ranking of 8 candidates, `RerankOptions("consensus")`, the neighbour
              index of the train split's pooled features), and the peer's own beam search
              (`model(..., mode="sample")`, beam 3, its eval defaults) with its `decode_sequence`.
-             Untrained weights unless --captionkit-run / --peer-trained: note that captionkit's
-             search stops when every beam has ended while the peer's always runs 20 steps, so
-             untrained captionkit (which seldom ends a caption) is its slowest case.
-             -> bench/results/peer_speed.json and .md.
+             Rates per wall second and per CPU second (process time; steadier on a shared
+             machine), and the decoders' mean words per caption. Untrained weights unless
+             --captionkit-run / --peer-trained. Training speed hardly depends on the weights,
+             decoding does: captionkit's search stops once every beam has ended, the peer's always
+             runs its 20 steps, and untrained models end captions anywhere (in the smoke run
+             captionkit's after 1-2 words, the peer's at once): use trained weights for the
+             decoding numbers. -> bench/results/peer_speed.json and .md.
     peer-exec  (internal) runs a peer script with the runtime shims below.
 
 Runtime shims (applied in the peer's process by `peer-exec`, nothing in its files is edited):
@@ -65,15 +68,22 @@ Runtime shims (applied in the peer's process by `peer-exec`, nothing in its file
   selection on val CIDEr-D works as in its recipe;
 - its train.py catches RuntimeError, saves and exits 0: the log is checked for that.
 
-Smoke (flickr8k-mini, 1 epoch; OMP_NUM_THREADS=1, nice 19, a 2-core machine busy with a training):
+Smoke (flickr8k-mini, 1 epoch; OMP_NUM_THREADS=1, nice 19, a 2-core machine busy with trainings):
 
     P="env OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 19 .venv/bin/python bench/bench_peer.py"
     $P prepare --data ../shared/data/flickr8k-mini --peer-dir /tmp/peer --work /tmp/pw-mini
-    $P train --peer-dir /tmp/peer --work /tmp/pw-mini --max-epochs 1 \
-        --peer-args "--save_checkpoint_every 60"
-    $P score --peer-dir /tmp/peer --work /tmp/pw-mini --beams 3 --output /tmp/pq-mini.json
-    $P speed --peer-dir /tmp/peer --work /tmp/pw-mini --threads 1 --repeats 1 --batches 3 \
-        --warmup 1 --images 250 --output /tmp/ps-mini.json
+    $P train --peer-dir /tmp/peer --work /tmp/pw-mini --models att2in2 --max-epochs 1 \
+        --peer-args "--save_checkpoint_every 60"        # 600 images / 10 = 60 iterations an epoch
+    $P train --peer-dir /tmp/peer --work /tmp/pw-mini --models updown --max-epochs 1 \
+        --peer-args "--save_checkpoint_every 60 --rnn_size 64 --input_encoding_size 64 \
+                     --att_hid_size 64"                  # shrunk to fit the smoke's CPU budget
+    $P score --peer-dir /tmp/peer --work /tmp/pw-mini --models att2in2 --output /tmp/pq.json
+    $P score --peer-dir /tmp/peer --work /tmp/pw-mini --models updown --checkpoints best \
+        --beams 3 --output /tmp/pq-ud.json
+    $P speed --peer-dir /tmp/peer --work /tmp/pw-mini --threads 1 --repeats 1 --batches 2 \
+        --warmup 1 --images 64 --batch-sizes 64 --peer-trained \
+        --captionkit-run /work/main/runs/f8k-a-xe --output /tmp/ps.json
+    $P speed ... --peer-models updown --images 16 --batch-sizes 16   # updown's step, untrained
 
 Full runs (~/data/flickr8k: 6,000 train, 1,001 val; the store is cached):
 
@@ -82,9 +92,24 @@ Full runs (~/data/flickr8k: 6,000 train, 1,001 val; the store is cached):
     $P train --peer-dir /tmp/peer --work /tmp/pw-f8k --models att2in2,updown
     $P score --peer-dir /tmp/peer --work /tmp/pw-f8k
     $P speed --peer-dir /tmp/peer --work /tmp/pw-f8k --threads 2 --peer-trained \
-        [--captionkit-run runs/<a run of the best preset on flickr8k>]
+        --captionkit-run runs/<a run of the best preset on ~/data/flickr8k>
 
-ESTIMATES
+Smoke figures (flickr8k-mini, 1 thread, CPU time: wall time meant little with two nice-0
+trainings on the 2 cores): prepare 12 CPU s; att2in2 1 epoch (61 iterations of 10 images x 5, one
+greedy val eval, scoring) 47 CPU s, i.e. ~0.55 CPU s an iteration; updown at the recipe's size
+~3 CPU s an iteration (15-19 captions per CPU second in `speed`; its 1-epoch smoke ran at rnn_size
+64 to fit the budget); score 10-12 CPU s an eval of 75 images (mostly start-up), 87 CPU s for
+2 checkpoints x 2 beams with METEOR; speed (tiny settings) 30-60 CPU s. Per CPU second at 1 thread
+(`speed`, captionkit's run runs/f8k-a-xe, the peer's 1-epoch att2in2): training captionkit 62-74
+captions, att2in2 82-84; beam 3 at batch 64 captionkit 88 images (9.3 words), consensus 26,
+att2in2 55 (its 1-epoch model says "a man in a man", but its search always runs 20 steps).
+
+Estimated CPU time of the full runs (from those figures; wall time about half on 2 idle cores):
+prepare 1-2 CPU min (0.9 GB of feature files under --work); train att2in2 30 epochs = 18,001
+iterations ~ 3 CPU hours, updown ~ 16 CPU hours (run it on a GPU: `train --models updown`, the
+peer uses CUDA when it is there, no shim then); score (8 evals of 1,001 images, METEOR) ~15 CPU
+min; speed with the defaults (3 repeats, 20+3 batches, 1,000 images at 64 and 250) ~10 CPU min,
+~6 min on 2 threads (+ ~5 CPU min with --peer-models att2in2,updown).
 """
 
 from __future__ import annotations
@@ -97,7 +122,6 @@ import re
 import resource
 import runpy
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -400,8 +424,8 @@ def quality_table(results: dict) -> str:
              "|---" * (len(keys) + 3) + "|"]  # fmt: skip
     for name, entry in results["models"].items():
         train_info = entry.get("train") or {}
-        minutes = (f"{train_info['wall_minutes']:.0f} min, {train_info['epochs']} epochs"
-                   if train_info else "")  # fmt: skip
+        minutes = (f"{train_info['epochs']} epochs, {train_info['wall_minutes']:.0f} min "
+                   f"({train_info['cpu_minutes']:.0f} CPU min)" if train_info else "")  # fmt: skip
         for setting, value in entry.items():
             if setting == "train":
                 continue
@@ -577,8 +601,23 @@ class Captionkit:
         return [self.tokenizer.decode(hyps[0].tokens) for hyps in results]
 
 
-def median_of(passes: list[float]) -> dict:
-    return {"median": statistics.median(passes), "passes": passes}
+class Clock:
+    """Wall and CPU time (this process, all its threads) since it was made."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def rates(self, items: int) -> dict:
+        """Items per wall second, and per CPU second: on a shared machine the second holds
+        better (with N threads kept busy it is about the wall rate / N)."""
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return {"per_s": items / wall, "per_cpu_s": items / cpu}
+
+
+def median_of(passes: list[dict]) -> dict:
+    """The pass of median wall rate, with every pass's rates."""
+    median = sorted(passes, key=lambda p: p["per_s"])[(len(passes) - 1) // 2]
+    return median | {"passes": passes}
 
 
 def speed(args) -> None:
@@ -604,11 +643,11 @@ def speed(args) -> None:
         for label, (step, batches) in runs.items():
             for b in batches[: args.warmup]:
                 step(b)
-            start, captions = time.perf_counter(), 0
+            clock, captions = Clock(), 0
             for b in batches[args.warmup :]:
                 captions += step(b)
-            training[label].append(captions / (time.perf_counter() - start))
-            print(f"train {label}: {training[label][-1]:.1f} captions/s", flush=True)
+            training[label].append(clock.rates(captions))
+            print(f"train {label}: {training[label][-1]}", flush=True)
 
     val = [r for r in records if r.split == "val"]
     rows = store.rows([dataset.path(r) for r in val])
@@ -623,18 +662,18 @@ def speed(args) -> None:
     for decoder in decoders.values():  # warm-up, and the re-ranker's corpus built before timing
         decoder(pooled[:4], grid[:4])
     decoding = {f"{label} @ {bs}": [] for bs in args.batch_sizes for label in decoders}
-    examples = {}
+    examples, words = {}, {}
     with torch.inference_mode():
         for _ in range(args.repeats):
             for bs in args.batch_sizes:
                 for label, decoder in decoders.items():
-                    start, captions = time.perf_counter(), []
+                    clock, captions = Clock(), []
                     for i in range(0, len(rows), bs):
                         captions += decoder(pooled[i : i + bs], grid[i : i + bs])
-                    decoding[f"{label} @ {bs}"].append(len(rows) / (time.perf_counter() - start))
-                    examples[label] = captions[:2]
-                    print(f"decode {label} @ {bs}: {decoding[f'{label} @ {bs}'][-1]:.1f} "
-                          "images/s", flush=True)  # fmt: skip
+                    decoding[f"{label} @ {bs}"].append(clock.rates(len(rows)))
+                    examples[label] = captions[:3]
+                    words[label] = sum(len(c.split()) for c in captions) / len(captions)
+                    print(f"decode {label} @ {bs}: {decoding[f'{label} @ {bs}'][-1]}", flush=True)
     results = {
         "peer": PEER, "peer_commit": peer_commit(peer_dir), "dataset": meta["dataset"],
         "machine": machine(args.threads), "threads": args.threads,
@@ -647,7 +686,7 @@ def speed(args) -> None:
         "decode_images": args.images,
         "training_captions_per_s": {k: median_of(v) for k, v in training.items()},
         "decoding_images_per_s": {k: median_of(v) for k, v in decoding.items()},
-        "examples": examples,
+        "mean_words_per_caption": words, "examples": examples,
     }  # fmt: skip
     results["table"] = speed_table(results)
     output = Path(args.output or RESULTS / "peer_speed.json")
@@ -661,12 +700,14 @@ def speed(args) -> None:
 def speed_table(results: dict) -> str:
     lines = [f"Same process, {results['machine']}; median of {results['repeats']} "
              f"(models taking turns); `{results['command']}`", "",
-             "| training | captions/s |", "|---|---|"]  # fmt: skip
+             "| training step | captions/s | per CPU-second |", "|---|---|---|"]  # fmt: skip
     for label, r in results["training_captions_per_s"].items():
-        lines.append(f"| {label} | {r['median']:.1f} |")
-    lines += ["", "| decoding (cached features) | images/s |", "|---|---|"]
+        lines.append(f"| {label} | {r['per_s']:.1f} | {r['per_cpu_s']:.1f} |")
+    lines += ["", "| decoding (cached features) | images/s | per CPU-second | words/caption |",
+              "|---|---|---|---|"]  # fmt: skip
     for label, r in results["decoding_images_per_s"].items():
-        lines.append(f"| {label} | {r['median']:.1f} |")
+        words = results["mean_words_per_caption"][label.rsplit(" @ ", 1)[0]]
+        lines.append(f"| {label} | {r['per_s']:.1f} | {r['per_cpu_s']:.1f} | {words:.1f} |")
     lines += ["", f"weights: {results['weights']}"]
     return "\n".join(lines)
 
