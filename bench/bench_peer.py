@@ -85,7 +85,8 @@ Smoke (flickr8k-mini, 1 epoch; OMP_NUM_THREADS=1, nice 19, a 2-core machine busy
         --captionkit-run /work/main/runs/f8k-a-xe --output /tmp/ps.json
     $P speed ... --peer-models updown --images 16 --batch-sizes 16   # updown's step, untrained
 
-Full runs (~/data/flickr8k: 6,000 train, 1,001 val; the store is cached):
+Full runs (~/data/flickr8k: 6,000 train, 1,001 val of which 1,000 usable; the store is cached;
+`prepare` was run: 18 CPU s, 916 MB in /tmp/pw-f8k/prep, peer vocabulary 2,459 words):
 
     P="env PYTHONPATH=src .venv/bin/python bench/bench_peer.py"
     $P prepare --data ~/data/flickr8k --peer-dir /tmp/peer --work /tmp/pw-f8k
@@ -105,9 +106,9 @@ captions, att2in2 82-84; beam 3 at batch 64 captionkit 88 images (9.3 words), co
 att2in2 55 (its 1-epoch model says "a man in a man", but its search always runs 20 steps).
 
 Estimated CPU time of the full runs (from those figures; wall time about half on 2 idle cores):
-prepare 1-2 CPU min (0.9 GB of feature files under --work); train att2in2 30 epochs = 18,001
+prepare 20 CPU s (done); train att2in2 30 epochs = 18,001
 iterations ~ 3 CPU hours, updown ~ 16 CPU hours (run it on a GPU: `train --models updown`, the
-peer uses CUDA when it is there, no shim then); score (8 evals of 1,001 images, METEOR) ~15 CPU
+peer uses CUDA when it is there, no shim then); score (8 evals of 1,000 images, METEOR) ~15 CPU
 min; speed with the defaults (3 repeats, 20+3 batches, 1,000 images at 64 and 250) ~10 CPU min,
 ~6 min on 2 threads (+ ~5 CPU min with --peer-models att2in2,updown).
 """
