@@ -37,25 +37,26 @@ Subcommands (W: a work folder outside the repository, one per dataset):
              CIDEr-D, Java PTB tokenizer) against the dataset's val references, with per-image
              CIDEr-D, training minutes and the machine -> bench/results/peer_quality_<dataset>.json.
              `best` is selected on the val it is scored on: slightly optimistic; `last` is not.
-    speed    one process, the same cached features, `--threads` torch threads (2 in #31):
-             training captions/s of captionkit's default model (`create_model("attention")` with
-             the `best` preset's settings, its batch of 64 captions, the engine's loss, clipping
-             and Adam without Lightning) against the peer's att2in2 (its recipe's step: LossWrapper,
-             value clipping 0.1, Adam; batches from its own Dataset/collate, 10 images x 5
-             captions, and 13 x 5 = 65 captions to match 64), data loading excluded on both
-             sides, models taking turns, median of --repeats; then beam-3 images/s at batch 64 and
-             250 over --images val images (cycled; features already in memory): captionkit's plain
-             beam (`decode`, `DecodingOptions(beam_size=3)`), captionkit's default decoding
-             (consensus re-ranking of 8 candidates, `RerankOptions("consensus")`, the neighbour
-             index of the train split's pooled features), and the peer's own beam search
-             (`model(..., mode="sample")`, beam 3, its eval defaults) with its `decode_sequence`.
-             Rates per wall second and per CPU second (process time; steadier on a shared
-             machine), and the decoders' mean words per caption. Untrained weights unless
-             --captionkit-run / --peer-trained. Training speed hardly depends on the weights,
-             decoding does: captionkit's search stops once every beam has ended, the peer's always
-             runs its 20 steps, and untrained models end captions anywhere (in the smoke run
-             captionkit's after 1-2 words, the peer's at once): use trained weights for the
-             decoding numbers. -> bench/results/peer_speed.json and .md.
+    speed    one process, the same cached features, `--threads` torch threads (2 in #31): training
+             captions/s of captionkit's default model (`create_model("attention")` with the `best`
+             preset's settings scaled to the training set as `captionkit train` scales them, its
+             batch of 64 captions, the engine's loss, clipping and Adam without Lightning; in fp32,
+             and also under bf16 autocast where that recipe picks bf16-mixed, as on Flickr8k on a
+             CPU with native bf16) against the peer's att2in2 (its recipe's step: LossWrapper, value
+             clipping 0.1, Adam; batches from its own Dataset/collate, 10 images x 5 captions, and
+             13 x 5 = 65 captions to match 64), data loading excluded on both sides, models taking
+             turns, median of --repeats; then beam-3 images/s at batch 64 and 250 over --images val
+             images (cycled; features already in memory): captionkit's plain beam (`decode`,
+             `DecodingOptions(beam_size=3)`), captionkit's default decoding (consensus re-ranking of
+             8 candidates, `RerankOptions("consensus")`, the neighbour index of the train split's
+             pooled features), and the peer's own beam search (`model(..., mode="sample")`, beam 3,
+             its eval defaults) with its `decode_sequence`. Rates per wall second and per CPU second
+             (process time; steadier on a shared machine), and the decoders' mean words per caption.
+             Untrained weights unless --captionkit-run / --peer-trained. Training speed hardly
+             depends on the weights, decoding does: captionkit's search stops once every beam has
+             ended, the peer's always runs its 20 steps, and untrained models end captions anywhere
+             (in the smoke run captionkit's after 1-2 words, the peer's at once): use trained
+             weights for the decoding numbers. -> bench/results/peer_speed.json and .md.
     peer-exec  (internal) runs a peer script with the runtime shims below.
 
 Runtime shims (applied in the peer's process by `peer-exec`, nothing in its files is edited):
@@ -146,7 +147,7 @@ from captionkit.reranking import NeighbourIndex, Reranker, RerankOptions
 from captionkit.reranking.neighbours import l2_normalised
 from captionkit.training.data_setup import caption_datamodule
 from captionkit.training.module import caption_loss, feature_arguments
-from captionkit.training.presets import DEFAULT_PRESET, preset_config
+from captionkit.training.presets import DEFAULT_PRESET, TrainingSize, preset_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -515,12 +516,14 @@ class Peer:
 
 
 class Captionkit:
-    """captionkit's default model (the `best` preset), its training step without Lightning, and
-    its plain beam and default (consensus re-ranked) decoding."""
+    """captionkit's default model (the `best` preset, scaled to this training set as `captionkit
+    train` scales it), its training step without Lightning, and its plain beam and default
+    (consensus re-ranked) decoding."""
 
     def __init__(self, dataset, store, records, run: str | None):
-        self.config = preset_config(DEFAULT_PRESET)
         train = [r for r in records if r.split == "train"]
+        size = TrainingSize(len(train), sum(len(r.captions) for r in train))
+        self.config = preset_config(DEFAULT_PRESET, size)
         if run:
             from captionkit.models.run_folder import load_checkpoint
 
@@ -566,24 +569,26 @@ class Captionkit:
                 return out
         raise SystemExit(f"only {len(out)} captionkit batches in an epoch")
 
-    def train_step(self, batch: dict) -> int:
+    def train_step(self, batch: dict, bf16: bool = False) -> int:
         """`CaptioningModule.training_step`'s loss (cross-entropy, <unk> targets as the default
-        `unk_targets`, the attention regulariser), then clipping and Adam as the engine does."""
+        `unk_targets`, the attention regulariser), then clipping and Adam as the engine does;
+        with `bf16`, forward and loss under bf16 autocast (Lightning's `bf16-mixed` on a CPU)."""
         self.model.train()
         tokens, inputs = batch["tokens"], batch["tokens"][:, :-1]
         features, shared = feature_arguments(self.model, batch["pooled"], batch["grid"],
                                              batch.get("image_index"))  # fmt: skip
         regularized = self.model.attends and self.model.config.alpha_c > 0
-        out = self.model(*features, inputs, **shared,
-                         **({"return_attention": True} if regularized else {}))  # fmt: skip
-        targets = tokens[:, 1:]
         optim = self.config.optim
-        if not optim.unk_targets:
-            targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
-        loss = caption_loss(out[0] if regularized else out, targets, optim.label_smoothing,
-                            batch.get("weights"))  # fmt: skip
-        if regularized:
-            loss = loss + attention_regularizer(out[1], inputs, self.model.config.alpha_c)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = self.model(*features, inputs, **shared,
+                             **({"return_attention": True} if regularized else {}))  # fmt: skip
+            targets = tokens[:, 1:]
+            if not optim.unk_targets:
+                targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
+            loss = caption_loss(out[0] if regularized else out, targets, optim.label_smoothing,
+                                batch.get("weights"))  # fmt: skip
+            if regularized:
+                loss = loss + attention_regularizer(out[1], inputs, self.model.config.alpha_c)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if optim.grad_clip:
@@ -632,7 +637,11 @@ def speed(args) -> None:
     peers = {name: Peer(peer_dir, work, meta, name, args.peer_trained)
              for name in args.peer_models.split(",")}  # fmt: skip
     total = args.warmup + args.batches
-    runs = {"captionkit attention (64 captions)": (ours.train_step, ours.batches(total))}
+    ours_batches = ours.batches(total)
+    runs = {"captionkit attention (64 captions, fp32)": (ours.train_step, ours_batches)}
+    if ours.config.train.precision == "bf16-mixed":  # the scaled recipe's, where bf16 is native
+        runs["captionkit attention (64 captions, bf16-mixed: its recipe here)"] = (
+            lambda b: ours.train_step(b, bf16=True), ours_batches)  # fmt: skip
     for name, peer in peers.items():
         recipe_images = peer.opt.batch_size
         matched = -(-ours.config.train.batch_size // peer.opt.seq_per_img)
@@ -682,6 +691,7 @@ def speed(args) -> None:
         "weights": {"captionkit": ours.weights, **{n: p.weights for n, p in peers.items()}},
         "captionkit_model": {"model": ours.config.model, "model_args": ours.config.model_args,
                              "batch_size": ours.config.train.batch_size,
+                             "precision": ours.config.train.precision,
                              "preset": DEFAULT_PRESET},  # fmt: skip
         "training_batches": args.batches, "warmup_batches": args.warmup, "repeats": args.repeats,
         "decode_images": args.images,
