@@ -10,7 +10,8 @@ METEOR, ROUGE-L and CIDEr (pycocoevalcap, Java PTB tokenizer: what `captionkit e
 with the default decoding (beam 3, consensus re-ranking of 8 candidates) and with the plain beam
 (`--rerank none`), a 95% bootstrap interval of CIDEr over the images, the paired gain of the
 default decoding, and the run's training minutes (its metrics files, both phases). With several
-runs, also their ensemble (`decoding.Ensemble`). The published figures (official test split,
+runs, also their ensemble (`decoding.Ensemble`, `--ensemble`), and each run's CIDEr against the
+first run's, paired over the images, with its interval. The published figures (official test split,
 other features and full-size photos) are printed beside them.
 """
 
@@ -62,6 +63,19 @@ def score(runs: list[str], data: str, split: str) -> dict:
                      "decoding": ev.rerank.describe() if ev.rerank else "beam 3"}  # fmt: skip
     gain = per_image["default decoding"] - per_image["plain beam 3"]
     out["default gain"] = {"CIDEr": float(gain.mean()), "interval": bootstrap(gain)}
+    out["per_image"] = {name: cider.tolist() for name, cider in per_image.items()}
+    return out
+
+
+def paired(results: dict, first: str) -> dict:
+    """Each other run's CIDEr minus the first run's, per decoding, paired over the images
+    (every run scores the same images, in file-name order)."""
+    base, out = results["runs"][first]["per_image"], {}
+    for run, row in results["runs"].items():
+        if run != first:
+            diffs = {d: np.array(row["per_image"][d]) - np.array(base[d]) for d in DECODINGS}
+            out[f"{run} - {first}"] = {d: [float(x.mean()), *bootstrap(x)]
+                                       for d, x in diffs.items()}  # fmt: skip
     return out
 
 
@@ -98,9 +112,13 @@ def main() -> None:
                                 "train_minutes": training_minutes(Path(run)),
                                 "config": json.loads((Path(run) / "config.json").read_text())[
                                     "run"]}  # fmt: skip
-        print(json.dumps({k: v for k, v in results["runs"][run].items() if k != "config"}))
+        shown = {k: v for k, v in results["runs"][run].items() if k not in ("config", "per_image")}
+        print(json.dumps(shown))
     if args.ensemble and len(runs) > 1:
         results["runs"]["ensemble of " + " + ".join(runs)] = score(runs, args.data, args.split)
+    if len(results["runs"]) > 1:
+        results["paired"] = paired(results, runs[0])
+        print(json.dumps(results["paired"], indent=1))
     write_results(args.output, results)
     print(table(results))
 
