@@ -38,8 +38,9 @@ class OptionGroup:
     """The options' values (by name) -> the argument."""
 
 
-def option_group(target: str, options: Callable[[], dict[str, tuple[Any, Any]]],
-                 build: Callable[[dict], Any]) -> Callable:  # fmt: skip
+def option_group(
+    target: str, options: Callable[[], dict[str, tuple[Any, Any]]], build: Callable[[dict], Any]
+) -> Callable:
     """Decorator: the command (made with `cls=GroupedCommand`) gets `target=build(values)` from
     the options `options()` makes; it has no parameter for each of them."""
     group = OptionGroup(target, options, build)
@@ -52,8 +53,15 @@ def option_group(target: str, options: Callable[[], dict[str, tuple[Any, Any]]],
         # The values wait in the context (`GroupedCommand.invoke`): Typer hands it to a
         # parameter annotated as one, the command's own or one added here.
         context = next((p.name for p in own if p.annotation is typer.Context), None)
-        added = [] if context else [inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY,
-                                                      annotation=typer.Context)]  # fmt: skip
+        added = (
+            []
+            if context
+            else [
+                inspect.Parameter(
+                    _CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context
+                )
+            ]
+        )
 
         @functools.wraps(command)
         def wrapper(**kwargs):
@@ -81,9 +89,12 @@ def click_params(options: dict[str, tuple[Any, Any]]) -> list:
     def command(**values) -> None:
         """Never called: its signature carries the options."""
 
-    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                    default=default)
-                  for name, (annotation, default) in options.items()]  # fmt: skip
+    parameters = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default
+        )
+        for name, (annotation, default) in options.items()
+    ]
     command.__signature__ = inspect.Signature(parameters)
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     app = typer.Typer(add_completion=False)
@@ -177,8 +188,10 @@ def _decoding_options() -> dict[str, tuple[Any, Any]]:
     }  # fmt: skip
 
 
-N_BEST_OPTION = (Annotated[int, _opt("--n-best", "Captions per image from the beam, best first.")],
-                 1)  # fmt: skip
+N_BEST_OPTION = (
+    Annotated[int, _opt("--n-best", "Captions per image from the beam, best first.")],
+    1,
+)
 
 
 def _flag(name: str) -> str:
@@ -201,13 +214,21 @@ def parse_length_penalty(text: str | None) -> float | str | None:
 
 def bad_endings_option(default: bool) -> tuple[Any, bool]:
     """`--bad-endings/--no-bad-endings`, on by default for `caption` and `serve`."""
-    return (Annotated[bool, _opt("--bad-endings/--no-bad-endings", "Never end a caption on an "
-                                 "article, preposition or conjunction (\"a man riding a\").")],
-            default)  # fmt: skip
+    return (
+        Annotated[
+            bool,
+            _opt(
+                "--bad-endings/--no-bad-endings",
+                'Never end a caption on an article, preposition or conjunction ("a man riding a").',
+            ),
+        ],
+        default,
+    )
 
 
-def decoding_options(length_penalty: str | None = None, no_repeat_ngram: int = 0,
-                     forbid_unk: bool = False, **given) -> Any:  # fmt: skip
+def decoding_options(
+    length_penalty: str | None = None, no_repeat_ngram: int = 0, forbid_unk: bool = False, **given
+) -> Any:
     """The command line's decoding options as one `DecodingOptions` (None = not given: its
     default), which checks them; `--forbid-unk` is what happens anyway."""
     from captionkit.decoding import DecodingOptions
@@ -215,8 +236,11 @@ def decoding_options(length_penalty: str | None = None, no_repeat_ngram: int = 0
     if forbid_unk and given.get("allow_unk"):
         raise CaptionkitError("--forbid-unk and --allow-unk contradict each other")
     given = {k: v for k, v in given.items() if v is not None}
-    return DecodingOptions(length_penalty=parse_length_penalty(length_penalty),
-                           no_repeat_ngram_size=no_repeat_ngram, **given)  # fmt: skip
+    return DecodingOptions(
+        length_penalty=parse_length_penalty(length_penalty),
+        no_repeat_ngram_size=no_repeat_ngram,
+        **given,
+    )
 
 
 def with_decoding_options(n_best: bool = False, bad_endings: bool = False) -> Callable:
@@ -275,8 +299,13 @@ def _typed(text: str, kind: type, key: str):
     raise CaptionkitError(f"--model-arg {key}={text}: expected {expected}")
 
 
-def model_args(model: str, model_arg: list[str] | None = None, base: dict | None = None,
-               base_source: str = "", **named) -> dict:  # fmt: skip
+def model_args(
+    model: str,
+    model_arg: list[str] | None = None,
+    base: dict | None = None,
+    base_source: str = "",
+    **named,
+) -> dict:
     """The command line's model options as `RunConfig.model_args` for `model`: the named
     options (`MODEL_FIELDS`, None = unset) and `KEY=VALUE` strings, checked against the model's
     config dataclass, over `base` (a config file's `model_args`, named `base_source` in errors)."""
@@ -298,8 +327,9 @@ def model_args(model: str, model_arg: list[str] | None = None, base: dict | None
             continue
         field = next((f for f in MODEL_FIELDS[option] if f in settings), None)
         if field is None:
-            raise CaptionkitError(f"{_flag(option)}: model '{model}' has no such setting "
-                                  f"(its settings: {valid})")  # fmt: skip
+            raise CaptionkitError(
+                f"{_flag(option)}: model '{model}' has no such setting (its settings: {valid})"
+            )
         put(field, value, _flag(option))
     for item in model_arg or []:
         key, sep, text = item.partition("=")

@@ -50,8 +50,14 @@ FLAGS = {
 PREFIXED = ("scst", "rerank")
 # The --help panel of each group's options (another group's: its name, capitalized); RunConfig's
 # own fields (--model) join --out and --config in the first panel.
-PANELS = {"data": "Data", "encoder": "Encoder", "optim": "Optimization", "train": "Run",
-          "scst": "SCST", "rerank": "Re-ranking"}  # fmt: skip
+PANELS = {
+    "data": "Data",
+    "encoder": "Encoder",
+    "optim": "Optimization",
+    "train": "Run",
+    "scst": "SCST",
+    "rerank": "Re-ranking",
+}
 # Where `TrainCommand` leaves the options given on the command line ("group.field" -> value).
 GIVEN = "captionkit.train.given"
 _KINDS = (bool, int, float, str)
@@ -117,8 +123,10 @@ def dataclass_options(cls: type, group: str, skip: Collection[str] = ()) -> list
         if path in skip:
             continue
         if _kind(hint) not in _KINDS:
-            raise TypeError(f"config field {path} ({hint}) cannot be a train option: "
-                            f"list it in {__name__}.NOT_OPTIONS, with the reason")  # fmt: skip
+            raise TypeError(
+                f"config field {path} ({hint}) cannot be a train option: "
+                f"list it in {__name__}.NOT_OPTIONS, with the reason"
+            )
         flag, doc = _flag(group, field.name), docs.get(field.name, "")
         options.append(ConfigOption(path, flag, hint, _default(field), doc, panel))
     return options
@@ -137,8 +145,10 @@ def config_options(taken: Iterable[str] = ()) -> list[ConfigOption]:
     for option in options:
         for key in (*option.flags, option.name):
             if key in owners:
-                raise ValueError(f"train option {key} would set both {owners[key]} and "
-                                 f"{option.path}: rename one in {__name__}.FLAGS")  # fmt: skip
+                raise ValueError(
+                    f"train option {key} would set both {owners[key]} and "
+                    f"{option.path}: rename one in {__name__}.FLAGS"
+                )
             owners[key] = option.path
     return options
 
@@ -164,9 +174,12 @@ def preset_defaults(options: list[ConfigOption]) -> dict[str, str]:
     if name in presets.SCALED:  # which fields it scales: the same whatever the size
         scaled = {path for path, _ in _paths(presets.scaled_best(presets.TrainingSize(1, 1)))}
     above = f", scaled above {presets.SCALE_FROM_IMAGES:,} training images"
-    return {o.path: f"from --preset, {fixed.get(o.path, o.default)} for {name}"
-                    + (above if o.path in scaled else "")
-            for o in options if o.path in fixed or o.path in scaled}  # fmt: skip
+    return {
+        o.path: f"from --preset, {fixed.get(o.path, o.default)} for {name}"
+        + (above if o.path in scaled else "")
+        for o in options
+        if o.path in fixed or o.path in scaled
+    }
 
 
 def _escaped(text: str) -> str:
@@ -178,8 +191,9 @@ def _escaped(text: str) -> str:
     return escape(text)
 
 
-def _typer_options(options: list[ConfigOption], defaults: dict[str, str] | None = None
-                   ) -> dict[str, tuple[Any, Any]]:  # fmt: skip
+def _typer_options(
+    options: list[ConfigOption], defaults: dict[str, str] | None = None
+) -> dict[str, tuple[Any, Any]]:
     """`options` as `option_group` takes them: name -> (Annotated type, default); `defaults`:
     what --help says instead of the field's default, by path."""
     typed = {}
@@ -201,8 +215,10 @@ def _describe_presets(params: list) -> None:
     from captionkit.training.presets import DEFAULT_PRESET, PRESETS
 
     (preset,) = [p for p in params if p.name == "preset"]
-    preset.help = (f"Recipe when no --config: {' | '.join(PRESETS)} (what each trains: "
-                   "`captionkit.training.presets`).")  # fmt: skip
+    preset.help = (
+        f"Recipe when no --config: {' | '.join(PRESETS)} (what each trains: "
+        "`captionkit.training.presets`)."
+    )
     preset.show_default = DEFAULT_PRESET
 
 
@@ -220,8 +236,10 @@ class TrainCommand(GroupedCommand):
             taken = {key for p in self.params for key in (*p.opts, *p.secondary_opts, p.name)}
             self.config_options = config_options(taken)
             # After the function's own first-panel options, before the Model panel.
-            at = next((i for i, p in enumerate(self.params)
-                       if getattr(p, "rich_help_panel", None)), len(self.params))  # fmt: skip
+            at = next(
+                (i for i, p in enumerate(self.params) if getattr(p, "rich_help_panel", None)),
+                len(self.params),
+            )
             typed = _typer_options(self.config_options, preset_defaults(self.config_options))
             self.params[at:at] = click_params(typed)
             _describe_presets(self.params)
@@ -238,8 +256,9 @@ class TrainCommand(GroupedCommand):
         return super().invoke(ctx)
 
 
-def _options_of(owner: Callable[[], type], group: str, fields: Collection[str] | None = None
-                ) -> list[ConfigOption]:  # fmt: skip
+def _options_of(
+    owner: Callable[[], type], group: str, fields: Collection[str] | None = None
+) -> list[ConfigOption]:
     """The options of the fields of dataclass `owner()`, named as group `group`'s; only those of
     `fields`, when given, and then in a command's first panel."""
     made = dataclass_options(owner(), group)
@@ -248,8 +267,9 @@ def _options_of(owner: Callable[[], type], group: str, fields: Collection[str] |
     return [dataclasses.replace(o, panel=None) for o in made if o.field in fields]
 
 
-def with_dataclass_options(target: str, owner: Callable[[], type], group: str,
-                           fields: Collection[str] | None = None) -> Callable:  # fmt: skip
+def with_dataclass_options(
+    target: str, owner: Callable[[], type], group: str, fields: Collection[str] | None = None
+) -> Callable:
     """Decorator: the command gets `target`, an instance of dataclass `owner()` (imported only
     then) made from the options of its fields (`_options_of`), over its defaults."""
 
@@ -301,8 +321,9 @@ def _serve_options() -> list[ConfigOption]:
 
     cls = _serve_settings()
     doc = f"{field_docs(cls)['max_upload_bytes']} In MiB."
-    upload = ConfigOption("serve.max_upload_bytes", "--max-upload-mb", float,
-                          cls().max_upload_bytes / _MIB, doc, None)  # fmt: skip
+    upload = ConfigOption(
+        "serve.max_upload_bytes", "--max-upload-mb", float, cls().max_upload_bytes / _MIB, doc, None
+    )
     return [upload, *_options_of(_serve_settings, "serve", SERVE_FIELDS)]
 
 
@@ -325,9 +346,12 @@ def _objective_lr(settings: dict, objective: str, config_file: Path | None) -> N
     if objective == settings["optim"]["objective"]:
         return
     if config_file:
-        typer.echo(f"--objective {objective}: its default learning rate, not "
-                   f"{settings['optim']['lr']:g} ({config_file}'s for "
-                   f"{settings['optim']['objective']}); --lr sets another", err=True)  # fmt: skip
+        typer.echo(
+            f"--objective {objective}: its default learning rate, not "
+            f"{settings['optim']['lr']:g} ({config_file}'s for "
+            f"{settings['optim']['objective']}); --lr sets another",
+            err=True,
+        )
     _default_rate(settings)
 
 
@@ -363,8 +387,9 @@ def _preset(name: str | None, given: dict) -> RunConfig:
     return config
 
 
-def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callable,
-               preset: str | None = None) -> RunConfig:  # fmt: skip
+def run_config(
+    ctx: typer.Context, config_file: Path | None, model_args: Callable, preset: str | None = None
+) -> RunConfig:
     """The `train` command's config: `config_file` (or else the `preset`, by default the best
     recipe: `training.presets`) with the options given on the command line over it
     (`ctx.meta[GIVEN]`, from `TrainCommand`); `model_args(model, base, base_source)` merges the
@@ -393,6 +418,7 @@ def run_config(ctx: typer.Context, config_file: Path | None, model_args: Callabl
         (settings[group] if group else settings)[key] = value
     if not settings["data"]["data"]:
         ctx.fail("Missing option '--data' (or data.data in the --config file).")
-    settings["model_args"] = model_args(settings["model"], base=config.model_args,
-                                        base_source=f"{config_file}: model_args")  # fmt: skip
+    settings["model_args"] = model_args(
+        settings["model"], base=config.model_args, base_source=f"{config_file}: model_args"
+    )
     return RunConfig.from_dict(settings)

@@ -28,9 +28,14 @@ def _check_images(dataset, problems: Problems, workers: int = 2) -> list:
     return usable
 
 
-def prepare_report(data: str | Path, images: str | Path | None = None, min_count: int = 5,
-                   max_length: int = 20, strict: bool = False,
-                   check_images: bool = True) -> dict:  # fmt: skip
+def prepare_report(
+    data: str | Path,
+    images: str | Path | None = None,
+    min_count: int = 5,
+    max_length: int = 20,
+    strict: bool = False,
+    check_images: bool = True,
+) -> dict:
     """Counts, splits, vocabulary size, caption lengths and every problem found, grouped by kind.
 
     The keys `images`, `captions`, `splits` and `problems` are the usable image count, the usable

@@ -31,8 +31,14 @@ _PYCOCOEVALCAP_PUNCTUATION = frozenset(
 )  # fmt: skip
 _LOWERCASED_BRACKETS = frozenset(["-lrb-", "-rrb-", "-lcb-", "-rcb-", "-lsb-", "-rsb-"])
 _DROPPED_TOKENS = _PYCOCOEVALCAP_PUNCTUATION | _LOWERCASED_BRACKETS
-_BRACKET_TOKENS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-",
-                   "}": "-rcb-"}  # fmt: skip
+_BRACKET_TOKENS = {
+    "(": "-lrb-",
+    ")": "-rrb-",
+    "[": "-lsb-",
+    "]": "-rsb-",
+    "{": "-lcb-",
+    "}": "-rcb-",
+}
 
 # Characters PTB maps to others while lexing; mapping them first keeps the rules short.
 # Dashes, ellipses, fractions and currency become tokens of their own, hence the spaces.

@@ -133,8 +133,9 @@ class BpeTokenizer:
         return cls(hf)
 
 
-def build_tokenizer(kind: str, captions: Iterable[str], min_count: int = 5,
-                    vocab_size: int = 2000) -> Tokenizer:  # fmt: skip
+def build_tokenizer(
+    kind: str, captions: Iterable[str], min_count: int = 5, vocab_size: int = 2000
+) -> Tokenizer:
     """A tokenizer of `kind` ("word" or "bpe") fitted to the training `captions`.
 
     `min_count` is for words (rarer ones become `<unk>`), `vocab_size` for BPE."""
@@ -161,8 +162,9 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
         itos = d.get("itos")
         words_ok = isinstance(itos, list) and len(itos) <= MAX_VOCABULARY
         if not (words_ok and all(isinstance(t, str) and len(t) <= MAX_TOKEN_CHARS for t in itos)):
-            raise CaptionkitError("a word tokenizer needs 'itos': a list of at most "
-                                  f"{MAX_VOCABULARY} words")  # fmt: skip
+            raise CaptionkitError(
+                f"a word tokenizer needs 'itos': a list of at most {MAX_VOCABULARY} words"
+            )
         try:
             return WordTokenizer.from_dict(d)
         except ValueError as e:
@@ -176,7 +178,8 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
         except ValueError as e:
             raise CaptionkitError(str(e)) from None
         if len(tokenizer) > MAX_VOCABULARY:
-            raise CaptionkitError(f"a BPE tokenizer of {len(tokenizer)} tokens (most: "
-                                  f"{MAX_VOCABULARY})")  # fmt: skip
+            raise CaptionkitError(
+                f"a BPE tokenizer of {len(tokenizer)} tokens (most: {MAX_VOCABULARY})"
+            )
         return tokenizer
     raise CaptionkitError(f"unknown tokenizer type {kind!r} (word or bpe)")

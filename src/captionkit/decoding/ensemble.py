@@ -53,8 +53,10 @@ class Ensemble(StepModel):
     def init_state(self, pooled: list, grid: list) -> list[dict]:
         """pooled: [B, D_i] per member; grid: [B, L_i, D_i] or None per member."""
         if len(pooled) != len(self.models) or len(grid) != len(self.models):
-            raise CaptionkitError(f"an ensemble of {len(self.models)} models needs features for "
-                                  f"each, not {len(pooled)}")  # fmt: skip
+            raise CaptionkitError(
+                f"an ensemble of {len(self.models)} models needs features for "
+                f"each, not {len(pooled)}"
+            )
         return [m.init_state(p, g) for m, p, g in zip(self.models, pooled, grid)]
 
     def step(self, tokens: torch.Tensor, state: list[dict]) -> StepOutput:
@@ -81,5 +83,7 @@ def check_same_tokenizer(members: list[tuple[str, object]]) -> None:
     first_name, first = members[0]
     for name, tokenizer in members[1:]:
         if tokenizer.to_dict() != first.to_dict():
-            raise CaptionkitError(f"{first_name} and {name} have different tokenizers: the runs "
-                                  "of an ensemble must share one")  # fmt: skip
+            raise CaptionkitError(
+                f"{first_name} and {name} have different tokenizers: the runs "
+                "of an ensemble must share one"
+            )

@@ -20,8 +20,13 @@ DEFAULT_DIVERSITY = 0.5  # ruotianluo/ImageCaptioning.pytorch's diversity_lambda
 ENSEMBLE_MEANS = ("probability", "log_probability")
 
 # Options of one strategy only, with the value that means "not asked for".
-_BEAM_ONLY = {"n_best": 1, "finished": None, "length_penalty": None, "beam_groups": 1,
-              "diversity": None}  # fmt: skip
+_BEAM_ONLY = {
+    "n_best": 1,
+    "finished": None,
+    "length_penalty": None,
+    "beam_groups": 1,
+    "diversity": None,
+}
 _SAMPLING_ONLY = {"num_samples": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
 
 
@@ -118,21 +123,24 @@ class DecodingOptions:
             given = [n for n, unset in _BEAM_ONLY.items() if getattr(self, n) != unset]
             given = ["beam_size"] * (self.beam_size != 1) + given
             if given:
-                raise CaptionkitError(f"{', '.join(given)}: beam search options, not used with "
-                                      "sample")  # fmt: skip
+                raise CaptionkitError(
+                    f"{', '.join(given)}: beam search options, not used with sample"
+                )
             return
         given = [n for n, unset in _SAMPLING_ONLY.items() if getattr(self, n) != unset]
         if given:
             raise CaptionkitError(f"{', '.join(given)}: sampling options, used only with sample")
         if self.n_best > max(self.beam_size, self.finished or 0):
             more = f" and finished {self.finished}" if self.finished else ""
-            raise CaptionkitError(f"n_best {self.n_best} is more than beam_size "
-                                  f"{self.beam_size}{more}")  # fmt: skip
+            raise CaptionkitError(
+                f"n_best {self.n_best} is more than beam_size {self.beam_size}{more}"
+            )
         if self.beam_size == 1 and self.length_penalty is not None:
             raise CaptionkitError("length_penalty ranks beams: it needs beam_size 2 or more")
         if self.beam_size % self.beam_groups:
-            raise CaptionkitError(f"beam_groups {self.beam_groups} must divide beam_size "
-                                  f"{self.beam_size}")  # fmt: skip
+            raise CaptionkitError(
+                f"beam_groups {self.beam_groups} must divide beam_size {self.beam_size}"
+            )
         if self.beam_groups == 1 and self.diversity is not None:
             raise CaptionkitError("diversity penalises beam groups: it needs beam_groups 2 or more")
 

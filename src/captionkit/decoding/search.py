@@ -30,8 +30,10 @@ def map_state(state, fn, keep: frozenset[str] = frozenset()):
     """`fn` applied to every tensor of a state (a dict of tensors, or an ensemble's list of
     them), keeping its structure; the tensors named in `keep` are left as they are."""
     if isinstance(state, dict):
-        return {name: value if name in keep else map_state(value, fn, keep)
-                for name, value in state.items()}  # fmt: skip
+        return {
+            name: value if name in keep else map_state(value, fn, keep)
+            for name, value in state.items()
+        }
     if isinstance(state, (list, tuple)):
         return type(state)(map_state(value, fn, keep) for value in state)
     return fn(state)

@@ -31,9 +31,13 @@ class ExtractionSettings:
     """An augmented view of the images (`views.View`); None: the encoder's own preprocessing."""
 
 
-def extraction_settings(batch_size: int = 32, num_workers: int = 1, device: str = "auto",
-                        amp: str | None = None,
-                        view: View | None = None) -> ExtractionSettings:  # fmt: skip
+def extraction_settings(
+    batch_size: int = 32,
+    num_workers: int = 1,
+    device: str = "auto",
+    amp: str | None = None,
+    view: View | None = None,
+) -> ExtractionSettings:
     """Check the user's `device` (auto, cpu, cuda, cuda:N) and `amp` (None, bf16, fp16)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -164,8 +164,12 @@ class ImageEncoder(nn.Module):
 
     def spec(self) -> dict:
         """What a checkpoint stores to rebuild this encoder."""
-        return {"name": self.name, "weights": self.weights, "resize": self.resize,
-                "fingerprint": self.fingerprint()}  # fmt: skip
+        return {
+            "name": self.name,
+            "weights": self.weights,
+            "resize": self.resize,
+            "fingerprint": self.fingerprint(),
+        }
 
 
 def spec_resize(spec: dict) -> str:
@@ -186,8 +190,9 @@ def _frozen_modules(module: nn.Module, parent_frozen: bool = True):
             yield from _frozen_modules(child, frozen)
 
 
-def create_encoder(name: str = DEFAULT_ENCODER, weights: str = "default",
-                   resize: str = DEFAULT_RESIZE) -> ImageEncoder:  # fmt: skip
+def create_encoder(
+    name: str = DEFAULT_ENCODER, weights: str = "default", resize: str = DEFAULT_RESIZE
+) -> ImageEncoder:
     """Build a frozen, eval-mode encoder; see the module docstring for `weights` and `resize`."""
     if not timm.is_model(name.split(".")[0]):
         raise CaptionkitError(f"unknown encoder '{name}' (see `timm.list_models()`)")

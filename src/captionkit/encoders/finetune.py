@@ -40,8 +40,10 @@ def unfreeze_last_blocks(encoder: ImageEncoder, n_blocks: int) -> list[nn.Parame
     """Let the last `n_blocks` blocks (and the head layers after them) train; everything else
     stays frozen. Returns the trainable parameters. Raises CaptionkitError for a bad count."""
     if not hasattr(encoder.model, "group_matcher"):
-        raise CaptionkitError(f"encoder {encoder.name}: timm does not group its layers into "
-                              "blocks (no group_matcher), so it cannot be fine-tuned")  # fmt: skip
+        raise CaptionkitError(
+            f"encoder {encoder.name}: timm does not group its layers into "
+            "blocks (no group_matcher), so it cannot be fine-tuned"
+        )
     blocks, head = encoder_blocks(encoder.model)
     if not 1 <= n_blocks <= len(blocks):
         raise CaptionkitError(

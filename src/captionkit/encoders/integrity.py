@@ -30,8 +30,10 @@ class DamagedStore(CaptionkitError):
 
 def block_checksums(array: np.ndarray) -> list[int]:
     """CRC-32 of the bytes of each block of `BLOCK_ROWS` rows of `array`."""
-    return [zlib.crc32(np.ascontiguousarray(array[i : i + BLOCK_ROWS]).tobytes())
-            for i in range(0, len(array), BLOCK_ROWS)]  # fmt: skip
+    return [
+        zlib.crc32(np.ascontiguousarray(array[i : i + BLOCK_ROWS]).tobytes())
+        for i in range(0, len(array), BLOCK_ROWS)
+    ]
 
 
 def integrity_record(folder: Path, arrays: dict[str, np.ndarray]) -> dict:
@@ -58,8 +60,9 @@ def check_store(folder: Path, index: dict) -> None:
         except FileNotFoundError:
             raise DamagedStore(f"{folder / name}: missing from its feature store") from None
         if actual != size:
-            raise DamagedStore(f"{folder / name}: {actual} bytes instead of {size} "
-                               "(truncated or overwritten)")  # fmt: skip
+            raise DamagedStore(
+                f"{folder / name}: {actual} bytes instead of {size} (truncated or overwritten)"
+            )
 
 
 def damaged_rows(index: dict, arrays: dict[str, np.ndarray]) -> list[int]:

@@ -115,9 +115,14 @@ def complete_stores(cache_dir: Path, encoder_name: str, variant: str) -> list[St
     return [store for _, store in sorted(found, key=lambda item: -item[0])]
 
 
-def copy_unchanged(arrays: dict[str, np.ndarray], failed: dict[str, list[str]],
-                   failed_file: Path, paths: list[Path], stats: list[Stat],
-                   donors: list[StoredIndex]) -> int:  # fmt: skip
+def copy_unchanged(
+    arrays: dict[str, np.ndarray],
+    failed: dict[str, list[str]],
+    failed_file: Path,
+    paths: list[Path],
+    stats: list[Stat],
+    donors: list[StoredIndex],
+) -> int:
     """Fill the rows not yet done (`arrays["progress"]`) of images that a donor store holds with
     the same stat: features are copied, recorded failures taken over (an unchanged file that could
     not be read is not tried again). Returns the number of rows filled."""
@@ -180,8 +185,9 @@ def donor_grid_length(donors: list[StoredIndex]) -> int | None:
     return None
 
 
-def remove_superseded(folder: Path, paths: list[str], stats: list[Stat],
-                      others: list[StoredIndex]) -> list[str]:  # fmt: skip
+def remove_superseded(
+    folder: Path, paths: list[str], stats: list[Stat], others: list[StoredIndex]
+) -> list[str]:
     """Delete the stores among `others` whose every image the store at `folder` holds with the
     same stat; returns their folder names. A store is first renamed (atomic), so a process that
     looks it up in the meantime either opens it whole or does not find it."""

@@ -28,9 +28,14 @@ def launch_world() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def extract_sharded(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | None = None,
-                    grid: bool = True, device: str = "auto",
-                    **options) -> FeatureStore:  # fmt: skip
+def extract_sharded(
+    encoder: ImageEncoder,
+    paths: list[Path],
+    cache_dir: Path | None = None,
+    grid: bool = True,
+    device: str = "auto",
+    **options,
+) -> FeatureStore:
     """`extract_features` of `paths`, the work shared by the ranks of a distributed launch
     (alone: exactly `extract_features`). Every rank returns the complete store. With
     `device="auto"`, a rank uses the GPU of its local rank when there are GPUs."""
@@ -48,8 +53,9 @@ def extract_sharded(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | 
     # rendezvous address: the caller exports MASTER_ADDR / MASTER_PORT, as Lightning's docs say.
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        extract_features(encoder, paths[rank::world], cache_dir, grid, device=device,
-                         prune=False, **options)  # fmt: skip
+        extract_features(
+            encoder, paths[rank::world], cache_dir, grid, device=device, prune=False, **options
+        )
         dist.barrier()
         if rank == 0:  # copies the shards' rows, then removes the shards it supersedes
             store = extract_features(encoder, paths, cache_dir, grid, device=device, **options)

@@ -47,8 +47,9 @@ def verify_store(store: FeatureStore, encoder: ImageEncoder, **options) -> Verif
     report = VerifyReport(len(checksums["pooled"]), checksums["block_rows"], rows)
     if not rows:
         return report
-    progress = np.lib.format.open_memmap(folder / "progress.npy", mode="w+", dtype=np.bool_,
-                                         shape=(len(store.paths),))  # fmt: skip
+    progress = np.lib.format.open_memmap(
+        folder / "progress.npy", mode="w+", dtype=np.bool_, shape=(len(store.paths),)
+    )
     progress[:] = True
     progress[rows] = False  # extract_into redoes the rows not done
     arrays["progress"] = progress

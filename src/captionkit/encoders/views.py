@@ -54,8 +54,7 @@ class View:
 
     def transform(self, encoder: ImageEncoder) -> SeededTransform:
         """PIL image, path -> this view of it, preprocessed for `encoder` (`[3, H, W]`)."""
-        return SeededTransform(augmenting_transform(encoder, self.crop_scale_min, self.hflip),
-                               self)  # fmt: skip
+        return SeededTransform(augmenting_transform(encoder, self.crop_scale_min, self.hflip), self)
 
 
 class SeededTransform:

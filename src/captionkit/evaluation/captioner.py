@@ -87,8 +87,14 @@ class Captioner:
     the ensemble. Attention maps: see `Ensemble`; `seen` shows the image as the encoder of the
     first member that attends saw it."""
 
-    def __init__(self, trained, encoder, device: str = "cpu", members: list | None = None,
-                 quantize: str = "none"):  # fmt: skip
+    def __init__(
+        self,
+        trained,
+        encoder,
+        device: str = "cpu",
+        members: list | None = None,
+        quantize: str = "none",
+    ):
         self.trained, self.encoder, self.device = trained, encoder.to(device), device
         self.quantize = check_quantize(quantize, device)
         """`none`, `int8` or `bf16`: how the models run (`captionkit.models.quantize`)."""
@@ -102,8 +108,9 @@ class Captioner:
         for _, e in pairs:
             if not any(e is known for known in self.encoders):
                 self.encoders.append(e.to(device))
-        self._member_encoder = [next(i for i, k in enumerate(self.encoders) if k is e)
-                                for _, e in pairs]  # fmt: skip
+        self._member_encoder = [
+            next(i for i, k in enumerate(self.encoders) if k is e) for _, e in pairs
+        ]
         self._transforms = [e.transform() for e in self.encoders]
         self.rerank = RerankOptions()
         """Re-ranking when `caption` is given none (`captionkit serve --rerank`; default `auto`:
@@ -114,8 +121,13 @@ class Captioner:
         self._seen_encoder, self._seen_transform = self.encoders[seen], self._transforms[seen]
 
     @classmethod
-    def load(cls, run_dir: str | Path | list, device: str = "cpu",
-             rerank: RerankOptions | None = None, quantize: str = "none") -> Captioner:  # fmt: skip
+    def load(
+        cls,
+        run_dir: str | Path | list,
+        device: str = "cpu",
+        rerank: RerankOptions | None = None,
+        quantize: str = "none",
+    ) -> Captioner:
         """A run folder, or a list of them: an ensemble (they must share the tokenizer).
         `rerank`: the default re-ranking of `caption` (the neighbour index of the run, the first
         of an ensemble, is read here, so a run without one fails now). `quantize`: `int8` or
@@ -161,9 +173,14 @@ class Captioner:
         return image.convert("RGB")
 
     @torch.inference_mode()
-    def caption(self, images: list, options: DecodingOptions | None = None, batch_size: int = 32,
-                attention: bool = False,
-                rerank: RerankOptions | None = None) -> list[list[Caption]]:  # fmt: skip
+    def caption(
+        self,
+        images: list,
+        options: DecodingOptions | None = None,
+        batch_size: int = 32,
+        attention: bool = False,
+        rerank: RerankOptions | None = None,
+    ) -> list[list[Caption]]:
         """Captions of each image as `options` ask for them (default `DecodingOptions()`: the best
         of a beam of 3): `n_best` captions best first, or `num_samples` sampled captions in
         drawing order. The length limit is the run's unless `options.max_length` is set.
@@ -233,8 +250,10 @@ class Captioner:
         only; default options: `DecodingOptions()`)."""
         if not self.attends:
             name = self.trained.config["model"]["name"]
-            raise CaptionkitError(f"model '{name}' has no attention over the image to show "
-                                  "(train with --model attention)")  # fmt: skip
+            raise CaptionkitError(
+                f"model '{name}' has no attention over the image to show "
+                "(train with --model attention)"
+            )
         options = options or DecodingOptions()
         out = []
         for image, hyps in zip(images, self.caption(images, options=options, attention=True)):

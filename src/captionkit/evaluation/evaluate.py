@@ -49,37 +49,57 @@ class Evaluation:
     def to_json(self) -> dict:
         """Metrics and statistics (numbers, at the top), notes, and every image's caption and
         scores."""
-        images = [{"image": k, "caption": c, **self.per_image.get(k, {})}
-                  for k, c in self.predictions.items()]  # fmt: skip
+        images = [
+            {"image": k, "caption": c, **self.per_image.get(k, {})}
+            for k, c in self.predictions.items()
+        ]
         return {**self.metrics, **self.stats, "notes": self.notes, "images": images}
 
 
-def caption_rows(trained: TrainedModel | list[TrainedModel], store: FeatureStore | list,
-                 rows: list[int] | list[list[int]], options: DecodingOptions,
-                 batch_size: int = 64, reranker: Reranker | None = None) -> list[str]:  # fmt: skip
+def caption_rows(
+    trained: TrainedModel | list[TrainedModel],
+    store: FeatureStore | list,
+    rows: list[int] | list[list[int]],
+    options: DecodingOptions,
+    batch_size: int = 64,
+    reranker: Reranker | None = None,
+) -> list[str]:
     """Captions for rows of a feature store, decoded in batches: the best beam, or with sampling
     the most probable of the `num_samples` drawn; with an active `reranker`, its choice among
     the candidates it asks for. An ensemble: `trained`, `store` and `rows` are lists, one per
     member (the same images in each member's store), decoded as one `Ensemble` (the first
     member's length limit, tokenizer and, for re-ranking, pooled features)."""
     ensemble = isinstance(trained, list)
-    members, stores, member_rows = (trained, store, rows) if ensemble else ([trained], [store],
-                                                                            [rows])  # fmt: skip
+    members, stores, member_rows = (
+        (trained, store, rows) if ensemble else ([trained], [store], [rows])
+    )
     reranking = reranker is not None and reranker.options.active
     options = run_options(members[0], reranker.options.decoding(options) if reranking else options)
-    model = members[0].model if not ensemble else Ensemble([t.model for t in members],
-                                                           options.ensemble_mean)  # fmt: skip
+    model = (
+        members[0].model
+        if not ensemble
+        else Ensemble([t.model for t in members], options.ensemble_mean)
+    )
     tokenizer, captions = members[0].tokenizer, []
     for start in range(0, len(member_rows[0]), batch_size):
-        features = [_features(s, r[start : start + batch_size], t.model.uses_grid)
-                    for t, s, r in zip(members, stores, member_rows)]  # fmt: skip
+        features = [
+            _features(s, r[start : start + batch_size], t.model.uses_grid)
+            for t, s, r in zip(members, stores, member_rows)
+        ]
         pooled, grid = [f[0] for f in features], [f[1] for f in features]
-        results = decode(model, pooled if ensemble else pooled[0], grid if ensemble else grid[0],
-                         options, tokenizer)  # fmt: skip
+        results = decode(
+            model,
+            pooled if ensemble else pooled[0],
+            grid if ensemble else grid[0],
+            options,
+            tokenizer,
+        )
         if reranking:
             results = reranker.rerank(results, lambda h: tokenizer.decode(h.tokens), pooled[0])
-        best = [max(hyps, key=lambda h: h.score) if options.sample and not reranking else hyps[0]
-                for hyps in results]  # fmt: skip
+        best = [
+            max(hyps, key=lambda h: h.score) if options.sample and not reranking else hyps[0]
+            for hyps in results
+        ]
         captions += [tokenizer.decode(hyp.tokens) for hyp in best]
     return captions
 
@@ -122,11 +142,18 @@ def pin_splits(dataset, data: Path, run_dir: Path, trained: TrainedModel) -> Non
         apply_splits(dataset, splits)
 
 
-def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Path | None = None,
-                 split: str = "test", cache_dir: str | None = None, meteor: bool = True,
-                 options: DecodingOptions | None = None, spice: bool = False,
-                 rerank: RerankOptions | None = None,
-                 quantize: str = "none") -> Evaluation:  # fmt: skip
+def evaluate_run(
+    run_dir: str | Path | list,
+    data: str | Path,
+    images: str | Path | None = None,
+    split: str = "test",
+    cache_dir: str | None = None,
+    meteor: bool = True,
+    options: DecodingOptions | None = None,
+    spice: bool = False,
+    rerank: RerankOptions | None = None,
+    quantize: str = "none",
+) -> Evaluation:
     """Caption every image of `split` with the run's model and score it against the references.
     `options` (default: `DecodingOptions()`, beam 3) say how to decode; the caption length limit
     is the run's unless they set `max_length`. Novel captions are counted against the training
@@ -160,10 +187,19 @@ def evaluate_run(run_dir: str | Path | list, data: str | Path, images: str | Pat
     predictions = {r.filename: c for r, c in zip(records, captions)}
     references = {r.filename: r.captions for r in records}
     report = score_captions(predictions, references, meteor, spice)
-    per_image = {k: {m: v[i] for m, v in report.per_image.items()}
-                 for i, k in enumerate(predictions)}  # fmt: skip
+    per_image = {
+        k: {m: v[i] for m, v in report.per_image.items()} for i, k in enumerate(predictions)
+    }
     training = [c for r in dataset.split("train") for c in r.captions]
     stats = caption_stats(predictions, training)
     paths = {r.filename: dataset.path(r) for r in records}
-    return Evaluation(report.scores, predictions, references, per_image, stats, report.notes,
-                      images=paths, rerank=reranker.options)  # fmt: skip
+    return Evaluation(
+        report.scores,
+        predictions,
+        references,
+        per_image,
+        stats,
+        report.notes,
+        images=paths,
+        rerank=reranker.options,
+    )

@@ -14,8 +14,12 @@ from captionkit.reranking import NeighbourIndex
 from captionkit.reranking.neighbours import index_training_images
 
 
-def index_run(run_dir: str | Path, data: str | Path, images: str | Path | None = None,
-              cache_dir: str | None = None) -> NeighbourIndex:  # fmt: skip
+def index_run(
+    run_dir: str | Path,
+    data: str | Path,
+    images: str | Path | None = None,
+    cache_dir: str | None = None,
+) -> NeighbourIndex:
     """Write the neighbour index of a run folder from the training split of `data` (the run's
     own split when it is the run's dataset), with the features of the run's own encoder
     (fine-tuned or not), and return it."""
@@ -27,6 +31,7 @@ def index_run(run_dir: str | Path, data: str | Path, images: str | Path | None =
     train = [r for r in records if r.split == "train"]
     if not train:
         raise CaptionkitError(f"{dataset.source}: no usable images in split 'train'")
-    index_training_images(run_dir, store, [dataset.path(r) for r in train], train,
-                          encoder.fingerprint())  # fmt: skip
+    index_training_images(
+        run_dir, store, [dataset.path(r) for r in train], train, encoder.fingerprint()
+    )
     return NeighbourIndex.load(run_dir)

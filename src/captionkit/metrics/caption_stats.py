@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping
 from captionkit.data.ptb_tokenizer import tokenize
 
 
-def caption_stats(predictions: Mapping[str, str],
-                  training_captions: Iterable[str] | None = None) -> dict[str, float]:  # fmt: skip
+def caption_stats(
+    predictions: Mapping[str, str], training_captions: Iterable[str] | None = None
+) -> dict[str, float]:
     """`length_mean`: words per generated caption; `vocabulary`: distinct words they use;
     `novel_percent` (when training captions are given): % of generated captions that are none
     of the training captions. Captions are compared as PTB tokens, so "A dog." and "a dog" are

@@ -50,14 +50,16 @@ def _numbered(texts: Iterable[str]) -> tuple[list[str], np.ndarray]:
     return list(number), ids
 
 
-def _sum_per_order(matrix: sparse.csr_matrix, values: np.ndarray, order: np.ndarray,
-                   n: int) -> np.ndarray:  # fmt: skip
+def _sum_per_order(
+    matrix: sparse.csr_matrix, values: np.ndarray, order: np.ndarray, n: int
+) -> np.ndarray:
     """[rows of `matrix`, n] sums of `values` (one per stored entry of `matrix`) by row and
     n-gram order of the entry's column (`order`: [columns])."""
     # float64 also when nothing matched: an empty product can come back as integers.
     values = np.asarray(values, dtype=np.float64)
-    by_order = sparse.csr_matrix((values, order[matrix.indices], matrix.indptr),
-                                 shape=(matrix.shape[0], n))  # fmt: skip
+    by_order = sparse.csr_matrix(
+        (values, order[matrix.indices], matrix.indptr), shape=(matrix.shape[0], n)
+    )
     return by_order.toarray()  # adds up the entries of each (row, order)
 
 
@@ -78,14 +80,16 @@ class DocumentFrequency:
         return cls._from_flat(*_flatten(references), n)
 
     @classmethod
-    def _from_flat(cls, distinct: list[str], rows: np.ndarray, sizes: np.ndarray,
-                   n: int) -> DocumentFrequency:  # fmt: skip
+    def _from_flat(
+        cls, distinct: list[str], rows: np.ndarray, sizes: np.ndarray, n: int
+    ) -> DocumentFrequency:
         """From `_flatten`'s (distinct references, row of every reference, references per
         image)."""
         index = NgramIndex(distinct, n)
         counts = index.corpus.counts
-        present = sparse.csr_matrix((np.ones(counts.nnz), counts.indices, counts.indptr),
-                                    shape=counts.shape)  # fmt: skip
+        present = sparse.csr_matrix(
+            (np.ones(counts.nnz), counts.indices, counts.indptr), shape=counts.shape
+        )
         image_of = np.repeat(np.arange(len(sizes)), sizes)
         by_image = sparse.csr_matrix(
             (np.ones(len(rows)), (image_of, rows)), shape=(len(sizes), len(distinct))
@@ -132,8 +136,13 @@ class CiderD:
     pycocoevalcap's `Cider`; SCST gives the training corpus's `DocumentFrequency` instead.
     """
 
-    def __init__(self, references: Mapping[Hashable, Sequence[str]], n: int = 4,
-                 sigma: float = 6.0, df: DocumentFrequency | None = None):  # fmt: skip
+    def __init__(
+        self,
+        references: Mapping[Hashable, Sequence[str]],
+        n: int = 4,
+        sigma: float = 6.0,
+        df: DocumentFrequency | None = None,
+    ):
         self.n, self.sigma = n, sigma
         distinct, self.ref_rows, sizes = _flatten(references)
         if df is None:
@@ -163,8 +172,7 @@ class CiderD:
             known = indices < size
             indptr = np.concatenate([[0], np.cumsum(known)])[indptr]
             weight, indices = weight[known], indices[known]
-        matrix = sparse.csr_matrix((weight, indices, indptr),
-                                   shape=(counts.shape[0], size))  # fmt: skip
+        matrix = sparse.csr_matrix((weight, indices, indptr), shape=(counts.shape[0], size))
         matrix.has_sorted_indices = True
         return matrix, np.sqrt(norm_sq), np.maximum(encoded.lengths - 1, 0).astype(float)
 

@@ -58,8 +58,10 @@ def score_captions(
         res, gts = ptb_tokenize(raw), ptb_tokenize({k: references[k] for k in keys})
     else:
         skipped = "METEOR skipped; " if meteor else ""
-        report.notes.append(f"java not found: {skipped}BLEU, ROUGE-L and CIDEr use captionkit's "
-                            "Python PTB tokenizer")  # fmt: skip
+        report.notes.append(
+            f"java not found: {skipped}BLEU, ROUGE-L and CIDEr use captionkit's "
+            "Python PTB tokenizer"
+        )
         res, gts = python_ptb_tokenize(raw), python_ptb_tokenize({k: references[k] for k in keys})
         meteor = False
     res = {k: [v[0] or EMPTY_CAPTION] for k, v in res.items()}  # punctuation only: no tokens

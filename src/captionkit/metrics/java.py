@@ -18,8 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 
 # Command-line -D options come after JAVA_TOOL_OPTIONS, so they win over a user's.
-JAVA_OPTIONS = ("-Duser.language=en", "-Duser.country=US", "-Dfile.encoding=UTF-8",
-                "-Dsun.stdout.encoding=UTF-8", "-Dsun.stderr.encoding=UTF-8")  # fmt: skip
+JAVA_OPTIONS = (
+    "-Duser.language=en",
+    "-Duser.country=US",
+    "-Dfile.encoding=UTF-8",
+    "-Dsun.stdout.encoding=UTF-8",
+    "-Dsun.stderr.encoding=UTF-8",
+)
 # Every character str.splitlines() breaks on: one caption must stay one line for the tools.
 _LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -55,8 +60,9 @@ def java_major_version(java: str | None = None) -> int | None:
     if java is None:
         return None
     try:
-        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30,
-                              env=java_environment())  # fmt: skip
+        done = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, env=java_environment()
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     found = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr + done.stdout)

@@ -25,20 +25,27 @@ CORENLP_JAR = "stanford-corenlp-3.4.1.jar"
 TIMEOUT_S = 600.0
 
 
-def ptb_tokenize(captions: Mapping[Hashable, Sequence[str]],
-                 timeout: float = TIMEOUT_S) -> dict[Hashable, list[str]]:  # fmt: skip
+def ptb_tokenize(
+    captions: Mapping[Hashable, Sequence[str]], timeout: float = TIMEOUT_S
+) -> dict[Hashable, list[str]]:
     """Image key -> captions as space-separated tokens, like `PTBTokenizer().tokenize` of
     {key: [{"caption": c}, ...]}; raises FileNotFoundError when java is missing."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
     keys = [k for k, caps in captions.items() for _ in caps]
     lines = [one_line(c) for caps in captions.values() for c in caps]
-    cmd = java_command("-cp", CORENLP_JAR, "edu.stanford.nlp.process.PTBTokenizer",
-                       "-preserveLines", "-lowerCase")  # fmt: skip
+    cmd = java_command(
+        "-cp", CORENLP_JAR, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"
+    )
     try:
-        done = subprocess.run(cmd, input="\n".join(lines).encode("utf-8"), capture_output=True,
-                              cwd=pycocoevalcap_dir() / "tokenizer", env=java_environment(),
-                              timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            cmd,
+            input="\n".join(lines).encode("utf-8"),
+            capture_output=True,
+            cwd=pycocoevalcap_dir() / "tokenizer",
+            env=java_environment(),
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as e:
         raise CaptionkitError(f"PTB tokenizer: no answer within {timeout:g} s") from e
     out = done.stdout.decode("utf-8").split("\n")

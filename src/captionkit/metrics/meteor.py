@@ -41,8 +41,9 @@ class MeteorJar:
     def __init__(self, timeout: float = TIMEOUT_S):
         self.timeout, self.timed_out = timeout, False
         try:
-            cmd = java_command("-jar", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm",
-                               memory="2G")  # fmt: skip
+            cmd = java_command(
+                "-jar", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm", memory="2G"
+            )
         except FileNotFoundError as e:
             raise CaptionkitError("METEOR needs java (JRE 8 or newer), and it was not found") from e
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
@@ -51,13 +52,15 @@ class MeteorJar:
             stdout=subprocess.PIPE, stderr=self.stderr, env=java_environment(),
         )  # fmt: skip
 
-    def score(self, references: Mapping[Hashable, Sequence[str]],
-              predictions: Mapping[Hashable, str]) -> tuple[float, list[float]]:  # fmt: skip
+    def score(
+        self, references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str]
+    ) -> tuple[float, list[float]]:
         """(corpus METEOR, per-image METEOR) of one tokenized caption per image, like
         pycocoevalcap's `Meteor.compute_score`."""
         keys = list(predictions)
-        score_lines = [" ||| ".join(["SCORE", *map(clean, references[k]), clean(predictions[k])])
-                       for k in keys]  # fmt: skip
+        score_lines = [
+            " ||| ".join(["SCORE", *map(clean, references[k]), clean(predictions[k])]) for k in keys
+        ]
         stats = self._ask(score_lines, len(keys))
         answers = self._ask([" ||| ".join(["EVAL", *stats])], len(keys) + 1)
         try:
@@ -116,8 +119,11 @@ class MeteorJar:
         self.stderr.close()
 
 
-def meteor_score(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str],
-                 timeout: float = TIMEOUT_S) -> tuple[float, list[float]]:  # fmt: skip
+def meteor_score(
+    references: Mapping[Hashable, Sequence[str]],
+    predictions: Mapping[Hashable, str],
+    timeout: float = TIMEOUT_S,
+) -> tuple[float, list[float]]:
     """`MeteorJar.score` with a jar of its own; raises CaptionkitError when java is missing or
     the jar fails."""
     with MeteorJar(timeout) as jar:

@@ -78,8 +78,9 @@ def word_ids(
 def _positions(lengths: np.ndarray, k: int) -> np.ndarray:
     """Flat word positions where a k-gram starts (inside one caption)."""
     per_caption = np.maximum(lengths - k + 1, 0)
-    skip = np.repeat(np.cumsum(lengths) - lengths - (np.cumsum(per_caption) - per_caption),
-                     per_caption)  # fmt: skip
+    skip = np.repeat(
+        np.cumsum(lengths) - lengths - (np.cumsum(per_caption) - per_caption), per_caption
+    )
     return np.arange(per_caption.sum()) + skip
 
 
@@ -117,11 +118,13 @@ def _counts(cols: list[np.ndarray], lengths: np.ndarray, n_cols: int) -> sparse.
         per_caption = per_block[:, k]
         block = np.repeat(indptr[k:-1:n] - (np.cumsum(per_caption) - per_caption), per_caption)
         indices[block + np.arange(len(col))] = col
-    blocks = sparse.csr_matrix((np.ones(len(indices)), indices, indptr),
-                               shape=(per_block.size, n_cols))  # fmt: skip
+    blocks = sparse.csr_matrix(
+        (np.ones(len(indices)), indices, indptr), shape=(per_block.size, n_cols)
+    )
     blocks.sum_duplicates()  # sorts each block's columns, adds up repeats
-    return sparse.csr_matrix((blocks.data, blocks.indices, blocks.indptr[::n]),
-                             shape=(len(lengths), n_cols))  # fmt: skip
+    return sparse.csr_matrix(
+        (blocks.data, blocks.indices, blocks.indptr[::n]), shape=(len(lengths), n_cols)
+    )
 
 
 class NgramIndex:
@@ -142,8 +145,9 @@ class NgramIndex:
         for k in range(2, self.n + 1):
             pos = _positions(lengths, k)
             first, known = self.offsets[-2], self.offsets[-1] - self.offsets[-2]
-            keys, inverse = _unique_inverse((prefix[pos] - first) * vocab + ids[pos + k - 1],
-                                            known * vocab)  # fmt: skip
+            keys, inverse = _unique_inverse(
+                (prefix[pos] - first) * vocab + ids[pos + k - 1], known * vocab
+            )
             self.keys.append(keys)
             prefix = np.full(len(ids), -1, dtype=np.int64)
             prefix[pos] = self.offsets[-1] + inverse
@@ -185,8 +189,9 @@ class NgramIndex:
             pos = _positions(lengths, k)
             col = self._lookup(k, prefix[pos], ids[pos + k - 1])
             new = col < 0  # n-grams the corpus lacks: numbered after every known column
-            fresh, inverse = _unique_inverse(prefix[pos][new] * words + ids[pos + k - 1][new],
-                                             next_col * words)  # fmt: skip
+            fresh, inverse = _unique_inverse(
+                prefix[pos][new] * words + ids[pos + k - 1][new], next_col * words
+            )
             col[new] = next_col + inverse
             next_col += len(fresh)
             order.append(np.full(len(fresh), k - 1, dtype=np.int64))

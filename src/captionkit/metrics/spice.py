@@ -51,9 +51,12 @@ def spice_problem(folder: Path | None = None) -> str | None:
     return None
 
 
-def spice_score(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str],
-                folder: Path | None = None,
-                timeout: float = TIMEOUT_S) -> tuple[float, list[float]]:  # fmt: skip
+def spice_score(
+    references: Mapping[Hashable, Sequence[str]],
+    predictions: Mapping[Hashable, str],
+    folder: Path | None = None,
+    timeout: float = TIMEOUT_S,
+) -> tuple[float, list[float]]:
     """(mean SPICE F-score, per image) of one caption per image; raises CaptionkitError with
     one line when SPICE cannot run or fails. An image SPICE cannot parse scores NaN and is left
     out of the mean (pycocoevalcap's mean would be NaN)."""
@@ -62,16 +65,27 @@ def spice_score(references: Mapping[Hashable, Sequence[str]], predictions: Mappi
     if problem:
         raise CaptionkitError(problem)
     keys = list(predictions)
-    items = [{"image_id": i, "test": predictions[k], "refs": list(references[k])}
-             for i, k in enumerate(keys)]  # fmt: skip
+    items = [
+        {"image_id": i, "test": predictions[k], "refs": list(references[k])}
+        for i, k in enumerate(keys)
+    ]
     with tempfile.TemporaryDirectory(prefix="captionkit-spice-") as tmp:
         in_file, out_file = Path(tmp) / "in.json", Path(tmp) / "out.json"
         in_file.write_text(json.dumps(items))
-        cmd = java_command("-jar", str(folder / SPICE_JAR), str(in_file), "-out", str(out_file),
-                           "-subset", "-silent", memory="8G")  # fmt: skip
+        cmd = java_command(
+            "-jar",
+            str(folder / SPICE_JAR),
+            str(in_file),
+            "-out",
+            str(out_file),
+            "-subset",
+            "-silent",
+            memory="8G",
+        )
         try:
-            done = subprocess.run(cmd, cwd=folder, capture_output=True, timeout=timeout,
-                                  env=java_environment())  # fmt: skip
+            done = subprocess.run(
+                cmd, cwd=folder, capture_output=True, timeout=timeout, env=java_environment()
+            )
         except subprocess.TimeoutExpired as e:
             raise CaptionkitError(f"SPICE skipped: no result within {timeout:g} s") from e
         if done.returncode != 0 or not out_file.is_file():

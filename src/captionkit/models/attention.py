@@ -82,9 +82,14 @@ class AttentionDecoder(StepModel, nn.Module):
     attends = True
     shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
 
-    def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None, tokens: torch.Tensor,
-                return_attention: bool = False, image_index: torch.Tensor | None = None
-                ):  # fmt: skip
+    def forward(
+        self,
+        pooled: torch.Tensor,
+        grid: torch.Tensor | None,
+        tokens: torch.Tensor,
+        return_attention: bool = False,
+        image_index: torch.Tensor | None = None,
+    ):
         """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V], and
         with `return_attention` also the attention weights α [B, T, L] (for the regulariser).
 
@@ -118,8 +123,9 @@ class ShowAttendTell(AttentionDecoder):
         self.config = c = config
         self.embed = word_embedding(c.vocab_size, c.embed_dim, c.word_dropout)
         # With the feature embedding everything downstream reads H-d features; else raw D-d.
-        self.grid_embed = feature_embedding(c.feature_dim, c.hidden_dim, c.feature_dropout,
-                                            c.embed_features)  # fmt: skip
+        self.grid_embed = feature_embedding(
+            c.feature_dim, c.hidden_dim, c.feature_dropout, c.embed_features
+        )
         d = c.hidden_dim if c.embed_features else c.feature_dim
         self.attention = SoftAttention(d, c.hidden_dim, c.attention_dim)
         # The paper's f_init,h and f_init,c: the initial state summarises the whole image.
@@ -165,8 +171,10 @@ class ShowAttendTell(AttentionDecoder):
         w_hh = self.lstm.weight_hh  # [4H, H]
         if cfg.weight_drop > 0 and self.training:
             w_hh = F.dropout(w_hh, cfg.weight_drop)
-        parts = [(w_hh, torch.zeros_like(self.lstm.bias_hh)),  # [4H, H], [4H]
-                 (att.hidden_proj.weight, att.hidden_proj.bias)]  # [A, H], [A]  # fmt: skip
+        parts = [
+            (w_hh, torch.zeros_like(self.lstm.bias_hh)),  # [4H, H], [4H]
+            (att.hidden_proj.weight, att.hidden_proj.bias),
+        ]  # [A, H], [A]
         if cfg.gate:
             parts.append((self.f_beta.weight, self.f_beta.bias))  # [D, H], [D]
         w_h, b_h = torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])
@@ -258,14 +266,21 @@ def lstm_update(gates: torch.Tensor, c: torch.Tensor):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def stack_steps(hs: list[torch.Tensor], alphas: list[torch.Tensor], length: int, hidden_dim: int,
-                grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def stack_steps(
+    hs: list[torch.Tensor],
+    alphas: list[torch.Tensor],
+    length: int,
+    hidden_dim: int,
+    grid: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A recurrence's outputs over captions sorted longest first, h [n_t, H] and α [n_t, L] at
     step t for the n_t captions still running (a prefix of the batch of grid [B, L, ..]) ->
     h [B, length, H] and α [B, length, L], zeros where a caption has ended."""
     (batch, positions), device = grid.shape[:2], grid.device
-    return (_padded(hs, (batch, hidden_dim), length, device),
-            _padded(alphas, (batch, positions), length, device))  # fmt: skip
+    return (
+        _padded(hs, (batch, hidden_dim), length, device),
+        _padded(alphas, (batch, positions), length, device),
+    )
 
 
 def _padded(steps: list[torch.Tensor], shape, length: int, device) -> torch.Tensor:

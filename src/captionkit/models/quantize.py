@@ -35,9 +35,11 @@ def check_quantize(mode: str, device: torch.device | str = "cpu") -> str:
     if mode == "int8" and device.type != "cpu":
         raise CaptionkitError("--quantize int8 runs on the CPU (--device cpu); on a GPU use bf16")
     if mode == "bf16" and not native_bf16(device):
-        raise CaptionkitError(f"--quantize bf16: this {device.type.upper()} has no native bf16 "
-                              "(AVX512-BF16 or AMX), where it is slower than float32; use "
-                              "--quantize int8")  # fmt: skip
+        raise CaptionkitError(
+            f"--quantize bf16: this {device.type.upper()} has no native bf16 "
+            "(AVX512-BF16 or AMX), where it is slower than float32; use "
+            "--quantize int8"
+        )
     return mode
 
 

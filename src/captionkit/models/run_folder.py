@@ -56,9 +56,15 @@ class TrainedModel:
         return self.config.get("run", {}).get("data", {}).get(name, default)
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, model_name: str, tokenizer: Tokenizer,
-                    encoder: dict, extra: dict | None = None,
-                    encoder_model: nn.Module | None = None) -> None:  # fmt: skip
+def save_checkpoint(
+    run_dir: Path,
+    model: nn.Module,
+    model_name: str,
+    tokenizer: Tokenizer,
+    encoder: dict,
+    extra: dict | None = None,
+    encoder_model: nn.Module | None = None,
+) -> None:
     """Write the model's weights and config into `run_dir`, atomically; a fine-tuned
     `encoder_model` (the timm backbone) goes into `encoder.safetensors`."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -150,18 +156,27 @@ def _checked_config(config, path: Path) -> dict:
 
     need(isinstance(config, dict), "not a run config (a JSON object)")
     model = config.get("model")
-    need(isinstance(model, dict) and isinstance(model.get("config"), dict)
-         and isinstance(model.get("name"), str),
-         "'model' must hold a 'config' and a 'name'")  # fmt: skip
+    need(
+        isinstance(model, dict)
+        and isinstance(model.get("config"), dict)
+        and isinstance(model.get("name"), str),
+        "'model' must hold a 'config' and a 'name'",
+    )
     model_entry(model["name"], f"{path}: model.name")  # a registered one
     for key, value in model["config"].items():
-        need(isinstance(value, (bool, int, float, str)) and (
-            isinstance(value, bool) or not isinstance(value, int) or -1 <= value <= MAX_SETTING),
-            f"model setting {key!r}: {str(value)[:40]} is not a setting")  # fmt: skip
+        need(
+            isinstance(value, (bool, int, float, str))
+            and (
+                isinstance(value, bool) or not isinstance(value, int) or -1 <= value <= MAX_SETTING
+            ),
+            f"model setting {key!r}: {str(value)[:40]} is not a setting",
+        )
     encoder = config.get("encoder")
-    need(isinstance(encoder, dict) and all(isinstance(encoder.get(k), str)
-                                           for k in ("name", "weights", "fingerprint")),
-         "'encoder' must give its name, weights and fingerprint")  # fmt: skip
+    need(
+        isinstance(encoder, dict)
+        and all(isinstance(encoder.get(k), str) for k in ("name", "weights", "fingerprint")),
+        "'encoder' must give its name, weights and fingerprint",
+    )
     need(isinstance(config.get("vocabulary"), dict), "'vocabulary' must be a mapping")
     return config
 

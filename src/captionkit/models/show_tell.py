@@ -60,8 +60,9 @@ class ShowTell(StepModel, nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
         rnn_cls = nn.LSTM if c.rnn == "lstm" else nn.GRU
         between_layers = c.dropout if c.num_layers > 1 else 0.0
-        self.rnn = rnn_cls(c.embed_dim, c.hidden_dim, c.num_layers, batch_first=True,
-                           dropout=between_layers)  # fmt: skip
+        self.rnn = rnn_cls(
+            c.embed_dim, c.hidden_dim, c.num_layers, batch_first=True, dropout=between_layers
+        )
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
         if c.image_input == "init_state":  # only then: first_word checkpoints keep their keys

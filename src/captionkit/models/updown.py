@@ -118,8 +118,15 @@ class UpDown(AttentionDecoder):
         """Embed and project the grid once; both LSTMs start at zero (batch-first tensors)."""
         grid, grid_att, mean = self._encode(pooled, grid)
         zeros = mean.new_zeros(mean.shape[0], self.config.hidden_dim)
-        return {"h_att": zeros, "c_att": zeros, "h_lang": zeros, "c_lang": zeros,
-                "grid": grid, "grid_att": grid_att, "mean": mean}  # fmt: skip
+        return {
+            "h_att": zeros,
+            "c_att": zeros,
+            "h_lang": zeros,
+            "c_lang": zeros,
+            "grid": grid,
+            "grid_att": grid_att,
+            "mean": mean,
+        }
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> StepOutput:
         """One decoding step: tokens [B] -> logits [B, V], the new state and the attention
@@ -128,6 +135,5 @@ class UpDown(AttentionDecoder):
         (h_att, c_att, h_lang, c_lang), alpha = self._cell(
             self.embed(tokens), state["grid"], state["grid_att"], state["mean"], lstm_state
         )
-        new_state = {**state, "h_att": h_att, "c_att": c_att, "h_lang": h_lang,
-                     "c_lang": c_lang}  # fmt: skip
+        new_state = {**state, "h_att": h_att, "c_att": c_att, "h_lang": h_lang, "c_lang": c_lang}
         return StepOutput(self.head(self.dropout(h_lang)), new_state, alpha)

@@ -59,8 +59,9 @@ def heat_overlay(image: np.ndarray, attention: np.ndarray, size: int = 160) -> I
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
-def attention_strip(image: np.ndarray, tokens: list[str], attention: np.ndarray,
-                    size: int = 160, per_row: int = 6) -> Image.Image:  # fmt: skip
+def attention_strip(
+    image: np.ndarray, tokens: list[str], attention: np.ndarray, size: int = 160, per_row: int = 6
+) -> Image.Image:
     """The image, then one heat map per token with the token written under it, `per_row` tiles
     to a row: `captionkit caption --attention-map`'s picture."""
     tiles = [(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), "(image)")]
@@ -69,13 +70,15 @@ def attention_strip(image: np.ndarray, tokens: list[str], attention: np.ndarray,
     text_font = font(max(size // 10, 10))
     rows = (len(tiles) + per_row - 1) // per_row
     cols = min(per_row, len(tiles))
-    sheet = Image.new("RGB", (cols * (size + pad) + pad, rows * (size + label_h + pad) + pad),
-                      "white")  # fmt: skip
+    sheet = Image.new(
+        "RGB", (cols * (size + pad) + pad, rows * (size + label_h + pad) + pad), "white"
+    )
     draw = ImageDraw.Draw(sheet)
     for i, (tile, label) in enumerate(tiles):
         x = pad + (i % per_row) * (size + pad)
         y = pad + (i // per_row) * (size + label_h + pad)
         sheet.paste(tile, (x, y))
-        draw.text((x + size / 2, y + size + label_h / 2), label, fill="black", font=text_font,
-                  anchor="mm")  # fmt: skip
+        draw.text(
+            (x + size / 2, y + size + label_h / 2), label, fill="black", font=text_font, anchor="mm"
+        )
     return sheet

@@ -87,8 +87,7 @@ def draw_chart(chart: Chart, width: int = 960, height: int = 600) -> Image.Image
         draw.line([(right - 250, legend_y), (right - 200, legend_y)], fill=color, width=6)
         draw.text((right - 190, legend_y), s.label, fill="#222", font=small, anchor="lm")
     draw.text((width / 2, top / 2), chart.title, fill="#111", font=large, anchor="mm")
-    draw.text(((left + right) / 2, height - 8), chart.xlabel, fill="#333", font=small,
-              anchor="mb")  # fmt: skip
+    draw.text(((left + right) / 2, height - 8), chart.xlabel, fill="#333", font=small, anchor="mb")
     return image
 
 
@@ -124,12 +123,24 @@ def training_charts(run_dir: Path) -> list[Chart]:
         loss.series.append(Series("logged steps", steps, losses))
     epoch_rows = [r for r in rows if r.get("train/loss") is not None]
     if epoch_rows:
-        loss.series.append(Series("at validation", [r["step"] for r in epoch_rows],
-                                  [r["train/loss"] for r in epoch_rows], markers=True))  # fmt: skip
+        loss.series.append(
+            Series(
+                "at validation",
+                [r["step"] for r in epoch_rows],
+                [r["train/loss"] for r in epoch_rows],
+                markers=True,
+            )
+        )
     val = Chart("validation", "epoch")
     for key in ("val/CIDEr", "val/BLEU-4"):
         kept = [r for r in rows if r.get(key) is not None]
         if kept:
-            val.series.append(Series(key.split("/")[1], [r["epoch"] for r in kept],
-                                     [r[key] for r in kept], markers=True))  # fmt: skip
+            val.series.append(
+                Series(
+                    key.split("/")[1],
+                    [r["epoch"] for r in kept],
+                    [r[key] for r in kept],
+                    markers=True,
+                )
+            )
     return [chart for chart in (loss, val) if chart.series]

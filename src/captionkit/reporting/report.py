@@ -111,9 +111,12 @@ def _curves(run_dir: Path) -> str:
 
 
 def _attention_rows(
-    run_dir: Path | list[Path], evaluation: Evaluation, names: list[str],
-    decoding: DecodingOptions, size: int,
-) -> str:  # fmt: skip
+    run_dir: Path | list[Path],
+    evaluation: Evaluation,
+    names: list[str],
+    decoding: DecodingOptions,
+    size: int,
+) -> str:
     """Per-token heat maps of `names` (empty for models without attention)."""
     if not names:
         return ""
@@ -167,8 +170,11 @@ def build_report(
     encoder = ", ".join(dict.fromkeys(c.get("encoder", {}).get("name", "?") for c in configs))
     mean = sum(scores.values()) / len(scores)
     title = runs[0].name if len(runs) == 1 else f"ensemble of {len(runs)} runs"
-    members = "" if len(runs) == 1 else (
-        f'<p class="sub">runs: {", ".join(_e(str(r)) for r in runs)}</p>')  # fmt: skip
+    members = (
+        ""
+        if len(runs) == 1
+        else (f'<p class="sub">runs: {", ".join(_e(str(r)) for r in runs)}</p>')
+    )
     parts = [
         f"<h1>{_e(title)}</h1>{members}",
         f'<p class="sub">model <b>{_e(model)}</b>, encoder {_e(encoder)}; {_e(split)} split, '

@@ -30,27 +30,40 @@ INDEX_FORMAT = "captionkit-neighbours"
 
 def l2_normalised(pooled: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit L2 norm, as float32 [N, D] (a zero row stays zero)."""
-    x = torch.as_tensor(np.asarray(pooled, dtype=np.float32) if isinstance(pooled, np.ndarray)
-                        else pooled.float())  # fmt: skip
+    x = torch.as_tensor(
+        np.asarray(pooled, dtype=np.float32) if isinstance(pooled, np.ndarray) else pooled.float()
+    )
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def write_neighbour_index(run_dir: str | Path, pooled: np.ndarray | torch.Tensor,
-                          keys: Sequence[str], captions: Sequence[Sequence[str]],
-                          encoder: str | None = None) -> None:  # fmt: skip
+def write_neighbour_index(
+    run_dir: str | Path,
+    pooled: np.ndarray | torch.Tensor,
+    keys: Sequence[str],
+    captions: Sequence[Sequence[str]],
+    encoder: str | None = None,
+) -> None:
     """Write the index of `pooled` [N, D] features (normalised here, stored in float16), image
     `keys` [N] and each image's raw training `captions` into `run_dir`, each file atomically.
     `encoder`: the fingerprint of the encoder the features came from."""
     run_dir = Path(run_dir)
     features = l2_normalised(pooled)
     if features.ndim != 2 or not (features.shape[0] == len(keys) == len(captions)):
-        raise CaptionkitError(f"neighbour index: {tuple(features.shape)} features for "
-                              f"{len(keys)} keys and {len(captions)} caption lists")  # fmt: skip
-    doc = {"format": INDEX_FORMAT, "images": len(keys), "dim": features.shape[1],
-           "encoder": encoder, "keys": list(map(str, keys)),
-           "captions": [list(map(str, caps)) for caps in captions]}  # fmt: skip
-    write_atomically(run_dir / INDEX_FEATURES,
-                     lambda tmp: save_file({"features": features.half().numpy()}, tmp))  # fmt: skip
+        raise CaptionkitError(
+            f"neighbour index: {tuple(features.shape)} features for "
+            f"{len(keys)} keys and {len(captions)} caption lists"
+        )
+    doc = {
+        "format": INDEX_FORMAT,
+        "images": len(keys),
+        "dim": features.shape[1],
+        "encoder": encoder,
+        "keys": list(map(str, keys)),
+        "captions": [list(map(str, caps)) for caps in captions],
+    }
+    write_atomically(
+        run_dir / INDEX_FEATURES, lambda tmp: save_file({"features": features.half().numpy()}, tmp)
+    )
     write_json_atomically(run_dir / INDEX_CAPTIONS, doc, ensure_ascii=False)
 
 
@@ -83,13 +96,19 @@ class NeighbourIndex:
             raise CaptionkitError(f"{path}: not a neighbour index ({e})") from e
         n = len(doc["keys"])
         if features.ndim != 2 or features.shape != (n, doc["dim"]):
-            raise CaptionkitError(f"{path}: features {list(features.shape)}, but "
-                                  f"{run_dir / INDEX_CAPTIONS} lists {n} images of "
-                                  f"{doc['dim']} dimensions")  # fmt: skip
+            raise CaptionkitError(
+                f"{path}: features {list(features.shape)}, but "
+                f"{run_dir / INDEX_CAPTIONS} lists {n} images of "
+                f"{doc['dim']} dimensions"
+            )
         if not np.isfinite(features).all():
             raise CaptionkitError(f"{path}: features that are not finite numbers")
-        return cls(torch.from_numpy(features.astype(np.float32)), doc["keys"], doc["captions"],
-                   doc.get("encoder"))  # fmt: skip
+        return cls(
+            torch.from_numpy(features.astype(np.float32)),
+            doc["keys"],
+            doc["captions"],
+            doc.get("encoder"),
+        )
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -99,8 +118,10 @@ class NeighbourIndex:
         [B, k], rows [B, k]), most similar first (all images when the index has fewer than k)."""
         queries = l2_normalised(pooled)
         if queries.ndim != 2 or queries.shape[1] != self.features.shape[1]:
-            raise CaptionkitError(f"neighbour index of {self.features.shape[1]}-dimensional "
-                                  f"features, queried with {list(queries.shape)}")  # fmt: skip
+            raise CaptionkitError(
+                f"neighbour index of {self.features.shape[1]}-dimensional "
+                f"features, queried with {list(queries.shape)}"
+            )
         # float32 even under a caller's bf16 autocast: near neighbours are close calls.
         with torch.autocast(queries.device.type, enabled=False):
             similarity = queries @ self.features.T  # [B, N]
@@ -129,11 +150,13 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
-def index_training_images(run_dir: str | Path, store, paths: Sequence[Path], records,
-                          encoder: str | None = None) -> None:  # fmt: skip
+def index_training_images(
+    run_dir: str | Path, store, paths: Sequence[Path], records, encoder: str | None = None
+) -> None:
     """`write_neighbour_index` of training `records` (their `filename` and `captions`) whose
     images are `paths`, with their pooled features from a feature store (`FeatureStore`)."""
     rows = store.rows(list(paths))
     pooled = np.asarray(store.pooled[rows], dtype=np.float32)  # [N, D]
-    write_neighbour_index(run_dir, pooled, [r.filename for r in records],
-                          [r.captions for r in records], encoder)  # fmt: skip
+    write_neighbour_index(
+        run_dir, pooled, [r.filename for r in records], [r.captions for r in records], encoder
+    )

@@ -68,8 +68,9 @@ class RerankOptions:
 
     def __post_init__(self):
         if self.method not in RERANKERS:
-            raise CaptionkitError(f"rerank must be one of {', '.join(RERANKERS)}, "
-                                  f"not {self.method!r}")  # fmt: skip
+            raise CaptionkitError(
+                f"rerank must be one of {', '.join(RERANKERS)}, not {self.method!r}"
+            )
         if self.candidates < 2 and self.method not in ("none", "auto"):
             raise CaptionkitError(f"rerank_candidates must be at least 2, not {self.candidates}")
         if not 0.0 <= self.weight <= 1.0:
@@ -78,8 +79,9 @@ class RerankOptions:
             raise CaptionkitError(f"rerank k must be at least 1, not {self.k}")
         if self.candidates_from not in CANDIDATE_SOURCES:
             sources = ", ".join(CANDIDATE_SOURCES)
-            raise CaptionkitError(f"rerank candidates_from must be one of {sources}, "
-                                  f"not {self.candidates_from!r}")  # fmt: skip
+            raise CaptionkitError(
+                f"rerank candidates_from must be one of {sources}, not {self.candidates_from!r}"
+            )
 
     @property
     def active(self) -> bool:
@@ -144,8 +146,13 @@ def mixed(rerank: np.ndarray, logprob: np.ndarray, weight: float) -> np.ndarray:
     )
 
 
-def pair_cider(texts: Sequence[str], hyp: np.ndarray, ref: np.ndarray, df: DocumentFrequency,
-               sigma: float = 6.0) -> np.ndarray:  # fmt: skip
+def pair_cider(
+    texts: Sequence[str],
+    hyp: np.ndarray,
+    ref: np.ndarray,
+    df: DocumentFrequency,
+    sigma: float = 6.0,
+) -> np.ndarray:
     """[P] CIDEr-D (x10) of `texts[hyp[p]]` against the single reference `texts[ref[p]]`, with
     document frequencies `df`. The n-gram index is of `texts` alone (a few hundred captions),
     each n-gram's frequency looked up in `df`, so nothing of the corpus is rebuilt per call."""
@@ -222,8 +229,9 @@ def mbr_scores(candidates: Sequence[Sequence[str]], df: DocumentFrequency) -> li
             hyp += [row[c]] * len(others)
             ref += others
             group.append(len(others))
-    per_pair = pair_cider(distinct, np.array(hyp, dtype=np.int64), np.array(ref, dtype=np.int64),
-                          df)  # fmt: skip
+    per_pair = pair_cider(
+        distinct, np.array(hyp, dtype=np.int64), np.array(ref, dtype=np.int64), df
+    )
     sizes = np.array(group)
     starts = np.cumsum(sizes) - sizes
     sums = np.add.reduceat(per_pair, starts[sizes > 0]) if len(per_pair) else np.zeros(0)
@@ -236,8 +244,13 @@ class Reranker:
     """Re-ranks each image's candidate captions by `options.method`, over a run's training
     captions (its `NeighbourIndex`; None for a run without one, which then cannot re-rank)."""
 
-    def __init__(self, options: RerankOptions, index: NeighbourIndex | None, run: str = "the run",
-                 corpus: CaptionCorpus | None = None):  # fmt: skip
+    def __init__(
+        self,
+        options: RerankOptions,
+        index: NeighbourIndex | None,
+        run: str = "the run",
+        corpus: CaptionCorpus | None = None,
+    ):
         """`corpus`: the `CaptionCorpus` of `index` when one was built already (it is slow to
         build for a large index, and the same for any options)."""
         if options.active and index is None:
@@ -262,8 +275,9 @@ class Reranker:
         _, rows = self.index.nearest(pooled, self.options.k)
         return self.corpus.consensus(texts, rows)
 
-    def order(self, captions: Sequence[Sequence[str]], logprobs: Sequence[Sequence[float]],
-              pooled=None) -> list[list[int]]:  # fmt: skip
+    def order(
+        self, captions: Sequence[Sequence[str]], logprobs: Sequence[Sequence[float]], pooled=None
+    ) -> list[list[int]]:
         """Per image, its candidates' positions, best first (the model's order when not
         re-ranking)."""
         if not self.options.active:
@@ -274,8 +288,9 @@ class Reranker:
             out.append(np.argsort(-final, kind="stable").tolist())
         return out
 
-    def rerank(self, results: Sequence[Sequence[T]], text: Callable[[T], str],
-               pooled=None) -> list[list[T]]:  # fmt: skip
+    def rerank(
+        self, results: Sequence[Sequence[T]], text: Callable[[T], str], pooled=None
+    ) -> list[list[T]]:
         """Each image's hypotheses (`DecodingResult`s, or anything with a `score`, the total
         log-probability), best first; `text` gives a hypothesis's raw caption."""
         captions = [[text(h) for h in hyps] for hyps in results]
@@ -284,8 +299,12 @@ class Reranker:
         return [[hyps[i] for i in rank] for hyps, rank in zip(results, order)]
 
 
-def run_reranker(trained, options: RerankOptions, reuse: Reranker | None = None,
-                 decoding: DecodingOptions | None = None) -> Reranker:  # fmt: skip
+def run_reranker(
+    trained,
+    options: RerankOptions,
+    reuse: Reranker | None = None,
+    decoding: DecodingOptions | None = None,
+) -> Reranker:
     """The re-ranker of a loaded run decoding with `decoding` (default `DecodingOptions()`),
     `auto` resolved: its neighbour index is read only when re-ranking, and must come from the
     run's own encoder. `reuse`: an earlier re-ranker of the same run, whose index and tokenized
@@ -300,6 +319,8 @@ def run_reranker(trained, options: RerankOptions, reuse: Reranker | None = None,
         index = NeighbourIndex.load(run)
         fingerprint = trained.encoder.get("fingerprint")
         if index.encoder is not None and index.encoder != fingerprint:
-            raise CaptionkitError(f"{run}: its neighbour index holds the features of another "
-                                  "encoder than the run's (rebuild it with index_run)")  # fmt: skip
+            raise CaptionkitError(
+                f"{run}: its neighbour index holds the features of another "
+                "encoder than the run's (rebuild it with index_run)"
+            )
     return Reranker(options, index, run)

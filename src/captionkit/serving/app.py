@@ -51,9 +51,12 @@ class CaptionOptions(NamedTuple):
     rerank: str = "auto"
 
 
-def create_app(captioner: Captioner, settings: ServeSettings | None = None,
-               options: DecodingOptions | None = None,
-               api_key: str | None = None) -> FastAPI:  # fmt: skip
+def create_app(
+    captioner: Captioner,
+    settings: ServeSettings | None = None,
+    options: DecodingOptions | None = None,
+    api_key: str | None = None,
+) -> FastAPI:
     """The service over one loaded `captioner`, with `settings`' limits and micro-batching;
     `options` (default: no bad endings, else `DecodingOptions()`) are every request's decoding
     options but `beam_size` and `n_best`, which a request sets. With `api_key`, requests to any
@@ -62,9 +65,12 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None,
     base = options or DecodingOptions(bad_endings=True)
 
     def run(images: list, key: CaptionOptions) -> list[list[Caption]]:
-        return captioner.caption(images, options=_request_options(base, key),
-                                 attention=key.attention,
-                                 rerank=_rerank(captioner, key))  # fmt: skip
+        return captioner.caption(
+            images,
+            options=_request_options(base, key),
+            attention=key.attention,
+            rerank=_rerank(captioner, key),
+        )
 
     batcher = MicroBatcher(run, settings.batch_size, settings.max_wait_ms, settings.max_queue)
 
@@ -74,8 +80,12 @@ def create_app(captioner: Captioner, settings: ServeSettings | None = None,
         yield
         await batcher.stop()
 
-    app = FastAPI(title="captionkit", summary="Caption images with a trained captionkit run.",
-                  lifespan=lifespan, docs_url=None)  # fmt: skip
+    app = FastAPI(
+        title="captionkit",
+        summary="Caption images with a trained captionkit run.",
+        lifespan=lifespan,
+        docs_url=None,
+    )
     _add_offline_docs(app)
     app.state.captioner, app.state.settings, app.state.batcher = captioner, settings, batcher
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
@@ -137,13 +147,20 @@ def _require_api_key(app: FastAPI, api_key: str) -> None:
         given = request.headers.get("authorization", "").encode("latin-1")
         if not hmac.compare_digest(given, expected):  # constant time: no timing oracle
             message = "missing or wrong API key (send the header 'Authorization: Bearer KEY')"
-            return JSONResponse({"error": message}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            return JSONResponse(
+                {"error": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         return await call_next(request)
 
 
-def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
-                batcher: MicroBatcher, info: dict, base: DecodingOptions) -> None:  # fmt: skip
+def _add_routes(
+    app: FastAPI,
+    captioner: Captioner,
+    settings: ServeSettings,
+    batcher: MicroBatcher,
+    info: dict,
+    base: DecodingOptions,
+) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return resources.files("captionkit.serving").joinpath("static/index.html").read_text()
@@ -152,8 +169,13 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
     def health() -> dict:
         """Whether the service is up, with its queue and batching figures."""
         stats = batcher.stats
-        return {"status": "ok", "waiting": batcher.waiting, "batches": stats.batches,
-                "images": stats.items, "largest_batch": stats.largest}  # fmt: skip
+        return {
+            "status": "ok",
+            "waiting": batcher.waiting,
+            "batches": stats.batches,
+            "images": stats.items,
+            "largest_batch": stats.largest,
+        }
 
     @app.get("/model")
     def model() -> dict:
@@ -176,21 +198,31 @@ def _add_routes(app: FastAPI, captioner: Captioner, settings: ServeSettings,
         """Caption the uploaded images: for each, the best `caption` and its `score` (total
         log-probability), the `captions` n-best list, and with `attention` the tokens, each
         with a JPEG data URI of where the model looked."""
-        key = _options(beam_size, n_best, attention and captioner.attends, settings,
-                       rerank or captioner.rerank.method)  # fmt: skip
+        key = _options(
+            beam_size,
+            n_best,
+            attention and captioner.attends,
+            settings,
+            rerank or captioner.rerank.method,
+        )
         # asked to re-rank a run without a neighbour index: 400 before any decoding
-        reranker = await run_in_threadpool(captioner.reranker, _rerank(captioner, key),
-                                           _request_options(base, key))  # fmt: skip
+        reranker = await run_in_threadpool(
+            captioner.reranker, _rerank(captioner, key), _request_options(base, key)
+        )
         contents = await read_uploads(file, settings)
         names = [upload_name(f, i) for i, f in enumerate(file)]
-        images = [await run_in_threadpool(decode_upload, name, data, settings.max_pixels)
-                  for name, data in zip(names, contents)]  # fmt: skip
+        images = [
+            await run_in_threadpool(decode_upload, name, data, settings.max_pixels)
+            for name, data in zip(names, contents)
+        ]
         try:
             results = await batcher.submit(images, key)
         except QueueFull as e:
             raise ApiError(503, f"server busy: {e}, try again later") from None
-        answers = [await run_in_threadpool(_answer, captioner, name, image, hyps)
-                   for name, image, hyps in zip(names, images, results)]  # fmt: skip
+        answers = [
+            await run_in_threadpool(_answer, captioner, name, image, hyps)
+            for name, image, hyps in zip(names, images, results)
+        ]
         decoding = reranker.options.describe_decoding(_request_options(base, key))
         return {"decoding": decoding, "images": answers}
 
@@ -204,8 +236,9 @@ def _rerank(captioner: Captioner, key: CaptionOptions) -> RerankOptions:
     return dataclasses.replace(captioner.rerank, method=key.rerank)
 
 
-def _options(beam_size: int, n_best: int, attention: bool, settings: ServeSettings,
-             rerank: str = "none") -> CaptionOptions:  # fmt: skip
+def _options(
+    beam_size: int, n_best: int, attention: bool, settings: ServeSettings, rerank: str = "none"
+) -> CaptionOptions:
     if rerank not in RERANKERS:
         raise ApiError(422, f"rerank must be one of {', '.join(RERANKERS)}, not {rerank!r}")
     if beam_size > settings.max_beam_size:
@@ -218,8 +251,12 @@ def _options(beam_size: int, n_best: int, attention: bool, settings: ServeSettin
 def _answer(captioner: Captioner, name: str, image, hyps: list[Caption]) -> dict:
     best = hyps[0]
     captions = [{"caption": h.text, "score": round(h.score, 4)} for h in hyps]
-    answer = {"file": name, "caption": best.text, "score": captions[0]["score"],
-              "captions": captions}  # fmt: skip
+    answer = {
+        "file": name,
+        "caption": best.text,
+        "score": captions[0]["score"],
+        "captions": captions,
+    }
     if best.attention is not None:
         seen = captioner.seen(image)  # [H, W, 3] as the encoder saw it
         answer["image"] = data_uri(_resized(seen))
@@ -274,8 +311,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}"
-                    for d in e.errors()]  # fmt: skip
+        problems = [
+            f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}"
+            for d in e.errors()
+        ]
         detail = [{k: d[k] for k in ("loc", "msg", "type")} for d in e.errors()]
         return JSONResponse({"error": "; ".join(problems), "detail": detail}, status_code=422)
 

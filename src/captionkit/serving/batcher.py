@@ -45,8 +45,13 @@ class MicroBatcher:
     """Runs `run(items, key) -> one result per item` on batches of queued items that share a
     `key` (e.g. the decoding options), in one worker thread, from an asyncio event loop."""
 
-    def __init__(self, run: Callable[[list, Hashable], list], batch_size: int = 32,
-                 max_wait_ms: float = 10.0, max_queue: int = 1024):  # fmt: skip
+    def __init__(
+        self,
+        run: Callable[[list, Hashable], list],
+        batch_size: int = 32,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 1024,
+    ):
         self.run, self.batch_size, self.max_queue = run, batch_size, max_queue
         self.max_wait = max_wait_ms / 1000
         self.stats = BatchStats()

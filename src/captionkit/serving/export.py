@@ -60,8 +60,10 @@ def export_run(
     if fmt not in EXPORT_FORMATS:
         raise CaptionkitError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     if quantize not in ("none", "int8") or (quantize == "int8" and fmt != "onnx"):
-        raise CaptionkitError(f"--quantize {quantize}: export quantizes ONNX graphs to int8 "
-                              "(--format onnx --quantize int8), or none")  # fmt: skip
+        raise CaptionkitError(
+            f"--quantize {quantize}: export quantizes ONNX graphs to int8 "
+            "(--format onnx --quantize int8), or none"
+        )
     captioner = Captioner.load(run_dir)
     model, encoder = captioner.trained.model.eval(), captioner.encoder.eval()
     stem = Path(out).with_suffix("") if Path(out).suffix in (".onnx", ".pt", ".json") else Path(out)
@@ -75,8 +77,10 @@ def export_run(
         tokens = torch.full((2,), 4, dtype=torch.long)  # the step after <bos>: caches not empty
         state1 = model.step(tokens, state0).state
     # Axes that grow from step to step (a Transformer's caches) are dynamic beside the batch.
-    growing = {n: [d for d in range(state0[n].dim()) if state0[n].shape[d] != state1[n].shape[d]]
-               for n in names}  # fmt: skip
+    growing = {
+        n: [d for d in range(state0[n].dim()) if state0[n].shape[d] != state1[n].shape[d]]
+        for n in names
+    }
     encode, step = _EncodeGraph(encoder, model, names), _StepGraph(model, names)
     with warnings.catch_warnings():  # tracer warnings about Python branches on fixed shapes
         warnings.simplefilter("ignore")
@@ -86,11 +90,17 @@ def export_run(
                 _quantize_onnx(files.values())
         else:
             files = _export_torchscript(encode, step, stem, pixels, tokens, state1, names)
-    manifest = {"format": fmt, "version": MANIFEST_VERSION, "state": names,
-                "attends": model.attends, "quantize": quantize,
-                "files": {k: f.name for k, f in files.items()},
-                "config": captioner.trained.config, "source": str(run_dir),
-                "data_config": encoder.data_config}  # fmt: skip
+    manifest = {
+        "format": fmt,
+        "version": MANIFEST_VERSION,
+        "state": names,
+        "attends": model.attends,
+        "quantize": quantize,
+        "files": {k: f.name for k, f in files.items()},
+        "config": captioner.trained.config,
+        "source": str(run_dir),
+        "data_config": encoder.data_config,
+    }
     stem.with_suffix(".json").write_text(json.dumps(manifest, indent=1, default=list) + "\n")
     return [*files.values(), stem.with_suffix(".json")]
 
@@ -99,16 +109,32 @@ def _export_onnx(encode, step, stem: Path, pixels, tokens, state, names, growing
     files = {"encoder": Path(f"{stem}.encoder.onnx"), "step": Path(f"{stem}.step.onnx")}
     batch = {0: "batch"}
     state_axes = {n: {**batch, **{d: f"{n}_len" for d in growing[n]}} for n in names}
-    torch.onnx.export(encode, (pixels,), files["encoder"], dynamo=False, opset_version=17,
-                      input_names=["pixels"], output_names=names,
-                      dynamic_axes={"pixels": batch, **state_axes})  # fmt: skip
+    torch.onnx.export(
+        encode,
+        (pixels,),
+        files["encoder"],
+        dynamo=False,
+        opset_version=17,
+        input_names=["pixels"],
+        output_names=names,
+        dynamic_axes={"pixels": batch, **state_axes},
+    )
     attention = ["attention"] if step.model.attends else []  # [B, L] after the logits
-    outputs = {"logits": batch, **dict.fromkeys(attention, batch),
-               **{f"new.{n}": state_axes[n] for n in names}}  # fmt: skip
-    torch.onnx.export(step, (tokens, *(state[n] for n in names)), files["step"], dynamo=False,
-                      opset_version=17, input_names=["tokens", *names],
-                      output_names=list(outputs),
-                      dynamic_axes={"tokens": batch, **state_axes, **outputs})  # fmt: skip
+    outputs = {
+        "logits": batch,
+        **dict.fromkeys(attention, batch),
+        **{f"new.{n}": state_axes[n] for n in names},
+    }
+    torch.onnx.export(
+        step,
+        (tokens, *(state[n] for n in names)),
+        files["step"],
+        dynamo=False,
+        opset_version=17,
+        input_names=["tokens", *names],
+        output_names=list(outputs),
+        dynamic_axes={"tokens": batch, **state_axes, **outputs},
+    )
     return files
 
 
@@ -120,8 +146,9 @@ def _quantize_onnx(files) -> None:
 
     for path in files:
         quantized = path.with_suffix(".int8.onnx")
-        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])  # fmt: skip
+        quantize_dynamic(
+            path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        )
         quantized.replace(path)
 
 

@@ -102,6 +102,7 @@ def load_exported(manifest: str | Path) -> Captioner:
             module = torch.jit.load(str(manifest.parent / spec["files"]["module"]), "cpu")
         encode, step = module.encode, module.step
     model = _ExportedModel(encode, step, names, spec.get("attends", False))
-    trained = TrainedModel(model, tokenizer_from_dict(config["vocabulary"]), config["encoder"],
-                           config)  # fmt: skip
+    trained = TrainedModel(
+        model, tokenizer_from_dict(config["vocabulary"]), config["encoder"], config
+    )
     return Captioner(trained, _Preprocess(spec["data_config"], config["encoder"]["name"]))

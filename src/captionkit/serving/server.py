@@ -15,14 +15,23 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The warning for a service that other machines can reach without a key, else None."""
     if api_key or host in LOOPBACK or host.startswith("127."):
         return None
-    return (f"listening on {host} without an API key: anyone who can reach this port can use "
-            "the model (give --api-key KEY or set CAPTIONKIT_API_KEY)")  # fmt: skip
+    return (
+        f"listening on {host} without an API key: anyone who can reach this port can use "
+        "the model (give --api-key KEY or set CAPTIONKIT_API_KEY)"
+    )
 
 
-def serve(run_dir: str | Path | list, host: str = "127.0.0.1", port: int = 8000,
-          settings: ServeSettings | None = None, device: str = "cpu",
-          options: DecodingOptions | None = None, rerank=None,
-          api_key: str | None = None, quantize: str = "none") -> None:  # fmt: skip
+def serve(
+    run_dir: str | Path | list,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    device: str = "cpu",
+    options: DecodingOptions | None = None,
+    rerank=None,
+    api_key: str | None = None,
+    quantize: str = "none",
+) -> None:
     """Load the run in `run_dir` (a list: an ensemble) once and answer HTTP requests until
     interrupted; `options`: as `create_app` takes them; `rerank` (`RerankOptions`): how requests
     re-rank when they do not say; `api_key`: the key requests must carry (see `create_app`);

@@ -29,8 +29,14 @@ class ServeSettings:
     """Longest a request may take, its upload included (504 after it; 0: no limit)."""
 
     def __post_init__(self):
-        for name in ("max_upload_bytes", "max_pixels", "max_files", "max_beam_size",
-                     "batch_size", "max_queue"):  # fmt: skip
+        for name in (
+            "max_upload_bytes",
+            "max_pixels",
+            "max_files",
+            "max_beam_size",
+            "batch_size",
+            "max_queue",
+        ):
             if getattr(self, name) < 1:
                 raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("max_wait_ms", "request_timeout_s"):

@@ -31,14 +31,18 @@ async def read_uploads(uploads: list[UploadFile], settings: ServeSettings) -> li
     if not uploads:
         raise ApiError(422, "no image: send one or more files in the form field 'file'")
     if len(uploads) > settings.max_files:
-        raise ApiError(422, f"{len(uploads)} files is over the limit of {settings.max_files} "
-                            "per request")  # fmt: skip
+        raise ApiError(
+            422, f"{len(uploads)} files is over the limit of {settings.max_files} per request"
+        )
     contents = []
     for i, upload in enumerate(uploads):
         data = await upload.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise ApiError(413, f"{upload_name(upload, i)}: file is over the limit of "
-                                f"{settings.max_upload_bytes} bytes")  # fmt: skip
+            raise ApiError(
+                413,
+                f"{upload_name(upload, i)}: file is over the limit of "
+                f"{settings.max_upload_bytes} bytes",
+            )
         contents.append(data)
     return contents
 
@@ -103,7 +107,14 @@ class BodyLimit:
 
     async def _refuse(self, send) -> None:
         body = json.dumps({"error": f"request body is over the limit of {self.limit} bytes"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body.encode()})

@@ -27,8 +27,11 @@ def field_docs(cls: type) -> dict[str, str]:
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
         for node, after in zip(body, body[1:]):
             doc = after.value.value if isinstance(after, ast.Expr) else None
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(doc, str)):  # fmt: skip
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(doc, str)
+            ):
                 docs[node.target.id] = " ".join(doc.split())
     return docs
 
@@ -63,13 +66,16 @@ def known_keys(cls: type, values, source: str, prefix: str) -> dict:
     if values is None:  # a group whose settings are all commented out, or an empty file
         return {}
     if not isinstance(values, dict):
-        raise CaptionkitError(f"{source}: {prefix or 'the file'} must be a mapping of settings "
-                              f"({', '.join(names)}), not {values!r}")  # fmt: skip
+        raise CaptionkitError(
+            f"{source}: {prefix or 'the file'} must be a mapping of settings "
+            f"({', '.join(names)}), not {values!r}"
+        )
     for key in values:
         if key not in names:
             dotted, where = (f"{prefix}.", f" in {prefix}") if prefix else ("", "")
-            raise CaptionkitError(f"{source}: unknown key '{dotted}{key}' "
-                                  f"(valid{where}: {', '.join(names)})")  # fmt: skip
+            raise CaptionkitError(
+                f"{source}: unknown key '{dotted}{key}' (valid{where}: {', '.join(names)})"
+            )
     return values
 
 
@@ -83,8 +89,9 @@ def check_model_args(model: str, args: dict, source: str) -> dict:
     settings = entry.settings()
     for key in args:
         if key not in settings:
-            raise CaptionkitError(f"{source}: model '{model}' has no setting '{key}' "
-                                  f"(valid: {', '.join(settings)})")  # fmt: skip
+            raise CaptionkitError(
+                f"{source}: model '{model}' has no setting '{key}' (valid: {', '.join(settings)})"
+            )
     checked = {k: check_value(v, settings[k], f"{source}.{k}") for k, v in args.items()}
     try:
         entry.check_settings(checked)

@@ -71,10 +71,18 @@ class CaptionPairs(Dataset):
 
     With `weights` (one per caption), batches carry them as `weights` [B] (the loss's)."""
 
-    def __init__(self, store: FeatureStore, rows: list[int], tokens: list[list[int]],
-                 use_grid: bool, token_file: Path | None = None,
-                 views: list[tuple[FeatureStore, list[int]]] = (), seed: int = 0,
-                 group_images: bool = False, weights: list[float] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        store: FeatureStore,
+        rows: list[int],
+        tokens: list[list[int]],
+        use_grid: bool,
+        token_file: Path | None = None,
+        views: list[tuple[FeatureStore, list[int]]] = (),
+        seed: int = 0,
+        group_images: bool = False,
+        weights: list[float] | None = None,
+    ):
         self.store, self.use_grid, self.group_images = store, use_grid, group_images
         self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
         self.rows = np.asarray(rows)
@@ -118,8 +126,9 @@ class CaptionPairs(Dataset):
         batch = {"tokens": torch.from_numpy(np.array(self.tokens[indices, :width], dtype=np.int64))}
         read = indices  # the captions whose image's features are read
         if self.group_images:
-            _, first, image_index = np.unique(self.rows[indices], return_index=True,
-                                              return_inverse=True)  # fmt: skip
+            _, first, image_index = np.unique(
+                self.rows[indices], return_index=True, return_inverse=True
+            )
             read, batch["image_index"] = indices[first], torch.from_numpy(image_index.ravel())
         batch["pooled"] = self._features("pooled", read)
         batch["grid"] = self._features("grid", read) if self.use_grid else None
@@ -142,8 +151,16 @@ class BucketBatchSampler(Sampler[list[int]]):
     indices and takes its own share, so the global batches do not depend on the number of
     processes. `resume_at` makes the next pass start in the middle of an epoch."""
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool_batches: int = 50,
-                 drop_last: bool = False, rank: int = 0, world: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int,
+        pool_batches: int = 50,
+        drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.lengths, self.batch_size, self.seed = np.asarray(lengths), batch_size, seed
         self.pool, self.drop_last, self.epoch = pool_batches * batch_size * world, drop_last, 0
         self.rank, self.world, self.skip = rank, world, 0
@@ -183,8 +200,15 @@ class ImageBatchSampler(BucketBatchSampler):
     images a batch (under DDP, `batch_size x world` images a global batch, each rank its share
     of them). Seeded, different every epoch and resumable, as `BucketBatchSampler`."""
 
-    def __init__(self, image_of: np.ndarray, batch_size: int, seed: int,
-                 drop_last: bool = False, rank: int = 0, world: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        image_of: np.ndarray,
+        batch_size: int,
+        seed: int,
+        drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ):
         image_of = np.asarray(image_of)
         super().__init__(np.zeros(len(image_of)), batch_size, seed, 1, drop_last, rank, world)
         order = np.argsort(image_of, kind="stable")
@@ -242,23 +266,31 @@ class ResumableDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
-    def _train_sampler(self, lengths: np.ndarray, batch_size: int, seed: int,
-                       pool_batches: int, image_of: np.ndarray | None = None
-                       ) -> BucketBatchSampler:  # fmt: skip
+    def _train_sampler(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int,
+        pool_batches: int,
+        image_of: np.ndarray | None = None,
+    ) -> BucketBatchSampler:
         """Batches of `batch_size` items, or with `image_of` (each item's image) of `batch_size`
         whole images."""
         rank, world = self._rank_world()
         n = len(lengths) if image_of is None else len(np.unique(image_of))
         what = "training items" if image_of is None else "training images"
         if world > 1 and n < batch_size * world:
-            raise CaptionkitError(f"{n} {what} make no batch of {batch_size} for each "
-                                  f"of {world} processes: use a smaller --batch-size")  # fmt: skip
+            raise CaptionkitError(
+                f"{n} {what} make no batch of {batch_size} for each "
+                f"of {world} processes: use a smaller --batch-size"
+            )
         # drop_last: a final batch of one caption would break BatchNorm in the image projection,
         # and under DDP every rank needs a share of every batch.
         drop_last = n > batch_size * world
         if image_of is None:
-            sampler = BucketBatchSampler(lengths, batch_size, seed, pool_batches, drop_last,
-                                         rank, world)  # fmt: skip
+            sampler = BucketBatchSampler(
+                lengths, batch_size, seed, pool_batches, drop_last, rank, world
+            )
         else:
             sampler = ImageBatchSampler(image_of, batch_size, seed, drop_last, rank, world)
         if self.resume is not None:
@@ -279,8 +311,14 @@ class CaptionDataModule(ResumableDataModule):
     """Shuffled (optionally length-bucketed) training batches and validation images; `train`
     holds captions (`CaptionPairs`) or, for SCST, images (`ImageRows`)."""
 
-    def __init__(self, train: CaptionPairs | ImageRows, val: ImageRows, batch_size: int, seed: int,
-                 bucket_batches: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        train: CaptionPairs | ImageRows,
+        val: ImageRows,
+        batch_size: int,
+        seed: int,
+        bucket_batches: int = 1,
+    ):
         super().__init__()
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
         self.bucket_batches = bucket_batches
@@ -291,21 +329,26 @@ class CaptionDataModule(ResumableDataModule):
     def train_dataloader(self) -> DataLoader:
         if getattr(self.train, "group_images", False):
             if self.bucket_batches > 1:
-                warnings.warn("train.group_images batches whole images, whatever their captions' "
-                              f"lengths: bucket_batches {self.bucket_batches} does not apply",
-                              stacklevel=1)  # fmt: skip
+                warnings.warn(
+                    "train.group_images batches whole images, whatever their captions' "
+                    f"lengths: bucket_batches {self.bucket_batches} does not apply",
+                    stacklevel=1,
+                )
             rows = self.train.rows  # a caption's store row identifies its image
             images_per_batch = max(1, round(self.batch_size * len(np.unique(rows)) / len(rows)))
-            sampler = self._train_sampler(self.train.lengths, images_per_batch, self.seed, 1,
-                                          image_of=rows)  # fmt: skip
+            sampler = self._train_sampler(
+                self.train.lengths, images_per_batch, self.seed, 1, image_of=rows
+            )
         else:
-            sampler = self._train_sampler(self.train.lengths, self.batch_size, self.seed,
-                                          max(1, self.bucket_batches))  # fmt: skip
+            sampler = self._train_sampler(
+                self.train.lengths, self.batch_size, self.seed, max(1, self.bucket_batches)
+            )
         # A resumed run fetches its first batches before `set_epoch` is called: the sampler
         # already knows the epoch (`resume_at`).
         self.train.set_epoch(sampler.epoch)
         return DataLoader(self.train, batch_sampler=sampler, collate_fn=_whole_batch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val, batch_size=64, collate_fn=_whole_batch,
-                          sampler=self._val_sampler(self.val))  # fmt: skip
+        return DataLoader(
+            self.val, batch_size=64, collate_fn=_whole_batch, sampler=self._val_sampler(self.val)
+        )

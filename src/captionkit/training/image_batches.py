@@ -29,9 +29,15 @@ class CaptionedImages(Dataset):
     """Images decoded by `transform`, each with its captions' token ids (training; with their
     loss `weights`, if any) or its key (validation)."""
 
-    def __init__(self, paths: list[Path], transform, tokens: list[list[list[int]]] | None = None,
-                 keys: list[str] | None = None, seed: int | None = None,
-                 weights: list[list[float]] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        paths: list[Path],
+        transform,
+        tokens: list[list[list[int]]] | None = None,
+        keys: list[str] | None = None,
+        seed: int | None = None,
+        weights: list[list[float]] | None = None,
+    ):
         self.paths, self.transform, self.tokens, self.keys = paths, transform, tokens, keys
         self.seed, self.weights = seed, weights
 
@@ -86,20 +92,32 @@ class ImageDataModule(ResumableDataModule):
     """Shuffled batches of training images (seeded, new order every epoch) and validation
     images, decoded by `workers` processes."""
 
-    def __init__(self, train: CaptionedImages, val: CaptionedImages, images_per_batch: int,
-                 seed: int, workers: int):  # fmt: skip
+    def __init__(
+        self,
+        train: CaptionedImages,
+        val: CaptionedImages,
+        images_per_batch: int,
+        seed: int,
+        workers: int,
+    ):
         super().__init__()
         self.train, self.val, self.images_per_batch = train, val, images_per_batch
         self.seed, self.workers = seed, workers
 
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        return DataLoader(dataset, collate_fn=collate_images, num_workers=self.workers,
-                          persistent_workers=self.workers > 0, **kwargs)  # fmt: skip
+        return DataLoader(
+            dataset,
+            collate_fn=collate_images,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            **kwargs,
+        )
 
     def train_dataloader(self) -> DataLoader:
         # Equal lengths and pools of one batch: plain shuffled batches.
-        sampler = self._train_sampler(np.zeros(len(self.train)), self.images_per_batch,
-                                      self.seed, 1)  # fmt: skip
+        sampler = self._train_sampler(
+            np.zeros(len(self.train)), self.images_per_batch, self.seed, 1
+        )
         return self._loader(self.train, batch_sampler=EpochIndices(sampler, len(self.train)))
 
     def val_dataloader(self) -> DataLoader:

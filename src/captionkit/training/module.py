@@ -21,9 +21,13 @@ from captionkit.training.scheduled_sampling import scheduled_sampling_inputs, ss
 from captionkit.training.schedules import configure_optimization, needs_run_length
 
 
-def feature_arguments(model: nn.Module, pooled: torch.Tensor, grid: torch.Tensor | None,
-                      image_index: torch.Tensor | None = None, share: bool = True
-                      ) -> tuple[tuple, dict]:  # fmt: skip
+def feature_arguments(
+    model: nn.Module,
+    pooled: torch.Tensor,
+    grid: torch.Tensor | None,
+    image_index: torch.Tensor | None = None,
+    share: bool = True,
+) -> tuple[tuple, dict]:
     """A training batch's features as `model`'s forward takes them: `((pooled, grid), keywords)`.
     With `image_index` [B] (a batch of whole images, features [I, ...] per image), models that
     share an image's work among its captions (`shares_images`) get it as a keyword when `share`;
@@ -41,10 +45,17 @@ class CaptioningModule(L.LightningModule):
     Batches carry cached features (`pooled`, `grid`), or, with an `encoder` to fine-tune, images
     that it encodes (its trainable weights get their own learning rate, `encoder_lr`)."""
 
-    def __init__(self, model: nn.Module, vocab: Vocabulary, optim: OptimConfig,
-                 val_references: dict[str, list[str]], val_options: DecodingOptions,
-                 encoder: ImageEncoder | None = None, encoder_lr: float = 1e-4,
-                 seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        vocab: Vocabulary,
+        optim: OptimConfig,
+        val_references: dict[str, list[str]],
+        val_options: DecodingOptions,
+        encoder: ImageEncoder | None = None,
+        encoder_lr: float = 1e-4,
+        seed: int = 0,
+    ):
         super().__init__()
         self.seed = seed
         self.model, self.vocab, self.optim = model, vocab, optim
@@ -156,8 +167,9 @@ class CaptioningModule(L.LightningModule):
             inputs = scheduled_sampling_inputs(self.model, *features, inputs, p)
             self.log("train/ss_prob", p, batch_size=tokens.shape[0])
         regularized = self.model.attends and self.model.config.alpha_c > 0
-        out = self.model(*features, inputs, **shared,
-                         **({"return_attention": True} if regularized else {}))  # fmt: skip
+        out = self.model(
+            *features, inputs, **shared, **({"return_attention": True} if regularized else {})
+        )
         logits = out[0] if regularized else out  # [B, T-1, V]
         targets = tokens[:, 1:]  # [B, T-1]
         if not self.optim.unk_targets:
@@ -172,8 +184,9 @@ class CaptioningModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
         return loss
 
-    def _global_token_mean(self, loss: torch.Tensor, targets: torch.Tensor,
-                           weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def _global_token_mean(
+        self, loss: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Under DDP, this rank's token mean rescaled so that the gradients DDP averages over the
         ranks are those of the mean over all the ranks' tokens: the same as one process with
         the whole global batch, whatever the share of padding on each rank (with caption
@@ -217,8 +230,12 @@ class CaptioningModule(L.LightningModule):
         return configure_optimization(self.optim, groups, steps, epochs)
 
 
-def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
-                 weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def caption_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy of logits [B, T, V] against targets [B, T] over non-padding tokens;
     with caption `weights` [B], the mean over tokens each weighted by its caption's weight."""
     loss = F.cross_entropy(

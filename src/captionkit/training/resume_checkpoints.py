@@ -49,8 +49,12 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], where: str):
     if isinstance(value, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
             return {k: _encode(v, tensors, f"{where}[{k!r}]") for k, v in value.items()}
-        return {"__items__": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}[{k!r}]")]
-                              for k, v in value.items()]}  # fmt: skip
+        return {
+            "__items__": [
+                [_encode(k, tensors, where), _encode(v, tensors, f"{where}[{k!r}]")]
+                for k, v in value.items()
+            ]
+        }
     raise CaptionkitError(
         f"cannot store a {type(value).__name__} at checkpoint{where} "
         "(training checkpoints hold tensors, numbers, text, lists and dicts only)"

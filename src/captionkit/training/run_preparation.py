@@ -53,8 +53,10 @@ def start_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> Path:
         if not (run_dir / "config.yaml").exists():
             raise CaptionkitError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         if not last.exists():
-            raise CaptionkitError(f"--resume {run_dir}: no {CHECKPOINTS}/{LAST} (the run stopped "
-                                  "before its first checkpoint): train it again")  # fmt: skip
+            raise CaptionkitError(
+                f"--resume {run_dir}: no {CHECKPOINTS}/{LAST} (the run stopped "
+                "before its first checkpoint): train it again"
+            )
         _resumed_config(config, run_dir)
         if rank_zero_only.rank == 0:  # what a crash during a save left behind
             for partial in last.parent.glob(".*.tmp-*"):

@@ -40,8 +40,9 @@ def draw_model_tokens(logits: torch.Tensor, generator: torch.Generator | None = 
     return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
 
 
-def mix_inputs(inputs: torch.Tensor, drawn: torch.Tensor, p: float,
-               generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def mix_inputs(
+    inputs: torch.Tensor, drawn: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """inputs [B, T] (<bos> w1 .. wn <eos> <pad>..), drawn [B, T] (drawn[:, t]: the model's
     token for inputs[:, t + 1]) -> inputs [B, T] with each word replaced by the model's token
     with probability `p`. <bos>, <eos> and padding stay: they are not read as words (the <eos>
@@ -53,8 +54,13 @@ def mix_inputs(inputs: torch.Tensor, drawn: torch.Tensor, p: float,
     return torch.where(words & (draws < p), guesses, inputs)
 
 
-def scheduled_sampling_inputs(model: nn.Module, pooled: torch.Tensor, grid: torch.Tensor | None,
-                              inputs: torch.Tensor, p: float) -> torch.Tensor:  # fmt: skip
+def scheduled_sampling_inputs(
+    model: nn.Module,
+    pooled: torch.Tensor,
+    grid: torch.Tensor | None,
+    inputs: torch.Tensor,
+    p: float,
+) -> torch.Tensor:
     """The caption [B, T] the training pass reads: `inputs` (teacher forcing) mixed with the
     model's tokens with probability `p` (p = 0: `inputs` itself, with no extra pass)."""
     if p == 0:

@@ -65,8 +65,13 @@ def lr_factor(optim: OptimConfig, total_steps: int = 0, epochs: int = 1) -> LrFa
     """The multiplier of schedule `optim.schedule` (not `plateau`), for a run of `total_steps`
     optimizer steps over `epochs` epochs."""
     steps_per_epoch = max(1, total_steps // max(epochs, 1))
-    return LrFactor(optim.schedule, optim.warmup_steps, total_steps,
-                    steps_per_epoch * optim.lr_step_epochs, optim.lr_gamma)  # fmt: skip
+    return LrFactor(
+        optim.schedule,
+        optim.warmup_steps,
+        total_steps,
+        steps_per_epoch * optim.lr_step_epochs,
+        optim.lr_gamma,
+    )
 
 
 def make_optimizer(optim: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -75,8 +80,9 @@ def make_optimizer(optim: OptimConfig, groups: list[dict]) -> torch.optim.Optimi
     return kind(groups, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
-def make_schedulers(optim: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int = 0,
-                    epochs: int = 1) -> list[dict]:  # fmt: skip
+def make_schedulers(
+    optim: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int = 0, epochs: int = 1
+) -> list[dict]:
     """Lightning scheduler configs for `optimizer`: `total_steps` optimizer steps over `epochs`
     epochs (needed only where `needs_run_length`)."""
     if optim.schedule != "plateau":
@@ -84,18 +90,28 @@ def make_schedulers(optim: OptimConfig, optimizer: torch.optim.Optimizer, total_
         return [{"scheduler": LambdaLR(optimizer, factor), "interval": "step"}]
     schedulers = []
     if optim.warmup_steps > 1:  # a warmup of 1 step is a factor of 1: none
-        warmup = LinearLR(optimizer, start_factor=1 / optim.warmup_steps, end_factor=1.0,
-                          total_iters=optim.warmup_steps - 1)  # fmt: skip
+        warmup = LinearLR(
+            optimizer,
+            start_factor=1 / optim.warmup_steps,
+            end_factor=1.0,
+            total_iters=optim.warmup_steps - 1,
+        )
         schedulers.append({"scheduler": warmup, "interval": "step"})
-    plateau = ReduceLROnPlateau(optimizer, mode="max", factor=optim.plateau_factor,
-                                patience=optim.plateau_patience, min_lr=optim.min_lr)  # fmt: skip
+    plateau = ReduceLROnPlateau(
+        optimizer,
+        mode="max",
+        factor=optim.plateau_factor,
+        patience=optim.plateau_patience,
+        min_lr=optim.min_lr,
+    )
     # Lightning steps an "epoch" scheduler after the epoch's validation, with the metric.
     schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": PLATEAU_MONITOR})
     return schedulers
 
 
-def configure_optimization(optim: OptimConfig, groups: list[dict], total_steps: int = 0,
-                           epochs: int = 1):  # fmt: skip
+def configure_optimization(
+    optim: OptimConfig, groups: list[dict], total_steps: int = 0, epochs: int = 1
+):
     """What `LightningModule.configure_optimizers` returns: ([optimizer], [scheduler configs])."""
     optimizer = make_optimizer(optim, groups)
     return [optimizer], make_schedulers(optim, optimizer, total_steps, epochs)

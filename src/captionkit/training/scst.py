@@ -55,8 +55,9 @@ class ScstReward:
             from pycocoevalcap.bleu.bleu import Bleu
 
             gts = {i: self.references[k] for i, k in enumerate(keys)}
-            _, per_caption = Bleu(4).compute_score(gts, dict(enumerate([t] for t in texts)),
-                                                   verbose=0)  # fmt: skip
+            _, per_caption = Bleu(4).compute_score(
+                gts, dict(enumerate([t] for t in texts)), verbose=0
+            )
             rewards = rewards + self.bleu_weight * np.asarray(per_caption[3])
         return rewards
 
@@ -74,8 +75,9 @@ def sampled_tokens(results: list[list], device: torch.device) -> torch.Tensor:
     return torch.from_numpy(token_array(seqs).astype(np.int64)).to(device)
 
 
-def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def sequence_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [N, T-1, V] of a teacher-forced pass over tokens [N, T] -> (log p of each sampled
     token [N, T-1], 0 after `<eos>`; entropy of each step's distribution [N, T-1], 0 there too).
     `<pad>` and `<bos>` are excluded as the sampling decoder excludes them."""
@@ -110,8 +112,13 @@ class ScstModule(CaptioningModule):
         """K samples per image (tokens [B*K, T]) and their rewards [B, K]."""
         s = self.scst
         # <unk> allowed: the loss differentiates the model's own, unfiltered distribution.
-        options = DecodingOptions(sample=True, num_samples=s.samples, temperature=s.temperature,
-                                  max_length=self.max_length, allow_unk=True)  # fmt: skip
+        options = DecodingOptions(
+            sample=True,
+            num_samples=s.samples,
+            temperature=s.temperature,
+            max_length=self.max_length,
+            allow_unk=True,
+        )
         # Detached: the samples are data; gradients come from the teacher-forced pass.
         results = decode(self.model, pooled.detach(), _detach(grid), options)
         captions = [self.vocab.decode(h.tokens) for hyps in results for h in hyps]
@@ -166,11 +173,14 @@ class ScstModule(CaptioningModule):
     def on_train_epoch_end(self) -> None:
         stds, self._reward_std = self._reward_std, []
         if stds and np.mean(stds) < self.scst.collapse_std and self.global_rank == 0:
-            warnings.warn(f"SCST epoch {self.current_epoch}: the rewards of an image's samples "
-                          f"differ by {np.mean(stds):.4f} (std) on average, below "
-                          f"scst.collapse_std {self.scst.collapse_std:g}: the samples have become "
-                          "alike and learning stalls (raise scst.temperature or lower the "
-                          "learning rate, and select on val CIDEr)", stacklevel=1)  # fmt: skip
+            warnings.warn(
+                f"SCST epoch {self.current_epoch}: the rewards of an image's samples "
+                f"differ by {np.mean(stds):.4f} (std) on average, below "
+                f"scst.collapse_std {self.scst.collapse_std:g}: the samples have become "
+                "alike and learning stalls (raise scst.temperature or lower the "
+                "learning rate, and select on val CIDEr)",
+                stacklevel=1,
+            )
 
 
 def _detach(x: torch.Tensor | None) -> torch.Tensor | None:

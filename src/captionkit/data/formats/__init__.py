@@ -135,8 +135,11 @@ def load_dataset(
     """
     problems = problems if problems is not None else Problems()
     fmt, annotation = detect_format(Path(data))
-    records = [r for r in FORMATS[fmt].read(annotation, problems)
-               if r.captions and _safe_name(r.filename, annotation, problems)]  # fmt: skip
+    records = [
+        r
+        for r in FORMATS[fmt].read(annotation, problems)
+        if r.captions and _safe_name(r.filename, annotation, problems)
+    ]
     if not records:
         reason = f" ({problems.summary()})" if problems.items else ""
         raise CaptionkitError(f"{annotation}: no image with a caption found{reason}")
