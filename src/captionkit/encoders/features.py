@@ -8,12 +8,16 @@ size and mtime, so another encoder or a changed image never reads stale features
 copies the rows of unchanged images from older stores of the same encoder (`reuse.py`), so only
 new or changed images go through the encoder. The folder is written under a temporary name and
 renamed when complete, so an interrupted extraction never leaves a store that is later trusted.
+Its array files get all their disk blocks before the first image is extracted: on a full disk the
+build stops at once with an error, where writing into a memory map with no disk behind it would
+kill the process (SIGBUS) hours later.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -192,12 +196,15 @@ def extract_features(
     if store is not None:
         return store
     partial = folder.with_name(f"{folder.name}.partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    report = None
-    with open(partial / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
-        if _open_complete(folder) is None:  # another process may have finished meanwhile
-            report = _build(folder, encoder, paths, stats, grid, settings)
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        report = None
+        with open(partial / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
+            if _open_complete(folder) is None:  # another process may have finished meanwhile
+                report = _build(folder, encoder, paths, stats, grid, settings)
+    except OSError as e:  # a full disk, a quota, a read-only cache
+        raise CaptionkitError(_write_error(partial, e, len(paths), encoder, grid)) from None
     (folder / "lock").unlink(missing_ok=True)
     if report is not None and prune:
         others = reuse.complete_stores(cache_dir, encoder.name, variant)
@@ -207,6 +214,22 @@ def extract_features(
     store = FeatureStore.open(folder)
     store.report = report
     return store
+
+
+def _write_error(partial: Path, error: OSError, n: int, encoder: ImageEncoder, grid: bool) -> str:
+    """What a build that failed on `error` left and what to do (`n` images)."""
+    problem = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        tokens = 1 + (_grid_length(encoder) if grid else 0)  # pooled row + grid rows, float16
+        size = n * tokens * encoder.feature_dim * 2
+        free = shutil.disk_usage(partial.parent).free
+        problem += f": the store takes {_in_words(size)}, {_in_words(free)} are free"
+    return (f"{partial}: could not write the feature store ({problem}); no store was completed. "
+            "Make room and run again: it goes on from the images done")  # fmt: skip
+
+
+def _in_words(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def store_folder(encoder: ImageEncoder, paths: list[Path], cache_dir: Path, grid: bool,
@@ -291,6 +314,19 @@ def seal_store(folder: Path, arrays: dict, index: dict) -> None:
     (folder / "failed.json").unlink(missing_ok=True)
 
 
+def _reserve(path: Path) -> None:
+    """Give the (sparse) file `path` all its disk blocks now: OSError (ENOSPC) if the disk lacks
+    them. Filesystems that cannot allocate ahead (some network ones) are left as they are."""
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
+
 def _reopen(path: Path, shape: tuple, dtype) -> tuple[np.ndarray, bool]:
     """A writable memory map of `path`: (array, True) if a previous attempt left a usable one."""
     try:
@@ -312,6 +348,8 @@ def open_partial_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: boo
         "progress": ((n,), np.bool_),
     }
     opened = {name: _reopen(folder / f"{name}.npy", *spec) for name, spec in specs.items()}
+    for name in specs:  # also when reopened: an attempt that failed here left holes
+        _reserve(folder / f"{name}.npy")
     arrays = {name: array for name, (array, _) in opened.items()}
     if not all(reused for _, reused in opened.values()):
         arrays["progress"][:] = False
