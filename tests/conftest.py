@@ -72,6 +72,28 @@ def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def metrics_rows(run: Path) -> list[dict]:
+    """A run's metrics.jsonl, less the wall-clock times (`elapsed_s`)."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """`run` (e.g. resumed after a fault) ended with the metrics, exported weights and last
+    training state of `reference`, exactly."""
+    import torch
+    from safetensors.torch import load_file
+
+    from captionkit.training.resume_checkpoints import load_state
+
+    assert metrics_rows(run) == metrics_rows(reference)
+    ours, theirs = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    ours = load_state(run / "checkpoints" / "last.safetensors")["state_dict"]
+    theirs = load_state(reference / "checkpoints" / "last.safetensors")["state_dict"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 def write_images(folder: Path, names: list[str], size: int = 48, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         command.main(args=argv, prog_name="captionkit", standalone_mode=True)
     except CaptionkitError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)  # a pre-empted run's: 128 + the signal
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0

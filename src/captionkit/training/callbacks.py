@@ -137,7 +137,7 @@ class LastCheckpoint(L.Callback):
         self.path, self.every, self.accumulate = path, every, accumulate
         self.saved_step = -1
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_step = trainer.global_step
 
@@ -145,11 +145,11 @@ class LastCheckpoint(L.Callback):
         step, batch_idx = trainer.global_step, args[-1]
         if (self.every and step % self.every == 0 and step != self.saved_step
                 and (batch_idx + 1) % self.accumulate == 0):  # fmt: skip
-            self._save(trainer)
+            self.save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._save(trainer)
+            self.save(trainer)
 
 
 class _NoVersion:

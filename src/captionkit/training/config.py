@@ -293,13 +293,18 @@ class TrainConfig:
     strategy: str = "auto"
     """Lightning strategy: `auto` (one process) or `ddp` (one process per device; the batch
     size is per device, so the global batch is `batch_size x devices x num_nodes`)."""
+    ddp_timeout: int = 600
+    """DDP: seconds a collective waits for the other processes before it fails (Lightning's
+    default is 30 minutes). A process that dies is found within seconds anyway (its rank named);
+    this ends the waits where every process lives but one hangs. Keep it above the longest time
+    one rank works alone (writing a checkpoint or the exported model while the others wait)."""
 
     def __post_init__(self):
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("strategy", self.strategy, STRATEGIES)
         if self.scst_epochs < 0:
             raise CaptionkitError(f"scst_epochs must be 0 or more, not {self.scst_epochs}")
-        for name in ("devices", "num_nodes", "epochs", "batch_size"):
+        for name in ("devices", "num_nodes", "epochs", "batch_size", "ddp_timeout"):
             if getattr(self, name) < 1:
                 raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.checkpoint_every < 0:

@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -54,6 +55,8 @@ from captionkit.training.data_setup import (
     scst_datamodule,
 )
 from captionkit.training.module import CaptioningModule
+from captionkit.training.preemption import Preempted, Preemption
+from captionkit.training.ranks import RankWatch, WatchedDDP
 from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
 from captionkit.training.run_preparation import run_folder_lock, start_run_dir
 from captionkit.training.scst import ScstModule, ScstReward
@@ -63,18 +66,21 @@ def _trainer(config: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L
     t = config.train
     if t.patience > 0:  # first: the checkpoints saved after a validation hold its updated count
         callbacks = [ValEarlyStopping(t.patience), *callbacks]
+    watch = RankWatch(run_dir)  # in DDP, the other processes stop at once when one is lost
     # Logs train|samples_per_sec (captions), train|items_per_sec (target tokens) and batches/s.
     callbacks = [
         RichBar() if _RICH_AVAILABLE else TqdmBar(),
         *callbacks,
         ThroughputMonitor(batch_size_fn=captions_in, length_fn=target_tokens_in, window_size=10),
+        watch,
     ]
+    ddp = t.strategy == "ddp"
     return L.Trainer(
         max_epochs=t.epochs,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=WatchedDDP(watch, timedelta(seconds=t.ddp_timeout)) if ddp else t.strategy,
         # The data modules give each rank its share themselves (a length-bucketing batch sampler
         # that Lightning could not wrap).
         use_distributed_sampler=False,
@@ -176,7 +182,23 @@ def _fit(config: RunConfig, run_dir: Path, module, datamodule, callbacks: list[L
         # ... and about the FLOP counts the throughput monitor could log (bench/ measures them).
         warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
         trainer = _trainer(config, run_dir, callbacks)
+        _fit_watched(trainer, module, datamodule, ckpt_path)
+
+
+def _fit_watched(trainer: L.Trainer, module, datamodule, ckpt_path: Path | None) -> None:
+    """`trainer.fit`; when it fails because a DDP process was lost, the error names its rank."""
+    watch = next(c for c in trainer.callbacks if isinstance(c, RankWatch))
+    try:
         trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+    except Preempted:
+        raise
+    except Exception:
+        lost = watch.lost_rank_error()
+        if lost is not None:
+            raise lost from None
+        raise
+    finally:
+        watch.stop()
 
 
 def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
@@ -228,7 +250,9 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
     best = BestCheckpoint(run_dir, config.model, vocab, base, extra, trained_encoder)
     best.best = dict(to_beat or {})
     every, accumulate = config.train.checkpoint_every, config.optim.accumulate
-    callbacks = [DataPosition(datamodule), best, LastCheckpoint(last, every, accumulate)]
+    saver = LastCheckpoint(last, every, accumulate)
+    # Preemption after LastCheckpoint: at a step both would save, the state is written once.
+    callbacks = [DataPosition(datamodule), best, saver, Preemption(saver, run_dir, accumulate)]
     _fit(config, run_dir, module, datamodule, callbacks, last if resume else None)
     if rank_zero_only.rank == 0 and (run_dir / WEIGHTS).exists():
         _index_neighbours(config, run_dir, store, [dataset.path(r) for r in train_records],
