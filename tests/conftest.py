@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,62 @@ def lite0():
     from captionkit.encoders import create_encoder
 
     return create_encoder()
+
+
+FAULT_DRIVER = Path(__file__).with_name("fault_driver.py")
+
+
+def start_captionkit(args: list, log: Path, fault: str | None = None,
+                     env: dict | None = None) -> subprocess.Popen:  # fmt: skip
+    """`captionkit ARGS` in a new process, with `fault` ("KILL step 1 9", see fault_driver.py),
+    its output (and its DDP ranks') into the file `log`: a pipe, once full, would stall it, and
+    the other ranks with it at their next collective."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           **(env or {})}  # fmt: skip
+    if fault is None:
+        cmd = [sys.executable, "-m", "captionkit", *map(str, args)]
+    else:
+        cmd, env["CAPTIONKIT_FAULT"] = [sys.executable, str(FAULT_DRIVER), *map(str, args)], fault
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def run_captionkit(args: list, log: Path, fault: str | None = None, env: dict | None = None,
+                   timeout: float = 600) -> tuple[int, str]:  # fmt: skip
+    """`start_captionkit` to its end: (exit code, output)."""
+    process = start_captionkit(args, log, fault, env)
+    try:
+        return process.wait(timeout), log.read_text()
+    finally:
+        process.kill()
+
+
+def process_state(pid: int) -> str:
+    """The state letter of process `pid` in /proc (R running, S sleeping, T stopped, Z ended
+    but not reaped by its parent)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    """A run's metrics.jsonl, less the wall-clock times (`elapsed_s`)."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """`run` (e.g. resumed after a fault) ended with the metrics, exported weights and last
+    training state of `reference`, exactly."""
+    import torch
+    from safetensors.torch import load_file
+
+    from captionkit.training.resume_checkpoints import load_state
+
+    assert metrics_rows(run) == metrics_rows(reference)
+    ours, theirs = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    ours = load_state(run / "checkpoints" / "last.safetensors")["state_dict"]
+    theirs = load_state(reference / "checkpoints" / "last.safetensors")["state_dict"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def write_images(folder: Path, names: list[str], size: int = 48, seed: int = 0) -> None:

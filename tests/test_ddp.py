@@ -1,11 +1,15 @@
 """Scale-out: DDP with 2 CPU processes (gloo) trains the model one process trains on the same
-global batches, and validation scores every rank's captions, not rank 0's share."""
+global batches, and validation scores every rank's captions, not rank 0's share. Its faults: a
+rank that dies stops the other at once, naming it, and a pre-empted run (SIGTERM) saves its step;
+both resume to the weights of the uninterrupted run."""
 
-import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,17 +18,20 @@ from safetensors.torch import load_file
 
 from captionkit.data.shapes import make_shapes
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from captionkit.training.resume_checkpoints import load_state
 
-pytestmark = pytest.mark.slow  # trains three times (make test-slow)
+from conftest import assert_same_run, metrics_rows, run_captionkit, start_captionkit
+
+pytestmark = pytest.mark.slow  # trains nine times (make test-slow)
+
+TWO = ("--batch-size", "8", "--devices", "2", "--strategy", "ddp")  # 2 processes, as one of 16
 
 
 def _train(config: Path, out: Path, *options: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "captionkit", "train", "--config", str(config), "--out", str(out),
-           *options]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    code, output = run_captionkit(["train", "--config", config, "--out", out, *options],
+                                  out.with_suffix(".log"))  # fmt: skip
+    assert code == 0, output[-3000:]
+    return metrics_rows(out)
 
 
 # No dropout (each rank draws its own masks) and LayerNorm, not BatchNorm (batch statistics of a
@@ -68,11 +75,74 @@ def _assert_same_training(one: list[dict], two: list[dict], runs: tuple[Path, Pa
     )
 
 
-def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(reference):
+@pytest.fixture(scope="module")
+def two(reference) -> Path:
+    """The reference config trained by 2 processes, uninterrupted: its run folder."""
+    folder, _ = reference
+    _train(folder / "cfg.yaml", folder / "two", *TWO)
+    return folder / "two"
+
+
+def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(reference, two):
     folder, one = reference
-    two = _train(folder / "cfg.yaml", folder / "two", "--batch-size", "8", "--devices", "2",
-                 "--strategy", "ddp")  # fmt: skip
-    _assert_same_training(one, two, (folder / "one", folder / "two"))
+    _assert_same_training(one, metrics_rows(two), (folder / "one", two))
+
+
+def _assert_resumes_to(run: Path, uninterrupted: Path) -> None:
+    """`train --resume RUN` (2 processes, as the run's config says) ends with the uninterrupted
+    run's metrics and weights, exactly."""
+    code, output = run_captionkit(["train", "--resume", run], run.with_suffix(".resumed.log"))
+    assert code == 0, output[-3000:]
+    assert_same_run(run, uninterrupted)
+
+
+def _errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error: ")]
+
+
+def test_a_killed_rank_stops_the_other_at_once_naming_it_and_the_run_resumes(
+    reference, two, tmp_path
+):
+    """Rank 1 SIGKILLed as step 9 starts (in epoch 1; `last` was saved after epoch 0's 7 steps):
+    rank 0 ends within 60 s, not at the collective timeout (`--ddp-timeout`, 600 s), with one
+    error naming rank 1; `--resume` trains on from step 7 to the uninterrupted run's weights."""
+    folder, _ = reference
+    run = tmp_path / "run"
+    args = ["train", "--config", folder / "cfg.yaml", "--out", run, *TWO]
+    rank0 = start_captionkit(args, tmp_path / "run.log", "KILL step 1 9")
+    try:
+        code = rank0.wait(timeout=600)
+    finally:
+        rank0.kill()
+    ended, output = time.time(), (tmp_path / "run.log").read_text()
+    killed = float(re.search(r"fault: SIGKILL at ([0-9.]+)", output)[1])
+    assert code == 1, output[-3000:]
+    assert ended - killed < 60
+    rank = r"rank 1 \(process \d+ on [^)]+\): killed by SIGKILL"
+    (error,) = _errors(output)
+    assert re.fullmatch(rf"error: the DDP run lost {rank}.*; the other ranks stopped at step 9\. "
+                        rf"Continue from the last checkpoint: captionkit train --resume {run}",
+                        error), error  # fmt: skip
+    assert "Traceback" not in output
+    assert load_state(run / "checkpoints" / "last.safetensors")["global_step"] == 7
+    _assert_resumes_to(run, two)
+
+
+def test_a_preempted_ddp_run_stops_both_ranks_at_one_step_and_resumes(reference, two, tmp_path):
+    """SIGTERM to rank 1 only, as step 9 starts: the ranks agree, save the state after that step
+    (10) and both stop with 143; `--resume` ends with the uninterrupted run's weights."""
+    folder, _ = reference
+    run = tmp_path / "run"
+    args = ["train", "--config", folder / "cfg.yaml", "--out", run, *TWO]
+    code, output = run_captionkit(args, tmp_path / "run.log", "TERM step 1 9")
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    last = run / "checkpoints" / "last.safetensors"
+    # One line from each process.
+    line = f"error: pre-empted (SIGTERM) at step 10: saved {last}; continue with: captionkit " \
+           f"train --resume {run}"  # fmt: skip
+    assert _errors(output) == [line, line]
+    assert load_state(last)["global_step"] == 10
+    _assert_resumes_to(run, two)
 
 
 def _free_port() -> int:
@@ -105,8 +175,7 @@ def test_two_nodes_under_torchrun_match_one_process(reference):
         for node in nodes:
             node.kill()
     assert codes == [0, 0], "".join(log.read_text()[-3000:] for log in logs)
-    two = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    _assert_same_training(one, two, (folder / "one", out))
+    _assert_same_training(one, metrics_rows(out), (folder / "one", out))
 
 
 def test_ddp_with_weighted_captions_matches_one_process(reference):
@@ -115,6 +184,5 @@ def test_ddp_with_weighted_captions_matches_one_process(reference):
     folder, _ = reference
     weighted = ("--caption-weights", "consensus")
     one = _train(folder / "cfg.yaml", folder / "one-w", "--batch-size", "16", *weighted)
-    two = _train(folder / "cfg.yaml", folder / "two-w", "--batch-size", "8", "--devices", "2",
-                 "--strategy", "ddp", *weighted)  # fmt: skip
+    two = _train(folder / "cfg.yaml", folder / "two-w", *TWO, *weighted)
     _assert_same_training(one, two, (folder / "one-w", folder / "two-w"))

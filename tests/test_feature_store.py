@@ -1,7 +1,11 @@
-"""The feature store: incremental builds, superseded stores, resume, device and autocast."""
+"""The feature store: incremental builds, superseded stores, resume, device and autocast; and its
+faults: a full disk, two extractions into one cache at once, a killed extraction."""
 
+import errno
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +13,7 @@ import pytest
 import torch
 
 from captionkit.cli import main
+from captionkit.data.files import write_atomically
 from captionkit.encoders import (
     BuildReport,
     ImageEncoder,
@@ -19,7 +24,7 @@ from captionkit.encoders import (
 )
 from captionkit.errors import CaptionkitError
 
-from conftest import write_images
+from conftest import process_state, run_captionkit, start_captionkit, write_images
 
 
 @pytest.fixture
@@ -372,3 +377,127 @@ def test_extract_under_torchrun_shares_the_images_and_makes_one_process_store(
     # Equal up to float16 rounding (batches of 2 and of 4 take other convolution paths).
     assert np.allclose(shared.pooled, alone.pooled, rtol=2e-3, atol=1e-3)
     assert np.allclose(shared.grid, alone.grid, rtol=2e-3, atol=1e-3)
+
+
+# --- faults: a full disk, two extractions at once, SIGKILL -------------------------------------
+
+
+def _extract_args(dataset: Path, cache: Path) -> list:
+    """`captionkit extract` of `dataset` into `cache`: batches of 2 images (forward passes: the
+    grid-size probe, then 2 and 2 for the 4 images of `kaggle_dataset`)."""
+    return ["extract", "--data", dataset, "--cache-dir", cache, "--workers", "0", "--device",
+            "cpu", "--batch-size", "2"]  # fmt: skip
+
+
+def _complete_stores(cache: Path) -> list[Path]:
+    return [f for f in cache.iterdir() if not f.name.endswith(".partial")]
+
+
+def _disk_full_at(where: str, monkeypatch) -> None:
+    """From now on the disk is full: when the store's array files get their blocks ("reserve",
+    before any image is extracted), or when its index is written ("index", after all of them),
+    which then stops half-way."""
+    if where == "reserve":
+
+        def full(fd, offset, length):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "posix_fallocate", full)
+        return
+
+    def half_then_full(path, data, **options):
+        def writer(tmp):
+            Path(tmp).write_text(json.dumps(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        write_atomically(path, writer)
+
+    monkeypatch.setattr(features, "write_json_atomically", half_then_full)
+
+
+@pytest.mark.parametrize("where", ["reserve", "index"])
+def test_a_full_disk_stops_extract_with_one_error_and_no_trusted_store(
+    kaggle_dataset, tmp_path, calls, monkeypatch, capsys, where
+):
+    """Out of space when the arrays get their blocks: one error, before the encoder sees an image
+    (a memory map over a sparse file would have died of SIGBUS at the first row the disk lacked).
+    Out of space for the index, after every image: one error, no store that a later run opens;
+    once there is room, the run again goes on from the rows done (none extracted again)."""
+    argv = [str(a) for a in _extract_args(kaggle_dataset, tmp_path / "cache")]
+    with monkeypatch.context() as full:
+        _disk_full_at(where, full)
+        assert main(argv) == 1
+    err = capsys.readouterr().err  # the progress bar's lines, then one error
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
+    assert "No space left on device" in errors[0]
+    assert _complete_stores(tmp_path / "cache") == []
+    if where == "reserve":
+        assert "the store takes" in errors[0] and "Make room and run again" in errors[0]
+        assert 2 not in calls  # no batch of images went through the encoder
+    calls.clear()
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    if where == "index":
+        assert calls == [1]  # the grid-size probe only: every row was done
+        assert "extracted 0, 4 done by an interrupted earlier run" in again
+    (store,) = _complete_stores(tmp_path / "cache")
+    assert len(features.FeatureStore.open(store).paths) == 4
+
+
+@pytest.mark.slow
+def test_two_extractions_into_one_cache_make_one_store(kaggle_dataset, tmp_path, lite0):
+    """The first stops (SIGSTOP) at its first batch, holding the store's build lock; the second
+    then waits on that lock (seen in /proc/locks) and, once the first has finished, finds the
+    store complete and extracts nothing. One store, no partial one, the features of a plain
+    extraction."""
+    args = _extract_args(kaggle_dataset, tmp_path / "cache")
+    first = start_captionkit(args, tmp_path / "first.log", "STOP forward 2")
+    second = None
+    try:
+        _wait_for(lambda: process_state(first.pid) == "T", "the first to stop at its batch")
+        second = start_captionkit(args, tmp_path / "second.log")
+        _wait_for(lambda: _waits_for_a_lock(second.pid), "the second to wait for the lock")
+        first.send_signal(signal.SIGCONT)
+        codes = [first.wait(timeout=300), second.wait(timeout=300)]
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+    outputs = [(tmp_path / f"{n}.log").read_text() for n in ("first", "second")]
+    assert codes == [0, 0], outputs
+    assert "reused 0 unchanged images from older stores, extracted 4" in outputs[0]
+    assert "all images were already cached" in outputs[1]
+    (folder,) = list((tmp_path / "cache").iterdir())
+    shared = features.FeatureStore.open(folder)
+    alone = extract(lite0, [Path(p) for p in shared.paths], tmp_path / "alone", batch_size=2)
+    # Equal up to float16 rounding (this process may compute with more threads).
+    np.testing.assert_allclose(shared.pooled, alone.pooled, atol=1e-2, rtol=1e-2)
+    np.testing.assert_allclose(shared.grid, alone.grid, atol=1e-2, rtol=1e-2)
+
+
+def _waits_for_a_lock(pid: int) -> bool:
+    """Whether process `pid` is blocked on a file lock ("->" lines of /proc/locks)."""
+    return any(line.split()[1] == "->" and line.split()[5] == str(pid)
+               for line in Path("/proc/locks").read_text().splitlines())  # fmt: skip
+
+
+def _wait_for(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_killed_extraction_extracts_only_what_is_missing(kaggle_dataset, tmp_path, calls,
+                                                            capsys):  # fmt: skip
+    """SIGKILL as the second batch starts (the first, 2 images, is done): the run again extracts
+    the 2 others only."""
+    args = _extract_args(kaggle_dataset, tmp_path / "cache")
+    code, output = run_captionkit(args, tmp_path / "killed.log", "KILL forward 3")
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert _complete_stores(tmp_path / "cache") == []
+    assert main([str(a) for a in args]) == 0
+    assert calls == [1, 2]  # the grid-size probe, then the second batch
+    assert "extracted 2, 2 done by an interrupted earlier run" in capsys.readouterr().out

@@ -1,18 +1,15 @@
-"""Checkpoints and resuming: the training-state file format, and the kill test of issue #6 (a run
+"""Checkpoints and resuming: the training-state file format, the kill test of issue #6 (a run
 killed with SIGKILL in the middle of an epoch, or while writing a checkpoint, then resumed,
-ends with the metrics and weights of an uninterrupted run)."""
+ends with the metrics and weights of an uninterrupted run) and the pre-emption test of #34 (a
+run sent SIGTERM, or SLURM's SIGUSR1, saves its step, stops, and resumes to the same end)."""
 
 import errno
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from captionkit.data.shapes import make_shapes
 from captionkit.errors import CaptionkitError
@@ -28,7 +25,7 @@ from captionkit.training.module import caption_loss
 from captionkit.training.resume_checkpoints import load_state, save_state
 from captionkit.training.train import train
 
-from conftest import TINY
+from conftest import TINY, assert_same_run, metrics_rows, run_captionkit
 
 
 def test_training_state_round_trip_keeps_types(tmp_path):
@@ -79,74 +76,67 @@ def uninterrupted(config, tmp_path_factory) -> Path:
     return run
 
 
-# Run in a child process that SIGKILLs itself: at a training step, or half-way through
-# writing its N-th checkpoint file (the temporary file is cut short, never renamed).
-DRIVER = """
-import os, signal, sys
-import safetensors.torch
-import captionkit.training.resume_checkpoints as ck
-from captionkit.training import RunConfig
-from captionkit.training.train import train
-from captionkit.training.module import CaptioningModule
-
-config, run, mode, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-if mode == "step":
-    before = CaptioningModule.on_train_batch_start
-    def on_train_batch_start(self, batch, batch_idx):
-        if self.global_step == at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        before(self, batch, batch_idx)
-    CaptioningModule.on_train_batch_start = on_train_batch_start
-else:
-    saves = []
-    def save_file(tensors, filename, metadata=None):
-        saves.append(filename)
-        safetensors.torch.save_file(tensors, filename, metadata)
-        if len(saves) == at:
-            size = os.path.getsize(filename)
-            os.truncate(filename, size // 2)
-            os.kill(os.getpid(), signal.SIGKILL)
-    ck.save_file = save_file
-train(RunConfig.from_yaml(config), run)
-"""
-
-
-def _killed_run(config: RunConfig, run: Path, mode: str, at: int) -> None:
-    run.mkdir(parents=True)
+def _faulty_run(config: RunConfig, run: Path, fault: str, code: int = -signal.SIGKILL,
+                env: dict | None = None) -> str:  # fmt: skip
+    """Train `config` into `run` in a process with `fault` (fault_driver.py), which must end it
+    with exit code `code`; returns its output."""
+    run.parent.mkdir(parents=True, exist_ok=True)
     config.to_yaml(run.parent / "config.yaml")
-    cmd = [sys.executable, "-c", DRIVER, str(run.parent / "config.yaml"), str(run), mode, str(at)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-
-
-def _rows(run: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
-
-
-def _assert_same_run(run: Path, reference: Path) -> None:
-    assert _rows(run) == _rows(reference)
-    ours, theirs = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    ours = load_state(run / "checkpoints" / "last.safetensors")["state_dict"]
-    theirs = load_state(reference / "checkpoints" / "last.safetensors")["state_dict"]
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    args = ["train", "--config", run.parent / "config.yaml", "--out", run]
+    returned, output = run_captionkit(args, run.parent / "train.log", fault, env)
+    assert returned == code, output[-3000:]
+    return output
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "at"), [("step", 9), ("save", 4)])
-def test_killed_run_resumes_to_the_uninterrupted_result(config, uninterrupted, tmp_path, mode, at):
+@pytest.mark.parametrize("fault", ["KILL step 0 9", "KILL save 4"])
+def test_killed_run_resumes_to_the_uninterrupted_result(config, uninterrupted, tmp_path, fault):
     """7 batches an epoch, `last` saved at steps 4, 7 (after validation, beside `best`) and 8.
     Killed at step 9: the resume starts from step 8's, in the middle of epoch 1. Killed while
     writing the 4th file (step 8's `last`): from step 7's, the end of epoch 0."""
     run = tmp_path / "run"
-    _killed_run(config, run, mode, at)
+    _faulty_run(config, run, fault)
     last = load_state(run / "checkpoints" / "last.safetensors")
-    assert last["global_step"] == (8 if mode == "step" else 7)
+    assert last["global_step"] == (8 if "step" in fault else 7)
     train(config, run, resume=True)
-    _assert_same_run(run, uninterrupted)
+    assert_same_run(run, uninterrupted)
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def _fake_slurm(folder: Path) -> dict:
+    """The environment of SLURM job 4242 (one task), with an `scontrol` that records its
+    arguments in `folder/scontrol.calls`."""
+    scontrol = folder / "bin" / "scontrol"
+    scontrol.parent.mkdir(parents=True)
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {folder / "scontrol.calls"}\n')
+    scontrol.chmod(0o755)
+    return {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "captionkit", "SLURM_NTASKS": "1",
+            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+            "PATH": f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["TERM", "USR1"])
+def test_preempted_run_saves_its_step_and_resumes_to_the_uninterrupted_result(
+    config, uninterrupted, tmp_path, signame
+):
+    """SIGTERM as step 9 starts (no checkpoint due before step 12): step 9 ends, the state after
+    it (global step 10, in the middle of epoch 1) is saved, and the run stops with 143 (128 +
+    SIGTERM) and says how to go on. Under SLURM, SIGUSR1 (`--signal=USR1@90`) also requeues."""
+    run = tmp_path / "run"
+    signum = getattr(signal, f"SIG{signame}")
+    env = _fake_slurm(tmp_path) if signame == "USR1" else None
+    output = _faulty_run(config, run, f"{signame} step 0 9", 128 + signum, env)
+    last = run / "checkpoints" / "last.safetensors"
+    assert load_state(last)["global_step"] == 10
+    then = f"continue with: captionkit train --resume {run}"
+    if env:
+        assert (tmp_path / "scontrol.calls").read_text() == "requeue 4242\n"
+        then = f"requeued SLURM job 4242; its script must then run: captionkit train --resume {run}"
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: pre-empted (SIG{signame}) at step 10: saved {last}; {then}"]
+    train(config, run, resume=True)
+    assert_same_run(run, uninterrupted)
 
 
 @pytest.mark.slow
@@ -159,10 +149,10 @@ def test_killed_run_averaging_its_last_epochs_resumes_to_the_uninterrupted_resul
     averaging = RunConfig.from_dict(settings)
     train(averaging, tmp_path / "whole")
     run = tmp_path / "killed" / "run"
-    _killed_run(averaging, run, "step", 15)
+    _faulty_run(averaging, run, "KILL step 0 15")
     assert load_state(run / "checkpoints" / "last.safetensors")["global_step"] == 14
     train(averaging, run, resume=True)
-    _assert_same_run(run, tmp_path / "whole")
+    assert_same_run(run, tmp_path / "whole")
 
 
 def test_resume_refuses_other_model_settings_and_missing_checkpoints(config, tmp_path):
@@ -210,7 +200,7 @@ def test_cli_resume_extends_a_finished_run(config, tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run)]) == 0
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert "resuming with train.epochs 2 (was 1)" in capsys.readouterr().out
-    assert [r["epoch"] for r in _rows(run)] == [0, 1]
+    assert [r["epoch"] for r in metrics_rows(run)] == [0, 1]
     assert RunConfig.from_yaml(run / "config.yaml").train.epochs == 2
     assert main(["train", "--resume", str(run), "--out", str(run)]) == 1
     assert "give neither --config nor --out" in capsys.readouterr().err
@@ -233,10 +223,10 @@ def test_an_early_stopped_run_resumes_with_the_patience_given(config, tmp_path, 
     RunConfig.from_dict(settings).to_yaml(tmp_path / "cfg.yaml")
     run = tmp_path / "run"
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run)]) == 0
-    assert [r["epoch"] for r in _rows(run)] == [0, 1]
+    assert [r["epoch"] for r in metrics_rows(run)] == [0, 1]
     assert main(["train", "--resume", str(run), "--patience", "3"]) == 0
     assert "resuming with train.patience 3 (was 1)" in capsys.readouterr().out
-    assert [r["epoch"] for r in _rows(run)] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in metrics_rows(run)] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

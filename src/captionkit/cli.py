@@ -129,15 +129,24 @@ def extract(
     model = create_encoder(e.name, e.weights, e.resize)
     paths = [dataset.path(r) for r in dataset.records]
     # Under torchrun or SLURM, every process extracts its share (encoders.sharded).
-    store = extract_sharded(model, paths, cache_dir, grid, device, batch_size=batch_size,
-                            num_workers=workers, amp=None if amp == "none" else amp)  # fmt: skip
+    store = extract_sharded(
+        model,
+        paths,
+        cache_dir,
+        grid,
+        device,
+        batch_size=batch_size,
+        num_workers=workers,
+        amp=None if amp == "none" else amp,
+    )
     typer.echo(f"{len(paths) - len(store.failed)} images -> {store.folder}")
     typer.echo(store.report.summary() if store.report else "all images were already cached")
     if verify:
         from captionkit.encoders.verify import verify_store
 
-        report = verify_store(store, model, batch_size=batch_size, num_workers=workers,
-                              device=device)  # fmt: skip
+        report = verify_store(
+            store, model, batch_size=batch_size, num_workers=workers, device=device
+        )
         typer.echo(report.summary())
     if store.failed:
         typer.echo(f"{len(store.failed)} images could not be read (listed in index.json)")
@@ -158,8 +167,9 @@ def prepare(
     Its counts, splits and vocabulary (as `train` would build it), and every problem found."""
     from captionkit.data.dataset_report import format_report, prepare_report
 
-    report = prepare_report(data, images, data_config.min_count, data_config.max_length, strict,
-                            check_images=not quick)  # fmt: skip
+    report = prepare_report(
+        data, images, data_config.min_count, data_config.max_length, strict, check_images=not quick
+    )
     typer.echo(format_report(report))
     if output:
         output.write_text(json.dumps(report, indent=2) + "\n")
@@ -199,8 +209,10 @@ def train(
 
     if resume is not None:
         if config is not None or out is not None:
-            raise CaptionkitError("--resume uses the run's own config.yaml and folder: "
-                                  "give neither --config nor --out")  # fmt: skip
+            raise CaptionkitError(
+                "--resume uses the run's own config.yaml and folder: "
+                "give neither --config nor --out"
+            )
         config, out = resume / "config.yaml", resume
         if not config.exists():
             raise CaptionkitError(f"--resume {resume}: not a run folder (no config.yaml)")
@@ -242,9 +254,17 @@ def evaluate(
     from captionkit.reporting.compare import save_run_evaluation
 
     runs = _runs(checkpoint)
-    result = evaluate_run(runs, data, images, split, cache_dir=cache_dir and str(cache_dir),
-                          options=decoding, spice=spice, rerank=rerank,
-                          quantize=quantize)  # fmt: skip
+    result = evaluate_run(
+        runs,
+        data,
+        images,
+        split,
+        cache_dir=cache_dir and str(cache_dir),
+        options=decoding,
+        spice=spice,
+        rerank=rerank,
+        quantize=quantize,
+    )
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     described = result.rerank.describe_decoding(decoding)  # what ran: the widened beam too
@@ -264,8 +284,9 @@ def evaluate(
         output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if not isinstance(runs, list):  # an ensemble's metrics belong to no one run folder
         try:  # for `captionkit compare`; a read-only run folder only loses that
-            save_run_evaluation(runs, split, result.metrics, len(result.predictions),
-                                described, data)  # fmt: skip
+            save_run_evaluation(
+                runs, split, result.metrics, len(result.predictions), described, data
+            )
         except OSError as e:
             typer.echo(f"warning: could not keep the metrics in the run folder ({e})", err=True)
     if report:
@@ -380,8 +401,17 @@ def serve(
     options = DecodingOptions(allow_unk=allow_unk, bad_endings=bad_endings)
     if api_key is not None and not api_key.strip():
         raise CaptionkitError("--api-key: the key is empty")
-    run_server(_runs(checkpoint), host, port, settings, device, options, rerank, api_key=api_key,
-               quantize=quantize)  # fmt: skip
+    run_server(
+        _runs(checkpoint),
+        host,
+        port,
+        settings,
+        device,
+        options,
+        rerank,
+        api_key=api_key,
+        quantize=quantize,
+    )
 
 
 @command()
@@ -418,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         command.main(args=argv, prog_name="captionkit", standalone_mode=True)
     except CaptionkitError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)  # a pre-empted run's: 128 + the signal
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0

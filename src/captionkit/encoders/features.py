@@ -8,12 +8,16 @@ size and mtime, so another encoder or a changed image never reads stale features
 copies the rows of unchanged images from older stores of the same encoder (`reuse.py`), so only
 new or changed images go through the encoder. The folder is written under a temporary name and
 renamed when complete, so an interrupted extraction never leaves a store that is later trusted.
+Its array files get all their disk blocks before the first image is extracted: on a full disk the
+build stops at once with an error, where writing into a memory map with no disk behind it would
+kill the process (SIGBUS) hours later.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -134,8 +138,9 @@ class FeatureStore:
         return cls(folder, index["paths"], pooled, grid, index["failed"])
 
 
-def store_variant(encoder: ImageEncoder, grid: bool, amp: str | None = None,
-                  view: View | None = None) -> str:  # fmt: skip
+def store_variant(
+    encoder: ImageEncoder, grid: bool, amp: str | None = None, view: View | None = None
+) -> str:
     """What makes rows of two stores interchangeable: the encoder fingerprint (name, weights,
     preprocessing), the grid setting, autocast and the augmented view. Autocast changes features
     by more than the float16 storage rounds (bf16: a few percent, see tests/test_feature_store.py),
@@ -145,9 +150,14 @@ def store_variant(encoder: ImageEncoder, grid: bool, amp: str | None = None,
     return variant if view is None else f"{variant}|{view.key()}"
 
 
-def store_key(encoder: ImageEncoder, paths: list[Path], grid: bool,
-              stats: list[Stat] | None = None, amp: str | None = None,
-              view: View | None = None) -> str:  # fmt: skip
+def store_key(
+    encoder: ImageEncoder,
+    paths: list[Path],
+    grid: bool,
+    stats: list[Stat] | None = None,
+    amp: str | None = None,
+    view: View | None = None,
+) -> str:
     """Hash of the store variant and each image's path, size and mtime."""
     stats = stats if stats is not None else [file_stat(p) for p in paths]
     h = hashlib.sha256(store_variant(encoder, grid, amp, view).encode())
@@ -192,12 +202,15 @@ def extract_features(
     if store is not None:
         return store
     partial = folder.with_name(f"{folder.name}.partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    report = None
-    with open(partial / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
-        if _open_complete(folder) is None:  # another process may have finished meanwhile
-            report = _build(folder, encoder, paths, stats, grid, settings)
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        report = None
+        with open(partial / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
+            if _open_complete(folder) is None:  # another process may have finished meanwhile
+                report = _build(folder, encoder, paths, stats, grid, settings)
+    except OSError as e:  # a full disk, a quota, a read-only cache
+        raise CaptionkitError(_write_error(partial, e, len(paths), encoder, grid)) from None
     (folder / "lock").unlink(missing_ok=True)
     if report is not None and prune:
         others = reuse.complete_stores(cache_dir, encoder.name, variant)
@@ -209,20 +222,49 @@ def extract_features(
     return store
 
 
-def store_folder(encoder: ImageEncoder, paths: list[Path], cache_dir: Path, grid: bool,
-                 stats: list[Stat], amp: str | None, view: View | None) -> Path:  # fmt: skip
+def _write_error(partial: Path, error: OSError, n: int, encoder: ImageEncoder, grid: bool) -> str:
+    """What a build that failed on `error` left and what to do (`n` images)."""
+    problem = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        tokens = 1 + (_grid_length(encoder) if grid else 0)  # pooled row + grid rows, float16
+        size = n * tokens * encoder.feature_dim * 2
+        free = shutil.disk_usage(partial.parent).free
+        problem += f": the store takes {_in_words(size)}, {_in_words(free)} are free"
+    return (
+        f"{partial}: could not write the feature store ({problem}); no store was completed. "
+        "Make room and run again: it goes on from the images done"
+    )
+
+
+def _in_words(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def store_folder(
+    encoder: ImageEncoder,
+    paths: list[Path],
+    cache_dir: Path,
+    grid: bool,
+    stats: list[Stat],
+    amp: str | None,
+    view: View | None,
+) -> Path:
     """Where the store of these images (their `stats`) and settings lies in `cache_dir`."""
     return cache_dir / f"{encoder.name}-{store_key(encoder, paths, grid, stats, amp, view)}"
 
 
-def cached_store(encoder: ImageEncoder, paths: list[Path], cache_dir: Path | None = None,
-                 grid: bool = True, amp: str | None = None) -> FeatureStore | None:  # fmt: skip
+def cached_store(
+    encoder: ImageEncoder,
+    paths: list[Path],
+    cache_dir: Path | None = None,
+    grid: bool = True,
+    amp: str | None = None,
+) -> FeatureStore | None:
     """The complete, intact store of `paths` that `extract_features` would return, when the
     cache already has it (else None; nothing is built or removed)."""
     paths = [Path(p).resolve() for p in paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = store_folder(encoder, paths, cache_dir, grid, [file_stat(p) for p in paths], amp,
-                           None)  # fmt: skip
+    folder = store_folder(encoder, paths, cache_dir, grid, [file_stat(p) for p in paths], amp, None)
     try:
         return FeatureStore.open(folder)
     except (FileNotFoundError, DamagedStore):  # none, or damaged: a build deals with it
@@ -245,8 +287,14 @@ def _open_complete(folder: Path) -> FeatureStore | None:
         return None
 
 
-def _build(folder: Path, encoder: ImageEncoder, paths: list[Path], stats: list[Stat],
-           grid: bool, settings: ExtractionSettings) -> BuildReport:  # fmt: skip
+def _build(
+    folder: Path,
+    encoder: ImageEncoder,
+    paths: list[Path],
+    stats: list[Stat],
+    grid: bool,
+    settings: ExtractionSettings,
+) -> BuildReport:
     """Fill `<folder>.partial` (copy, then extract the rest), write its index, rename it."""
     partial = folder.with_name(f"{folder.name}.partial")
     variant = store_variant(encoder, grid, settings.amp, settings.view)
@@ -264,9 +312,14 @@ def _build(folder: Path, encoder: ImageEncoder, paths: list[Path], stats: list[S
 
 
 def store_index(
-    encoder: ImageEncoder, paths: list[Path], stats: list[Stat], grid: bool, failed: dict,
-    amp: str | None = None, view: View | None = None,
-) -> dict:  # fmt: skip
+    encoder: ImageEncoder,
+    paths: list[Path],
+    stats: list[Stat],
+    grid: bool,
+    failed: dict,
+    amp: str | None = None,
+    view: View | None = None,
+) -> dict:
     """What a store's index.json says of it, less the integrity record (`finish_store`)."""
     index = {"paths": [str(p) for p in paths], "stats": stats, "grid": grid, "failed": failed}
     index |= {"encoder": encoder.spec(), "variant": store_variant(encoder, grid, amp, view)}
@@ -291,6 +344,19 @@ def seal_store(folder: Path, arrays: dict, index: dict) -> None:
     (folder / "failed.json").unlink(missing_ok=True)
 
 
+def _reserve(path: Path) -> None:
+    """Give the (sparse) file `path` all its disk blocks now: OSError (ENOSPC) if the disk lacks
+    them. Filesystems that cannot allocate ahead (some network ones) are left as they are."""
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
+
 def _reopen(path: Path, shape: tuple, dtype) -> tuple[np.ndarray, bool]:
     """A writable memory map of `path`: (array, True) if a previous attempt left a usable one."""
     try:
@@ -312,6 +378,8 @@ def open_partial_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: boo
         "progress": ((n,), np.bool_),
     }
     opened = {name: _reopen(folder / f"{name}.npy", *spec) for name, spec in specs.items()}
+    for name in specs:  # also when reopened: an attempt that failed here left holes
+        _reserve(folder / f"{name}.npy")
     arrays = {name: array for name, (array, _) in opened.items()}
     if not all(reused for _, reused in opened.values()):
         arrays["progress"][:] = False
@@ -320,8 +388,14 @@ def open_partial_arrays(folder: Path, n: int, n_tokens: int, dim: int, grid: boo
 
 
 @torch.inference_mode()
-def extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEncoder,
-                  paths: list[Path], settings: ExtractionSettings) -> int:  # fmt: skip
+def extract_into(
+    arrays: dict,
+    failed: dict,
+    failed_file: Path,
+    encoder: ImageEncoder,
+    paths: list[Path],
+    settings: ExtractionSettings,
+) -> int:
     """Run the images of the rows not yet done (`arrays["progress"]`) through the encoder into
     `arrays`, recording unreadable ones in `failed` (and `failed_file`); returns how many."""
     done = arrays["progress"]
@@ -342,8 +416,9 @@ def extract_into(arrays: dict, failed: dict, failed_file: Path, encoder: ImageEn
         pin_memory=cuda,  # page-locked batches copy to the GPU asynchronously
     )
     try:
-        for local_rows, images, errors in tqdm(loader, desc=f"features ({encoder.name})",
-                                               unit="batch"):  # fmt: skip
+        for local_rows, images, errors in tqdm(
+            loader, desc=f"features ({encoder.name})", unit="batch"
+        ):
             new_failures = {str(paths[todo[i]]): err for i, err in errors}
             failed.update(new_failures)
             rows = todo[local_rows]
@@ -375,8 +450,13 @@ def _grid_length(encoder: ImageEncoder) -> int:
     return g.shape[1]
 
 
-def features_for_dataset(dataset, encoder: ImageEncoder, cache_dir: Path | None = None,
-                         problems: Problems | None = None, **options):  # fmt: skip
+def features_for_dataset(
+    dataset,
+    encoder: ImageEncoder,
+    cache_dir: Path | None = None,
+    problems: Problems | None = None,
+    **options,
+):
     """Features of every image of a `CaptionDataset` (all splits, so training and evaluation share
     one store), and the records whose image could be read. Unusable images are reported into
     `problems` (default: the dataset's own collector) and skipped. `options` go to

@@ -30,8 +30,15 @@ class BestCheckpoint(L.Callback):
     With `finetuned` (an encoder trained by this run or by its `--init` run), the encoder is
     saved too, and its spec says so, with the fingerprint of its current weights."""
 
-    def __init__(self, run_dir: Path, model_name: str, tokenizer: Tokenizer, encoder: dict,
-                 extra: dict, finetuned: ImageEncoder | None = None):  # fmt: skip
+    def __init__(
+        self,
+        run_dir: Path,
+        model_name: str,
+        tokenizer: Tokenizer,
+        encoder: dict,
+        extra: dict,
+        finetuned: ImageEncoder | None = None,
+    ):
         self.run_dir, self.model_name, self.tokenizer = run_dir, model_name, tokenizer
         self.encoder, self.extra, self.finetuned = encoder, extra, finetuned
         self.best: dict = {}
@@ -76,11 +83,22 @@ class BestCheckpoint(L.Callback):
     def _export(self, module: CaptioningModule) -> None:
         spec, encoder_model = self.encoder, None
         if self.finetuned is not None:
-            spec = {**spec, "fingerprint": self.finetuned.fingerprint(), "finetuned": True,
-                    "base_fingerprint": self.encoder["fingerprint"]}  # fmt: skip
+            spec = {
+                **spec,
+                "fingerprint": self.finetuned.fingerprint(),
+                "finetuned": True,
+                "base_fingerprint": self.encoder["fingerprint"],
+            }
             encoder_model = self.finetuned.model
-        save_checkpoint(self.run_dir, module.kept_model, self.model_name, self.tokenizer, spec,
-                        {**self.extra, "metrics": self.best}, encoder_model)  # fmt: skip
+        save_checkpoint(
+            self.run_dir,
+            module.kept_model,
+            self.model_name,
+            self.tokenizer,
+            spec,
+            {**self.extra, "metrics": self.best},
+            encoder_model,
+        )
 
 
 class DataPosition(L.Callback):
@@ -120,8 +138,7 @@ class ValEarlyStopping(EarlyStopping):
     lets an early-stopped run go on) where Lightning restores the checkpoint's."""
 
     def __init__(self, patience: int):
-        super().__init__("val/CIDEr", mode="max", patience=patience,
-                         check_on_train_epoch_end=False)  # fmt: skip
+        super().__init__("val/CIDEr", mode="max", patience=patience, check_on_train_epoch_end=False)
 
     def load_state_dict(self, state_dict: dict) -> None:
         patience = self.patience
@@ -137,19 +154,23 @@ class LastCheckpoint(L.Callback):
         self.path, self.every, self.accumulate = path, every, accumulate
         self.saved_step = -1
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         step, batch_idx = trainer.global_step, args[-1]
-        if (self.every and step % self.every == 0 and step != self.saved_step
-                and (batch_idx + 1) % self.accumulate == 0):  # fmt: skip
-            self._save(trainer)
+        if (
+            self.every
+            and step % self.every == 0
+            and step != self.saved_step
+            and (batch_idx + 1) % self.accumulate == 0
+        ):
+            self.save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._save(trainer)
+            self.save(trainer)
 
 
 class _NoVersion:

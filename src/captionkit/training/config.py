@@ -194,8 +194,17 @@ class OptimConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("caption_weights", self.caption_weights, CAPTION_WEIGHTS)
         _check_choice("grad_clip_algorithm", self.grad_clip_algorithm, ("norm", "value"))
-        for name in ("lr", "weight_decay", "grad_clip", "min_lr", "warmup_steps", "average_last",
-                     "plateau_patience", "ss_start_epoch", "ss_ramp_epochs"):  # fmt: skip
+        for name in (
+            "lr",
+            "weight_decay",
+            "grad_clip",
+            "min_lr",
+            "warmup_steps",
+            "average_last",
+            "plateau_patience",
+            "ss_start_epoch",
+            "ss_ramp_epochs",
+        ):
             _check_range(name, getattr(self, name), 0, None)
         for name in ("accumulate", "lr_step_epochs"):
             _check_range(name, getattr(self, name), 1, None)
@@ -292,13 +301,18 @@ class TrainConfig:
     strategy: str = "auto"
     """Lightning strategy: `auto` (one process) or `ddp` (one process per device; the batch
     size is per device, so the global batch is `batch_size x devices x num_nodes`)."""
+    ddp_timeout: int = 600
+    """DDP: seconds a collective waits for the other processes before it fails (Lightning's
+    default is 30 minutes). A process that dies is found within seconds anyway (its rank named);
+    this ends the waits where every process lives but one hangs. Keep it above the longest time
+    one rank works alone (writing a checkpoint or the exported model while the others wait)."""
 
     def __post_init__(self):
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("strategy", self.strategy, STRATEGIES)
         if self.scst_epochs < 0:
             raise CaptionkitError(f"scst_epochs must be 0 or more, not {self.scst_epochs}")
-        for name in ("devices", "num_nodes", "epochs", "batch_size"):
+        for name in ("devices", "num_nodes", "epochs", "batch_size", "ddp_timeout"):
             if getattr(self, name) < 1:
                 raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.checkpoint_every < 0:

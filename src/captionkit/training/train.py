@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -50,6 +51,8 @@ from captionkit.training.callbacks import (
 from captionkit.training.config import RunConfig
 from captionkit.training.library_output import library_output_filtered
 from captionkit.training.module import CaptioningModule
+from captionkit.training.preemption import Preempted, Preemption
+from captionkit.training.ranks import RankWatch, WatchedDDP
 from captionkit.training.resume_checkpoints import CHECKPOINTS, LAST, SafetensorsCheckpointIO
 from captionkit.training.run_data import (
     caption_datamodule,
@@ -64,18 +67,21 @@ def _trainer(config: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L
     t = config.train
     if t.patience > 0:  # first: the checkpoints saved after a validation hold its updated count
         callbacks = [ValEarlyStopping(t.patience), *callbacks]
+    watch = RankWatch(run_dir)  # in DDP, the other processes stop at once when one is lost
     # Logs train|samples_per_sec (captions), train|items_per_sec (target tokens) and batches/s.
     callbacks = [
         RichBar() if _RICH_AVAILABLE else TqdmBar(),
         *callbacks,
         ThroughputMonitor(batch_size_fn=captions_in, length_fn=target_tokens_in, window_size=10),
+        watch,
     ]
+    ddp = t.strategy == "ddp"
     return L.Trainer(
         max_epochs=t.epochs,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=WatchedDDP(watch, timedelta(seconds=t.ddp_timeout)) if ddp else t.strategy,
         # The data modules give each rank its share themselves (a length-bucketing batch sampler
         # that Lightning could not wrap).
         use_distributed_sampler=False,
@@ -105,15 +111,20 @@ def _load_init(config: RunConfig) -> TrainedModel | None:
     init = load_checkpoint(config.train.init)
     model_name, encoder_name = init.config["model"]["name"], init.encoder["name"]
     if model_name != config.model:
-        raise CaptionkitError(f"--init {config.train.init}: its model is {model_name}, "
-                              f"not {config.model} (--model)")  # fmt: skip
+        raise CaptionkitError(
+            f"--init {config.train.init}: its model is {model_name}, not {config.model} (--model)"
+        )
     if encoder_name != config.encoder.name:
-        raise CaptionkitError(f"--init {config.train.init}: its encoder is {encoder_name}, "
-                              f"not {config.encoder.name} (--encoder)")  # fmt: skip
+        raise CaptionkitError(
+            f"--init {config.train.init}: its encoder is {encoder_name}, "
+            f"not {config.encoder.name} (--encoder)"
+        )
     resize = spec_resize(init.encoder)
     if resize != config.encoder.resize:
-        raise CaptionkitError(f"--init {config.train.init}: its encoder's photos were resized "
-                              f"by {resize}, not {config.encoder.resize} (--resize)")  # fmt: skip
+        raise CaptionkitError(
+            f"--init {config.train.init}: its encoder's photos were resized "
+            f"by {resize}, not {config.encoder.resize} (--resize)"
+        )
     return init
 
 
@@ -129,11 +140,13 @@ def _encoder(config: RunConfig, init: TrainedModel | None) -> ImageEncoder:
     return encoder
 
 
-def _model(config: RunConfig, vocab: Tokenizer, encoder: ImageEncoder,
-           init: TrainedModel | None) -> nn.Module:  # fmt: skip
+def _model(
+    config: RunConfig, vocab: Tokenizer, encoder: ImageEncoder, init: TrainedModel | None
+) -> nn.Module:
     """A new model, or one with the `--init` run's weights (the same settings are required)."""
-    model = create_model(config.model, vocab_size=len(vocab), feature_dim=encoder.feature_dim,
-                         **config.model_args)  # fmt: skip
+    model = create_model(
+        config.model, vocab_size=len(vocab), feature_dim=encoder.feature_dim, **config.model_args
+    )
     if init is not None:
         ours, theirs = model_config_dict(model), init.config["model"]["config"]
         differ = [k for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
@@ -164,8 +177,14 @@ def _load_data(config: RunConfig, run_dir: Path, init: TrainedModel | None):
     return dataset, encoder, store, train_records, val_records
 
 
-def _fit(config: RunConfig, run_dir: Path, module, datamodule, callbacks: list[L.Callback],
-         ckpt_path: Path | None) -> None:  # fmt: skip
+def _fit(
+    config: RunConfig,
+    run_dir: Path,
+    module,
+    datamodule,
+    callbacks: list[L.Callback],
+    ckpt_path: Path | None,
+) -> None:
     """Lightning's fit, without the warnings that do not apply to our runs, nor the libraries'
     output that is not the user's business (`library_output`)."""
     with warnings.catch_warnings(), library_output_filtered():
@@ -178,11 +197,28 @@ def _fit(config: RunConfig, run_dir: Path, module, datamodule, callbacks: list[L
         # ... and about the FLOP counts the throughput monitor could log (bench/ measures them).
         warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`")
         trainer = _trainer(config, run_dir, callbacks)
+        _fit_watched(trainer, module, datamodule, ckpt_path)
+
+
+def _fit_watched(trainer: L.Trainer, module, datamodule, ckpt_path: Path | None) -> None:
+    """`trainer.fit`; when it fails because a DDP process was lost, the error names its rank."""
+    watch = next(c for c in trainer.callbacks if isinstance(c, RankWatch))
+    try:
         trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+    except Preempted:
+        raise
+    except Exception:
+        lost = watch.lost_rank_error()
+        if lost is not None:
+            raise lost from None
+        raise
+    finally:
+        watch.stop()
 
 
-def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
-                to_beat: dict | None = None) -> dict:  # fmt: skip
+def train_phase(
+    config: RunConfig, run_dir: str | Path, resume: bool = False, to_beat: dict | None = None
+) -> dict:
     """Train a model as `config` says, one objective; the best checkpoint (by val CIDEr) lands
     in `run_dir`, beside `config` itself as `config.yaml`. With `resume`, continue the run in
     `run_dir` from `checkpoints/last.safetensors`. `to_beat`: a metrics row of an earlier phase;
@@ -190,8 +226,10 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
     run_dir = Path(run_dir)
     scst = config.optim.objective == "scst"
     if scst and not config.train.init:
-        raise CaptionkitError("--objective scst fine-tunes a trained model: give --init RUN_DIR "
-                              "(a run trained with the default objective, xe)")  # fmt: skip
+        raise CaptionkitError(
+            "--objective scst fine-tunes a trained model: give --init RUN_DIR "
+            "(a run trained with the default objective, xe)"
+        )
     last = start_run_dir(config, run_dir, resume)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     init = _load_init(config)
@@ -203,43 +241,65 @@ def train_phase(config: RunConfig, run_dir: str | Path, resume: bool = False,
     model = _model(config, vocab, encoder, init)
     finetune, use_grid = config.encoder.finetune, model_entry(config.model).model_class.uses_grid
     if scst:
-        data = (scst_datamodule(config, encoder, store, dataset, train_records, val_records,
-                                 use_grid), 0)  # fmt: skip
+        data = (
+            scst_datamodule(config, encoder, store, dataset, train_records, val_records, use_grid),
+            0,
+        )
     elif finetune:
         data = image_datamodule(config, encoder, dataset, train_records, val_records, vocab)
     else:
-        data = caption_datamodule(config, encoder, store, dataset, train_records, val_records,
-                                  vocab, use_grid, run_dir)  # fmt: skip
+        data = caption_datamodule(
+            config, encoder, store, dataset, train_records, val_records, vocab, use_grid, run_dir
+        )
     datamodule, truncated = data
     val_options = DecodingOptions(config.train.val_beam_size, max_length=config.data.max_length)
     val_references = {r.filename: r.captions for r in val_records}
-    args = (model, vocab, config.optim, val_references, val_options,
-            encoder if finetune else None, config.encoder.lr)  # fmt: skip
+    args = (
+        model,
+        vocab,
+        config.optim,
+        val_references,
+        val_options,
+        encoder if finetune else None,
+        config.encoder.lr,
+    )
     if scst:
-        reward = ScstReward({r.filename: r.captions for r in train_records},
-                            config.scst.bleu_weight)  # fmt: skip
-        module = ScstModule(*args, seed=config.train.seed, scst=config.scst, reward=reward,
-                            max_length=config.data.max_length)  # fmt: skip
+        reward = ScstReward(
+            {r.filename: r.captions for r in train_records}, config.scst.bleu_weight
+        )
+        module = ScstModule(
+            *args,
+            seed=config.train.seed,
+            scst=config.scst,
+            reward=reward,
+            max_length=config.data.max_length,
+        )
     else:
         module = CaptioningModule(*args, seed=config.train.seed)
-    extra = {"run": config.to_dict(), "dataset": {"name": dataset.name, **dataset.split_sizes(),
-                                                  "truncated_captions": truncated}}  # fmt: skip
+    extra = {
+        "run": config.to_dict(),
+        "dataset": {"name": dataset.name, **dataset.split_sizes(), "truncated_captions": truncated},
+    }
     base = init.encoder if init is not None else encoder.spec()
     # An encoder fine-tuned here or by the --init run is saved with the model.
     trained_encoder = encoder if finetune or base.get("finetuned") else None
     best = BestCheckpoint(run_dir, config.model, vocab, base, extra, trained_encoder)
     best.best = dict(to_beat or {})
     every, accumulate = config.train.checkpoint_every, config.optim.accumulate
-    callbacks = [DataPosition(datamodule), best, LastCheckpoint(last, every, accumulate)]
+    saver = LastCheckpoint(last, every, accumulate)
+    # Preemption after LastCheckpoint: at a step both would save, the state is written once.
+    callbacks = [DataPosition(datamodule), best, saver, Preemption(saver, run_dir, accumulate)]
     _fit(config, run_dir, module, datamodule, callbacks, last if resume else None)
     if rank_zero_only.rank == 0 and (run_dir / WEIGHTS).exists():
-        _index_neighbours(config, run_dir, store, [dataset.path(r) for r in train_records],
-                          train_records, encoder)  # fmt: skip
+        _index_neighbours(
+            config, run_dir, store, [dataset.path(r) for r in train_records], train_records, encoder
+        )
     return best.best
 
 
-def _index_neighbours(config: RunConfig, run_dir: Path, store, paths: list[Path], records,
-                      encoder: ImageEncoder) -> None:  # fmt: skip
+def _index_neighbours(
+    config: RunConfig, run_dir: Path, store, paths: list[Path], records, encoder: ImageEncoder
+) -> None:
     """Re-ranking's neighbour index: the training images' pooled features by the encoder that
     the run exports. A fine-tuned encoder's features are not the cached ones: the exported
     (best) encoder extracts them again, into a cache folder that is then removed."""
@@ -252,16 +312,24 @@ def _index_neighbours(config: RunConfig, run_dir: Path, store, paths: list[Path]
         index_training_images(run_dir, store, paths, records, exported.fingerprint())
 
 
-def _tokenizer(config: RunConfig, run_dir: Path, init: TrainedModel | None, train_records,
-               resume: bool) -> Tokenizer:  # fmt: skip
+def _tokenizer(
+    config: RunConfig, run_dir: Path, init: TrainedModel | None, train_records, resume: bool
+) -> Tokenizer:
     """The `--init` run's tokenizer, the resumed run's own (`tokenizer.json`), or a new one built
     from the training captions and saved as `tokenizer.json`."""
     path = run_dir / "tokenizer.json"
     if resume and path.exists():
         return tokenizer_from_dict(json.loads(path.read_text()))
-    vocab = init.tokenizer if init is not None else build_tokenizer(
-        config.data.tokenizer, (c for r in train_records for c in r.captions),
-        config.data.min_count, config.data.vocab_size)  # fmt: skip
+    vocab = (
+        init.tokenizer
+        if init is not None
+        else build_tokenizer(
+            config.data.tokenizer,
+            (c for r in train_records for c in r.captions),
+            config.data.min_count,
+            config.data.vocab_size,
+        )
+    )
     if rank_zero_only.rank == 0:
         path.write_text(json.dumps(vocab.to_dict()))
     return vocab
@@ -296,20 +364,30 @@ def _two_phases(config: RunConfig, run_dir: Path, resume: bool) -> dict:
         if won:
             _adopt_scst_model(config, run_dir, scst_dir)
         kept = "SCST" if won else "cross-entropy (SCST did not beat it)"
-        print(f"val CIDEr: cross-entropy {xe_best['val/CIDEr']:.3f}, SCST "
-              f"{best['val/CIDEr']:.3f}: kept the {kept} model in {run_dir}")  # fmt: skip
+        print(
+            f"val CIDEr: cross-entropy {xe_best['val/CIDEr']:.3f}, SCST "
+            f"{best['val/CIDEr']:.3f}: kept the {kept} model in {run_dir}"
+        )
     return best if won else xe_best
 
 
 def _scst_phase(config: RunConfig, run_dir: Path) -> RunConfig:
     """The SCST phase of a two-phase run: from the run's best cross-entropy model, at the SCST
     learning rate, constant (the cross-entropy schedule's warmup and decay were for that phase)."""
-    optim = dataclasses.replace(config.optim, objective="scst", lr=config.scst.lr,
-                                schedule="constant", warmup_steps=0, label_smoothing=0.0,
-                                scheduled_sampling=0.0, average_last=0,
-                                caption_weights="uniform")  # fmt: skip
-    train = dataclasses.replace(config.train, epochs=config.train.scst_epochs, scst_epochs=0,
-                                init=str(run_dir))  # fmt: skip
+    optim = dataclasses.replace(
+        config.optim,
+        objective="scst",
+        lr=config.scst.lr,
+        schedule="constant",
+        warmup_steps=0,
+        label_smoothing=0.0,
+        scheduled_sampling=0.0,
+        average_last=0,
+        caption_weights="uniform",
+    )
+    train = dataclasses.replace(
+        config.train, epochs=config.train.scst_epochs, scst_epochs=0, init=str(run_dir)
+    )
     return dataclasses.replace(config, optim=optim, train=train)
 
 
