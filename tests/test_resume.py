@@ -56,6 +56,17 @@ def test_training_state_refuses_code_and_foreign_files(tmp_path):
         load_state(tmp_path / "none.safetensors")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The faulty runs are processes on one thread (`conftest.start_captionkit`): the runs they
+    are compared with, and their resumes, train on one thread too, so that every sum adds up in
+    the same order and the weights can be compared exactly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> RunConfig:
     folder = tmp_path_factory.mktemp("shapes")
