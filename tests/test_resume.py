@@ -127,6 +127,26 @@ def _fake_slurm(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+def test_under_slurm_a_checkpoint_left_where_the_job_starts_is_not_restored(
+    config, uninterrupted, tmp_path, monkeypatch
+):
+    """Under SLURM, Lightning restores the `hpc_ckpt_*.ckpt` it finds in its root folder at the
+    start of a fit: that folder is the run's, so another job's file in the directory the job was
+    launched from neither stops this run nor leaks into it."""
+    env = _fake_slurm(tmp_path)
+    env.pop("PATH")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    launched = tmp_path / "launched"
+    launched.mkdir()
+    (launched / "hpc_ckpt_1.ckpt").write_bytes(b"another job's checkpoint")
+    monkeypatch.chdir(launched)
+    run = tmp_path / "run"
+    train(config, run)
+    assert_same_run(run, uninterrupted)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["TERM", "USR1"])
 def test_preempted_run_saves_its_step_and_resumes_to_the_uninterrupted_result(
     config, uninterrupted, tmp_path, signame

@@ -78,6 +78,9 @@ def _trainer(config: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L
     ddp = t.strategy == "ddp"
     return L.Trainer(
         max_epochs=t.epochs,
+        # Under SLURM, Lightning restores any `hpc_ckpt_*.ckpt` it finds here at the start of a
+        # fit: the run's own folder, not the directory the job was launched from.
+        default_root_dir=run_dir,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
