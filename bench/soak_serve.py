@@ -330,7 +330,11 @@ def _oversized(port: int, chunked: bool, limit: int) -> int | str:
             if not chunked:
                 sock.sendall(_upload_head(2 * limit) + b"x" * 1024)
                 return _read_answer(sock.makefile("rb"))
-            sock.sendall(_upload_head(0, chunked=True))
+            # a valid start of a form, so that the server reads on to its limit (random bytes
+            # would be refused at once as a malformed form: 400)
+            start = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="b.jpg"'
+            start = (start + "\r\n\r\n").encode()
+            sock.sendall(_upload_head(0, chunked=True) + b"%x\r\n%s\r\n" % (len(start), start))
             chunk, sent = b"%x\r\n%s\r\n" % (65536, b"x" * 65536), 0
             while sent <= 2 * limit and not select.select([sock], [], [], 0)[0]:
                 sock.sendall(chunk)
