@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +130,8 @@ def test_caption_endpoint_draws_attention_overlays(attending):
 def test_health_model_page_and_docs(client, tiny_attention_run):
     client.post("/caption", files=_files(_png(), _png(seed=1)))
     health = client.get("/health").json()
-    assert health == {"status": "ok", "waiting": 0, "batches": 1, "images": 2, "largest_batch": 2}
+    assert health == {"status": "ok", "in_flight": 0, "uploading": 0, "waiting": 0, "batches": 1,
+                      "images": 2, "largest_batch": 2}  # fmt: skip
     model = client.get("/model").json()
     assert model["model"] == "attention" and model["encoder"]["name"] == "tf_efficientnet_lite0"
     assert model["vocabulary_size"] == 4 + len(SHAPE_WORDS) and model["attention"] is True
@@ -346,6 +348,130 @@ def test_serving_beyond_loopback_without_a_key_is_warned_about():
     assert "listening on 0.0.0.0 without an API key" in exposure_warning("0.0.0.0", None)
 
 
+# --- the limits that protect the server, on a real server (uvicorn) ------------------------------
+
+
+def _upload(url: str, length: int, first: bytes = b"") -> socket.socket:
+    """A connection with a POST /caption announcing a body of `length` bytes, of which only
+    `first` is sent."""
+    host, port = url.removeprefix("http://").strip("/").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = (f"POST /caption HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n")  # fmt: skip
+    sock.sendall(head.encode() + first)
+    return sock
+
+
+def _status_of(sock: socket.socket) -> tuple[int, str]:
+    """The status and body of the answer on `sock` (a socket timeout if none comes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed without an answer: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body.decode()
+
+
+def _wait_for(url: str, what: str, value: int) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}health").json()[what] != value:
+        assert time.monotonic() < deadline, f"/health never showed {what} = {value}"
+        time.sleep(0.02)
+
+
+def test_a_stalled_or_trickling_body_gets_408_and_holds_nothing(captioner):
+    import httpx
+
+    settings = ServeSettings(max_wait_ms=1, body_timeout_s=0.5, min_body_rate=200)
+    with _serving(create_app(captioner, settings)) as url:
+        start = time.monotonic()
+        stalled = _upload(url, 10_000, b"--b\r\n")
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        trickle = _upload(url, 10_000, part)
+
+        def send_slowly():  # 100 bytes/s: never 0.5 s without a byte, but under the floor
+            with contextlib.suppress(OSError):
+                for _ in range(50):
+                    trickle.sendall(b"x" * 10)
+                    time.sleep(0.1)
+
+        threading.Thread(target=send_slowly, daemon=True).start()
+        answer = httpx.post(f"{url}caption", files=_files(_png()), timeout=10)
+        assert answer.status_code == 200  # the slow bodies hold no worker
+        status, body = _status_of(stalled)
+        assert (status, body) == (408, '{"error": "request body timed out: nothing arrived '
+                                       'for 0.5 s"}')  # fmt: skip
+        status, body = _status_of(trickle)
+        assert status == 408 and "under the floor of 200 bytes/s" in body
+        assert time.monotonic() - start < 4
+        stalled.close(), trickle.close()
+        _wait_for(url, "in_flight", 0)
+        assert httpx.get(f"{url}health").json()["uploading"] == 0
+
+
+def test_uploads_over_the_limit_get_503_with_retry_after_at_once(captioner):
+    import httpx
+
+    settings = ServeSettings(max_wait_ms=1, max_uploads=2, retry_after_s=3)
+    with _serving(create_app(captioner, settings)) as url:
+        slow = [_upload(url, 10_000, b"--b\r\n") for _ in range(2)]
+        _wait_for(url, "uploading", 2)
+        start = time.monotonic()
+        refused = httpx.post(f"{url}caption", files=_files(_png()), timeout=10)
+        assert time.monotonic() - start < 2 and refused.headers["retry-after"] == "3"
+        assert _error(refused, 503) == (
+            "server busy: 2 uploads are already in progress, try again in 3 s"
+        )
+        slow[0].close()  # a client gone mid-upload frees its place
+        _wait_for(url, "uploading", 1)
+        assert httpx.post(f"{url}caption", files=_files(_png()), timeout=10).status_code == 200
+        slow[1].close()
+        _wait_for(url, "in_flight", 0)
+
+
+class _Held:
+    """A captioner whose model waits for `release` before each batch."""
+
+    def __init__(self, captioner):
+        self.inner, self.release = captioner, threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def caption(self, images, **kwargs):
+        assert self.release.wait(30)
+        return self.inner.caption(images, **kwargs)
+
+
+def test_a_full_server_answers_503_with_retry_after_at_once(captioner):
+    import httpx
+
+    held = _Held(captioner)
+    settings = ServeSettings(max_wait_ms=1, max_queue=2)
+    with _serving(create_app(held, settings)) as url, ThreadPoolExecutor(2) as pool:
+
+        def post():
+            return httpx.post(f"{url}caption", files=_files(_png()), timeout=30)
+
+        first = [pool.submit(post) for _ in range(2)]
+        _wait_for(url, "in_flight", 2)
+        start = time.monotonic()
+        refused = post()
+        assert time.monotonic() - start < 2 and refused.headers["retry-after"] == "2"
+        assert _error(refused, 503) == (
+            "server busy: 2 requests are already in the server, try again in 2 s"
+        )
+        held.release.set()
+        assert [f.result().status_code for f in first] == [200, 200]
+        assert post().status_code == 200
+
+
 # --- the web page, in headless Chromium ---------------------------------------------------------
 
 
@@ -510,7 +636,9 @@ def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
 
     monkeypatch.setattr("captionkit.serving.server.serve", fake_serve)
     argv = ["serve", "--checkpoint", str(tiny_attention_run), "--port", "8123", "--batch-size",
-            "4", "--max-wait-ms", "0", "--max-upload-mb", "0.5", "--max-files", "2"]  # fmt: skip
+            "4", "--max-wait-ms", "0", "--max-upload-mb", "0.5", "--max-files", "2",
+            "--max-queue", "8", "--max-uploads", "4", "--body-timeout", "5", "--min-body-rate",
+            "100", "--retry-after", "3"]  # fmt: skip
     monkeypatch.delenv("CAPTIONKIT_API_KEY", raising=False)
     assert main(argv) == 0
     assert main([*argv, "--api-key", "k1"]) == 0
@@ -525,7 +653,8 @@ def test_serve_command_passes_its_options(monkeypatch, tiny_attention_run):
     assert options.bad_endings and not options.allow_unk
     assert rerank.method == "auto"  # serve's default: consensus where the run can
     assert settings == ServeSettings(max_upload_bytes=512 * 1024, max_files=2, batch_size=4,
-                                     max_wait_ms=0)  # fmt: skip
+                                     max_wait_ms=0, max_queue=8, max_uploads=4, body_timeout_s=5,
+                                     min_body_rate=100, retry_after_s=3)  # fmt: skip
     assert options == DecodingOptions(bad_endings=True)  # serve's default
     calls.clear()
     argv = ["serve", "--checkpoint", str(tiny_attention_run), "--checkpoint",

@@ -44,6 +44,8 @@ FLAGS = {
     "encoder.lr": "--encoder-lr",
     "rerank.method": "--rerank",
     "serve.request_timeout_s": "--request-timeout",
+    "serve.body_timeout_s": "--body-timeout",
+    "serve.retry_after_s": "--retry-after",
 }
 # Groups whose options are `--group-field-name` (`--scst-temperature` is not the sampling one,
 # `--rerank-k` says whose k it is).
@@ -311,7 +313,17 @@ def _serve_settings() -> type:
 
 
 # The `ServeSettings` fields that `serve` has options for (the others keep their defaults).
-SERVE_FIELDS = ("max_files", "batch_size", "max_wait_ms", "request_timeout_s")
+SERVE_FIELDS = (
+    "max_files",
+    "batch_size",
+    "max_wait_ms",
+    "max_queue",
+    "max_uploads",
+    "body_timeout_s",
+    "min_body_rate",
+    "retry_after_s",
+    "request_timeout_s",
+)
 _MIB = 1024 * 1024
 
 

@@ -33,8 +33,9 @@ from captionkit.reporting.compare import summarize_run
 from captionkit.reporting.pictures import data_uri, heat_overlay
 from captionkit.reranking import RERANKERS, RerankOptions
 from captionkit.serving.batcher import MicroBatcher, QueueFull
+from captionkit.serving.guard import Load, RequestGuard
 from captionkit.serving.settings import ServeSettings
-from captionkit.serving.uploads import ApiError, BodyLimit, decode_upload, read_uploads, upload_name
+from captionkit.serving.uploads import ApiError, decode_upload, read_uploads, upload_name
 
 log = logging.getLogger("captionkit.serving")
 
@@ -88,7 +89,9 @@ def create_app(
     )
     _add_offline_docs(app)
     app.state.captioner, app.state.settings, app.state.batcher = captioner, settings, batcher
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.state.load = Load()
+    # Added first, so it runs last: a request without the API key is refused before it counts.
+    app.add_middleware(RequestGuard, settings=settings, load=app.state.load)
     if settings.request_timeout_s:
         _limit_time(app, settings.request_timeout_s)
     if api_key is not None:
@@ -168,9 +171,11 @@ def _add_routes(
     @app.get("/health")
     def health() -> dict:
         """Whether the service is up, with its queue and batching figures."""
-        stats = batcher.stats
+        stats, load = batcher.stats, app.state.load
         return {
             "status": "ok",
+            "in_flight": load.in_flight,
+            "uploading": load.uploading,
             "waiting": batcher.waiting,
             "batches": stats.batches,
             "images": stats.items,
@@ -217,8 +222,11 @@ def _add_routes(
         ]
         try:
             results = await batcher.submit(images, key)
-        except QueueFull as e:
-            raise ApiError(503, f"server busy: {e}, try again later") from None
+        except QueueFull as e:  # only where the guard's max_queue was not reached first
+            wait = settings.retry_after_s
+            raise ApiError(
+                503, f"server busy: {e}, try again in {wait} s", {"retry-after": str(wait)}
+            ) from None
         answers = [
             await run_in_threadpool(_answer, captioner, name, image, hyps)
             for name, image, hyps in zip(names, images, results)
@@ -298,12 +306,12 @@ def model_info(captioner: Captioner, settings: ServeSettings) -> dict:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
-        return error(e.status, e.message)
+        return error(e.status, e.message, e.headers)
 
     @app.exception_handler(CaptionkitError)
     async def captionkit_error(request: Request, e: CaptionkitError):

@@ -23,8 +23,22 @@ class ServeSettings:
     """Most images captioned together in one model batch (1: no micro-batching)."""
     max_wait_ms: float = 10.0
     """How long the first request of a batch waits for others to join it (0: no waiting)."""
-    max_queue: int = 1024
-    """Most requests waiting for the model; further ones get 503 instead of piling up."""
+    # 128: four full batches of single images. Every request held keeps its decoded images in
+    # memory, and one held longer than the model takes to reach it within `request_timeout_s`
+    # would end in a 504: a full server answers 503 at once instead.
+    max_queue: int = 128
+    """Most caption requests in the server at once (uploading, waiting or being captioned); one
+    more gets 503 with Retry-After at once, before its body is read."""
+    max_uploads: int = 64
+    """Most request bodies being received at once; one more gets 503 with Retry-After at once."""
+    body_timeout_s: float = 30.0
+    """Longest a request body may go without a byte arriving (408 after it; 0: no time limit on
+    the body, the rate floor included)."""
+    min_body_rate: int = 512
+    """Slowest a request body may arrive once it has taken the body timeout, in bytes per second
+    of waiting for the client (408 below it; 0: no floor): a trickle cannot hold an upload."""
+    retry_after_s: int = 2
+    """The seconds a 503 asks the client to wait before it tries again (Retry-After)."""
     request_timeout_s: float = 120.0
     """Longest a request may take, its upload included (504 after it; 0: no limit)."""
 
@@ -36,10 +50,12 @@ class ServeSettings:
             "max_beam_size",
             "batch_size",
             "max_queue",
+            "max_uploads",
+            "retry_after_s",
         ):
             if getattr(self, name) < 1:
                 raise CaptionkitError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("max_wait_ms", "request_timeout_s"):
+        for name in ("max_wait_ms", "request_timeout_s", "body_timeout_s", "min_body_rate"):
             if getattr(self, name) < 0:
                 raise CaptionkitError(f"{name} must be 0 or more, not {getattr(self, name)}")
 

@@ -1,10 +1,8 @@
-"""Uploaded images, checked against the service's limits before any decoding, and a guard on
-the size of request bodies."""
+"""Uploaded images, checked against the service's limits before any decoding."""
 
 from __future__ import annotations
 
 import io
-import json
 
 from fastapi import UploadFile
 from PIL import Image
@@ -16,9 +14,9 @@ from captionkit.serving.settings import ServeSettings
 class ApiError(Exception):
     """A request the service refuses: an HTTP status and one line naming the problem."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def upload_name(upload: UploadFile, index: int) -> str:
@@ -60,61 +58,3 @@ def decode_upload(name: str, data: bytes, max_pixels: int) -> Image.Image:
         raise ApiError(422, f"{name}: image too large: {e}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ApiError(400, f"{name}: cannot read image ({type(e).__name__}: {e})") from None
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413 before it is read any further
-    (from its Content-Length when it declares one, else while it streams in)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send)
-        seen, refused = 0, False
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        async def guarded_send(message):
-            # The app may turn the exception from `receive` into an error of its own (FastAPI
-            # answers 400 to a body it could not parse): the answer is 413 all the same.
-            nonlocal refused
-            if seen <= self.limit:
-                await send(message)
-            elif not refused:
-                refused = True
-                await self._refuse(send)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except _TooLarge:
-            if not refused:
-                await self._refuse(send)
-
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"error": f"request body is over the limit of {self.limit} bytes"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
