@@ -391,7 +391,7 @@ def test_a_stalled_or_trickling_body_gets_408_and_holds_nothing(captioner):
     settings = ServeSettings(max_wait_ms=1, body_timeout_s=0.5, min_body_rate=200)
     with _serving(create_app(captioner, settings)) as url:
         start = time.monotonic()
-        stalled = _upload(url, 10_000, b"--b\r\n")
+        stalled = _upload(url, 10_000, b"")  # headers, then not one byte of body
         part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
         trickle = _upload(url, 10_000, part)
 
@@ -480,7 +480,10 @@ def _serving(app):
     """`app` served by uvicorn on a free loopback port, in a thread; yields its URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    # log_config=None: uvicorn's logging.config.dictConfig would close every handler there is,
+    # pytest's log capture's included.
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
