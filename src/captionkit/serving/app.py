@@ -33,7 +33,7 @@ from captionkit.reporting.compare import summarize_run
 from captionkit.reporting.pictures import data_uri, heat_overlay
 from captionkit.reranking import RERANKERS, RerankOptions
 from captionkit.serving.batcher import MicroBatcher, QueueFull
-from captionkit.serving.guard import Load, RequestGuard
+from captionkit.serving.guard import Load, RequestGuard, server_busy
 from captionkit.serving.settings import ServeSettings
 from captionkit.serving.uploads import ApiError, decode_upload, read_uploads, upload_name
 
@@ -223,10 +223,8 @@ def _add_routes(
         try:
             results = await batcher.submit(images, key)
         except QueueFull as e:  # only where the guard's max_queue was not reached first
-            wait = settings.retry_after_s
-            raise ApiError(
-                503, f"server busy: {e}, try again in {wait} s", {"retry-after": str(wait)}
-            ) from None
+            busy = server_busy(settings, str(e))
+            raise ApiError(busy.status, busy.message, busy.headers) from None
         answers = [
             await run_in_threadpool(_answer, captioner, name, image, hyps)
             for name, image, hyps in zip(names, images, results)

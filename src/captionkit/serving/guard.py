@@ -33,6 +33,12 @@ class Refused(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+def server_busy(settings: ServeSettings, why: str) -> Refused:
+    """The 503 of a server that holds all it may, with when to try again (Retry-After)."""
+    wait = settings.retry_after_s
+    return Refused(503, f"server busy: {why}, try again in {wait} s", {"retry-after": str(wait)})
+
+
 class RequestGuard:
     """ASGI middleware enforcing `settings`' request limits and counting into `load`."""
 
@@ -68,20 +74,13 @@ class RequestGuard:
             busy = f"{load.uploading} uploads are already in progress"
         else:
             return
-        raise Refused(
-            503,
-            f"server busy: {busy}, try again in {s.retry_after_s} s",
-            {"retry-after": str(s.retry_after_s)},
-        )
+        raise server_busy(s, busy)
 
     def _check_length(self, scope) -> None:
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._limit:
-            raise Refused(413, f"request body is over the limit of {self._limit} bytes")
-
-    @property
-    def _limit(self) -> int:
-        return self.settings.max_request_bytes
+        limit = self.settings.max_request_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise Refused(413, f"request body is over the limit of {limit} bytes")
 
     async def _run(self, scope, receive, send, counted: bool) -> None:
         body = _Body(receive, self.settings)
