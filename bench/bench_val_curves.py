@@ -15,17 +15,17 @@ differ from the first run's), so the file says what was compared.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from common import RESULTS, write_results
 
+from captionkit.reporting.plots import read_validations
 from captionkit.training.config import RunConfig
 
 
-def curve(metrics: Path) -> list[float]:
-    """Val CIDEr of each epoch recorded in a metrics file, in epoch order."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+def curve(run_dir: Path) -> list[float]:
+    """Val CIDEr of each epoch recorded in a run folder's `metrics.jsonl`, in epoch order."""
+    rows = read_validations(run_dir)
     by_epoch = {r["epoch"]: r["val/CIDEr"] for r in rows if "val/CIDEr" in r}
     return [round(by_epoch[e], 4) for e in sorted(by_epoch)]
 
@@ -52,8 +52,8 @@ def main() -> None:
     results = {}
     for run, config in zip(runs, configs):
         differs = {k: v for k, v in config.items() if configs[0].get(k) != v}
-        phases = {p: run / p / "metrics.jsonl" for p in ("", "scst")}
-        curves = {p or config["optim.objective"]: curve(m) for p, m in phases.items() if m.exists()}
+        phases = {p: curve(run / p) for p in ("", "scst")}
+        curves = {p or config["optim.objective"]: c for p, c in phases.items() if c}
         results[str(run)] = {"differs_from_first": differs, "val_cider": curves}
         for phase, values in curves.items():
             print(f"{run} {phase}: " + " ".join(f"{v:.3f}" for v in values))
