@@ -169,6 +169,34 @@ def test_state_kept_per_image_decodes_as_reordering_every_tensor(name, monkeypat
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["attention", "updown"])
+def test_attention_scored_in_blocks_decodes_as_in_one(name, monkeypatch):
+    """Decoding scores the attention a block of rows at a time (`BLOCK_ELEMENTS`): with blocks
+    of 1, 3 and 5 rows (of 5 images x 4 beams) the n-best lists and scores equal those of one
+    block, and so do the scores of 12 rows in blocks of 5."""
+    from captionkit.models import attention
+
+    torch.manual_seed(2)
+    model = create_model(name, vocab_size=20, feature_dim=8, dropout=0.0).eval()
+    pooled, grid = torch.randn(5, 8), torch.randn(5, 6, 8)
+    options = DecodingOptions(beam_size=4, max_length=8, n_best=4)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 10**9)
+    whole = decode(model, pooled, grid, options)
+    a = model.attention
+    for rows in (1, 3, 5):
+        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", rows * 6 * a.grid_proj.out_features)
+        blocked = decode(model, pooled, grid, options)
+        assert [[x.tokens for x in r] for r in blocked] == [[x.tokens for x in r] for r in whole]
+        for x, y in zip(blocked, whole):
+            assert [s.score for s in x] == pytest.approx([s.score for s in y], abs=1e-6)
+    with torch.no_grad():
+        grid_att = torch.randn(12, 6, a.grid_proj.out_features)
+        query = a.hidden_proj(torch.randn(12, a.hidden_proj.in_features))[:, None]
+        one = a.score((grid_att + query).tanh()).squeeze(-1)
+        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 5 * 6 * a.grid_proj.out_features)
+        assert torch.allclose(a._blocked_scores(grid_att, query), one, atol=1e-6)
+
+
 # --- sampling, length penalty, n-gram blocking, attention --------------------------------------
 
 
