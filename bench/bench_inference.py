@@ -1,18 +1,21 @@
-"""Benchmark: CPU inference of a trained run, by decoding and precision, speed and quality.
+"""Benchmark: CPU inference of trained runs, by decoding and precision, speed and quality.
 
     .venv/bin/python bench/bench_inference.py --run runs/f8k --data ~/data/flickr8k \
         --split val --output bench/results/inference.json
+    .venv/bin/python bench/bench_inference.py --run R1,R2,R3 --data ../shared/data/flickr8k-mini \
+        --split val,test --no-speed --output bench/results/inference_mini.json
 
-In one process, the run's model taking turns in each setting:
+In one process, the runs' models taking turns in each setting:
 - decodings: the plain beam of 3 (`--rerank none`); the default decoding (consensus re-ranking of
   8 candidates from a beam widened to 8); and consensus re-ranking of the 8 finished hypotheses
   a beam of 3 keeps (`--rerank-candidates-from finished`);
 - precisions (`--quantize`): none (float32), int8, and bf16 where the CPU computes it natively.
-Speed: images/s captioning image files (`Captioner.caption`, decode + encode + decode, batches
-of 32), median of `--repeats` passes over `--images` images of the split; and images/s from
-cached features (`caption_rows`, batches of 64), the same way. Quality: every image of the split
-decoded (`evaluate_run`), CIDEr with a 95% bootstrap interval, and the paired difference from
-float32 with the same decoding, and from the default decoding in float32.
+Speed (the first run, the first split): images/s captioning image files (`Captioner.caption`,
+decode + encode + decode, batches of 32), median of `--repeats` passes over `--images` images;
+and images/s from cached features (`caption_rows`, batches of 64), the same way. Quality: every
+image of each split decoded by every run (`evaluate_run`), CIDEr averaged over the runs per image,
+with a 95% bootstrap interval over images, and the paired difference from float32 with the same
+decoding, and from the default decoding in float32; each run's own CIDEr beside it.
 """
 
 from __future__ import annotations
@@ -76,38 +79,63 @@ def quality(run_dir: str, data: str, split: str, quantize: str, rerank) -> np.nd
     return np.array([ev.per_image[k]["CIDEr"] for k in sorted(ev.per_image)])
 
 
+def speed_rows(args, precisions: list[str]) -> dict:
+    """Images/s of the first run on the first split, each decoding and precision."""
+    run, split = args.run.split(",")[0], args.split.split(",")[0]
+    dataset = load_dataset(args.data)
+    files = [dataset.path(r) for r in dataset.split(split)][: args.images]
+    out = {"run": run, "split": split, "images": len(files), "settings": {}}
+    for name, rerank in DECODINGS.items():
+        rate = feature_speed(run, args.data, split, args.images, rerank, args.repeats)
+        for quantize in precisions:
+            row = {"files_images_per_s": file_speed(run, files, quantize, rerank, args.repeats)}
+            if quantize == "none":
+                row["features_images_per_s"] = rate
+            out["settings"][f"{name} | {quantize}"] = row
+            print(f"speed {name} | {quantize}: {json.dumps(row)}", flush=True)
+    return out
+
+
+def quality_rows(runs: list[str], data: str, split: str, precisions: list[str]) -> dict:
+    """Per decoding and precision: CIDEr of the runs' mean per image, each run's CIDEr, and the
+    paired differences from float32 with the same decoding and from the default decoding."""
+    scores, out = {}, {}
+    default = ("default (8 candidates, wide beam)", "none")
+    for name, rerank in DECODINGS.items():
+        for quantize in precisions:
+            per_run = [quality(run, data, split, quantize, rerank) for run in runs]
+            scores[name, quantize] = s = np.mean(per_run, axis=0)  # [images]
+            row = {"CIDEr": float(s.mean()), "interval": bootstrap(s),
+                   "per_run": [float(r.mean()) for r in per_run]}  # fmt: skip
+            for base in ((name, "none"), default):
+                if base != (name, quantize) and base in scores:
+                    d = s - scores[base]
+                    row[f"vs {base[0]} {base[1]}"] = [float(d.mean()), *bootstrap(d)]
+            out[f"{name} | {quantize}"] = row
+            print(f"{split} {name} | {quantize}: {json.dumps(row)}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run", required=True, help="Run folders, comma-separated.")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--split", default="val", help="Splits, comma-separated.")
     parser.add_argument("--images", type=int, default=128, help="Images of the speed passes.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-quality", action="store_true", help="Speed only.")
+    parser.add_argument("--no-speed", action="store_true", help="Quality only.")
     parser.add_argument("--output", default="bench/results/inference.json")
     args = parser.parse_args()
     precisions = ["none", "int8"] + ["bf16"] * native_bf16()
-    dataset = load_dataset(args.data)
-    files = [dataset.path(r) for r in dataset.split(args.split)][: args.images]
-    out = {"run": args.run, "split": args.split, "settings": {}}
-    scores = {}
-    for name, rerank in DECODINGS.items():
-        rate = feature_speed(args.run, args.data, args.split, args.images, rerank, args.repeats)
-        for quantize in precisions:
-            row = {"files_images_per_s": file_speed(args.run, files, quantize, rerank,
-                                                    args.repeats)}  # fmt: skip
-            if quantize == "none":
-                row["features_images_per_s"] = rate
-            if not args.no_quality:
-                scores[name, quantize] = s = quality(args.run, args.data, args.split, quantize,
-                                                     rerank)  # fmt: skip
-                row.update(CIDEr=float(s.mean()), interval=bootstrap(s))
-                for base in ((name, "none"), ("default (8 candidates, wide beam)", "none")):
-                    if base != (name, quantize) and base in scores:
-                        d = s - scores[base]
-                        row[f"vs {base[0]} {base[1]}"] = [float(d.mean()), *bootstrap(d)]
-            out["settings"][f"{name} | {quantize}"] = row
-            print(f"{name} | {quantize}: {json.dumps(row)}", flush=True)
+    out = {"runs": args.run.split(",")}
+    if not args.no_speed:
+        out["speed"] = speed_rows(args, precisions)
+    if not args.no_quality:
+        out["quality"] = {
+            split: quality_rows(out["runs"], args.data, split, precisions)
+            for split in args.split.split(",")
+        }
     write_results(args.output, out)
 
 

@@ -315,7 +315,8 @@ def engine_loop(model: nn.Module, datamodule, vocab, config: RunConfig, args, de
 def forward_only(encoder, pixels: torch.Tensor, batch: int, channels_last: bool, device: str,
                  amp: str | None) -> float:  # fmt: skip
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = encoder.to(device, memory_format=layout)
+    # the timm backbone itself: `ImageEncoder.forward` would make NCHW images channels_last
+    model = encoder.model.to(device, memory_format=layout).forward_features
     x = pixels.to(device).contiguous(memory_format=layout)
     # the pipeline's precision: autocast, or float32 without TF32 on CUDA
     with torch.inference_mode(), precision(extraction_settings(device=device, amp=amp)):

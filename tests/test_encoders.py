@@ -120,6 +120,23 @@ def test_pooled_and_grid_shapes(lite0):
     assert torch.allclose(grid.mean(1), pooled, atol=1e-5)  # the head is a global average pool
 
 
+def test_the_encoder_runs_channels_last_with_the_numbers_and_weights_of_nchw(lite0, tmp_path):
+    """`forward` makes NCHW images channels_last (faster on CPU): the grid equals the backbone's
+    own NCHW forward, and the weights keep their layout (a state dict saves to safetensors)."""
+    from safetensors.torch import save_file
+
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        reference = lite0.model.forward_features(images).flatten(2).transpose(1, 2)
+        seen = []
+        hook = lite0.model.conv_stem.register_forward_pre_hook(lambda m, x: seen.append(x[0]))
+        _, grid = lite0(images)
+        hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(grid, reference, atol=1e-4)
+    save_file(lite0.model.state_dict(), tmp_path / "encoder.safetensors")
+
+
 def test_feature_store_caches_and_invalidates(tmp_path, lite0):
     write_images(tmp_path / "img", ["a.png", "b.png", "c.png"])
     paths = sorted((tmp_path / "img").iterdir())

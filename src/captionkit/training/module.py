@@ -142,9 +142,7 @@ class CaptioningModule(L.LightningModule):
         if self.encoder is None:
             pooled, grid = batch["pooled"], batch["grid"]
         else:
-            # channels_last: the layout EfficientNets' depthwise convolutions run fastest in.
-            images = batch["images"].contiguous(memory_format=torch.channels_last)
-            pooled, grid = self.encoder(images)  # [I, D], [I, L, D]
+            pooled, grid = self.encoder(batch["images"])  # [I, D], [I, L, D]
             grid = grid if self.model.uses_grid else None
         if not per_caption:
             return pooled, grid
