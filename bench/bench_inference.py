@@ -32,6 +32,7 @@ from common import bootstrap, write_results
 from captionkit.data import load_dataset
 from captionkit.decoding import DecodingOptions
 from captionkit.encoders.extraction import native_bf16
+from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.captioner import Captioner
 from captionkit.evaluation.evaluate import caption_rows, evaluate_run
 from captionkit.models.run_folder import encoder_for, load_checkpoint
@@ -60,14 +61,8 @@ def file_speed(run_dir: str, files: list[Path], quantize: str, rerank, repeats: 
     return median_rate(lambda: captioner.caption(files, rerank=rerank), len(files), repeats)
 
 
-def feature_speed(run_dir: str, data: str, split: str, n: int, rerank, repeats: int) -> float:
+def feature_speed(trained, store, rows: list[int], rerank, repeats: int) -> float:
     """Images/s decoding cached float32 features (the decoder alone, float32)."""
-    from captionkit.encoders.features import features_for_dataset
-
-    trained = load_checkpoint(run_dir)
-    dataset = load_dataset(data)
-    store, records = features_for_dataset(dataset, encoder_for(trained))
-    rows = store.rows([dataset.path(r) for r in records if r.split == split][:n])
     options = DecodingOptions()
     reranker = run_reranker(trained, rerank, decoding=options)
     return median_rate(lambda: caption_rows(trained, store, rows, options, reranker=reranker),
@@ -84,9 +79,12 @@ def speed_rows(args, precisions: list[str]) -> dict:
     run, split = args.run.split(",")[0], args.split.split(",")[0]
     dataset = load_dataset(args.data)
     files = [dataset.path(r) for r in dataset.split(split)][: args.images]
+    trained = load_checkpoint(run)
+    store, records = features_for_dataset(dataset, encoder_for(trained))
+    rows = store.rows([dataset.path(r) for r in records if r.split == split][: args.images])
     out = {"run": run, "split": split, "images": len(files), "settings": {}}
     for name, rerank in DECODINGS.items():
-        rate = feature_speed(run, args.data, split, args.images, rerank, args.repeats)
+        rate = feature_speed(trained, store, rows, rerank, args.repeats)
         for quantize in precisions:
             row = {"files_images_per_s": file_speed(run, files, quantize, rerank, args.repeats)}
             if quantize == "none":
