@@ -56,7 +56,7 @@ Subcommands (W: a work folder outside the repository, one per dataset):
              depends on the weights, decoding does: captionkit's search stops once every beam has
              ended, the peer's always runs its 20 steps, and untrained models end captions anywhere
              (in the smoke run captionkit's after 1-2 words, the peer's at once): use trained
-             weights for the decoding numbers. -> bench/results/peer_speed.json and .md.
+             weights for the decoding numbers. -> bench/results/peer_speed.json (with the table in Markdown).
     peer-exec  (internal) runs a peer script with the runtime shims below.
 
 Runtime shims (applied in the peer's process by `peer-exec`, nothing in its files is edited):
@@ -426,8 +426,10 @@ def quality_table(results: dict) -> str:
              "|---" * (len(keys) + 3) + "|"]  # fmt: skip
     for name, entry in results["models"].items():
         train_info = entry.get("train") or {}
-        minutes = (f"{train_info['epochs']} epochs, {train_info['wall_minutes']:.0f} min "
-                   f"({train_info['cpu_minutes']:.0f} CPU min)" if train_info else "")  # fmt: skip
+        cpu = train_info.get("cpu_minutes")  # none for a run stopped by hand
+        minutes = (f"{train_info['epochs']:.1f} epochs, {train_info['wall_minutes']:.0f} min"
+                   + (f" ({cpu:.0f} CPU min)" if cpu is not None else "")
+                   if train_info else "")  # fmt: skip
         for setting, value in entry.items():
             if setting == "train":
                 continue
@@ -702,10 +704,9 @@ def speed(args) -> None:
     results["table"] = speed_table(results)
     output = Path(args.output or RESULTS / "peer_speed.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    output.with_suffix(".md").write_text(results["table"] + "\n")
+    output.write_text(json.dumps(results, indent=2) + "\n")  # its "table": the Markdown
     print(results["table"])
-    print(f"wrote {output} and {output.with_suffix('.md')}")
+    print(f"wrote {output}")
 
 
 def speed_table(results: dict) -> str:
