@@ -56,7 +56,7 @@ Subcommands (W: a work folder outside the repository, one per dataset):
              depends on the weights, decoding does: captionkit's search stops once every beam has
              ended, the peer's always runs its 20 steps, and untrained models end captions anywhere
              (in the smoke run captionkit's after 1-2 words, the peer's at once): use trained
-             weights for the decoding numbers. -> bench/results/peer_speed.json (with the table in Markdown).
+             weights for the decoding numbers. -> bench/results/peer_speed.json.
     peer-exec  (internal) runs a peer script with the runtime shims below.
 
 Runtime shims (applied in the peer's process by `peer-exec`, nothing in its files is edited):
