@@ -66,26 +66,30 @@ class SoftAttention(nn.Module):
         -> (context [B, D], α [B, L])."""
         query = self.hidden_proj(h)[:, None]  # [B, 1, A]
         if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            # tanh in place on the sum: one [B, L, A] tensor a step instead of two.
-            e = self.score((grid_att + query).tanh_()).squeeze(-1)  # [B, L]
+            e = self._scores(grid_att, query)  # [B, L]
         else:
             e = self._blocked_scores(grid_att, query)
         alpha = e.softmax(dim=-1)  # [B, L]
         context = torch.bmm(alpha[:, None], grid).squeeze(1)  # [B, D]
         return context, alpha
 
+    def _scores(self, grid_att: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """e [B, L] for grid_att [B, L, A] and query [B, 1, A]. tanh in place on the sum: one
+        [B, L, A] tensor instead of two."""
+        return self.score((grid_att + query).tanh_()).squeeze(-1)
+
     def _blocked_scores(self, grid_att: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """The same scores e [B, L], a block of rows at a time. Decoding runs B = images x beams
         rows (512 at batch 64 and a beam of 8: a [B, L, A] sum of 51 MB); the sum, its tanh and
         the score each pass over it, from memory, but a block of ~2 MB stays in the CPU's cache
-        through all three: 1.6x faster on 2 cores, the same numbers. Not under autograd, which
-        keeps the whole tanh for the backward, nor when tracing for export (a Python loop over
-        the batch would fix its size in the graph)."""
+        through all three: 1.6x faster for this part on one thread, the same numbers. Not under
+        autograd, which keeps the whole tanh for the backward, nor when tracing for export (a
+        Python loop over the batch would fix its size in the graph)."""
         rows = max(1, BLOCK_ELEMENTS // (grid_att.shape[1] * grid_att.shape[2]))
-        if grid_att.shape[0] <= rows:
-            return self.score((grid_att + query).tanh_()).squeeze(-1)
+        if grid_att.shape[0] <= rows:  # one block: no copy into a new tensor
+            return self._scores(grid_att, query)
         blocks = zip(grid_att.split(rows), query.split(rows))
-        return torch.cat([self.score((g + q).tanh_()).squeeze(-1) for g, q in blocks])
+        return torch.cat([self._scores(g, q) for g, q in blocks])
 
 
 class AttentionDecoder(StepModel, nn.Module):
