@@ -186,3 +186,32 @@ def test_captions_sharing_no_ngram_with_their_references_score_zero():
     scores = CiderD(refs).corpus_score(preds)[1]
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-12)
     assert scores.tolist() == [0.0, 0.0]
+
+
+def test_pooled_score_is_the_size_weighted_mean_over_keys():
+    """A caption against several images' references pooled (consensus re-ranking) equals the mean
+    of its per-image CIDEr-D weighted by their numbers of references, also for words repeated
+    within a caption or reference (the clipping min(h, r) counts them), empty groups and a key
+    named twice."""
+    rng = random.Random(5)
+    refs = {i: [random_caption(rng, 1) for _ in range(rng.randint(1, 5))] for i in range(12)}
+    refs[0] = ["a dog a dog a dog runs", "a dog runs a dog", "dog dog dog dog"]
+    cider = CiderD(refs)
+    groups = [
+        ["a dog a dog a dog a dog runs", "dog dog", "", random_caption(rng)],
+        [],
+        [random_caption(rng, 3) for _ in range(5)],
+        ["a dog a dog a dog a dog runs"],
+    ]
+    keys = [[0, 3, 7], [1], [2, 2, 5, 11, 0], [0]]
+    got = cider.pooled_score(groups, keys)
+    assert [len(g) for g in got] == [4, 0, 5, 1]
+    for captions, ks, scores in zip(groups, keys, got):
+        sizes = np.array([len(refs[k]) for k in ks], dtype=float)
+        for caption, score in zip(captions, scores):
+            each = cider.score([caption] * len(ks), ks)
+            assert score == pytest.approx(float(each @ sizes / sizes.sum()), abs=1e-12)
+    assert got[0][0] > got[0][1] > 0 and got[0][2] == 0.0
+    assert got[3][0] == pytest.approx(cider.score([groups[3][0]], [0])[0], abs=1e-12)
+    with pytest.raises(CaptionkitError, match="no reference"):
+        cider.pooled_score([["a dog"]], [[]])

@@ -183,17 +183,18 @@ def test_attention_scored_in_blocks_decodes_as_in_one(name, monkeypatch):
     monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 10**9)
     whole = decode(model, pooled, grid, options)
     a = model.attention
-    for rows in (1, 3, 5):
-        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", rows * 6 * a.grid_proj.out_features)
+    for images in (1, 2, 3):  # blocks of images x their 4 beams
+        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", images * 4 * 6 * a.grid_proj.out_features)
         blocked = decode(model, pooled, grid, options)
         assert [[x.tokens for x in r] for r in blocked] == [[x.tokens for x in r] for r in whole]
         for x, y in zip(blocked, whole):
             assert [s.score for s in x] == pytest.approx([s.score for s in y], abs=1e-6)
-    with torch.no_grad():
-        grid_att = torch.randn(12, 6, a.grid_proj.out_features)
-        query = a.hidden_proj(torch.randn(12, a.hidden_proj.in_features))[:, None]
-        one = a.score((grid_att + query).tanh()).squeeze(-1)
-        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 5 * 6 * a.grid_proj.out_features)
+    with torch.no_grad():  # 5 images x 3 rows each, in blocks of 3 images and 2
+        grid_att = torch.randn(5, 6, a.grid_proj.out_features)
+        query = a.hidden_proj(torch.randn(5, 3, a.hidden_proj.in_features))
+        one = torch.stack([torch.stack([a.score((g + q).tanh()).squeeze(-1) for q in qs])
+                           for g, qs in zip(grid_att, query)])  # fmt: skip
+        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 3 * 3 * 6 * a.grid_proj.out_features)
         assert torch.allclose(a._blocked_scores(grid_att, query), one, atol=1e-6)
 
 

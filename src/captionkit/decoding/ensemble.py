@@ -37,6 +37,7 @@ class Ensemble(StepModel):
         self.uses_grid = any(m.uses_grid for m in self.models)
         # Each member's state is its own dict: a name is left alone in whichever member has it.
         self.image_state = tuple(dict.fromkeys(k for m in self.models for k in m.image_state))
+        self.image_rows = all(m.image_rows for m in self.models)
 
     @property
     def training(self) -> bool:

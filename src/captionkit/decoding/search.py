@@ -26,16 +26,19 @@ from captionkit.decoding.strategies import Greedy, Sampling, SearchStep, Strateg
 from captionkit.models.step import image_state_keys
 
 
-def map_state(state, fn, keep: frozenset[str] = frozenset()):
+def map_state(state, fn, keep: frozenset[str] = frozenset(), keep_fn=None):
     """`fn` applied to every tensor of a state (a dict of tensors, or an ensemble's list of
-    them), keeping its structure; the tensors named in `keep` are left as they are."""
+    them), keeping its structure; the tensors named in `keep` get `keep_fn` instead (None: left
+    as they are)."""
     if isinstance(state, dict):
         return {
-            name: value if name in keep else map_state(value, fn, keep)
+            name: (value if keep_fn is None else keep_fn(value))
+            if name in keep
+            else map_state(value, fn, keep, keep_fn)
             for name, value in state.items()
         }
     if isinstance(state, (list, tuple)):
-        return type(state)(map_state(value, fn, keep) for value in state)
+        return type(state)(map_state(value, fn, keep, keep_fn) for value in state)
     return fn(state)
 
 
@@ -49,6 +52,16 @@ def _first_tensor(state) -> torch.Tensor:
 
 def _rows(source: torch.Tensor):
     return lambda v: v[source]
+
+
+def _reordered(state, source, copies: int, rows: int, per_image, once):
+    """The state of the rows `source` [N'] (of `rows` before, `copies` per image). The per-image
+    state stays as it is unless images left the batch (N' < rows): then per-row copies are
+    indexed as rows, and state kept once per image by the images left."""
+    if len(source) == rows:
+        return map_state(state, _rows(source), per_image)
+    images = source[::copies] // copies  # [N' / copies] the images still searching
+    return map_state(state, _rows(source), once, _rows(images))
 
 
 def _logprobs(logits: torch.Tensor, filters: list, seqs: torch.Tensor, last: bool):
@@ -69,12 +82,13 @@ def run_search(model, pooled, grid, options: DecodingOptions, filters: list, str
     state = model.init_state(pooled, grid)
     first = _first_tensor(state)
     copies = strategy.start(first.shape[0], first.device)
-    state = map_state(state, lambda v: v.repeat_interleave(copies, dim=0))
+    per_image = image_state_keys(model)  # the same in all of an image's rows: never reordered
+    once = per_image if model.image_rows else frozenset()  # and kept one row per image
+    state = map_state(state, lambda v: v.repeat_interleave(copies, dim=0), once)
     n = first.shape[0] * copies
     tokens = torch.full((n,), Vocabulary.bos_id, dtype=torch.long, device=first.device)
     seqs = torch.zeros(n, 0, dtype=torch.long, device=first.device)
     attention = None  # [N, t, L] when asked for, for models that attend
-    per_image = image_state_keys(model)  # the same in all of an image's rows: never reordered
     for t in range(options.max_length + 1):
         out = model.step(tokens, state)
         logprobs = _logprobs(out.logits, filters, seqs, last=t == options.max_length)
@@ -88,9 +102,11 @@ def run_search(model, pooled, grid, options: DecodingOptions, filters: list, str
         seqs = torch.cat([seqs, tokens[:, None]], dim=1)
         if strategy.done:
             break
-        # The per-image state stays as it is unless images left the batch (fewer rows).
-        keep = per_image if source is not None and len(source) == len(logprobs) else frozenset()
-        state = out.state if source is None else map_state(out.state, _rows(source), keep)
+        state = (
+            out.state
+            if source is None
+            else _reordered(out.state, source, copies, len(logprobs), per_image, once)
+        )
     return strategy.finalize(seqs, attention)
 
 

@@ -161,18 +161,19 @@ class CiderD:
         self.ref_size = dict(zip(references, sizes))
 
     def _vectors(self, encoded: Encoded):
-        """tf-idf rows over the index's columns (CSR), norms per order [N, n], lengths [N]."""
+        """Term counts over the index's columns (CSR: an n-gram the index lacks matches no
+        reference), tf-idf norms per order [N, n] and lengths [N]."""
         counts, size = encoded.counts, self.index.size
         idf = np.full(counts.shape[1], self.log_images)  # n-grams no corpus image has: df 0
         idf[:size] = self.idf
         weight = counts.data * idf[counts.indices]
         norm_sq = _sum_per_order(counts, weight**2, encoded.order, self.n)
-        indices, indptr = counts.indices, counts.indptr
-        if counts.shape[1] > size:  # only known n-grams can match a reference
+        data, indices, indptr = counts.data, counts.indices, counts.indptr
+        if counts.shape[1] > size:
             known = indices < size
             indptr = np.concatenate([[0], np.cumsum(known)])[indptr]
-            weight, indices = weight[known], indices[known]
-        matrix = sparse.csr_matrix((weight, indices, indptr), shape=(counts.shape[0], size))
+            data, indices = data[known], indices[known]
+        matrix = sparse.csr_matrix((data, indices, indptr), shape=(counts.shape[0], size))
         matrix.has_sorted_indices = True
         return matrix, np.sqrt(norm_sq), np.maximum(encoded.lengths - 1, 0).astype(float)
 
@@ -181,27 +182,128 @@ class CiderD:
         # Each distinct caption is vectorised once (SCST samples and baselines repeat a lot).
         unique, which = _numbered(map(str, captions))
         hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(unique))
-        sizes = np.array([self.ref_size[k] for k in keys])
-        starts = np.array([self.ref_start[k] for k in keys])
+        sizes = np.array([self.ref_size[k] for k in keys], dtype=np.int64)
+        starts = np.array([self.ref_start[k] for k in keys], dtype=np.int64)
         cand = np.repeat(which, sizes)  # one row per (caption, reference) pair
-        ref = (
-            np.repeat(starts, sizes)
-            + np.arange(sizes.sum())
-            - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        )
-        ref = self.ref_rows[ref]  # [pairs] rows of the distinct references
+        ref = self.ref_rows[_ranges(starts, sizes)]  # [pairs] rows of the distinct references
         h, r = hyp[cand], self.refs[ref]
-        clipped = h.minimum(r).multiply(r)  # min(h, r) * r, per n-gram
-        val = _sum_per_order(clipped, clipped.data, self.order, self.n)
-        denom = hyp_norm[cand] * self.ref_norm[ref]
-        val = np.divide(val, denom, out=val.copy(), where=denom != 0)
-        delta = hyp_length[cand] - self.ref_length[ref]
-        val *= np.exp(-(delta**2) / (2 * self.sigma**2))[:, None]
-        per_caption = np.add.reduceat(val.mean(axis=1), np.cumsum(sizes) - sizes)
-        return per_caption / sizes * 10.0
+        # min(h, r)·r of the tf-idf weights is min(a, b)·b·idf² of the counts a, b
+        clipped = h.minimum(r).multiply(r).tocsr()
+        weights = clipped.data * self.idf[clipped.indices] ** 2
+        val = _sum_per_order(clipped, weights, self.order, self.n)
+        per_pair = self._pair_scores(val, hyp_norm[cand], hyp_length[cand], ref)
+        return np.add.reduceat(per_pair, np.cumsum(sizes) - sizes) / sizes * 10.0
+
+    def pooled_score(
+        self, captions: Sequence[Sequence[str]], keys: Sequence[Sequence[Hashable]]
+    ) -> list[np.ndarray]:
+        """Per group, [C] the CIDEr-D of each of its `captions` against the references of all
+        its `keys` pooled (the mean over every one of them, x10): a caption's consensus with a
+        neighbourhood of images. With one key this is `score`."""
+        counts = np.array([len(c) for c in captions], dtype=np.int64)  # [G] captions per group
+        if not counts.sum():
+            return [np.zeros(0) for _ in captions]
+        sizes = [np.array([self.ref_size[k] for k in ks], dtype=np.int64) for ks in keys]
+        refs = np.array([s.sum() for s in sizes], dtype=np.int64)  # [G] references per group
+        if (refs[counts > 0] == 0).any():
+            raise CaptionkitError("CIDEr-D: captions to score against no reference")
+        starts = np.concatenate([[self.ref_start[k] for k in ks] for ks in keys]).astype(np.int64)
+        ref = self.ref_rows[_ranges(starts, np.concatenate(sizes))]  # [R] all groups' references
+        unique, which = _numbered(map(str, chain.from_iterable(captions)))
+        hyp, hyp_norm, hyp_length = self._vectors(self.index.encode(unique))
+        blocks = _Blocks(counts, refs)
+        val = self._clipped(hyp[which], self.refs[ref], blocks)  # [pairs, n]
+        cand = which[blocks.caption]  # [pairs]
+        per_pair = self._pair_scores(val, hyp_norm[cand], hyp_length[cand], ref[blocks.reference])
+        return np.split(blocks.per_caption(per_pair) * 10.0, np.cumsum(counts)[:-1])
+
+    def _pair_scores(self, val, hyp_norm, hyp_length, ref) -> np.ndarray:
+        """[pairs] each pair's score from its clipped products per order `val` [pairs, n], its
+        caption's norms [pairs, n] and length [pairs] and its reference rows [pairs]: the cosine
+        per order, averaged, times the Gaussian length penalty."""
+        denom = hyp_norm * self.ref_norm[ref]
+        val = np.divide(val, denom, out=np.zeros_like(val), where=denom != 0)
+        delta = hyp_length - self.ref_length[ref]
+        return val.mean(axis=1) * np.exp(-(delta**2) / (2 * self.sigma**2))
+
+    def _clipped(self, hyp: sparse.csr_matrix, refs: sparse.csr_matrix, blocks: _Blocks):
+        """[pairs, n] Σ min(h, r)·r per n-gram order of every pair of `blocks`, for the term
+        counts `hyp` [captions, V] and `refs` [references, V] (h, r: their tf-idf weights).
+
+        Only n-grams shared inside a group add anything, so the columns are renumbered by (group,
+        n-gram of its captions): a sparse product then visits just the shared entries, where
+        indexing one reference row per pair (a caption's 8 consensus candidates x 300 captions of
+        60 neighbours) copied them all. The min goes into the product as a sum over levels t of
+        the counts a, b: min(a, b)·b = Σ_t [a ≥ t]·[b ≥ t]·b."""
+        size, n = self.index.size, self.n
+        h_row = np.repeat(np.arange(hyp.shape[0]), np.diff(hyp.indptr))
+        columns, h_col = np.unique(
+            blocks.caption_group[h_row] * size + hyp.indices, return_inverse=True
+        )
+        r_row = np.repeat(np.arange(refs.shape[0]), np.diff(refs.indptr))
+        r_key = blocks.reference_group[r_row] * size + refs.indices
+        r_col = np.minimum(np.searchsorted(columns, r_key), max(len(columns) - 1, 0))
+        shared = columns[r_col] == r_key if len(columns) else np.zeros(len(r_key), bool)
+        r_row, r_col, b = r_row[shared], r_col[shared], refs.data[shared]
+        idf, order = self.idf[columns % size], self.order[columns % size]
+        a, found = hyp.data, []
+        for t in range(1, int(a.max(initial=0)) + 1):
+            at, bt = a >= t, b >= t
+            left = sparse.csr_matrix(
+                (idf[h_col[at]], (h_row[at], h_col[at])), shape=(hyp.shape[0], len(columns))
+            )
+            right = sparse.csr_matrix(
+                (idf[r_col[bt]] * b[bt], (r_col[bt], r_row[bt] * n + order[r_col[bt]])),
+                shape=(len(columns), refs.shape[0] * n),
+            )
+            found.append((left @ right).tocoo())  # [captions, references x orders]
+        caption = np.concatenate([p.row for p in found] + [np.zeros(0, np.int64)])
+        column = np.concatenate([p.col for p in found] + [np.zeros(0, np.int64)])
+        weights = np.concatenate([p.data for p in found] + [np.zeros(0)])
+        at = blocks.pair(caption.astype(np.int64), column // n) * n + column % n
+        # float64 also when nothing is shared: an empty bincount comes back as integers.
+        sums = np.bincount(at, weights, minlength=blocks.size * n).astype(np.float64)
+        return sums.reshape(-1, n)
 
     def corpus_score(self, predictions: Mapping[Hashable, str]) -> tuple[float, np.ndarray]:
         """(mean, per-image scores) like pycocoevalcap's `Cider.compute_score`."""
         keys = list(predictions)
         scores = self.score([predictions[k] for k in keys], keys)
         return float(scores.mean()), scores
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """starts[0], starts[0] + 1, .., starts[0] + sizes[0] - 1, starts[1], ..: the ranges laid end
+    to end."""
+    return np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+
+
+class _Blocks:
+    """The (caption, reference) pairs of groups scored all against all: group g's C_g captions x
+    R_g references, row-major, one group after another. Captions and references are numbered
+    through all groups."""
+
+    def __init__(self, captions: np.ndarray, references: np.ndarray):
+        self.captions, self.references = captions, references  # [G] each
+        self.first_caption = np.cumsum(captions) - captions  # [G]
+        self.first_reference = np.cumsum(references) - references  # [G]
+        per_group = captions * references
+        self.first_pair, self.size = np.cumsum(per_group) - per_group, int(per_group.sum())
+        groups = np.arange(len(captions))
+        self.caption_group = np.repeat(groups, captions)  # [captions]
+        self.reference_group = np.repeat(groups, references)  # [references]
+        group = np.repeat(groups, per_group)  # [pairs]
+        local = np.arange(self.size) - self.first_pair[group]
+        self.caption = self.first_caption[group] + local // references[group]  # [pairs]
+        self.reference = self.first_reference[group] + local % references[group]  # [pairs]
+
+    def pair(self, caption: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """The pair numbers of captions and references [m] of the same groups."""
+        g = self.caption_group[caption]
+        within = (caption - self.first_caption[g]) * self.references[g]
+        return self.first_pair[g] + within + reference - self.first_reference[g]
+
+    def per_caption(self, values: np.ndarray) -> np.ndarray:
+        """[captions] the mean of `values` [pairs] over each caption's references."""
+        runs = np.repeat(self.references, self.captions)  # [captions] every one > 0
+        return np.add.reduceat(values, np.cumsum(runs) - runs) / runs

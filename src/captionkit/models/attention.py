@@ -62,30 +62,33 @@ class SoftAttention(nn.Module):
         self.score = nn.Linear(attention_dim, 1)
 
     def forward(self, grid: torch.Tensor, grid_att: torch.Tensor, h: torch.Tensor):
-        """grid [B, L, D], its projection W_enc grid [B, L, A] and h [B, H]
-        -> (context [B, D], α [B, L])."""
-        query = self.hidden_proj(h)[:, None]  # [B, 1, A]
+        """grid [B, L, D], its projection W_enc grid [B, L, A] and h [B·K, H] (K consecutive rows
+        per image: 1 in training, the beams when decoding keeps the grid once per image)
+        -> (context [B·K, D], α [B·K, L])."""
+        images, regions = grid_att.shape[:2]
+        query = self.hidden_proj(h).view(images, -1, grid_att.shape[2])  # [B, K, A]
         if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            e = self._scores(grid_att, query)  # [B, L]
+            e = self._scores(grid_att, query)  # [B, K, L]
         else:
             e = self._blocked_scores(grid_att, query)
-        alpha = e.softmax(dim=-1)  # [B, L]
-        context = torch.bmm(alpha[:, None], grid).squeeze(1)  # [B, D]
-        return context, alpha
+        alpha = e.softmax(dim=-1)  # [B, K, L]
+        context = torch.bmm(alpha, grid)  # [B, K, D]
+        return context.view(h.shape[0], -1), alpha.view(h.shape[0], regions)
 
     def _scores(self, grid_att: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """e [B, L] for grid_att [B, L, A] and query [B, 1, A]. tanh in place on the sum: one
-        [B, L, A] tensor instead of two."""
-        return self.score((grid_att + query).tanh_()).squeeze(-1)
+        """e [B, K, L] for grid_att [B, L, A] and query [B, K, A]. tanh in place on the sum: one
+        [B, K, L, A] tensor instead of two."""
+        return self.score((grid_att[:, None] + query[:, :, None]).tanh_()).squeeze(-1)
 
     def _blocked_scores(self, grid_att: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """The same scores e [B, L], a block of rows at a time. Decoding runs B = images x beams
-        rows (512 at batch 64 and a beam of 8: a [B, L, A] sum of 51 MB); the sum, its tanh and
-        the score each pass over it, from memory, but a block of ~2 MB stays in the CPU's cache
-        through all three: 1.6x faster for this part on one thread, the same numbers. Not under
-        autograd, which keeps the whole tanh for the backward, nor when tracing for export (a
-        Python loop over the batch would fix its size in the graph)."""
-        rows = max(1, BLOCK_ELEMENTS // (grid_att.shape[1] * grid_att.shape[2]))
+        """The same scores e [B, K, L], a block of images at a time. Decoding runs B·K = images
+        x beams rows (512 at batch 64 and a beam of 8: a [B, K, L, A] sum of 51 MB); the sum,
+        its tanh and the score each pass over it, from memory, but a block of ~2 MB stays in the
+        CPU's cache through all three: 1.6x faster for this part on one thread, the same
+        numbers. Not under autograd, which keeps the whole tanh for the backward, nor when
+        tracing for export (a Python loop over the batch would fix its size in the graph)."""
+        per_image = query.shape[1] * grid_att.shape[1] * grid_att.shape[2]
+        rows = max(1, BLOCK_ELEMENTS // per_image)
         if grid_att.shape[0] <= rows:  # one block: no copy into a new tensor
             return self._scores(grid_att, query)
         blocks = zip(grid_att.split(rows), query.split(rows))
@@ -141,6 +144,7 @@ class ShowAttendTell(AttentionDecoder):
     """Grid features -> attention LSTM decoder; see the module docstring."""
 
     image_state = ("grid", "grid_att")  # the same for all of an image's rows (StepModel)
+    image_rows = True  # `SoftAttention` takes them once per image
 
     def __init__(self, config: AttentionConfig):
         super().__init__()

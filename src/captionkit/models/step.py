@@ -43,6 +43,11 @@ class StepModel:
     never changes (the grid and its projection, a Transformer's memory keys and values): beam
     search reorders rows only among an image's beams, so it leaves these as they are instead of
     copying them at every step."""
+    image_rows: bool = False
+    """Whether `step` also takes its `image_state` with one row per image while the rest of the
+    state has a block of consecutive rows per image (an image's beams or samples): decoding then
+    never copies them per row, and the attention over an image's grid serves all its rows as one
+    matrix product."""
 
 
 class StepOutput(NamedTuple):

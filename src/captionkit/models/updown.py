@@ -53,6 +53,7 @@ class UpDown(AttentionDecoder):
     """Grid features -> top-down attention decoder; see the module docstring."""
 
     image_state = ("grid", "grid_att", "mean")  # the same for all of an image's rows (StepModel)
+    image_rows = True  # `SoftAttention` takes them once per image; `step` repeats the mean
 
     def __init__(self, config: UpDownConfig):
         super().__init__()
@@ -132,8 +133,10 @@ class UpDown(AttentionDecoder):
         """One decoding step: tokens [B] -> logits [B, V], the new state and the attention
         [B, L] over the grid that predicted them."""
         lstm_state = tuple(state[k] for k in ("h_att", "c_att", "h_lang", "c_lang"))
+        mean = state["mean"]  # [B or B·K, H]: once per image, or per row
+        mean = mean.repeat_interleave(len(tokens) // len(mean), dim=0)  # [B·K, H]
         (h_att, c_att, h_lang, c_lang), alpha = self._cell(
-            self.embed(tokens), state["grid"], state["grid_att"], state["mean"], lstm_state
+            self.embed(tokens), state["grid"], state["grid_att"], mean, lstm_state
         )
         new_state = {**state, "h_att": h_att, "c_att": c_att, "h_lang": h_lang, "c_lang": c_lang}
         return StepOutput(self.head(self.dropout(h_lang)), new_state, alpha)

@@ -181,7 +181,6 @@ class CaptionCorpus:
     def __init__(self, index: NeighbourIndex):
         self.index = index
         self.texts = [[cider_text(c) for c in caps] for caps in index.captions]
-        self.sizes = np.array([len(caps) for caps in self.texts])
 
     @cached_property
     def cider(self) -> CiderD:
@@ -196,19 +195,9 @@ class CaptionCorpus:
     def consensus(self, candidates: Sequence[Sequence[str]], neighbours: np.ndarray) -> list:
         """Per image, [C] mean CIDEr-D of its candidates (tokenized texts) against all captions of
         its neighbour rows (`neighbours` [B, k])."""
-        hyps, keys, weights, groups = [], [], [], []
-        for cands, rows in zip(candidates, neighbours):
-            for c in cands:
-                hyps += [c] * len(rows)
-                keys += rows.tolist()
-                weights.append(self.sizes[rows])
-            groups.append(len(cands))
-        if not hyps:
-            return [np.zeros(0) for _ in candidates]
-        per_pair = self.cider.score(hyps, keys)  # against each neighbour's captions
-        weights = np.array(weights, dtype=float)  # [sum C, k] captions of each neighbour
-        pooled = (per_pair.reshape(weights.shape) * weights).sum(1) / weights.sum(1)
-        return np.split(pooled, np.cumsum(groups)[:-1])
+        # The mean over neighbours of a candidate's CIDEr-D against each, weighted by their
+        # numbers of captions, is its CIDEr-D against all their captions pooled.
+        return self.cider.pooled_score(candidates, [rows.tolist() for rows in neighbours])
 
     def mbr(self, candidates: Sequence[Sequence[str]]) -> list:
         """Per image, [C] mean CIDEr-D of each candidate against the image's other candidates."""
