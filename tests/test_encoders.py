@@ -137,6 +137,53 @@ def test_the_encoder_runs_channels_last_with_the_numbers_and_weights_of_nchw(lit
     save_file(lite0.model.state_dict(), tmp_path / "encoder.safetensors")
 
 
+def test_folded_batch_norms_give_the_same_features_from_a_copy(lite0):
+    """`for_inference` folds every batch norm of Lite0 into its convolution (timm's
+    BatchNormAct2d keeps its ReLU6): the same pooled and grid features up to rounding, the same
+    fingerprint, and the encoder it was made from is left as it was."""
+    norms = [m for m in lite0.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stem = lite0.model.conv_stem.weight.clone()
+    fast = lite0.for_inference()
+    assert fast is not lite0 and fast.fingerprint() == lite0.fingerprint()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
+    assert [m for m in lite0.model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == norms
+    assert torch.equal(lite0.model.conv_stem.weight, stem) and len(norms) == 49
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        (pooled, grid), (fast_pooled, fast_grid) = lite0(images), fast(images)
+    assert torch.allclose(fast_grid, grid, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(fast_pooled, pooled, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(fast_grid, torch.zeros_like(fast_grid))
+
+
+def test_a_convolution_read_past_its_norm_is_not_folded():
+    """A norm folds only where its convolution's output goes nowhere else: with a skip from the
+    convolution's output the fold would change the numbers, so the model is kept as it is."""
+    from captionkit.encoders.fold import folded
+
+    class Skip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.norm(y) + y
+
+    torch.manual_seed(0)
+    model = Skip().eval()
+    model.norm.running_mean.uniform_(-1, 1)
+    model.norm.running_var.uniform_(0.5, 2)
+    same, count = folded(model, torch.randn(2, 3, 8, 8))
+    assert same is model and count == 0
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.BatchNorm2d(3)).eval()
+    plain[1].running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 3, 8, 8)
+    fast, count = folded(plain, x)
+    assert count == 1 and isinstance(fast[1], torch.nn.Identity)
+    assert torch.allclose(fast(x), plain(x), atol=1e-5)
+
+
 def test_feature_store_caches_and_invalidates(tmp_path, lite0):
     write_images(tmp_path / "img", ["a.png", "b.png", "c.png"])
     paths = sorted((tmp_path / "img").iterdir())

@@ -104,13 +104,13 @@ class Captioner:
             check_same_tokenizer([(str(t.run_dir), t.tokenizer) for t, _ in pairs])
         self.members = [t for t, _ in pairs]  # TrainedModel of each run
         self.models = [quantize_decoder(t.model, quantize) for t in self.members]
-        self.encoders = []  # distinct encoders, and each member's index among them
+        distinct = []  # distinct encoders, and each member's index among them
         for _, e in pairs:
-            if not any(e is known for known in self.encoders):
-                self.encoders.append(e.to(device))
-        self._member_encoder = [
-            next(i for i, k in enumerate(self.encoders) if k is e) for _, e in pairs
-        ]
+            if not any(e is known for known in distinct):
+                distinct.append(e.to(device))
+        self._member_encoder = [next(i for i, k in enumerate(distinct) if k is e) for _, e in pairs]
+        self.encoders = [e.for_inference() for e in distinct]  # copies: the callers' stay as given
+        self.encoder = self.encoders[0]
         self._transforms = [e.transform() for e in self.encoders]
         self.rerank = RerankOptions()
         """Re-ranking when `caption` is given none (`captionkit serve --rerank`; default `auto`:

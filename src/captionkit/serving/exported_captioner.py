@@ -34,6 +34,9 @@ class _Preprocess(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, None]:
         return pixels, None
 
+    def for_inference(self) -> _Preprocess:
+        return self  # the exported graph is already folded by ONNX Runtime
+
 
 class _ExportedModel(StepModel):
     """The model interface `decode` uses (`init_state`, `step`, `eval`/`train`) over exported
