@@ -37,7 +37,8 @@ class Strategy(Protocol):
     def update(self, step: SearchStep) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next tokens [N'], and the row [N'] each row continues (None: itself), always one of
         the same image's rows (the model's `image_state` is not reordered); N' < N when images
-        have finished and their rows leave the batch (then every tensor is gathered)."""
+        have finished and their rows leave the batch (then every tensor is gathered, by rows or, for
+        state a model keeps once per image, by image)."""
         ...
 
     @property

@@ -6,7 +6,7 @@ Every model has a config dataclass (stored in checkpoints) and implements:
 - the decoding step contract of `models.step`: `init_state(pooled, grid) -> state` and
   `step(tokens [B], state) -> StepOutput(logits [B, V], state, attention [B, L] | None)`, where
   `state` is a dict of batch-first tensors, and what the model says about itself (`StepModel`:
-  `uses_grid`, `attends`, `shares_images`, `image_state`).
+  `uses_grid`, `attends`, `shares_images`, `image_state`, `image_rows`).
 
 `model_entry(name)` is the one way from a model's name to its classes: an unknown name is an error
 listing the registered ones.

@@ -1,7 +1,8 @@
 """The decoding step contract every model (and an ensemble of them, or an exported one) follows:
 
 - `init_state(pooled [B, D], grid [B, L, D] | None) -> state`, a dict of batch-first tensors
-  (decoding expands and reorders every one of them on dim 0, and export names them);
+  (decoding expands and reorders them on dim 0, but for `image_state` and `image_rows`, and
+  export names them);
 - `step(tokens [B], state) -> StepOutput(logits [B, V], state, attention [B, L] | None)`;
 - what it says about itself, the attributes of `StepModel`, which declares each with its default.
 """
