@@ -145,7 +145,7 @@ from captionkit.models import create_model
 from captionkit.models.attention import attention_regularizer
 from captionkit.reranking import NeighbourIndex, Reranker, RerankOptions
 from captionkit.reranking.neighbours import l2_normalised
-from captionkit.training.module import caption_loss, feature_arguments
+from captionkit.training.module import caption_loss, feature_arguments, loss_steps
 from captionkit.training.presets import DEFAULT_PRESET, TrainingSize, preset_config
 from captionkit.training.run_data import caption_datamodule
 
@@ -581,14 +581,15 @@ class Captionkit:
                                              batch.get("image_index"))  # fmt: skip
         regularized = self.model.attends and self.model.config.alpha_c > 0
         optim = self.config.optim
+        targets = tokens[:, 1:]
+        if not optim.unk_targets:
+            targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
+        steps = loss_steps(self.model, targets)  # the logits of the steps the loss reads only
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = self.model(*features, inputs, **shared,
+            out = self.model(*features, inputs, **shared, **steps,
                              **({"return_attention": True} if regularized else {}))  # fmt: skip
-            targets = tokens[:, 1:]
-            if not optim.unk_targets:
-                targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
             loss = caption_loss(out[0] if regularized else out, targets, optim.label_smoothing,
-                                batch.get("weights"))  # fmt: skip
+                                batch.get("weights"), **steps)  # fmt: skip
             if regularized:
                 loss = loss + attention_regularizer(out[1], inputs, self.model.config.alpha_c)
         self.optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ from captionkit.models import create_model
 from captionkit.models.run_folder import load_checkpoint
 from captionkit.training import module as training_module
 from captionkit.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from captionkit.training.module import CaptioningModule, caption_loss
+from captionkit.training.module import CaptioningModule, caption_loss, loss_steps
 from captionkit.training.resume_checkpoints import load_state
 from captionkit.training.run_data import consensus_weights
 from captionkit.training.schedules import lr_factor
@@ -382,3 +382,34 @@ def test_group_images_trains_on_whole_images_and_says_buckets_do_not_apply(shape
     splits = json.loads((tmp_path / "run" / "splits.json").read_text())
     images = list(splits.values()).count("train")
     assert rows[0]["step"] == images // 2  # 2 whole images (10 captions) a batch, last dropped
+
+
+@pytest.mark.parametrize("name", ["attention", "updown"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_logits_of_the_loss_steps_only_give_the_loss_and_gradients_of_all(name, weighted):
+    """The attention decoders compute the logits of just the steps the loss reads (`steps`):
+    the same logits there, and the same loss and gradients as all steps' logits, with the same
+    dropout masks (dropout runs over all steps first)."""
+    model = create_model(name, vocab_size=30, feature_dim=8)  # train mode: dropout on
+    assert model.selects_steps
+    pooled, grid = torch.randn(4, 8), torch.randn(4, 5, 8)
+    tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 8, 2, 0, 0, 0], [1, 9, 9, 4, 6, 2],
+                           [1, 3, 2, 0, 0, 0]])  # fmt: skip
+    targets = tokens[:, 1:].masked_fill(tokens[:, 1:] == 3, 0)  # an <unk> target left out
+    steps = loss_steps(model, targets)
+    assert steps["steps"].sum() == (targets != 0).sum() == 12
+    weights = torch.tensor([1.0, 0.5, 2.0, 1.0]) if weighted else None
+    results = []
+    for extra in ({}, steps):
+        torch.manual_seed(3)
+        model.zero_grad()
+        logits = model(pooled, grid, tokens[:, :-1], **extra)
+        loss = caption_loss(logits, targets, 0.1, weights, **extra)
+        loss.backward()
+        results.append((logits, loss, [p.grad.clone() for p in model.parameters()]))
+    (full, loss, grads), (picked, picked_loss, picked_grads) = results
+    assert picked.shape == (12, 30)
+    assert torch.allclose(picked, full[steps["steps"]], atol=1e-6)
+    assert picked_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for a, b in zip(picked_grads, grads):
+        assert torch.allclose(a, b, atol=1e-6)

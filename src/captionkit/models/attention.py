@@ -108,6 +108,7 @@ class AttentionDecoder(StepModel, nn.Module):
     uses_grid = True
     attends = True
     shares_images = True  # `forward` takes features per image and `image_index` (grouped batches)
+    selects_steps = True  # `forward` takes `steps`: logits of the steps the loss reads only
 
     def forward(
         self,
@@ -116,6 +117,7 @@ class AttentionDecoder(StepModel, nn.Module):
         tokens: torch.Tensor,
         return_attention: bool = False,
         image_index: torch.Tensor | None = None,
+        steps: torch.Tensor | None = None,
     ):
         """Teacher forcing: grid [B, L, D], tokens [B, T] (from <bos>) -> logits [B, T, V], and
         with `return_attention` also the attention weights α [B, T, L] (for the regulariser).
@@ -125,6 +127,9 @@ class AttentionDecoder(StepModel, nn.Module):
         (the head's bias) and zero attention. Elsewhere this equals stepping `step` (tested).
         With `image_index` [B], pooled [I, D] and grid [I, L, D] are per image and caption b
         reads image `image_index[b]`: the image's work in `_encode` is done once per image.
+        With `steps` [B, T] (bool), the logits of just those steps, [n, V] in row-major order:
+        training asks for the steps its loss reads, and the vocabulary projection (a quarter of
+        the step's FLOPs) skips the padding.
         """
         lengths = running_lengths(tokens)  # [B]: steps each caption needs
         # Longest first, so that the captions still running are always a prefix of the batch
@@ -136,7 +141,8 @@ class AttentionDecoder(StepModel, nn.Module):
             encoded = [x[image_index[order]] for x in self._encode(pooled, grid)]
         hs, alphas = self._run_sorted(encoded, tokens[order], lengths[order].tolist())
         restore = order.argsort()  # [B]
-        logits = self.head(self.dropout(hs[restore]))  # [B, T, V]
+        hs = self.dropout(hs[restore])  # [B, T, H]: dropout over all steps, as without `steps`
+        logits = self.head(hs if steps is None else hs[steps])  # [B, T, V] or [n, V]
         return (logits, alphas[restore]) if return_attention else logits
 
 

@@ -39,6 +39,9 @@ class StepModel:
     shares_images: bool = False
     """Whether teacher-forced `forward` takes features per image and `image_index` [B] (batches
     grouped by image), so that an image's work is done once for all its captions."""
+    selects_steps: bool = False
+    """Whether teacher-forced `forward` takes `steps` [B, T] (bool) and returns the logits of
+    just those steps, [n, V] (training leaves out the padding)."""
     image_state: tuple[str, ...] = ()
     """The state's names that hold the same tensor for every row of an image and that `step`
     never changes (the grid and its projection, a Transformer's memory keys and values): beam

@@ -165,15 +165,15 @@ class CaptioningModule(L.LightningModule):
             inputs = scheduled_sampling_inputs(self.model, *features, inputs, p)
             self.log("train/ss_prob", p, batch_size=tokens.shape[0])
         regularized = self.model.attends and self.model.config.alpha_c > 0
-        out = self.model(
-            *features, inputs, **shared, **({"return_attention": True} if regularized else {})
-        )
-        logits = out[0] if regularized else out  # [B, T-1, V]
         targets = tokens[:, 1:]  # [B, T-1]
         if not self.optim.unk_targets:
             targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
+        steps = loss_steps(self.model, targets)
+        extra = {"return_attention": True} if regularized else {}
+        out = self.model(*features, inputs, **shared, **extra, **steps)
+        logits = out[0] if regularized else out  # [B, T-1, V], or [n, V] at `steps`
         weights = batch.get("weights")  # [B] or None
-        loss = caption_loss(logits, targets, self.optim.label_smoothing, weights)
+        loss = caption_loss(logits, targets, self.optim.label_smoothing, weights, **steps)
         loss = self._global_token_mean(loss, targets, weights)
         if regularized:  # doubly stochastic attention over the attention weights out[1]
             # The cross-entropy alone too: the regulariser can be larger than it.
@@ -228,25 +228,34 @@ class CaptioningModule(L.LightningModule):
         return configure_optimization(self.optim, groups, steps, epochs)
 
 
+def loss_steps(model, targets: torch.Tensor) -> dict:
+    """`{"steps": [B, T]}`, the steps whose targets [B, T] are not padding, for a model that
+    computes the logits of just those (`selects_steps`); else {}."""
+    return {"steps": targets != Vocabulary.pad_id} if model.selects_steps else {}
+
+
 def caption_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
     weights: torch.Tensor | None = None,
+    steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of logits [B, T, V] against targets [B, T] over non-padding tokens;
-    with caption `weights` [B], the mean over tokens each weighted by its caption's weight."""
+    with caption `weights` [B], the mean over tokens each weighted by its caption's weight. With
+    `steps` [B, T] (bool), `logits` [n, V] are those of just these steps (row-major)."""
+    pick = (lambda x: x.reshape(-1)) if steps is None else (lambda x: x[steps])
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
+        pick(targets),
         ignore_index=Vocabulary.pad_id,
         label_smoothing=label_smoothing,
         reduction="mean" if weights is None else "none",
-    )  # a scalar, or [B x T] with 0 at padding when weighted
+    )  # a scalar, or one per token with 0 at padding when weighted
     if weights is None:
         return loss
-    per_token = token_weights(targets, weights)  # [B, T]
-    return (loss.view(targets.shape) * per_token).sum() / per_token.sum().clamp_min(1e-12)
+    per_token = pick(token_weights(targets, weights))
+    return (loss * per_token).sum() / per_token.sum().clamp_min(1e-12)
 
 
 def token_weights(targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
