@@ -8,10 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (see below)
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from PIL import Image
+
+# Lightning gives its logger a StreamHandler on the sys.stderr of its first import. Imported here,
+# that is the session's capture, open to the end; imported inside a test that captures output
+# (capfd), it is that test's stream, closed after it, and every later test that trains logs
+# "--- Logging error ---" tracebacks into its output.
 
 # Fuzzing profiles (tests/test_fuzz.py): `quick` in the suite, `fuzz` for `make fuzz`. No deadline
 # per example (a loaded machine must not fail them); a hang shows as the suite's own timeout.

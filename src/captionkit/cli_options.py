@@ -380,7 +380,7 @@ QuantizeOpt = Annotated[
         "--quantize",
         help="Faster CPU inference: none (float32); int8 (the decoder's Linear and LSTM layers "
         "in int8, the encoder in bf16 where the CPU computes it natively); bf16 (both in bf16, "
-        "where native). Captions change a little: about 1.8x the images/s for up to ~0.015 CIDEr "
+        "where native). Captions change a little: 1.5-1.8x the images/s for up to ~0.015 CIDEr "
         "(docs/decoding.md).",
     ),
 ]
