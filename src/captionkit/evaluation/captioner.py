@@ -95,7 +95,7 @@ class Captioner:
         members: list | None = None,
         quantize: str = "none",
     ):
-        self.trained, self.encoder, self.device = trained, encoder.to(device), device
+        self.trained, self.device = trained, device
         self.quantize = check_quantize(quantize, device)
         """`none`, `int8` or `bf16`: how the models run (`captionkit.models.quantize`)."""
         self.ensemble = members is not None
