@@ -2,7 +2,6 @@
 
 import json
 import random
-import time
 
 import numpy as np
 import pytest
@@ -152,9 +151,10 @@ def spliced_captions(rng, images, per_image=5, vocab=3000, sentences=3000):
 
 
 @pytest.mark.parametrize("layout", ["scst", "distinct"])
-def test_many_times_faster_than_pycocoevalcap_on_5000_captions(layout):
+def test_equals_pycocoevalcap_on_5000_captions(layout):
     """SCST's case: 5 captions for each of 1,000 images (pycocoevalcap needs one key each);
-    distinct: every caption its own image with 5 references of its own (nothing shared)."""
+    distinct: every caption its own image with 5 references of its own (nothing shared). The
+    speed of both layouts is bench/bench_cider.py's (BENCHMARKS.md), not a test's."""
     rng = random.Random(7)
     if layout == "scst":
         images, caption = realistic(rng, 1000)
@@ -162,21 +162,9 @@ def test_many_times_faster_than_pycocoevalcap_on_5000_captions(layout):
     else:
         refs, caption = spliced_captions(rng, 5000)
     preds = {k: caption() for k in refs}
-    start = time.process_time()
     expected = Cider().compute_score(refs, {k: [v] for k, v in preds.items()})[1]
-    theirs = time.process_time() - start
-    ours = []
-    for _ in range(5):  # best of 5: CPU time still varies on a busy machine
-        start = time.process_time()
-        scores = CiderD(refs).corpus_score(preds)[1]
-        ours.append(time.process_time() - start)
+    scores = CiderD(refs).corpus_score(preds)[1]
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-9)
-    print(f"{layout}: pycocoevalcap {theirs:.3f} s, ours {min(ours):.3f} s: "
-          f"{theirs / min(ours):.1f}x")  # fmt: skip
-    # The SCST layout clears 20x by far (about 70x). The distinct one measures 23-31x in
-    # bench_cider.py (BENCHMARKS.md); on a loaded machine the ratio of CPU times drifts, so
-    # the test keeps a margin there rather than fail CI on noise.
-    assert theirs / min(ours) >= (20 if layout == "scst" else 15), (theirs, ours)
 
 
 def test_captions_sharing_no_ngram_with_their_references_score_zero():
