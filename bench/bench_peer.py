@@ -117,6 +117,7 @@ min; speed with the defaults (3 repeats, 20+3 batches, 1,000 images at 64 and 25
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -148,6 +149,7 @@ from captionkit.reranking.neighbours import l2_normalised
 from captionkit.training.module import caption_loss, feature_arguments, loss_steps
 from captionkit.training.presets import DEFAULT_PRESET, TrainingSize, preset_config
 from captionkit.training.run_data import caption_datamodule
+from captionkit.training.schedules import make_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -544,9 +546,8 @@ class Captionkit:
             self.datamodule, _ = caption_datamodule(self.config, None, store, dataset, train, [],
                                                     self.tokenizer, self.model.uses_grid,
                                                     Path(tmp))  # fmt: skip
-        optim = self.config.optim
-        adam = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = adam(self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        params = [{"params": list(self.model.parameters())}]
+        self.optimizer = make_optimizer(self.config.optim, params)
         index = None
         if run and NeighbourIndex.exists(run):
             index = NeighbourIndex.load(run)
@@ -651,6 +652,8 @@ def speed(args) -> None:
         for images in dict.fromkeys((recipe_images, matched)):
             label = f"peer {name} ({images} images x {peer.opt.seq_per_img})"
             runs[label] = (peer.train_step, peer.batches(images, total, seed=images))
+    models = [ours.model, *(peer.model for peer in peers.values())]
+    trained = [copy.deepcopy(model.state_dict()) for model in models]
     training = {label: [] for label in runs}
     for _ in range(args.repeats):
         for label, (step, batches) in runs.items():
@@ -661,6 +664,8 @@ def speed(args) -> None:
                 captions += step(b)
             training[label].append(clock.rates(captions))
             print(f"train {label}: {training[label][-1]}", flush=True)
+    for model, state in zip(models, trained):  # decode the weights loaded, not the timing's
+        model.load_state_dict(state)
 
     val = [r for r in records if r.split == "val"]
     rows = store.rows([dataset.path(r) for r in val])

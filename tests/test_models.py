@@ -13,6 +13,7 @@ from captionkit.decoding import DecodingOptions, decode
 from captionkit.errors import CaptionkitError
 from captionkit.models import MODELS, StepModel, create_model, model_entry
 from captionkit.models.attention import attention_regularizer
+from captionkit.models.dropout import Dropout, dropout
 from captionkit.models.run_folder import load_checkpoint, save_checkpoint
 
 TINY = {
@@ -387,3 +388,63 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only():
                                plain.train()(pooled, grid, tokens))  # fmt: skip
     assert not torch.allclose(dropped.train()(pooled, grid, tokens),
                               dropped.eval()(pooled, grid, tokens))  # fmt: skip
+
+
+# --- dropout and autocast in training --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_zeroes_with_probability_p_and_scales_the_rest(dtype):
+    """`models.dropout` draws nn.Dropout's distribution: each element zeroed with probability p
+    (to within 5 standard deviations over 200,000 draws, in bf16 too: the draws are float32),
+    the others x / (1 - p), and the gradient is the same mask; the same seed draws the same."""
+    p, n = 0.1, 200_000
+    x = torch.full((n,), 2.0, dtype=dtype, requires_grad=True)
+    torch.manual_seed(1)
+    out = dropout(x, p)
+    zeroed = (out == 0).float().mean().item()
+    assert abs(zeroed - p) < 5 * (p * (1 - p) / n) ** 0.5
+    assert torch.all((out == 0) | (out == torch.tensor(2.0 / (1 - p), dtype=dtype)))
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach() / 2)
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x, p), out)
+    assert not torch.equal(dropout(x, p), out)  # the next draw differs
+
+
+def test_dropout_module_is_nn_dropout_in_eval_and_at_the_ends():
+    x = torch.randn(4, 5)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(0.0)(x), x)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+    assert isinstance(Dropout(0.5), torch.nn.Dropout)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_draws_dropout_masks_with_torch_rand(name):
+    """No model keeps torch's own nn.Dropout, whose bernoulli_ mask is the slow one on a CPU."""
+    plain = [n for n, m in tiny(name).named_modules() if type(m) is torch.nn.Dropout]
+    assert plain == []
+
+
+@pytest.mark.parametrize("name", ["attention", "updown"])
+def test_recurrent_weights_cast_once_under_autocast_give_the_same_forward(name, monkeypatch):
+    """Under bf16 autocast the recurrence reads its weights cast once (`cast_once`) instead of
+    autocast casting them again at every step: the same logits bit for bit, and gradients
+    within bf16's rounding of the per-step casts' (whose sums run in float32)."""
+    model = tiny(name, **NO_INPUT_DROPOUT, dropout=0.0).train()
+    pooled, grid, tokens = inputs(batch=4, length=7)
+
+    def run():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(pooled, grid, tokens)
+        logits.float().logsumexp(-1).sum().backward()
+        return logits, [p.grad.clone() for p in model.parameters()]
+
+    once, once_grads = run()
+    monkeypatch.setattr(f"captionkit.models.{name}.cast_once", lambda *w: w)
+    every_step, step_grads = run()
+    assert torch.equal(once, every_step)
+    for a, b in zip(once_grads, step_grads):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

@@ -163,6 +163,26 @@ def test_adam_and_adamw_differ_by_decoupled_decay_only(kind):
     assert param.detach() == pytest.approx(expected, abs=1e-6)
 
 
+def test_the_optimizer_is_fused_on_a_cpu_and_steps_as_the_loop_does():
+    """The fused kernel takes the per-parameter loop's steps (to float32 rounding)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(7, 5), torch.randn(5)]
+    fused = [torch.nn.Parameter(w.clone()) for w in weights]
+    looped = [torch.nn.Parameter(w.clone()) for w in weights]
+    optim = OptimConfig(lr=0.01, weight_decay=0.1)
+    optimizer = make_optimizer(optim, [{"params": fused}])
+    loop = torch.optim.Adam(looped, lr=0.01, weight_decay=0.1, foreach=False)
+    assert optimizer.defaults["fused"]
+    for _ in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, opt in ((fused, optimizer), (looped, loop)):
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            opt.step()
+    for a, b in zip(fused, looped):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_encoder_group_keeps_its_own_lr_under_the_schedule():
     decoder, encoder = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     optim = OptimConfig(lr=0.1, schedule="cosine", warmup_steps=2, optimizer="adamw")

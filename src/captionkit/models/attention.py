@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
+from captionkit.models.dropout import Dropout, dropout
 from captionkit.models.step import ModelConfig, StepModel, StepOutput
 
 BLOCK_ELEMENTS = 2**19
@@ -167,7 +168,7 @@ class ShowAttendTell(AttentionDecoder):
         self.init_c = nn.Linear(d, c.hidden_dim)
         self.f_beta = nn.Linear(c.hidden_dim, d)
         self.lstm = nn.LSTMCell(c.embed_dim + d, c.hidden_dim)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
 
     def _encode(self, pooled: torch.Tensor, grid: torch.Tensor | None):
@@ -204,7 +205,7 @@ class ShowAttendTell(AttentionDecoder):
         w_context = w_ih[:, cfg.embed_dim :]  # [4H, D]
         w_hh = self.lstm.weight_hh  # [4H, H]
         if cfg.weight_drop > 0 and self.training:
-            w_hh = F.dropout(w_hh, cfg.weight_drop)
+            w_hh = dropout(w_hh, cfg.weight_drop)
         parts = [
             (w_hh, torch.zeros_like(self.lstm.bias_hh)),  # [4H, H], [4H]
             (att.hidden_proj.weight, att.hidden_proj.bias),
@@ -212,6 +213,7 @@ class ShowAttendTell(AttentionDecoder):
         if cfg.gate:
             parts.append((self.f_beta.weight, self.f_beta.bias))  # [D, H], [D]
         w_h, b_h = torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])
+        w_h, b_h, w_context = cast_once(w_h, b_h, w_context)
         sizes = [w.shape[0] for w, _ in parts]
         running = running_counts(lengths)
         # One view per batch size, not per step: the backward of a slice fills a gradient of
@@ -263,14 +265,14 @@ def attention_regularizer(alpha: torch.Tensor, tokens: torch.Tensor, alpha_c: fl
 def word_embedding(vocab_size: int, embed_dim: int, dropout: float) -> nn.Module:
     """Word embedding, followed by ReLU and dropout when `dropout` > 0 (the reference's)."""
     embed = nn.Embedding(vocab_size, embed_dim, padding_idx=Vocabulary.pad_id)
-    return nn.Sequential(embed, nn.ReLU(), nn.Dropout(dropout)) if dropout > 0 else embed
+    return nn.Sequential(embed, nn.ReLU(), Dropout(dropout)) if dropout > 0 else embed
 
 
 def feature_embedding(feature_dim: int, hidden_dim: int, dropout: float, on: bool) -> nn.Module:
     """Features [.., D] -> [.., H] through Linear, ReLU, dropout; identity when off."""
     if not on:
         return nn.Identity()
-    return nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+    return nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), Dropout(dropout))
 
 
 def word_steps(tokens: torch.Tensor) -> torch.Tensor:
@@ -289,6 +291,18 @@ def running_counts(lengths: list[int]) -> list[int]:
     """For each step, how many of the captions of `lengths` (sorted longest first) still run: a
     prefix of the batch."""
     return [sum(length > t for length in lengths) for t in range(max(lengths, default=0))]
+
+
+def cast_once(*weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`weights` in autocast's dtype when autocast is on for their device, else as they are.
+    Autocast casts a leaf weight once and reuses the copy for every step of a recurrence (its
+    gradient summed in that dtype); the slices and concatenations of weights a recurrence reads
+    are not leaves, and autocast would cast them again at every step, forward and backward."""
+    device = weights[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return weights
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(w.to(dtype) for w in weights)
 
 
 def lstm_update(gates: torch.Tensor, c: torch.Tensor):

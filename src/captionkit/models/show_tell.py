@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from captionkit.models.dropout import Dropout
 from captionkit.models.step import ModelConfig, StepModel, StepOutput
 
 
@@ -63,7 +64,7 @@ class ShowTell(StepModel, nn.Module):
         self.rnn = rnn_cls(
             c.embed_dim, c.hidden_dim, c.num_layers, batch_first=True, dropout=between_layers
         )
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
         if c.image_input == "init_state":  # only then: first_word checkpoints keep their keys
             self.init_h = nn.Linear(c.embed_dim, c.num_layers * c.hidden_dim)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captionkit.data.vocab import Vocabulary
+from captionkit.models.dropout import Dropout
 from captionkit.models.step import ModelConfig, StepModel, StepOutput
 
 
@@ -95,10 +96,10 @@ class DecoderBlock(nn.Module):
         self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
         self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
         self.ff = nn.Sequential(
-            nn.Linear(c.d_model, c.d_ff), nn.GELU(), nn.Dropout(c.dropout),
+            nn.Linear(c.d_model, c.d_ff), nn.GELU(), Dropout(c.dropout),
             nn.Linear(c.d_ff, c.d_model),
         )  # fmt: skip
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, memory_kv, cache=None):
         """x [B, S, M], memory_kv: the grid's keys/values [B, N, L, K]. Without a cache, S is the
@@ -140,7 +141,7 @@ class TransformerDecoder(StepModel, nn.Module):
             self.pos_embed = nn.Embedding(c.max_length, c.d_model)
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_layers))
         self.final_norm = nn.LayerNorm(c.d_model)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         # Tying reuses embed.weight in F.linear rather than sharing a Parameter between two
         # modules: safetensors refuses to save tensors that share memory.
         self.head_bias = nn.Parameter(torch.zeros(c.vocab_size)) if c.tie_weights else None

@@ -19,12 +19,14 @@ from torch import nn
 from captionkit.models.attention import (
     AttentionDecoder,
     SoftAttention,
+    cast_once,
     feature_embedding,
     lstm_update,
     running_counts,
     stack_steps,
     word_embedding,
 )
+from captionkit.models.dropout import Dropout
 from captionkit.models.step import ModelConfig, StepOutput
 
 
@@ -66,7 +68,7 @@ class UpDown(AttentionDecoder):
         self.att_lstm = nn.LSTMCell(2 * c.hidden_dim + c.embed_dim, c.hidden_dim)
         # Language LSTM input: [attended context, attention LSTM h] (H + H).
         self.lang_lstm = nn.LSTMCell(2 * c.hidden_dim, c.hidden_dim)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_dim, c.vocab_size)
 
     def _encode(self, pooled: torch.Tensor, grid: torch.Tensor | None):
@@ -97,7 +99,8 @@ class UpDown(AttentionDecoder):
         bias = self.att_lstm.bias_ih + self.att_lstm.bias_hh
         from_mean = F.linear(mean, w_ih[:, H : 2 * H], bias)  # [B, 4H]
         x_words = F.linear(self.embed(tokens.t()), w_ih[:, 2 * H :]).unbind()  # T x [B, 4H]
-        w_h = w_ih[:, :H]  # [4H, H]: the previous language h's share
+        # [4H, H] each: the previous language h's share, and the attention LSTM's own h's
+        w_h, w_hh = cast_once(w_ih[:, :H], self.att_lstm.weight_hh)
         zeros = grid.new_zeros(B, H)
         h_att, c_att, h_lang, c_lang = zeros, zeros, zeros, zeros
         running = running_counts(lengths)
@@ -105,7 +108,7 @@ class UpDown(AttentionDecoder):
         for t, n in enumerate(running):  # n: captions still running, a prefix of the batch
             h_att, c_att, h_lang, c_lang = h_att[:n], c_att[:n], h_lang[:n], c_lang[:n]
             gates = x_words[t][:n] + from_mean[:n] + h_lang @ w_h.t()
-            gates = gates + h_att @ self.att_lstm.weight_hh.t()  # [n, 4H]
+            gates = gates + h_att @ w_hh.t()  # [n, 4H]
             h_att, c_att = lstm_update(gates, c_att)
             context, alpha = self.attention(grid[:n], grid_att[:n], h_att)  # [n, H], [n, L]
             h_lang, c_lang = self.lang_lstm(torch.cat([context, h_att], dim=-1), (h_lang, c_lang))

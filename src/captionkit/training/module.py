@@ -225,7 +225,22 @@ class CaptioningModule(L.LightningModule):
         steps, epochs = 0, 1
         if needs_run_length(self.optim):  # else spare Lightning loading the data to count steps
             steps, epochs = int(self.trainer.estimated_stepping_batches), self.trainer.max_epochs
-        return configure_optimization(self.optim, groups, steps, epochs)
+        scaling = self.trainer.precision == "16-mixed"  # the one precision with a GradScaler
+        return configure_optimization(self.optim, groups, steps, epochs, scaling)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Lightning's clipping, done here: its mixed-precision plugin refuses any optimizer
+        that unscales gradients itself (a fused one), although bf16 scales none, and under
+        16-mixed, which does, `make_optimizer` fuses nothing (the plugin unscales first)."""
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
 
 def loss_steps(model, targets: torch.Tensor) -> dict:

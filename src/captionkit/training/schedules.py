@@ -74,10 +74,18 @@ def lr_factor(optim: OptimConfig, total_steps: int = 0, epochs: int = 1) -> LrFa
     )
 
 
-def make_optimizer(optim: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """Adam or AdamW over the parameter `groups` (a group's own `lr` wins over `optim.lr`)."""
+def make_optimizer(
+    optim: OptimConfig, groups: list[dict], loss_scaling: bool = False
+) -> torch.optim.Optimizer:
+    """Adam or AdamW over the parameter `groups` (a group's own `lr` wins over `optim.lr`),
+    fused (one kernel over all parameters instead of a loop of small operations per parameter:
+    on a CPU the loop took 5% of the attention decoder's training step) where all parameters
+    are on a CPU or a CUDA device and no `loss_scaling` (16-mixed) is on: a fused optimizer
+    unscales the gradients itself, after the clipping has read them."""
     kind = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
-    return kind(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    on_fused_devices = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    fused = on_fused_devices and not loss_scaling
+    return kind(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
 
 
 def make_schedulers(
@@ -110,8 +118,12 @@ def make_schedulers(
 
 
 def configure_optimization(
-    optim: OptimConfig, groups: list[dict], total_steps: int = 0, epochs: int = 1
+    optim: OptimConfig,
+    groups: list[dict],
+    total_steps: int = 0,
+    epochs: int = 1,
+    loss_scaling: bool = False,
 ):
     """What `LightningModule.configure_optimizers` returns: ([optimizer], [scheduler configs])."""
-    optimizer = make_optimizer(optim, groups)
+    optimizer = make_optimizer(optim, groups, loss_scaling)
     return [optimizer], make_schedulers(optim, optimizer, total_steps, epochs)
