@@ -12,7 +12,9 @@ every image's CIDEr-D (captionkit's exact CIDEr-D; its mean is pycocoevalcap's) 
 then per setting the mean over the runs with a 95% bootstrap interval over images (of the
 run-averaged scores), and the paired difference. `--also` adds the per-image scores of runs
 measured earlier (an earlier --output), so seeds trained on different days pool without their run
-folders.
+folders. `--against` compares, seed by seed, with the runs of the same names in an earlier
+--output (the same recipe from an earlier tree, say): per setting and split, the paired difference
+over the shared runs' images.
 """
 
 from __future__ import annotations
@@ -69,6 +71,27 @@ def summary(per_run: dict[str, dict]) -> dict:
     return out
 
 
+def against(per_run: dict, earlier: dict) -> dict:
+    """Per setting and split: these runs minus the earlier runs of the same names, paired per
+    image (the mean over the shared runs, its interval, and how many runs rose)."""
+    shared = sorted(set(per_run) & set(earlier))
+    if not shared:
+        raise SystemExit("--against: no run names in common")
+    out: dict = {"runs": shared}
+    for name in SETTINGS:
+        for split in SPLITS:
+            new = [per_run[r][name][split]["images"] for r in shared]
+            old = [earlier[r][name][split]["images"] for r in shared]
+            keys = sorted(new[0])
+            diff = np.array([[n[k] - o[k] for k in keys] for n, o in zip(new, old)])
+            out.setdefault(name, {})[split] = {
+                "mean": float(diff.mean()),
+                "ci95": bootstrap(diff.mean(axis=0)),
+                "runs_raised": int((diff.mean(axis=1) > 0).sum()),
+            }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -76,6 +99,11 @@ def main() -> None:
     )
     parser.add_argument("--runs", required=True, help="Run folders, comma-separated.")
     parser.add_argument("--also", type=Path, help="An earlier --output whose runs join these.")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="An earlier --output to compare with, run by run (runs of the same names).",
+    )
     parser.add_argument("--candidates", type=int, default=RerankOptions().candidates,
                         help="Candidates the default decoding re-ranks (default: the package's "
                         "default; 5 remakes the files measured before it was 8).")  # fmt: skip
@@ -95,8 +123,13 @@ def main() -> None:
     }
     result = {"runs": earlier["runs"] + runs, "candidates": args.candidates,
               "summary": summary(per_run), "per_run": per_run}  # fmt: skip
+    if args.against:
+        result["against"] = {
+            "file": str(args.against),
+            **against(per_run, json.loads(args.against.read_text())["per_run"]),
+        }
     write_results(args.output, result)
-    print(json.dumps(result["summary"], indent=1))
+    print(json.dumps({k: result[k] for k in ("summary", "against") if k in result}, indent=1))
 
 
 if __name__ == "__main__":
