@@ -134,7 +134,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captionkit.data import Vocabulary, load_dataset
+from captionkit.data import load_dataset
 from captionkit.data.convert import write_dataset
 from captionkit.data.records import CaptionDataset
 from captionkit.data.tokenizers import build_tokenizer
@@ -143,10 +143,9 @@ from captionkit.encoders import create_encoder
 from captionkit.encoders.features import features_for_dataset
 from captionkit.metrics.coco_metrics import score_captions
 from captionkit.models import create_model
-from captionkit.models.attention import attention_regularizer
 from captionkit.reranking import NeighbourIndex, Reranker, RerankOptions
 from captionkit.reranking.neighbours import l2_normalised
-from captionkit.training.module import caption_loss, feature_arguments, loss_steps
+from captionkit.training.module import feature_arguments, teacher_forcing_loss
 from captionkit.training.presets import DEFAULT_PRESET, TrainingSize, preset_config
 from captionkit.training.run_data import caption_datamodule
 from captionkit.training.schedules import make_optimizer
@@ -580,19 +579,11 @@ class Captionkit:
         tokens, inputs = batch["tokens"], batch["tokens"][:, :-1]
         features, shared = feature_arguments(self.model, batch["pooled"], batch["grid"],
                                              batch.get("image_index"))  # fmt: skip
-        regularized = self.model.attends and self.model.config.alpha_c > 0
         optim = self.config.optim
-        targets = tokens[:, 1:]
-        if not optim.unk_targets:
-            targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
-        steps = loss_steps(self.model, targets)  # the logits of the steps the loss reads only
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = self.model(*features, inputs, **shared, **steps,
-                             **({"return_attention": True} if regularized else {}))  # fmt: skip
-            loss = caption_loss(out[0] if regularized else out, targets, optim.label_smoothing,
-                                batch.get("weights"), **steps)  # fmt: skip
-            if regularized:
-                loss = loss + attention_regularizer(out[1], inputs, self.model.config.alpha_c)
+            tf = teacher_forcing_loss(self.model, features, shared, tokens, inputs, optim,
+                                      batch.get("weights"))  # fmt: skip
+            loss = tf.xe if tf.regularizer is None else tf.xe + tf.regularizer
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if optim.grad_clip:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -164,21 +165,13 @@ class CaptioningModule(L.LightningModule):
             p = ss_probability(self.optim, self.current_epoch)
             inputs = scheduled_sampling_inputs(self.model, *features, inputs, p)
             self.log("train/ss_prob", p, batch_size=tokens.shape[0])
-        regularized = self.model.attends and self.model.config.alpha_c > 0
-        targets = tokens[:, 1:]  # [B, T-1]
-        if not self.optim.unk_targets:
-            targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
-        steps = loss_steps(self.model, targets)
-        extra = {"return_attention": True} if regularized else {}
-        out = self.model(*features, inputs, **shared, **extra, **steps)
-        logits = out[0] if regularized else out  # [B, T-1, V], or [n, V] at `steps`
-        weights = batch.get("weights")  # [B] or None
-        loss = caption_loss(logits, targets, self.optim.label_smoothing, weights, **steps)
-        loss = self._global_token_mean(loss, targets, weights)
-        if regularized:  # doubly stochastic attention over the attention weights out[1]
+        tf = teacher_forcing_loss(self.model, features, shared, tokens, inputs, self.optim,
+                                  batch.get("weights"))  # fmt: skip
+        loss = self._global_token_mean(tf.xe, tf.targets, batch.get("weights"))
+        if tf.regularizer is not None:
             # The cross-entropy alone too: the regulariser can be larger than it.
             self.log("train/xe", loss, batch_size=tokens.shape[0])
-            loss = loss + attention_regularizer(out[1], inputs, self.model.config.alpha_c)
+            loss = loss + tf.regularizer
         self.log("train/loss", loss, prog_bar=True, batch_size=tokens.shape[0])
         return loss
 
@@ -241,6 +234,43 @@ class CaptioningModule(L.LightningModule):
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+
+class TeacherForcing(NamedTuple):
+    """One teacher-forced pass: the cross-entropy, the attention regulariser (None for a model
+    without one) and the targets [B, T-1] the cross-entropy read."""
+
+    xe: torch.Tensor
+    regularizer: torch.Tensor | None
+    targets: torch.Tensor
+
+
+def teacher_forcing_loss(
+    model: nn.Module,
+    features: tuple,
+    shared: dict,
+    tokens: torch.Tensor,
+    inputs: torch.Tensor,
+    optim: OptimConfig,
+    weights: torch.Tensor | None = None,
+) -> TeacherForcing:
+    """The training loss of `model` on captions `tokens` [B, T] (<bos> .. <eos> <pad>..) fed
+    `inputs` [B, T-1] (`tokens[:, :-1]`, or scheduled sampling's mix): the cross-entropy of
+    `optim` (label smoothing, `<unk>` targets kept or skipped, caption `weights` [B]) and, for an
+    attention model with `alpha_c`, the doubly stochastic regulariser over its attention."""
+    regularized = model.attends and model.config.alpha_c > 0
+    targets = tokens[:, 1:]  # [B, T-1]
+    if not optim.unk_targets:
+        targets = targets.masked_fill(targets == Vocabulary.unk_id, Vocabulary.pad_id)
+    steps = loss_steps(model, targets)
+    extra = {"return_attention": True} if regularized else {}
+    out = model(*features, inputs, **shared, **extra, **steps)
+    logits = out[0] if regularized else out  # [B, T-1, V], or [n, V] at `steps`
+    xe = caption_loss(logits, targets, optim.label_smoothing, weights, **steps)
+    regularizer = (
+        attention_regularizer(out[1], inputs, model.config.alpha_c) if regularized else None
+    )
+    return TeacherForcing(xe, regularizer, targets)
 
 
 def loss_steps(model, targets: torch.Tensor) -> dict:
