@@ -513,7 +513,7 @@ def test_the_best_preset_scales_with_the_training_set(monkeypatch):
     assert preset_config("best", TrainingSize(2000, 10000)) == preset_config("best")
     assert "30 epochs" in describe("best", TrainingSize(600, 3000))
     for native, precision in ((True, "bf16-mixed"), (False, "32")):
-        monkeypatch.setattr(presets, "_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(presets, "_fast_bf16", lambda native=native: native)
         flickr8k = preset_config("best", TrainingSize(6000, 29991))  # 469 steps an epoch
         o, t = flickr8k.optim, flickr8k.train
         assert (t.epochs, o.lr_step_epochs, o.average_last) == (11, 1, 3)

@@ -33,6 +33,13 @@ def test_every_decoder_quantizes_to_int8_and_decodes_as_in_float32(name):
     quantized = q.quantize_decoder(model, "int8")
     kinds = {type(m) for m in quantized.modules()}
     assert kinds & {qdynamic.Linear, qdynamic.LSTM, qdynamic.LSTMCell, qdynamic.GRU}, kinds
+    for layer_name, layer in model.named_modules():  # int8 Linear weights: a scale per row
+        if isinstance(layer, torch.nn.Linear):
+            twin = quantized.get_submodule(layer_name)
+            if layer.out_features < q.FEW_OUTPUTS:  # an attention's score: float32
+                assert type(twin) is torch.nn.Linear, layer_name
+            else:
+                assert twin.weight().qscheme() == torch.per_channel_affine, layer_name
     assert not any(isinstance(m, qdynamic.Linear) for m in model.modules())  # a copy
     torch.manual_seed(1)
     pooled, grid = torch.randn(16, D), torch.randn(16, L, D)
@@ -56,6 +63,7 @@ def test_modes_a_machine_cannot_run_are_refused(monkeypatch):
     with pytest.raises(CaptionkitError, match="--quantize int4: expected none, int8, bf16"):
         q.check_quantize("int4")
     monkeypatch.setattr(q, "native_bf16", lambda device="cpu": False)
+    monkeypatch.setattr(q, "fast_bf16", lambda device="cpu": False)
     with pytest.raises(CaptionkitError, match="no native bf16"):
         q.check_quantize("bf16")
     assert q.check_quantize("int8") == "int8"
@@ -86,3 +94,28 @@ def test_bf16_captions_with_the_weights_as_they_are(tiny_attention_run, tmp_path
     captioner = Captioner.load(tiny_attention_run, quantize="bf16")
     assert all(p.dtype == torch.float32 for p in captioner.models[0].parameters())
     assert captioner.caption([tmp_path / "a.png"])[0][0].text
+
+
+def test_bf16_is_chosen_only_where_the_cpu_runs_it_faster(monkeypatch):
+    import captionkit.encoders.extraction as extraction
+
+    monkeypatch.setattr(extraction, "native_bf16", lambda device="cpu": False)
+    monkeypatch.setattr(extraction, "cpu_bf16_speedup", lambda: pytest.fail("probed"))
+    assert not extraction.fast_bf16("cpu")  # emulated bf16: no probe needed
+    monkeypatch.setattr(extraction, "native_bf16", lambda device="cpu": True)
+    monkeypatch.setattr(q, "native_bf16", lambda device="cpu": True)
+    for speedup, fast in ((0.6, False), (1.1, False), (1.8, True)):  # 0.6: a Xeon without AMX
+        monkeypatch.setattr(extraction, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert extraction.fast_bf16("cpu") is fast
+        monkeypatch.setattr(q, "fast_bf16", extraction.fast_bf16)
+        assert q.encoder_amp("int8") == ("bf16" if fast else None)
+        assert q.encoder_amp("bf16") == "bf16" and q.encoder_amp("none") is None
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_the_bf16_probe_times_both_precisions():
+    from captionkit.encoders.extraction import cpu_bf16_speedup
+
+    first = cpu_bf16_speedup()
+    assert 0.05 < first < 20  # a ratio of two timings of the same product, not a stub
+    assert cpu_bf16_speedup() == first  # measured once per process
