@@ -12,7 +12,8 @@ In one process, the runs' models taking turns in each setting:
 - precisions (`--quantize`): none (float32), int8, and bf16 where the CPU computes it natively.
 Speed (the first run, the first split): images/s captioning image files (`Captioner.caption`,
 decode + encode + decode, batches of 32), median of `--repeats` passes over `--images` images;
-and images/s from cached features (`caption_rows`, batches of 64), the same way. Quality: every
+and images/s from cached float32 features (`caption_rows`, batches of 64; the decoder alone, in the
+precision), the same way. Quality: every
 image of each split decoded by every run (`evaluate_run`), CIDEr averaged over the runs per image,
 with a 95% bootstrap interval over images, and the paired difference from float32 with the same
 decoding, and from the default decoding in float32; each run's own CIDEr beside it.
@@ -21,6 +22,7 @@ decoding, and from the default decoding in float32; each run's own CIDEr beside 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -35,6 +37,7 @@ from captionkit.encoders.extraction import native_bf16
 from captionkit.encoders.features import features_for_dataset
 from captionkit.evaluation.captioner import Captioner
 from captionkit.evaluation.evaluate import caption_rows, evaluate_run
+from captionkit.models.quantize import decoder_precision, quantize_decoder
 from captionkit.models.run_folder import encoder_for, load_checkpoint
 from captionkit.reranking import RerankOptions, run_reranker
 
@@ -61,12 +64,17 @@ def file_speed(run_dir: str, files: list[Path], quantize: str, rerank, repeats: 
     return median_rate(lambda: captioner.caption(files, rerank=rerank), len(files), repeats)
 
 
-def feature_speed(trained, store, rows: list[int], rerank, repeats: int) -> float:
-    """Images/s decoding cached float32 features (the decoder alone, float32)."""
+def feature_speed(trained, store, rows: list[int], rerank, repeats: int, quantize: str) -> float:
+    """Images/s decoding cached float32 features (the decoder alone, in `quantize`'s precision)."""
     options = DecodingOptions()
     reranker = run_reranker(trained, rerank, decoding=options)
-    return median_rate(lambda: caption_rows(trained, store, rows, options, reranker=reranker),
-                       len(rows), repeats)  # fmt: skip
+    decoder = dataclasses.replace(trained, model=quantize_decoder(trained.model, quantize))
+
+    def run():
+        with decoder_precision(quantize):
+            caption_rows(decoder, store, rows, options, reranker=reranker)
+
+    return median_rate(run, len(rows), repeats)
 
 
 def quality(run_dir: str, data: str, split: str, quantize: str, rerank) -> np.ndarray:
@@ -84,11 +92,13 @@ def speed_rows(args, precisions: list[str]) -> dict:
     rows = store.rows([dataset.path(r) for r in records if r.split == split][: args.images])
     out = {"run": run, "split": split, "images": len(files), "settings": {}}
     for name, rerank in DECODINGS.items():
-        rate = feature_speed(trained, store, rows, rerank, args.repeats)
         for quantize in precisions:
-            row = {"files_images_per_s": file_speed(run, files, quantize, rerank, args.repeats)}
-            if quantize == "none":
-                row["features_images_per_s"] = rate
+            row = {
+                "files_images_per_s": file_speed(run, files, quantize, rerank, args.repeats),
+                "features_images_per_s": feature_speed(
+                    trained, store, rows, rerank, args.repeats, quantize
+                ),
+            }
             out["settings"][f"{name} | {quantize}"] = row
             print(f"speed {name} | {quantize}: {json.dumps(row)}", flush=True)
     return out
