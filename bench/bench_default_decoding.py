@@ -46,6 +46,21 @@ def run_scores(run: str, data: str, settings: dict = SETTINGS) -> dict:
     return out
 
 
+def scores_matrix(runs: list[dict]) -> np.ndarray:
+    """[runs, images]: each run's per-image scores (dicts keyed by image), in one image order."""
+    keys = sorted(runs[0])
+    return np.array([[r[k] for k in keys] for r in runs])
+
+
+def paired(diff: np.ndarray) -> dict:
+    """A paired difference [runs, images]: its mean, 95% interval over images, runs raised."""
+    return {
+        "mean": float(diff.mean()),
+        "ci95": bootstrap(diff.mean(axis=0)),
+        "runs_raised": int((diff.mean(axis=1) > 0).sum()),
+    }
+
+
 def summary(per_run: dict[str, dict]) -> dict:
     """Per setting and split: the mean over runs, its interval, each run's mean; and the paired
     difference of the default from the plain beam."""
@@ -54,20 +69,13 @@ def summary(per_run: dict[str, dict]) -> dict:
     for split in SPLITS:
         matrix = {}
         for name in SETTINGS:
-            runs = [scores[name][split]["images"] for scores in per_run.values()]
-            keys = sorted(runs[0])
-            matrix[name] = np.array([[r[k] for k in keys] for r in runs])  # [runs, images]
+            matrix[name] = scores_matrix([s[name][split]["images"] for s in per_run.values()])
             out.setdefault(name, {})[split] = {
                 "mean": float(matrix[name].mean()),
                 "ci95": bootstrap(matrix[name].mean(axis=0)),
                 "per_run": dict(zip(per_run, matrix[name].mean(axis=1).tolist())),
             }
-        diff = matrix[default] - matrix[plain]
-        out.setdefault("difference", {})[split] = {
-            "mean": float(diff.mean()),
-            "ci95": bootstrap(diff.mean(axis=0)),
-            "runs_raised": int((diff.mean(axis=1) > 0).sum()),
-        }
+        out.setdefault("difference", {})[split] = paired(matrix[default] - matrix[plain])
     return out
 
 
@@ -80,15 +88,9 @@ def against(per_run: dict, earlier: dict) -> dict:
     out: dict = {"runs": shared}
     for name in SETTINGS:
         for split in SPLITS:
-            new = [per_run[r][name][split]["images"] for r in shared]
-            old = [earlier[r][name][split]["images"] for r in shared]
-            keys = sorted(new[0])
-            diff = np.array([[n[k] - o[k] for k in keys] for n, o in zip(new, old)])
-            out.setdefault(name, {})[split] = {
-                "mean": float(diff.mean()),
-                "ci95": bootstrap(diff.mean(axis=0)),
-                "runs_raised": int((diff.mean(axis=1) > 0).sum()),
-            }
+            new = scores_matrix([per_run[r][name][split]["images"] for r in shared])
+            old = scores_matrix([earlier[r][name][split]["images"] for r in shared])
+            out.setdefault(name, {})[split] = paired(new - old)
     return out
 
 

@@ -64,10 +64,9 @@ def file_speed(run_dir: str, files: list[Path], quantize: str, rerank, repeats: 
     return median_rate(lambda: captioner.caption(files, rerank=rerank), len(files), repeats)
 
 
-def feature_speed(trained, store, rows: list[int], rerank, repeats: int, quantize: str) -> float:
+def feature_speed(trained, store, rows: list[int], reranker, repeats: int, quantize: str) -> float:
     """Images/s decoding cached float32 features (the decoder alone, in `quantize`'s precision)."""
     options = DecodingOptions()
-    reranker = run_reranker(trained, rerank, decoding=options)
     decoder = dataclasses.replace(trained, model=quantize_decoder(trained.model, quantize))
 
     def run():
@@ -92,11 +91,12 @@ def speed_rows(args, precisions: list[str]) -> dict:
     rows = store.rows([dataset.path(r) for r in records if r.split == split][: args.images])
     out = {"run": run, "split": split, "images": len(files), "settings": {}}
     for name, rerank in DECODINGS.items():
+        reranker = run_reranker(trained, rerank, decoding=DecodingOptions())
         for quantize in precisions:
             row = {
                 "files_images_per_s": file_speed(run, files, quantize, rerank, args.repeats),
                 "features_images_per_s": feature_speed(
-                    trained, store, rows, rerank, args.repeats, quantize
+                    trained, store, rows, reranker, args.repeats, quantize
                 ),
             }
             out["settings"][f"{name} | {quantize}"] = row

@@ -165,9 +165,9 @@ class CaptioningModule(L.LightningModule):
             p = ss_probability(self.optim, self.current_epoch)
             inputs = scheduled_sampling_inputs(self.model, *features, inputs, p)
             self.log("train/ss_prob", p, batch_size=tokens.shape[0])
-        tf = teacher_forcing_loss(self.model, features, shared, tokens, inputs, self.optim,
-                                  batch.get("weights"))  # fmt: skip
-        loss = self._global_token_mean(tf.xe, tf.targets, batch.get("weights"))
+        weights = batch.get("weights")  # [B] or None
+        tf = teacher_forcing_loss(self.model, features, shared, tokens, inputs, self.optim, weights)
+        loss = self._global_token_mean(tf.xe, tf.targets, weights)
         if tf.regularizer is not None:
             # The cross-entropy alone too: the regulariser can be larger than it.
             self.log("train/xe", loss, batch_size=tokens.shape[0])
